@@ -1,0 +1,43 @@
+# Everything runs from the project's own virtual environment in .venv.
+PY ?= .venv/bin/python
+VENV := .venv
+PROTOS := $(wildcard protos/ditto/v1/*.proto)
+
+.PHONY: setup protos test test-fast lint bench demo up clean
+
+setup: $(VENV)/.installed protos
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned: on CPU machines this is the local CPU wheel (no CUDA downloads)
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+# Stubs are generated, never edited: ditto/v1/*_pb2*.py from protos/ditto/v1/*.proto
+protos: ditto/v1/__init__.py
+
+ditto/v1/__init__.py: $(PROTOS)
+	mkdir -p ditto/v1
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
+	touch $@
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m mypy ditto services
+
+bench: setup
+	$(PY) -m tools.bench
+
+demo: setup
+	$(PY) -m ditto.cli demo
+
+up: setup
+	$(PY) -m ditto.cli up
+
+clean:
+	rm -rf ditto/v1 .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,68 @@
+"""`ditto`: one command line, one subcommand per job.
+
+Each subcommand lives beside the code it drives, in a module with `register(subparsers)` that adds its parser and
+sets `handler` (a function taking the parsed args and returning an exit code). Those modules import heavy
+libraries (torch, onnxruntime) inside their handlers, so `ditto --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# subcommand -> module with register(subparsers)
+COMMANDS: dict[str, str] = {
+    "render": "services.orchestrator.render_cli",
+    "serve": "services.orchestrator.serve_cli",
+    "up": "services.orchestrator.up_cli",
+    "converse": "services.orchestrator.converse_cli",
+    "features": "services.audio_encoder.cli",
+    "weights": "ditto.weights_cli",
+    "prepare": "services.motion_generator.training.prepare_cli",
+    "train": "services.motion_generator.training.train_cli",
+    "worker": "services.worker_cli",
+    "demo": "services.orchestrator.demo_cli",
+}
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    """The options every model-running command takes."""
+    parser.add_argument("--weights", default="synthetic",
+                        help="folder with the official Ditto checkpoints, or 'synthetic' for generated weights "
+                             "(default: %(default)s)")
+    parser.add_argument("--profile", choices=("full", "tiny"), default="full",
+                        help="network widths: 'full' = the official architecture, 'tiny' = narrow, for tests")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ditto", description="Realtime talking heads (Ditto) as a service.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name and module_name.startswith(err.name):
+                continue  # not built yet in this checkout
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(handler(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

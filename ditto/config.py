@@ -1,0 +1,93 @@
+"""Typed configuration, validated at start, overridable by environment variables.
+
+Every process builds one `Settings` (or a service's subclass) at start. Values come from, in order of precedence:
+environment variables (`DITTO_` prefix, nested with `__`, e.g. `DITTO_BUS__SLOTS=32`), then defaults. An invalid
+value stops the process at start with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Profile = Literal["full", "tiny"]
+STAGES = ("audio_encoder", "motion_generator", "renderer")
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "ditto"
+
+
+class BusSettings(BaseModel):
+    kind: Literal["memory", "redis"] = "memory"
+    redis_url: str = Field(default_factory=lambda: os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    prefix: str = "ditto"
+    slots: int = Field(64, ge=1, le=4096, description="stream slots per stage")
+    lease_ttl_ms: int = Field(3000, ge=200, description="slot lease lifetime; renewed every ttl/3")
+    claim_idle_ms: int = Field(1000, ge=0, description="pending entries idle this long are claimed by a new holder")
+    block_ms: int = Field(200, ge=1, description="longest blocking read")
+    state_ttl_s: int = Field(3600, ge=1, description="lifetime of checkpointed session state")
+
+
+class TelemetrySettings(BaseModel):
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "console"] = "json"
+    trace_exporter: Literal["none", "console", "otlp"] = "none"
+    otlp_endpoint: str = "http://127.0.0.1:4317"
+    metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus endpoint port; 0 = none")
+    service_name: str = "ditto"
+
+
+class ModelSettings(BaseModel):
+    weights: str = Field("synthetic", description="a weights folder in the official layout, or 'synthetic'")
+    profile: Profile = "full"
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    backend: Literal["auto", "torch", "onnxruntime", "tensorrt"] = "auto"
+    cache_dir: Path = Field(default_factory=default_cache_dir)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v not in ("auto", "cpu") and not v.startswith("cuda"):
+            raise ValueError("device must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+        return v
+
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class Settings(BaseSettings):
+    """Settings common to every process."""
+
+    model_config = SettingsConfigDict(env_prefix="DITTO_", env_nested_delimiter="__", extra="ignore")
+
+    bus: BusSettings = Field(default_factory=BusSettings)
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = Field(0, ge=0, le=65535, description="0 = any free port")
+    worker_id: str = Field(default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}")
+    max_message_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+
+
+def load_settings(cls: type[Settings] = Settings, **overrides: object) -> Settings:
+    """Build settings from the environment plus explicit overrides; raises a clear error when invalid."""
+    from pydantic import ValidationError
+
+    try:
+        return cls(**overrides)  # type: ignore[arg-type]
+    except ValidationError as err:
+        lines = []
+        for e in err.errors():
+            loc = "__".join(str(p) for p in e["loc"]).upper()
+            lines.append(f"  DITTO_{loc}: {e['msg']}")
+        raise SystemExit("invalid configuration:\n" + "\n".join(lines)) from None
