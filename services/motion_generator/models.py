@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ditto.weights import CheckpointError, OFFICIAL_FILES, check_state_dict, golden_state_dict, read_state_dict
+from ditto.weights import OFFICIAL_FILES, CheckpointError, check_state_dict, golden_state_dict, read_state_dict
 
 from .diffusion import cosine_schedule
 from .dit import MotionDecoder, MotionDiTConfig
