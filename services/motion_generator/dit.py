@@ -57,6 +57,7 @@ class RotaryEmbedding(nn.Module):
     def __init__(self, dim: int) -> None:
         super().__init__()
         exponent = torch.arange(0, dim, 2, dtype=torch.float32) / dim
+        self.freqs: torch.Tensor
         self.register_buffer("freqs", 1.0 / (10000.0 ** exponent))   # [dim/2]
 
     def angles(self, n: int) -> torch.Tensor:

@@ -82,6 +82,8 @@ class GuidedOneStep(nn.Module):
         super().__init__()
         self.model = model
         sch = cosine_schedule()
+        self.sqrt_recip1m: torch.Tensor
+        self.sqrt_recipm1: torch.Tensor
         self.register_buffer("sqrt_recip1m", torch.from_numpy(sch.sqrt_recip1m.copy()), persistent=False)
         self.register_buffer("sqrt_recipm1", torch.from_numpy(sch.sqrt_recipm1.copy()), persistent=False)
 
