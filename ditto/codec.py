@@ -66,7 +66,8 @@ def as_numpy(array: Any) -> np.ndarray:
 def _little_endian_contiguous(arr: np.ndarray) -> np.ndarray:
     if arr.dtype.byteorder == ">":
         arr = arr.astype(arr.dtype.newbyteorder("<"))
-    return np.ascontiguousarray(arr)
+    # (np.ascontiguousarray would turn a 0-d array into 1-d)
+    return arr if arr.flags.c_contiguous else np.array(arr, order="C")
 
 
 def to_proto(array: Any, out: common_pb2.Tensor | None = None) -> common_pb2.Tensor:

@@ -169,7 +169,7 @@ def golden_init_v1(
             fan_in = int(np.prod(shape[1:]))
             val = z / np.sqrt(fan_in)
         out[name] = np.asarray(val, dtype=np.float64).astype(dtype)
-    for name, shape in spectral:
+    for name, _shape in spectral:
         base = name[:-2]
         w = out[base + "_orig"].astype(np.float64).reshape(out[base + "_orig"].shape[0], -1)
         if name.endswith("_v"):
@@ -195,4 +195,4 @@ def golden_state_dict(module: Any, seed: int) -> dict[str, Any]:
     entries = [(k, tuple(v.shape), str(v.numpy().dtype) if v.dtype != torch.bfloat16 else "float32")
                for k, v in sd.items()]
     arrays = golden_init_v1(entries, seed, shared_groups(sd))
-    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
+    return {k: torch.from_numpy(np.array(v, order="C")) for k, v in arrays.items()}  # keeps 0-d shapes

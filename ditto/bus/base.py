@@ -1,0 +1,142 @@
+"""The bus contract: ordered per-slot streams with one consumer group each, leases, atomic commits.
+
+Every stage has S slots. A slot is a stream (`<prefix>:<stage>:slot:<k>`) read by one consumer group (the stage
+name). A worker may read a slot only while it holds the slot's lease (a key with a TTL, renewed by heartbeat).
+When a worker dies its leases expire; the next holder claims the dead worker's pending entries before reading
+new ones, so every session's entries are processed in order by one worker at a time.
+
+`commit` is the one write path of a worker: in one atomic step it appends the outputs downstream, stores session
+state, and acknowledges (and deletes) the inputs -- and it does nothing if the worker no longer holds the lease.
+So an entry is either fully processed or not at all, and a redelivered entry is recognised by (session, epoch,
+seq) in the stored checkpoint. Only acknowledged entries are ever deleted; nothing is trimmed unprocessed.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ditto.v1 import bus_pb2
+
+
+class BusError(RuntimeError):
+    """The bus is unreachable or answered an error."""
+
+
+class LeaseLost(BusError):
+    """A commit or renewal was refused because another worker holds the lease now."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    stream: str
+    entry_id: str
+    entry: bus_pb2.StreamEntry
+    deliveries: int = 1  # > 1 when the entry was claimed from a worker that did not finish it
+
+
+@dataclass
+class Commit:
+    """One atomic step: outputs appended, state written (None deletes), inputs acknowledged and deleted."""
+
+    outputs: list[tuple[str, bus_pb2.StreamEntry]] = field(default_factory=list)
+    state: dict[str, bytes | None] = field(default_factory=dict)
+    acks: list[tuple[str, str]] = field(default_factory=list)  # (stream, entry_id)
+
+
+class Bus(abc.ABC):
+    """One interface, two implementations: `RedisBus` (Redis Streams) and `MemoryBus` (one process)."""
+
+    def __init__(self, prefix: str = "ditto", state_ttl_s: int = 3600) -> None:
+        self.prefix = prefix
+        self.state_ttl_s = state_ttl_s
+
+    # ---- names ----
+    def slot_stream(self, stage: str, slot: int) -> str:
+        return f"{self.prefix}:{stage}:slot:{slot}"
+
+    def lease_key(self, stage: str, slot: int) -> str:
+        return f"{self.prefix}:{stage}:lease:{slot}"
+
+    def state_key(self, stage: str, session_id: str) -> str:
+        return f"{self.prefix}:{stage}:state:{session_id}"
+
+    def key(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    # ---- streams ----
+    @abc.abstractmethod
+    async def ensure_group(self, stream: str, group: str) -> None:
+        """Create the stream and its consumer group if missing (reading from the beginning)."""
+
+    @abc.abstractmethod
+    async def publish(self, stream: str, entry: bus_pb2.StreamEntry) -> str:
+        """Append an entry; returns its id."""
+
+    @abc.abstractmethod
+    async def read(self, group: str, consumer: str, streams: Sequence[str], count: int = 64,
+                   block_ms: int = 0) -> list[Delivery]:
+        """New entries (never delivered to the group) from the given streams, oldest first per stream.
+        Blocks up to block_ms when there are none (0 = don't block)."""
+
+    @abc.abstractmethod
+    async def claim(self, stream: str, group: str, consumer: str, min_idle_ms: int = 0,
+                    count: int = 256) -> list[Delivery]:
+        """Take over pending entries (delivered but not acknowledged) idle at least min_idle_ms, oldest first."""
+
+    @abc.abstractmethod
+    async def commit(self, group: str, commit: Commit, lease: tuple[str, str] | None = None) -> None:
+        """Apply a Commit atomically. With `lease=(lease_key, owner)`, only if owner still holds it (else LeaseLost)."""
+
+    @abc.abstractmethod
+    async def pending_count(self, stream: str, group: str) -> int:
+        """Entries delivered to the group and not yet acknowledged."""
+
+    @abc.abstractmethod
+    async def backlog(self, stream: str, group: str) -> int:
+        """Entries not yet acknowledged by the group: pending plus never delivered (the stream's lag)."""
+
+    @abc.abstractmethod
+    async def stream_length(self, stream: str) -> int:
+        ...
+
+    @abc.abstractmethod
+    async def delete_stream(self, stream: str) -> None:
+        ...
+
+    # ---- leases ----
+    @abc.abstractmethod
+    async def acquire_lease(self, key: str, owner: str, ttl_ms: int) -> bool:
+        """Take the lease if free (or already ours). True when we hold it now."""
+
+    @abc.abstractmethod
+    async def renew_lease(self, key: str, owner: str, ttl_ms: int) -> bool:
+        """Extend our lease; False when it is no longer ours."""
+
+    @abc.abstractmethod
+    async def release_lease(self, key: str, owner: str) -> bool:
+        ...
+
+    @abc.abstractmethod
+    async def lease_owner(self, key: str) -> str | None:
+        ...
+
+    # ---- state ----
+    @abc.abstractmethod
+    async def get_state(self, key: str) -> bytes | None:
+        ...
+
+    @abc.abstractmethod
+    async def set_state(self, key: str, value: bytes | None, ttl_s: int | None = None) -> None:
+        ...
+
+    @abc.abstractmethod
+    async def incr(self, key: str, amount: int = 1, ttl_s: int | None = None) -> int:
+        """Atomic counter (quotas, session counts)."""
+
+    async def ping(self) -> bool:
+        return True
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        pass

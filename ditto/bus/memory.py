@@ -1,0 +1,209 @@
+"""The bus inside one process: the same contract as Redis Streams, on asyncio. The embedded default (`ditto render`,
+`ditto serve`): no Redis needed, and the same stage code gives the same frames."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ditto.bus.base import Bus, Commit, Delivery, LeaseLost
+from ditto.v1 import bus_pb2
+
+
+@dataclass
+class _Pending:
+    consumer: str
+    delivered_at: float
+    deliveries: int
+
+
+@dataclass
+class _Group:
+    last_delivered: int = 0  # sequence number of the newest delivered entry
+    pending: dict[str, _Pending] = field(default_factory=dict)
+
+
+@dataclass
+class _Stream:
+    entries: OrderedDict[str, bytes] = field(default_factory=OrderedDict)  # id -> serialised entry
+    seq_of: dict[str, int] = field(default_factory=dict)
+    groups: dict[str, _Group] = field(default_factory=dict)
+
+
+class MemoryBus(Bus):
+    def __init__(self, prefix: str = "ditto", state_ttl_s: int = 3600) -> None:
+        super().__init__(prefix, state_ttl_s)
+        self._streams: dict[str, _Stream] = {}
+        self._leases: dict[str, tuple[str, float]] = {}
+        self._state: dict[str, tuple[bytes, float]] = {}
+        self._counter = itertools.count(1)
+        self._changed = asyncio.Condition()
+
+    def _stream(self, name: str) -> _Stream:
+        return self._streams.setdefault(name, _Stream())
+
+    async def ensure_group(self, stream: str, group: str) -> None:
+        self._stream(stream).groups.setdefault(group, _Group())
+
+    def _append(self, stream: str, entry: bus_pb2.StreamEntry) -> str:
+        seq = next(self._counter)
+        entry_id = f"{int(time.time() * 1000)}-{seq}"
+        s = self._stream(stream)
+        # Entries are stored serialised, as on Redis, so no consumer can mutate another's copy.
+        s.entries[entry_id] = entry.SerializeToString()
+        s.seq_of[entry_id] = seq
+        return entry_id
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def publish(self, stream: str, entry: bus_pb2.StreamEntry) -> str:
+        entry_id = self._append(stream, entry)
+        await self._notify()
+        return entry_id
+
+    @staticmethod
+    def _delivery(stream: str, entry_id: str, raw: bytes, deliveries: int) -> Delivery:
+        msg = bus_pb2.StreamEntry()
+        msg.ParseFromString(raw)
+        return Delivery(stream, entry_id, msg, deliveries)
+
+    def _take_new(self, group: str, consumer: str, streams: Sequence[str], count: int) -> list[Delivery]:
+        out: list[Delivery] = []
+        now = time.monotonic()
+        for name in streams:
+            s = self._stream(name)
+            g = s.groups.setdefault(group, _Group())
+            for entry_id, raw in s.entries.items():
+                if len(out) >= count:
+                    return out
+                seq = s.seq_of[entry_id]
+                if seq <= g.last_delivered:
+                    continue
+                g.last_delivered = seq
+                g.pending[entry_id] = _Pending(consumer, now, 1)
+                out.append(self._delivery(name, entry_id, raw, 1))
+        return out
+
+    async def read(self, group: str, consumer: str, streams: Sequence[str], count: int = 64,
+                   block_ms: int = 0) -> list[Delivery]:
+        out = self._take_new(group, consumer, streams, count)
+        if out or block_ms <= 0:
+            return out
+        deadline = time.monotonic() + block_ms / 1000
+        async with self._changed:
+            while True:
+                out = self._take_new(group, consumer, streams, count)
+                remaining = deadline - time.monotonic()
+                if out or remaining <= 0:
+                    return out
+                try:
+                    await asyncio.wait_for(self._changed.wait(), remaining)
+                except TimeoutError:
+                    pass
+
+    async def claim(self, stream: str, group: str, consumer: str, min_idle_ms: int = 0,
+                    count: int = 256) -> list[Delivery]:
+        s = self._stream(stream)
+        g = s.groups.setdefault(group, _Group())
+        now = time.monotonic()
+        out: list[Delivery] = []
+        for entry_id in sorted(g.pending, key=lambda i: s.seq_of.get(i, 0)):
+            p = g.pending[entry_id]
+            if (now - p.delivered_at) * 1000 < min_idle_ms:
+                continue
+            if entry_id not in s.entries:
+                del g.pending[entry_id]
+                continue
+            p.consumer, p.delivered_at, p.deliveries = consumer, now, p.deliveries + 1
+            out.append(self._delivery(stream, entry_id, s.entries[entry_id], p.deliveries))
+            if len(out) >= count:
+                break
+        return out
+
+    async def commit(self, group: str, commit: Commit, lease: tuple[str, str] | None = None) -> None:
+        # No await before the last write: the whole commit happens in one step of the event loop (atomic).
+        if lease and self._lease_holder(lease[0]) != lease[1]:
+            raise LeaseLost(f"lease {lease[0]} is no longer held by {lease[1]}")
+        for stream, entry in commit.outputs:
+            self._append(stream, entry)
+        expires = time.monotonic() + self.state_ttl_s
+        for key, value in commit.state.items():
+            if value is None:
+                self._state.pop(key, None)
+            else:
+                self._state[key] = (value, expires)
+        for stream, entry_id in commit.acks:
+            s = self._stream(stream)
+            g = s.groups.setdefault(group, _Group())
+            if g.pending.pop(entry_id, None) is not None:
+                s.entries.pop(entry_id, None)
+                s.seq_of.pop(entry_id, None)
+        await self._notify()
+
+    async def pending_count(self, stream: str, group: str) -> int:
+        g = self._stream(stream).groups.get(group)
+        return len(g.pending) if g else 0
+
+    async def backlog(self, stream: str, group: str) -> int:
+        return len(self._stream(stream).entries)
+
+    async def stream_length(self, stream: str) -> int:
+        return len(self._stream(stream).entries)
+
+    async def delete_stream(self, stream: str) -> None:
+        self._streams.pop(stream, None)
+
+    def _lease_holder(self, key: str) -> str | None:
+        held = self._leases.get(key)
+        if held is None:
+            return None
+        if held[1] <= time.monotonic():
+            del self._leases[key]
+            return None
+        return held[0]
+
+    async def acquire_lease(self, key: str, owner: str, ttl_ms: int) -> bool:
+        holder = self._lease_holder(key)
+        if holder not in (None, owner):
+            return False
+        self._leases[key] = (owner, time.monotonic() + ttl_ms / 1000)
+        return True
+
+    async def renew_lease(self, key: str, owner: str, ttl_ms: int) -> bool:
+        if self._lease_holder(key) != owner:
+            return False
+        self._leases[key] = (owner, time.monotonic() + ttl_ms / 1000)
+        return True
+
+    async def release_lease(self, key: str, owner: str) -> bool:
+        if self._lease_holder(key) != owner:
+            return False
+        del self._leases[key]
+        return True
+
+    async def lease_owner(self, key: str) -> str | None:
+        return self._lease_holder(key)
+
+    async def get_state(self, key: str) -> bytes | None:
+        held = self._state.get(key)
+        if held is None or held[1] <= time.monotonic():
+            self._state.pop(key, None)
+            return None
+        return held[0]
+
+    async def set_state(self, key: str, value: bytes | None, ttl_s: int | None = None) -> None:
+        if value is None:
+            self._state.pop(key, None)
+        else:
+            self._state[key] = (value, time.monotonic() + (ttl_s or self.state_ttl_s))
+
+    async def incr(self, key: str, amount: int = 1, ttl_s: int | None = None) -> int:
+        current = int((await self.get_state(key)) or b"0") + amount
+        await self.set_state(key, str(current).encode(), ttl_s)
+        return current

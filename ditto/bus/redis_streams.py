@@ -1,0 +1,212 @@
+"""The bus on Redis Streams: XADD / XREADGROUP / XAUTOCLAIM, leases as keys with TTL, commits as one Lua script."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+
+from ditto.bus.base import Bus, BusError, Commit, Delivery, LeaseLost
+from ditto.v1 import bus_pb2
+
+_FIELD = b"e"
+
+# KEYS: [lease?] + output streams + state keys + ack streams.
+# ARGV: owner, n_out, n_state, n_ack, ttl, has_lease, then payloads, (flag, value) per state, (group, id) per ack.
+_COMMIT = """
+local owner = ARGV[1]
+local n_out, n_state, n_ack = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local ttl = tonumber(ARGV[5])
+local k, a = 1, 7
+if ARGV[6] == '1' then
+  if redis.call('GET', KEYS[1]) ~= owner then return redis.error_reply('LEASE_LOST') end
+  k = 2
+end
+for i = 1, n_out do redis.call('XADD', KEYS[k], '*', 'e', ARGV[a]); k = k + 1; a = a + 1 end
+for i = 1, n_state do
+  if ARGV[a] == '1' then redis.call('SET', KEYS[k], ARGV[a + 1], 'EX', ttl) else redis.call('DEL', KEYS[k]) end
+  k = k + 1; a = a + 2
+end
+for i = 1, n_ack do
+  redis.call('XACK', KEYS[k], ARGV[a], ARGV[a + 1])
+  redis.call('XDEL', KEYS[k], ARGV[a + 1])
+  k = k + 1; a = a + 2
+end
+return 1
+"""
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end
+"""
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+class RedisBus(Bus):
+    def __init__(self, url: str = "redis://127.0.0.1:6379/0", prefix: str = "ditto", state_ttl_s: int = 3600,
+                 client: aioredis.Redis | None = None) -> None:
+        super().__init__(prefix, state_ttl_s)
+        self.url = url
+        self.r = client or aioredis.Redis.from_url(url, socket_connect_timeout=2, health_check_interval=10)
+        self._commit = self.r.register_script(_COMMIT)
+        self._renew = self.r.register_script(_RENEW)
+        self._release = self.r.register_script(_RELEASE)
+        self._groups: set[tuple[str, str]] = set()
+
+    async def _call(self, coro: Any) -> Any:
+        try:
+            return await coro
+        except RedisError as err:
+            raise BusError(f"Redis at {self.url}: {err}") from err
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.r.ping())
+        except RedisError:
+            return False
+
+    async def ensure_group(self, stream: str, group: str) -> None:
+        if (stream, group) in self._groups:
+            return
+        try:
+            await self.r.xgroup_create(stream, group, id="0", mkstream=True)
+        except ResponseError as err:
+            if "BUSYGROUP" not in str(err):
+                raise BusError(f"cannot create group {group} on {stream}: {err}") from err
+        except RedisError as err:
+            raise BusError(f"Redis at {self.url}: {err}") from err
+        self._groups.add((stream, group))
+
+    async def publish(self, stream: str, entry: bus_pb2.StreamEntry) -> str:
+        return _s(await self._call(self.r.xadd(stream, {_FIELD: entry.SerializeToString()})))
+
+    @staticmethod
+    def _parse(stream: str, items: Any, deliveries: int) -> list[Delivery]:
+        out = []
+        for entry_id, fields in items:
+            if not fields:  # deleted while pending
+                continue
+            msg = bus_pb2.StreamEntry()
+            msg.ParseFromString(fields[_FIELD])
+            out.append(Delivery(stream, _s(entry_id), msg, deliveries))
+        return out
+
+    async def read(self, group: str, consumer: str, streams: Sequence[str], count: int = 64,
+                   block_ms: int = 0) -> list[Delivery]:
+        if not streams:
+            return []
+        for s in streams:
+            await self.ensure_group(s, group)
+        try:
+            res = await self.r.xreadgroup(group, consumer, {s: ">" for s in streams}, count=count,
+                                          block=block_ms if block_ms > 0 else None)
+        except ResponseError as err:
+            if "NOGROUP" in str(err):  # stream deleted under us: recreate on the next call
+                self._groups.clear()
+                return []
+            raise BusError(str(err)) from err
+        except RedisError as err:
+            raise BusError(f"Redis at {self.url}: {err}") from err
+        out: list[Delivery] = []
+        for stream, items in res or []:
+            out.extend(self._parse(_s(stream), items, 1))
+        return out
+
+    async def claim(self, stream: str, group: str, consumer: str, min_idle_ms: int = 0,
+                    count: int = 256) -> list[Delivery]:
+        await self.ensure_group(stream, group)
+        out: list[Delivery] = []
+        start = "0-0"
+        while True:
+            res = await self._call(self.r.xautoclaim(stream, group, consumer, min_idle_ms, start, count=count))
+            start = _s(res[0])
+            out.extend(self._parse(stream, res[1], 2))
+            if start == "0-0" or len(out) >= count:
+                return out
+
+    async def commit(self, group: str, commit: Commit, lease: tuple[str, str] | None = None) -> None:
+        keys: list[str] = []
+        argv: list[Any] = []
+        if lease:
+            keys.append(lease[0])
+        for stream, entry in commit.outputs:
+            keys.append(stream)
+            argv.append(entry.SerializeToString())
+        for key, value in commit.state.items():
+            keys.append(key)
+            argv.extend([b"1", value] if value is not None else [b"0", b""])
+        for stream, entry_id in commit.acks:
+            keys.append(stream)
+            argv.extend([group, entry_id])
+        head = [lease[1] if lease else "", len(commit.outputs), len(commit.state), len(commit.acks),
+                self.state_ttl_s, "1" if lease else "0"]
+        try:
+            await self._commit(keys=keys, args=head + argv)
+        except ResponseError as err:
+            if "LEASE_LOST" in str(err):
+                raise LeaseLost(f"lease {lease[0] if lease else ''} is no longer held by {head[0]}") from err
+            raise BusError(str(err)) from err
+        except RedisError as err:
+            raise BusError(f"Redis at {self.url}: {err}") from err
+
+    async def pending_count(self, stream: str, group: str) -> int:
+        try:
+            info = await self.r.xpending(stream, group)
+        except ResponseError:
+            return 0
+        except RedisError as err:
+            raise BusError(str(err)) from err
+        return int(info["pending"])
+
+    async def backlog(self, stream: str, group: str) -> int:
+        # Acknowledged entries are deleted at once, so what the stream holds is exactly what is not yet done.
+        return await self.stream_length(stream)
+
+    async def stream_length(self, stream: str) -> int:
+        return int(await self._call(self.r.xlen(stream)))
+
+    async def delete_stream(self, stream: str) -> None:
+        await self._call(self.r.delete(stream))
+        self._groups = {g for g in self._groups if g[0] != stream}
+
+    async def acquire_lease(self, key: str, owner: str, ttl_ms: int) -> bool:
+        if await self._call(self.r.set(key, owner, nx=True, px=ttl_ms)):
+            return True
+        return await self.renew_lease(key, owner, ttl_ms)
+
+    async def renew_lease(self, key: str, owner: str, ttl_ms: int) -> bool:
+        return bool(await self._call(self._renew(keys=[key], args=[owner, ttl_ms])))
+
+    async def release_lease(self, key: str, owner: str) -> bool:
+        return bool(await self._call(self._release(keys=[key], args=[owner])))
+
+    async def lease_owner(self, key: str) -> str | None:
+        v = await self._call(self.r.get(key))
+        return _s(v) if v is not None else None
+
+    async def get_state(self, key: str) -> bytes | None:
+        return await self._call(self.r.get(key))
+
+    async def set_state(self, key: str, value: bytes | None, ttl_s: int | None = None) -> None:
+        if value is None:
+            await self._call(self.r.delete(key))
+        else:
+            await self._call(self.r.set(key, value, ex=ttl_s or self.state_ttl_s))
+
+    async def incr(self, key: str, amount: int = 1, ttl_s: int | None = None) -> int:
+        async with self.r.pipeline(transaction=True) as p:
+            p.incrby(key, amount)
+            if ttl_s:
+                p.expire(key, ttl_s)
+            res = await self._call(p.execute())
+        return int(res[0])
+
+    async def close(self) -> None:
+        await self.r.aclose()
