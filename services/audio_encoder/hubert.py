@@ -1,0 +1,251 @@
+"""HuBERT backends behind one interface: `encode_windows(windows [B, 6480] float32) -> [B, 20, 1024] float32`.
+
+- `OnnxHubert`: ONNX Runtime (CPU or CUDA) on the official `hubert_streaming_fix_kv.onnx` / `hubert.onnx`
+  ([1, N] -> [T, 1024], no batch axis: windows run one by one) or on our batched export ([B, N] -> [B, T, 1024]).
+- `TensorRTHubert`: a TensorRT 10 fp32 engine built from either ONNX file and cached beside it.
+- `TorchHubert`: a transformers `HubertModel` (a local checkpoint folder, or random for tests).
+- `FunctionHubert`: any per-call function with the official session's contract, e.g. the golden fake HuBERT.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from services.audio_encoder.hubert_model import INPUT_NAME, OUTPUT_NAME
+from services.audio_encoder.windows import WINDOW
+
+DEFAULT_MAX_BATCH = 16
+
+
+class HubertBackend(Protocol):
+    name: str
+    max_batch: int
+
+    def encode_windows(self, windows: np.ndarray) -> np.ndarray: ...
+
+
+class BackendError(RuntimeError):
+    """A backend cannot be created or run here (missing library, no GPU, wrong model file); the message says why."""
+
+
+def check_windows(windows: np.ndarray) -> np.ndarray:
+    w = np.asarray(windows)
+    if w.ndim != 2 or w.shape[1] != WINDOW:
+        raise ValueError(f"windows must be [B, {WINDOW}] float32, got shape {w.shape}")
+    return np.ascontiguousarray(w, dtype=np.float32)
+
+
+def _stack(outputs: list[np.ndarray]) -> np.ndarray:
+    return np.stack(outputs).astype(np.float32, copy=False)
+
+
+class FunctionHubert:
+    """Wraps `fn(input_values [1, N]) -> [T, D]` (the official session's contract); windows go one by one."""
+
+    def __init__(self, fn: Callable[[np.ndarray], np.ndarray], name: str = "function") -> None:
+        self.fn, self.name, self.max_batch = fn, name, DEFAULT_MAX_BATCH
+
+    def encode_windows(self, windows: np.ndarray) -> np.ndarray:
+        w = check_windows(windows)
+        return _stack([np.asarray(self.fn(w[i:i + 1])) for i in range(w.shape[0])])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ONNX Runtime
+
+
+def _cuda_index(device: str) -> int:
+    return int(device.split(":", 1)[1]) if ":" in device else 0
+
+
+class OnnxHubert:
+    """ONNX Runtime session on a HuBERT ONNX file with the reference's names (input_values -> encoding_out)."""
+
+    def __init__(self, path: str | Path, device: str = "cpu", threads: int = 0,
+                 max_batch: int = DEFAULT_MAX_BATCH) -> None:
+        import onnxruntime as ort
+
+        from ditto.weights import CheckpointError
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise CheckpointError(f"{self.path}: HuBERT ONNX file not found. Run `ditto weights fetch`, or use "
+                                  "--weights synthetic")
+        providers: list[Any] = ["CPUExecutionProvider"]
+        if device.startswith("cuda"):
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise BackendError(f"device {device} asked for, but this onnxruntime has no CUDA provider "
+                                   "(install onnxruntime-gpu, or use --device cpu)")
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": _cuda_index(device)}))
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=providers)
+        except Exception as err:  # onnxruntime raises its own exception types
+            raise CheckpointError(f"{self.path}: ONNX Runtime cannot load it ({err}); the file may be truncated: "
+                                  "delete it and fetch it again") from err
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if [i.name for i in inputs] != [INPUT_NAME] or OUTPUT_NAME not in [o.name for o in outputs]:
+            raise CheckpointError(
+                f"{self.path}: expected input '{INPUT_NAME}' and output '{OUTPUT_NAME}', found inputs "
+                f"{[i.name for i in inputs]} and outputs {[o.name for o in outputs]}"
+            )
+        out = next(o for o in outputs if o.name == OUTPUT_NAME)
+        # the official graph: [T, 1024]; our batched export: [B, T, 1024]
+        self.batched = len(out.shape) == 3
+        self.max_batch = max_batch if self.batched else 1
+        self.name = f"onnxruntime-{'cuda' if device.startswith('cuda') else 'cpu'}"
+
+    def encode_windows(self, windows: np.ndarray) -> np.ndarray:
+        w = check_windows(windows)
+        if self.batched:
+            parts = [self.session.run([OUTPUT_NAME], {INPUT_NAME: w[i:i + self.max_batch]})[0]
+                     for i in range(0, w.shape[0], self.max_batch)]
+            return np.concatenate(parts).astype(np.float32, copy=False)
+        return _stack([self.session.run([OUTPUT_NAME], {INPUT_NAME: w[i:i + 1]})[0] for i in range(w.shape[0])])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# TensorRT
+
+
+class TensorRTHubert:
+    """A TensorRT 10 fp32 engine built from a HuBERT ONNX file (either layout) and cached as `<onnx>.<key>.engine`.
+
+    Shape profile as the reference's converter for the official layout: [1, 3240] / [1, 6480] / [1, 12960];
+    for the batched layout: batch 1 / max_batch / max_batch at 6480 samples. I/O lives in torch CUDA tensors.
+    """
+
+    def __init__(self, onnx_path: str | Path, device: str = "cuda", max_batch: int = DEFAULT_MAX_BATCH,
+                 cache_dir: str | Path | None = None) -> None:
+        try:
+            import tensorrt as trt
+        except ImportError as err:
+            raise BackendError("TensorRT is not installed: pip install 'tensorrt>=10,<11' (the [gpu] extra), or use "
+                               "the onnxruntime backend") from err
+        import torch
+
+        if not torch.cuda.is_available():
+            raise BackendError("the TensorRT backend needs a CUDA GPU, and none is visible")
+        self.trt, self.torch = trt, torch
+        self.device = torch.device(device if device.startswith("cuda") else "cuda")
+        self.onnx_path = Path(onnx_path)
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        import onnx
+
+        graph = onnx.load(str(self.onnx_path), load_external_data=False).graph
+        out = next(o for o in graph.output if o.name == OUTPUT_NAME)
+        self.batched = len(out.type.tensor_type.shape.dim) == 3
+        self.max_batch = max_batch if self.batched else 1
+        engine_path = self._engine_path(cache_dir)
+        if engine_path.is_file():
+            serialized = engine_path.read_bytes()
+        else:
+            serialized = self._build()
+            engine_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = engine_path.with_name(engine_path.name + ".partial")
+            tmp.write_bytes(serialized)
+            tmp.replace(engine_path)
+        with torch.cuda.device(self.device):
+            self.engine = trt.Runtime(self.logger).deserialize_cuda_engine(serialized)
+            if self.engine is None:
+                raise BackendError(f"{engine_path}: TensorRT cannot deserialize the engine; delete it to rebuild")
+            self.context = self.engine.create_execution_context()
+        self.name = "tensorrt-fp32"
+
+    def _engine_path(self, cache_dir: str | Path | None) -> Path:
+        st = self.onnx_path.stat()
+        gpu = self.torch.cuda.get_device_name(self.device)
+        key = hashlib.sha1(f"{st.st_size}:{st.st_mtime_ns}:{gpu}:{self.trt.__version__}:{self.max_batch}".encode())
+        folder = Path(cache_dir) if cache_dir else self.onnx_path.parent
+        return folder / f"{self.onnx_path.stem}.{key.hexdigest()[:12]}.engine"
+
+    def _build(self) -> bytes:
+        trt = self.trt
+        builder = trt.Builder(self.logger)
+        network = builder.create_network(0)  # TensorRT 10: networks are always explicit-batch
+        parser = trt.OnnxParser(network, self.logger)
+        if not parser.parse_from_file(str(self.onnx_path)):
+            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+            raise BackendError(f"{self.onnx_path}: TensorRT cannot parse the ONNX graph: {errors}")
+        config = builder.create_builder_config()
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, 4 << 30)
+        config.clear_flag(trt.BuilderFlag.TF32)  # fp32 as the reference: no TF32 matmuls either
+        profile = builder.create_optimization_profile()
+        if self.batched:
+            profile.set_shape(INPUT_NAME, (1, WINDOW), (self.max_batch, WINDOW), (self.max_batch, WINDOW))
+        else:
+            profile.set_shape(INPUT_NAME, (1, WINDOW // 2), (1, WINDOW), (1, 2 * WINDOW))
+        config.add_optimization_profile(profile)
+        serialized = builder.build_serialized_network(network, config)
+        if serialized is None:
+            raise BackendError(f"{self.onnx_path}: TensorRT failed to build an engine (see the log above)")
+        return bytes(serialized)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        x = torch.from_numpy(batch).to(self.device)
+        self.context.set_input_shape(INPUT_NAME, tuple(x.shape))
+        out = torch.empty(tuple(self.context.get_tensor_shape(OUTPUT_NAME)), dtype=torch.float32, device=self.device)
+        self.context.set_tensor_address(INPUT_NAME, x.data_ptr())
+        self.context.set_tensor_address(OUTPUT_NAME, out.data_ptr())
+        stream = torch.cuda.current_stream(self.device)
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise BackendError("TensorRT execution failed")
+        stream.synchronize()
+        return out.cpu().numpy()
+
+    def encode_windows(self, windows: np.ndarray) -> np.ndarray:
+        w = check_windows(windows)
+        if self.batched:
+            return np.concatenate([self._run(w[i:i + self.max_batch]) for i in range(0, w.shape[0], self.max_batch)])
+        return _stack([self._run(w[i:i + 1]) for i in range(w.shape[0])])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# PyTorch (transformers)
+
+
+class TorchHubert:
+    """A transformers HubertModel run directly: `TorchHubert.from_folder(dir)` or around a built model."""
+
+    def __init__(self, model: Any, device: str = "cpu", max_batch: int = DEFAULT_MAX_BATCH) -> None:
+        import torch
+
+        self.torch = torch
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.max_batch = max_batch
+        self.name = f"torch-{self.device.type}"
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, device: str = "cpu", max_batch: int = DEFAULT_MAX_BATCH) -> TorchHubert:
+        from services.audio_encoder.hubert_model import load_hubert_folder
+
+        return cls(load_hubert_folder(folder), device, max_batch)
+
+    def encode_windows(self, windows: np.ndarray) -> np.ndarray:
+        w = check_windows(windows)
+        torch = self.torch
+        parts = []
+        with torch.inference_mode():
+            for i in range(0, w.shape[0], self.max_batch):
+                x = torch.from_numpy(w[i:i + self.max_batch]).to(self.device)
+                parts.append(self.model(x).last_hidden_state.float().cpu().numpy())
+        return np.concatenate(parts)
+
+
+def open_onnx_backend(path: str | Path, backend: str = "auto", device: str = "cpu",
+                      max_batch: int = DEFAULT_MAX_BATCH) -> HubertBackend:
+    """The backend for a HuBERT ONNX file: 'onnxruntime', 'tensorrt', or 'auto' (ONNX Runtime on the device)."""
+    if backend == "tensorrt":
+        return TensorRTHubert(path, device if device.startswith("cuda") else "cuda", max_batch)
+    if backend in ("auto", "onnxruntime"):
+        return OnnxHubert(path, device, max_batch=max_batch)
+    raise BackendError(f"backend {backend!r} cannot run an ONNX file; use 'onnxruntime' or 'tensorrt'")
