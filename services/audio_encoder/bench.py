@@ -1,0 +1,90 @@
+"""Audio encoder benchmark: milliseconds per 200 ms window and the realtime factor against batch size.
+
+A full-size (HuBERT-Large-shaped, random) encoder runs batches of 1, 4 and 16 windows of 6480 samples, through
+PyTorch and through ONNX Runtime on our batched export (the official file has no batch axis), on the GPU when one
+is visible (plus TensorRT fp32 when installed), else on the CPU. Realtime factor = 200 ms of audio per window divided
+by the time per window: above 1 means faster than realtime for that many concurrent sessions' windows.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+WINDOW_MS = 200.0
+BATCHES = (1, 4, 16)
+
+
+def _time(fn: Any, x: np.ndarray, repeats: int) -> float:
+    fn(x)  # warm-up: allocations, kernel selection
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn(x)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _rows(name: str, backend: Any, repeats: int) -> list[dict]:
+    rng = np.random.default_rng(0)
+    rows = []
+    for b in BATCHES:
+        x = (0.1 * rng.standard_normal((b, 6480))).astype(np.float32)
+        seconds = _time(backend.encode_windows, x, repeats if b < 16 else 1)
+        ms = 1000.0 * seconds / b
+        rows.append({"backend": name, "batch": b, "ms_per_window": round(ms, 2),
+                     "realtime_factor": round(WINDOW_MS / ms, 3)})
+    return rows
+
+
+def run(out_dir: Path) -> dict:
+    import torch
+
+    from services.audio_encoder.hubert import OnnxHubert, TensorRTHubert, TorchHubert
+    from services.audio_encoder.hubert_model import HubertShape, export_onnx, random_hubert
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    model = random_hubert(HubertShape.full(), seed=0)
+    params = sum(p.numel() for p in model.parameters())
+    rows = _rows(f"torch-{device}", TorchHubert(model, device), repeats=2)
+    model.cpu()
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = export_onnx(model, Path(tmp) / "hubert_batched.onnx", batch_axis=True)
+        del model
+        rows += _rows(f"onnxruntime-{device}", OnnxHubert(onnx_path, device), repeats=2)
+        if cuda:
+            try:
+                rows += _rows("tensorrt-fp32", TensorRTHubert(onnx_path, "cuda", cache_dir=tmp), repeats=3)
+            except Exception as err:  # TensorRT missing or failing: the table says so
+                rows.append({"backend": "tensorrt-fp32", "error": str(err)})
+    result = {
+        "stage": "audio_encoder",
+        "model": f"HuBERT-Large shape, random weights, {params / 1e6:.0f} M parameters",
+        "window": "6480 samples (200 ms of new audio + context) -> 5 features",
+        "machine": {"cpu": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
+                    "gpu": torch.cuda.get_device_name(0) if cuda else None},
+        "rows": rows,
+    }
+    (out_dir / "audio.json").write_text(json.dumps(result, indent=1))
+    lines = [f"# Audio encoder ({result['model']})", "", f"Machine: {result['machine']}", "",
+             "| backend | batch | ms / window | realtime factor |", "|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['backend']} | - | {r['error']} | - |")
+        else:
+            lines.append(f"| {r['backend']} | {r['batch']} | {r['ms_per_window']} | {r['realtime_factor']} |")
+    (out_dir / "audio.md").write_text("\n".join(lines) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(Path("bench/results")), indent=1))

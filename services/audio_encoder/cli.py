@@ -1,0 +1,81 @@
+"""`ditto features`: the 25 fps HuBERT features of an audio file, computed the streaming way.
+
+    ditto features --audio speech.m4a --out speech.npy [--chunk-ms 200] [--weights DIR|synthetic] [--profile full]
+
+The file is decoded with PyAV and fed to a StreamingEncoder in chunks of N ms at its own rate and channel count,
+exactly as a client would stream it; every N gives the same [frames, 1024] array.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from ditto.cli import add_model_args
+
+    p = subparsers.add_parser("features", help="audio file -> [frames, 1024] HuBERT features (.npy), streamed",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--audio", required=True, type=Path, help="audio file (wav, mp3, m4a, ogg, webm, ...)")
+    p.add_argument("--out", required=True, type=Path, help="output .npy file, float32 [frames, 1024]")
+    p.add_argument("--chunk-ms", type=float, default=200.0,
+                   help="feed the audio in chunks of this many ms; 0 = the whole file at once (default: %(default)s)")
+    p.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt"), default="auto",
+                   help="how to run the HuBERT ONNX file (default: %(default)s = ONNX Runtime on --device)")
+    add_model_args(p)
+    p.set_defaults(handler=run)
+
+
+def resolve_onnx(weights: str, profile: str) -> Path:
+    """The HuBERT ONNX file for --weights: the official file in DIR, or a synthetic one in the cache."""
+    from ditto.config import default_cache_dir
+    from services.audio_encoder.synthetic import hubert_path, write_synthetic
+
+    if weights == "synthetic":
+        root = default_cache_dir() / f"synthetic-{profile}"
+        path = hubert_path(root)
+        if not path.is_file():
+            print(f"writing synthetic HuBERT ({profile}) to {path} ...", file=sys.stderr)
+        return write_synthetic(root, profile)
+    return hubert_path(weights)
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import onnxruntime as ort
+
+    return "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+    from tqdm import tqdm
+
+    from ditto.weights import CheckpointError
+    from services.audio_encoder.encoder import StreamingEncoder
+    from services.audio_encoder.formats import AudioError, decode_file
+    from services.audio_encoder.hubert import BackendError, open_onnx_backend
+
+    try:
+        decoded = decode_file(args.audio)
+        backend = open_onnx_backend(resolve_onnx(args.weights, args.profile), args.backend,
+                                    resolve_device(args.device))
+    except (AudioError, CheckpointError, BackendError) as err:
+        print(f"ditto features: {err}", file=sys.stderr)
+        return 2
+    enc = StreamingEncoder(backend, decoded.input_format())
+    feats = []
+    with tqdm(total=round(decoded.seconds, 2), unit="s", desc="features", file=sys.stderr) as bar:
+        for chunk in decoded.chunks(args.chunk_ms):
+            feats.append(enc.push(chunk))
+            bar.update(round(chunk.shape[0] / decoded.sample_rate, 4))
+        feats.append(enc.end())
+    out = np.concatenate(feats)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(args.out, out)
+    print(f"{args.out}: {out.shape[0]} frames x {out.shape[1]} ({decoded.seconds:.2f} s of audio, "
+          f"backend {backend.name})", file=sys.stderr)
+    return 0
