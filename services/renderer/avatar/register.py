@@ -1,0 +1,347 @@
+"""Avatar registration: source media -> everything the motion stage and the renderer need (method.md 1.9,
+spec-motion 7.1, 7.2, 7.5 and 8).
+
+Per source frame: find the face (detector + 106 landmarks on the first frame, the previous frame's 203 landmarks
+after that), 203 landmarks, the 512 roll-corrected crop and its `M_c2o`, the 256 extractor input, the motion
+extractor's `x_s_info`, the appearance volume `f_s`, and the eye features. Video sources get their motion info
+box-filtered over time (`smo_k_s` = 13).
+
+Without face-finding models (synthetic weights, or files missing) the crop is an explicit box when the caller
+gives one, otherwise the centred square of the frame. Results are cached per avatar under `cache_dir`, keyed by
+the media bytes, the crop settings and the identity of the weights, so registering the same avatar twice costs
+one file read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from ditto.codec import as_numpy
+from ditto.keypoints import transform_keypoints
+
+from .crop import CropSettings, Rect, box_crop_matrix, crop_image, crop_matrix, to_input_256, warp_crop
+from .eyes import eye_features
+from .sessions import AuxModels
+
+log = logging.getLogger(__name__)
+
+F32 = np.float32
+MOTION_KEYS = ("pitch", "yaw", "roll", "t", "exp", "scale", "kp")
+SMOOTH_KERNEL = 13   # smo_k_s
+CROP_SIZE = 512
+BATCH = 8            # source frames per extractor call
+CACHE_VERSION = 1
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+
+
+class MediaError(ValueError):
+    """The source bytes are not a readable image or video."""
+
+
+class NoFaceError(ValueError):
+    """No face was found in the source."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# source loading (spec-motion 7.2)
+
+
+def limit_size(frame: np.ndarray, max_size: int = 1920) -> np.ndarray:
+    """Resize so the long side is at most `max_size` (bilinear), then drop the last row/column of odd sides."""
+    h, w = frame.shape[:2]
+    if max_size > 0 and max(h, w) > max_size:
+        if h > w:
+            new_h, new_w = max_size, int(round(w * max_size / h))
+        else:
+            new_w, new_h = max_size, int(round(h * max_size / w))
+        frame = cv2.resize(frame, (new_w, new_h))
+        h, w = new_h, new_w
+    return np.ascontiguousarray(frame[: h - h % 2, : w - w % 2])
+
+
+def load_media(media: bytes, filename: str | None = None, max_size: int = 1920,
+               max_frames: int = 0) -> tuple[list[np.ndarray], bool]:
+    """(RGB uint8 frames, is_video). Images go through OpenCV, everything else through PyAV."""
+    if not media:
+        raise MediaError("the source is empty (0 bytes)")
+    ext = Path(filename).suffix.lower() if filename else ""
+    frames: list[np.ndarray] = []
+    is_video = False
+    if ext in IMAGE_EXTENSIONS or not ext:
+        bgr = cv2.imdecode(np.frombuffer(media, dtype=np.uint8), cv2.IMREAD_COLOR)
+        if bgr is not None:
+            frames = [cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)]
+    if not frames:
+        frames = _decode_video(media, filename, max_frames)
+        is_video = len(frames) > 1
+    frames = [limit_size(f, max_size) for f in frames]
+    if min(frames[0].shape[:2]) < 2:
+        raise MediaError(f"the source is too small ({frames[0].shape[1]}x{frames[0].shape[0]})")
+    return frames, is_video
+
+
+def _decode_video(media: bytes, filename: str | None, max_frames: int) -> list[np.ndarray]:
+    import av
+
+    what = f"'{filename}'" if filename else "the source"
+    try:
+        with av.open(io.BytesIO(media), mode="r") as container:
+            if not container.streams.video:
+                raise MediaError(f"{what} has no video stream and is not an image")
+            frames = []
+            for frame in container.decode(video=0):
+                frames.append(frame.to_ndarray(format="rgb24"))
+                if max_frames and len(frames) >= max_frames:
+                    break
+    except av.error.FFmpegError as err:
+        raise MediaError(f"{what} is neither a readable image (png, jpg, webp) nor a video (mp4, webm, mov): "
+                         f"{err}") from err
+    if not frames:
+        raise MediaError(f"{what} contains no decodable video frame")
+    return frames
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# video helpers (spec-motion 7.5)
+
+
+def mirror_index(i: int, n: int) -> int:
+    """Ping-pong over n source frames: 0, 1, .., n-1, n-1, .., 0, 0, 1, ..."""
+    q, r = divmod(i, n)
+    return r if q % 2 == 0 else n - 1 - r
+
+
+def smooth(values: np.ndarray, kernel: int = SMOOTH_KERNEL) -> np.ndarray:
+    """Box filter over axis 0 of width `kernel`, truncated at both ends, reading the original values, in float32."""
+    n = values.shape[0]
+    if n <= 1 or kernel <= 1:
+        return values
+    half = kernel // 2
+    values = values.astype(F32)
+    return np.stack([values[max(0, i - half): i + half + 1].mean(axis=0) for i in range(n)]).astype(F32)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the avatar
+
+
+@dataclass
+class Avatar:
+    avatar_id: str
+    frames: list[np.ndarray]              # original RGB uint8 [H, W, 3], what renders are pasted into
+    x_s_info: list[dict[str, np.ndarray]]  # per source frame, values with a batch axis of 1 (smoothed for videos)
+    f_s: list[Any]                        # per source frame, torch [1, 32, 16, 64, 64] (tiny profile: narrower)
+    M_c2o: np.ndarray                     # [n, 3, 3] float32
+    eye_open: np.ndarray                  # [n, 2] float32
+    eye_ball: np.ndarray                  # [n, 6] float32
+    is_video: bool
+    width: int
+    height: int
+    lmk203: np.ndarray | None = None      # [n, 203, 2] when landmarks were found
+    cache_hit: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.frames)
+
+    def source_index(self, gen: int) -> int:
+        """The source frame that generated frame `gen` uses (ping-pong for videos)."""
+        return mirror_index(gen, self.num_frames)
+
+    def x_s(self, i: int) -> np.ndarray:
+        """Source keypoints [1, 21, 3] of source frame i."""
+        return transform_keypoints(self.x_s_info[i])
+
+    def motion_info(self) -> dict[str, np.ndarray]:
+        """What the motion stage needs: x_s_info keys stacked over source frames ([n, ...]), eye_open, eye_ball."""
+        out = {k: np.concatenate([info[k] for info in self.x_s_info]).astype(F32) for k in MOTION_KEYS}
+        out["eye_open"] = self.eye_open.astype(F32)
+        out["eye_ball"] = self.eye_ball.astype(F32)
+        return out
+
+
+def models_identity(models: Any) -> str:
+    """Which networks produced an avatar's tensors (part of the cache key)."""
+    ident = getattr(models, "identity", None)
+    if callable(ident):
+        ident = ident()
+    if ident:
+        return str(ident)
+    return ":".join(str(getattr(models, a, "")) for a in ("weights", "profile")) or type(models).__qualname__
+
+
+def avatar_key(media: bytes, crop: CropSettings, models: Any, aux: AuxModels, tenant: str = "") -> str:
+    h = hashlib.sha256()
+    for part in (f"v{CACHE_VERSION}", tenant, crop.key(), models_identity(models), aux.identity):
+        h.update(part.encode() + b"\0")
+    h.update(media)
+    return h.hexdigest()[:32]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# registration
+
+
+def _crop_matrices(frames: Sequence[np.ndarray], crop: CropSettings,
+                   aux: AuxModels) -> tuple[list[np.ndarray], np.ndarray | None]:
+    """M_o2c per frame, and the 203 landmarks when face finding ran."""
+    if not aux.can_find_faces:
+        h, w = frames[0].shape[:2]
+        if crop.box is not None:
+            m = box_crop_matrix(crop.box, CROP_SIZE, crop.scale, crop.vy_ratio)
+        else:  # centred square of the frame, pixel-centre convention
+            side = F32(min(h, w))
+            m = crop_matrix(Rect(np.array([(w - 1) / 2, (h - 1) / 2], dtype=F32), np.array([side, side]), 0.0),
+                            CROP_SIZE, rotate=False)
+        return [m] * len(frames), None
+    assert aux.detector is not None and aux.landmark106 is not None and aux.landmark203 is not None
+    mats, lmks = [], []
+    prev: np.ndarray | None = None
+    for i, frame in enumerate(frames):
+        if prev is None:
+            box: np.ndarray | None = None
+            if crop.box is not None:
+                box = np.array([*crop.box, 1.0], dtype=F32)
+            else:
+                box = aux.detector.detect(frame).largest()
+                if box is None:
+                    where = "the image" if len(frames) == 1 else f"frame {i} of the video"
+                    raise NoFaceError(f"no face found in {where}; use a portrait with one clearly visible face, "
+                                      "or pass an explicit crop box")
+            seed = aux.landmark106(frame, box)
+        else:
+            seed = prev  # tracking: the previous frame's 203 landmarks
+        prev = aux.landmark203(frame, seed)
+        lmks.append(prev)
+        mats.append(crop_image(frame, prev, CROP_SIZE, crop.scale, crop.vy_ratio, crop.rotate).M_o2c)
+    return mats, np.stack(lmks)
+
+
+def _extract(models: Any, inputs: np.ndarray) -> tuple[dict[str, np.ndarray], list[Any]]:
+    """Run the motion and appearance extractors over [n, 3, 256, 256] in batches."""
+    import torch
+
+    device = getattr(models, "device", "cpu")
+    infos: dict[str, list[np.ndarray]] = {k: [] for k in MOTION_KEYS}
+    f_s: list[Any] = []
+    with torch.no_grad():
+        for start in range(0, len(inputs), BATCH):
+            x = torch.from_numpy(np.ascontiguousarray(inputs[start:start + BATCH])).to(device)
+            motion = models.motion(x)
+            b = x.shape[0]
+            for k in MOTION_KEYS:
+                v = as_numpy(motion[k]).astype(F32)
+                infos[k].append(v.reshape(b, -1))
+            feat = models.appearance(x)
+            f_s.extend(feat[j:j + 1] for j in range(b))
+    return {k: np.concatenate(v) for k, v in infos.items()}, f_s
+
+
+def register_avatar(media: bytes, filename: str | None, crop: CropSettings, models: Any, aux: AuxModels | None = None,
+                    cache_dir: Path | None = None, tenant: str = "",
+                    on_progress: Callable[[str], None] | None = None) -> Avatar:
+    """Register an image or a short video. Raises MediaError (unreadable bytes) or NoFaceError."""
+    aux = aux or AuxModels.none()
+    avatar_id = avatar_key(media, crop, models, aux, tenant)
+    if cache_dir is not None:
+        cached = load_cached(avatar_id, cache_dir, models)
+        if cached is not None:
+            return cached
+    frames, is_video = load_media(media, filename, crop.max_size, crop.max_frames)
+    mats, lmk203 = _crop_matrices(frames, crop, aux)
+    crops = [warp_crop(f, m, CROP_SIZE) for f, m in zip(frames, mats, strict=True)]
+    inputs = np.concatenate([to_input_256(c.image) for c in crops])  # [n, 3, 256, 256]
+    info, f_s = _extract(models, inputs)
+    if is_video:
+        info = {k: smooth(v) for k, v in info.items()}
+    meshes = [aux.mesh(c.image) for c in crops] if aux.mesh is not None else []
+    if meshes and all(m is not None for m in meshes):
+        eye_open, eye_ball = eye_features(np.concatenate([m for m in meshes if m is not None]))
+        notes: list[str] = []
+    else:
+        eye_open, eye_ball = eye_features(None, len(frames))
+        notes = ["eye features: neutral defaults (no face mesh)"]
+    h, w = frames[0].shape[:2]
+    avatar = Avatar(
+        avatar_id=avatar_id,
+        frames=frames,
+        x_s_info=[{k: v[i:i + 1] for k, v in info.items()} for i in range(len(frames))],
+        f_s=f_s,
+        M_c2o=np.stack([c.M_c2o for c in crops]).astype(F32),
+        eye_open=eye_open, eye_ball=eye_ball,
+        is_video=is_video, width=w, height=h, lmk203=lmk203,
+        notes=[*aux.notes, *notes],
+    )
+    if cache_dir is not None:
+        save_cached(avatar, media, filename, crop, cache_dir)
+    return avatar
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# cache: <cache_dir>/<avatar_id>/{media.bin, meta.json, info.npz, f_s.pt}
+
+
+def save_cached(avatar: Avatar, media: bytes, filename: str | None, crop: CropSettings, cache_dir: Path) -> None:
+    import torch
+
+    folder = Path(cache_dir) / avatar.avatar_id
+    tmp = folder.with_name(folder.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "media.bin").write_bytes(media)
+    arrays: dict[str, Any] = dict(avatar.motion_info())
+    arrays["M_c2o"] = avatar.M_c2o
+    if avatar.lmk203 is not None:
+        arrays["lmk203"] = avatar.lmk203
+    np.savez(tmp / "info.npz", **arrays)  # type: ignore[arg-type]
+    torch.save(torch.cat([t.detach().cpu() for t in avatar.f_s]), tmp / "f_s.pt")
+    meta = {"version": CACHE_VERSION, "filename": filename, "is_video": avatar.is_video,
+            "max_size": crop.max_size, "max_frames": crop.max_frames, "notes": avatar.notes}
+    (tmp / "meta.json").write_text(json.dumps(meta))
+    if folder.exists():  # a concurrent registration won; keep its files
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    tmp.rename(folder)
+
+
+def load_cached(avatar_id: str, cache_dir: Path, models: Any) -> Avatar | None:
+    """The cached avatar, or None when absent or unreadable (then it is computed again)."""
+    import torch
+
+    folder = Path(cache_dir) / avatar_id
+    if not (folder / "meta.json").is_file():
+        return None
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        if meta.get("version") != CACHE_VERSION:
+            return None
+        frames, _ = load_media((folder / "media.bin").read_bytes(), meta["filename"], meta["max_size"],
+                               meta["max_frames"])
+        with np.load(folder / "info.npz") as z:
+            arrays = {k: z[k] for k in z.files}
+        f_s = torch.load(folder / "f_s.pt", map_location=getattr(models, "device", "cpu"), weights_only=True)
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        log.warning("avatar cache entry %s unreadable (%s); registering again", folder, err)
+        return None
+    n = len(frames)
+    h, w = frames[0].shape[:2]
+    return Avatar(
+        avatar_id=avatar_id, frames=frames,
+        x_s_info=[{k: arrays[k][i:i + 1] for k in MOTION_KEYS} for i in range(n)],
+        f_s=[f_s[i:i + 1] for i in range(n)],
+        M_c2o=arrays["M_c2o"], eye_open=arrays["eye_open"], eye_ball=arrays["eye_ball"],
+        is_video=bool(meta["is_video"]), width=w, height=h, lmk203=arrays.get("lmk203"),
+        cache_hit=True, notes=list(meta.get("notes", [])),
+    )

@@ -1,0 +1,207 @@
+"""Frame encoders (raw RGB, JPEG, H.264 access units) and an MP4 writer with the original audio (method.md 1.11).
+
+- `RawEncoder`: the pixels as they are (RGB or RGBA, C order).
+- `JpegEncoder`: one JPEG per frame (OpenCV, quality 1..100). RGBA frames are encoded as PNG, since JPEG has no
+  alpha channel.
+- `H264Encoder`: one Annex-B access unit per frame with no frame delay (x264 `zerolatency`, no B-frames),
+  yuv420p, CRF 18 as the reference's writer. The first unit carries SPS/PPS and an IDR.
+- `Mp4Writer`: H.264 (yuv420p, CRF 18, 25 fps) plus the audio of any file PyAV reads, re-encoded as AAC, in one MP4.
+"""
+
+from __future__ import annotations
+
+import enum
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Protocol
+
+import av
+import cv2
+import numpy as np
+
+
+class Encoding(enum.IntEnum):
+    """Frame encodings (values as in `ditto.v1.FrameEncoding`; 0 means JPEG)."""
+
+    RAW_RGB = 1
+    JPEG = 2
+    H264 = 3
+
+
+class FrameEncoder(Protocol):
+    encoding: Encoding
+
+    def encode(self, frame: np.ndarray) -> bytes: ...
+
+    def flush(self) -> list[bytes]: ...
+
+
+class EncodeError(ValueError):
+    """A frame cannot be encoded (wrong shape or dtype); the message says what was expected."""
+
+
+def _check_frame(frame: np.ndarray, channels: tuple[int, ...] = (3, 4)) -> np.ndarray:
+    if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] not in channels:
+        raise EncodeError(f"expected a uint8 [H, W, {'|'.join(map(str, channels))}] frame, "
+                          f"got {frame.dtype} {tuple(frame.shape)}")
+    return np.ascontiguousarray(frame)
+
+
+class RawEncoder:
+    encoding = Encoding.RAW_RGB
+
+    def encode(self, frame: np.ndarray) -> bytes:
+        return _check_frame(frame).tobytes()
+
+    def flush(self) -> list[bytes]:
+        return []
+
+
+class JpegEncoder:
+    encoding = Encoding.JPEG
+
+    def __init__(self, quality: int = 90):
+        if not 1 <= quality <= 100:
+            raise EncodeError(f"JPEG quality must be 1..100, got {quality}")
+        self.quality = quality
+
+    def encode(self, frame: np.ndarray) -> bytes:
+        frame = _check_frame(frame)
+        if frame.shape[2] == 4:  # JPEG has no alpha: keep it losslessly
+            ok, buf = cv2.imencode(".png", cv2.cvtColor(frame, cv2.COLOR_RGBA2BGRA))
+        else:
+            ok, buf = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR),
+                                   [cv2.IMWRITE_JPEG_QUALITY, self.quality])
+        if not ok:
+            raise EncodeError("OpenCV could not encode the frame")
+        return buf.tobytes()
+
+    def flush(self) -> list[bytes]:
+        return []
+
+
+def _x264_options(crf: int, low_latency: bool) -> dict[str, str]:
+    opts = {"crf": str(crf), "preset": "veryfast" if low_latency else "medium"}
+    if low_latency:
+        opts.update(tune="zerolatency", bframes="0", **{"x264-params": "repeat-headers=1"})
+    return opts
+
+
+class H264Encoder:
+    """Streaming H.264: `encode(frame)` returns exactly one Annex-B access unit for that frame."""
+
+    encoding = Encoding.H264
+
+    def __init__(self, width: int, height: int, fps: int = 25, crf: int = 18, gop: int = 50):
+        if width % 2 or height % 2:
+            raise EncodeError(f"H.264 yuv420p needs even width and height, got {width}x{height}")
+        self.width, self.height = width, height
+        ctx: Any = av.CodecContext.create("libx264", "w")
+        ctx.width, ctx.height, ctx.pix_fmt = width, height, "yuv420p"
+        ctx.time_base = Fraction(1, fps)
+        ctx.framerate = Fraction(fps, 1)
+        ctx.gop_size = gop
+        ctx.options = _x264_options(crf, low_latency=True)
+        self._ctx = ctx
+        self._pts = 0
+
+    def encode(self, frame: np.ndarray) -> bytes:
+        frame = _check_frame(frame, (3,))
+        if frame.shape[:2] != (self.height, self.width):
+            raise EncodeError(f"frame is {frame.shape[1]}x{frame.shape[0]}, the stream is {self.width}x{self.height}")
+        vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
+        vf.pts = self._pts
+        self._pts += 1
+        return b"".join(bytes(p) for p in self._ctx.encode(vf))
+
+    def flush(self) -> list[bytes]:
+        return [bytes(p) for p in self._ctx.encode(None)]
+
+
+def make_encoder(encoding: int, width: int, height: int, jpeg_quality: int = 90, fps: int = 25) -> FrameEncoder:
+    """An encoder for a `ditto.v1.FrameEncoding` value (0 = JPEG)."""
+    if encoding in (0, Encoding.JPEG):
+        return JpegEncoder(jpeg_quality or 90)
+    if encoding == Encoding.RAW_RGB:
+        return RawEncoder()
+    if encoding == Encoding.H264:
+        return H264Encoder(width, height, fps)
+    raise EncodeError(f"unknown frame encoding {encoding}")
+
+
+class Mp4Writer:
+    """Writes RGB frames as H.264 into an MP4 and, on `close()`, muxes the audio of `audio` (a path or bytes of any
+    container PyAV reads) as AAC. Use as a context manager."""
+
+    def __init__(self, path: str | Path, width: int, height: int, fps: int = 25, crf: int = 18,
+                 audio: str | Path | bytes | None = None, audio_bitrate: int = 128_000):
+        if width % 2 or height % 2:
+            raise EncodeError(f"H.264 yuv420p needs even width and height, got {width}x{height}")
+        self.path = Path(path)
+        self.width, self.height, self.fps = width, height, fps
+        self._out: Any = av.open(str(self.path), mode="w", format="mp4")
+        self._video: Any = self._out.add_stream("libx264", rate=fps)
+        self._video.width, self._video.height, self._video.pix_fmt = width, height, "yuv420p"
+        self._video.codec_context.options = _x264_options(crf, low_latency=False)
+        self._audio_in: Any = None
+        self._audio: Any = None
+        if audio is not None:
+            self._open_audio(audio, audio_bitrate)
+        self.frames = 0
+
+    def _open_audio(self, audio: str | Path | bytes, bitrate: int) -> None:
+        import io
+
+        src = io.BytesIO(audio) if isinstance(audio, bytes | bytearray) else str(audio)
+        try:
+            self._audio_in = av.open(src, mode="r")
+        except av.error.FFmpegError as err:
+            raise EncodeError(f"cannot read the audio ({err})") from err
+        if not self._audio_in.streams.audio:
+            raise EncodeError("the audio file has no audio stream")
+        rate = self._audio_in.streams.audio[0].rate or 16000
+        self._audio = self._out.add_stream("aac", rate=rate)
+        self._audio.bit_rate = bitrate
+
+    def write(self, frame: np.ndarray) -> None:
+        frame = _check_frame(frame, (3,))
+        if frame.shape[:2] != (self.height, self.width):
+            raise EncodeError(f"frame is {frame.shape[1]}x{frame.shape[0]}, the video is {self.width}x{self.height}")
+        vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
+        vf.pts = self.frames
+        vf.time_base = Fraction(1, self.fps)
+        for packet in self._video.encode(vf):
+            self._out.mux(packet)
+        self.frames += 1
+
+    def _mux_audio(self) -> None:
+        # AAC takes 1024-sample frames in fltp; the resampler converts and re-chunks whatever the source holds
+        resampler = av.AudioResampler(format="fltp", layout="stereo" if self._audio.channels > 1 else "mono",
+                                      rate=self._audio.rate, frame_size=self._audio.codec_context.frame_size or 1024)
+        for frame in self._audio_in.decode(audio=0):
+            frame.pts = None
+            for rf in resampler.resample(frame):
+                for packet in self._audio.encode(rf):
+                    self._out.mux(packet)
+        for rf in resampler.resample(None):
+            for packet in self._audio.encode(rf):
+                self._out.mux(packet)
+        for packet in self._audio.encode(None):
+            self._out.mux(packet)
+
+    def close(self) -> None:
+        if self._out is None:
+            return
+        for packet in self._video.encode(None):
+            self._out.mux(packet)
+        if self._audio is not None:
+            self._mux_audio()
+            self._audio_in.close()
+        self._out.close()
+        self._out = None
+
+    def __enter__(self) -> Mp4Writer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
