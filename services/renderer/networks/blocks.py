@@ -188,6 +188,10 @@ class SpectralNormConv2d(nn.Module):
     and kept in the non-persistent buffer `weight`, so forward and ONNX export see a plain convolution.
     """
 
+    weight_u: torch.Tensor
+    weight_v: torch.Tensor
+    weight: torch.Tensor
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int = 0,
                  bias: bool = True) -> None:
         super().__init__()

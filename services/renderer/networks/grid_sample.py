@@ -11,6 +11,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 GridSampleMode = Literal["native", "decomposed"]
 
@@ -62,10 +63,21 @@ def grid_sample_3d(volume: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     return out.view(n, do, ho, wo, c).permute(0, 4, 1, 2, 3).contiguous()
 
 
-def sample_volume(volume: torch.Tensor, grid: torch.Tensor, mode: GridSampleMode = "native") -> torch.Tensor:
-    """The networks' one entry point: native F.grid_sample for PyTorch runs, the decomposition for export."""
-    if mode == "native":
-        return F.grid_sample(volume, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    if mode == "decomposed":
-        return grid_sample_3d(volume, grid)
-    raise ValueError(f"grid sample mode must be 'native' or 'decomposed', got {mode!r}")
+class GridSample3d(nn.Module):
+    """The networks' one entry point for 3-D sampling; `mode` is the switch.
+
+    "native": F.grid_sample (PyTorch runs, ONNX Runtime CPU export). "decomposed": `grid_sample_3d` (export for
+    TensorRT / ONNX Runtime CUDA). A stateless module rather than a function so that exported nodes carry its
+    class in their metadata, which lets the exporter tag them for fp32 in TensorRT.
+    """
+
+    def __init__(self, mode: GridSampleMode = "native") -> None:
+        super().__init__()
+        self.mode: GridSampleMode = mode
+
+    def forward(self, volume: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        if self.mode == "native":
+            return F.grid_sample(volume, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        if self.mode == "decomposed":
+            return grid_sample_3d(volume, grid)
+        raise ValueError(f"grid sample mode must be 'native' or 'decomposed', got {self.mode!r}")

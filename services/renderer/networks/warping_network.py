@@ -4,7 +4,7 @@ Spec: docs/spec-renderer.md section 6. Dense motion turns 21 keypoint pairs into
 one rigid shift per keypoint), lets a 3-D hourglass weigh them per voxel (softmax mask) and predicts an occlusion map.
 The weighted deformation resamples the source volume, which a 2-D head compresses to 256 channels.
 
-Both 3-D grid samples go through `sample_volume`, so one switch (`grid_sample_mode`) picks native
+Both 3-D grid samples go through `GridSample3d`, so one switch (`grid_sample_mode`) picks native
 `F.grid_sample` (PyTorch) or the gather decomposition (ONNX for TensorRT, which has no 5-D grid sample).
 """
 
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .blocks import Hourglass, SameBlock2d, identity_grid, keypoint_gaussian
-from .grid_sample import GridSampleMode, sample_volume
+from .grid_sample import GridSample3d, GridSampleMode
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,7 @@ class WarpingConfig:
     num_down_blocks: int = 2
     reshape_channel: int = 32        # f_s channels (feature_channel of the dense motion network)
     reshape_depth: int = 16
+    feature_size: int = 64           # H = W of f_s (AppearanceConfig.feature_shape)
     # dense motion network
     dm_block_expansion: int = 32
     dm_max_features: int = 1024
@@ -45,8 +46,8 @@ class WarpingConfig:
     @classmethod
     def tiny(cls) -> WarpingConfig:
         # Matches AppearanceConfig.tiny(): f_s [N, 8, 4, 32, 32].
-        return cls(block_expansion=8, reshape_channel=8, reshape_depth=4, dm_block_expansion=8, dm_max_features=64,
-                   dm_num_blocks=3, compress=2)
+        return cls(block_expansion=8, reshape_channel=8, reshape_depth=4, feature_size=32, dm_block_expansion=8,
+                   dm_max_features=64, dm_num_blocks=3, compress=2)
 
 
 class DenseMotionNetwork(nn.Module):
@@ -60,7 +61,7 @@ class DenseMotionNetwork(nn.Module):
         self.compress = nn.Conv3d(cfg.reshape_channel, cfg.compress, kernel_size=1)
         self.norm = nn.BatchNorm3d(cfg.compress)
         self.occlusion = nn.Conv2d(self.hourglass.out_filters * cfg.reshape_depth, 1, kernel_size=7, padding=3)
-        self.grid_sample_mode: GridSampleMode = "native"
+        self.grid_sample = GridSample3d()           # stateless: no state_dict entries
 
     def sparse_motions(self, spatial: tuple[int, int, int], kp_driving: torch.Tensor,
                        kp_source: torch.Tensor) -> torch.Tensor:
@@ -80,7 +81,7 @@ class DenseMotionNetwork(nn.Module):
         motions = self.sparse_motions((d, h, w), kp_driving, kp_source)             # [N, 22, D, H, W, 3]
         # Sample the compressed volume once per hypothesis (batch-major: row n*22 + k is sample n).
         tiled = compressed.unsqueeze(1).expand(n, hyp, *compressed.shape[1:]).reshape(n * hyp, -1, d, h, w)
-        deformed = sample_volume(tiled, motions.reshape(n * hyp, d, h, w, 3), self.grid_sample_mode)
+        deformed = self.grid_sample(tiled, motions.reshape(n * hyp, d, h, w, 3))
         deformed = deformed.view(n, hyp, -1, d, h, w)                                # [N, 22, 4, D, H, W]
 
         # Heatmaps: Gaussian(driving) - Gaussian(source), a zero map for the identity hypothesis.
@@ -108,23 +109,25 @@ class WarpingNetwork(nn.Module):
         volume_channels = cfg.reshape_channel * cfg.reshape_depth
         self.third = SameBlock2d(volume_channels, cfg.out_channels, lrelu=True)
         self.fourth = nn.Conv2d(cfg.out_channels, cfg.out_channels, kernel_size=1)
+        self.grid_sample = GridSample3d()
 
     @property
     def grid_sample_mode(self) -> GridSampleMode:
-        return self.dense_motion_network.grid_sample_mode
+        return self.grid_sample.mode
 
     @grid_sample_mode.setter
     def grid_sample_mode(self, mode: GridSampleMode) -> None:
         if mode not in ("native", "decomposed"):
             raise ValueError(f"grid sample mode must be 'native' or 'decomposed', got {mode!r}")
-        self.dense_motion_network.grid_sample_mode = mode
+        self.grid_sample.mode = mode
+        self.dense_motion_network.grid_sample.mode = mode
 
     def warp(self, feature_3d: torch.Tensor, kp_source: torch.Tensor,
              kp_driving: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(out, dense motion dict); the dict holds mask, deformation, occlusion_map for debugging."""
         dense = self.dense_motion_network(feature_3d, kp_driving=kp_driving, kp_source=kp_source)
         # The final warp reads the original 32-channel volume, not the compressed one.
-        out = sample_volume(feature_3d, dense["deformation"], self.grid_sample_mode)    # [N, 32, 16, 64, 64]
+        out = self.grid_sample(feature_3d, dense["deformation"])                         # [N, 32, 16, 64, 64]
         n, c, d, h, w = out.shape
         out = self.fourth(self.third(out.view(n, c * d, h, w)))                      # [N, 256, 64, 64]
         return out * dense["occlusion_map"], dense
