@@ -135,6 +135,10 @@ class Bus(abc.ABC):
     async def incr(self, key: str, amount: int = 1, ttl_s: int | None = None) -> int:
         """Atomic counter (quotas, session counts)."""
 
+    @abc.abstractmethod
+    async def scan_keys(self, pattern: str) -> list[str]:
+        """Live lease and state keys matching a glob pattern (presence records, placements, quotas)."""
+
     async def ping(self) -> bool:
         return True
 

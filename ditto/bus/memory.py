@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import itertools
 import time
 from collections import OrderedDict
@@ -189,6 +190,12 @@ class MemoryBus(Bus):
 
     async def lease_owner(self, key: str) -> str | None:
         return self._lease_holder(key)
+
+    async def scan_keys(self, pattern: str) -> list[str]:
+        now = time.monotonic()
+        live = [k for k, (_, exp) in self._leases.items() if exp > now]
+        live += [k for k, (_, exp) in self._state.items() if exp > now]
+        return [k for k in live if fnmatch.fnmatchcase(k, pattern)]
 
     async def get_state(self, key: str) -> bytes | None:
         held = self._state.get(key)

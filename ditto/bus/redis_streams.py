@@ -191,6 +191,12 @@ class RedisBus(Bus):
         v = await self._call(self.r.get(key))
         return _s(v) if v is not None else None
 
+    async def scan_keys(self, pattern: str) -> list[str]:
+        try:
+            return [_s(k) async for k in self.r.scan_iter(match=pattern, count=500)]
+        except RedisError as err:
+            raise BusError(f"Redis at {self.url}: {err}") from err
+
     async def get_state(self, key: str) -> bytes | None:
         return await self._call(self.r.get(key))
 

@@ -122,20 +122,7 @@ class SlotWorker:
 
     async def _live_workers(self) -> int:
         # Presence keys are leases too: one per live worker, renewed with the slot leases.
-        n = 0
-        for k in await self._scan_workers():
-            if await self.bus.lease_owner(k) is not None:
-                n += 1
-        return max(n, 1)
-
-    async def _scan_workers(self) -> list[str]:
-        r = getattr(self.bus, "r", None)
-        pattern = self.bus.key(self.stage, "worker", "*")
-        if r is not None:
-            return [k.decode() if isinstance(k, bytes) else k async for k in r.scan_iter(match=pattern, count=200)]
-        leases = getattr(self.bus, "_leases", {})
-        prefix = pattern[:-1]
-        return [k for k in list(leases) if k.startswith(prefix)]
+        return max(len(await self.bus.scan_keys(self.bus.key(self.stage, "worker", "*"))), 1)
 
     async def _rebalance(self) -> list[int]:
         """Acquire free slots up to this worker's share; give back surplus. Returns newly acquired slots."""

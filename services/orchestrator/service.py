@@ -1,0 +1,231 @@
+"""The orchestrator: the public `ditto.v1.Avatar` API over the stage workers.
+
+Stateless beyond the bus: sessions live on the replica that holds the client's stream, everything another replica or
+a stage worker needs (avatars, placements, quotas, epochs) is on the bus's state store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+
+from ditto import telemetry
+from ditto.bus import Bus, BusError, Commit
+from ditto.v1 import avatar_pb2, avatar_pb2_grpc, common_pb2, renderer_pb2
+from services.orchestrator.avatars import AvatarRegistry, Registrar, RegistrationError
+from services.orchestrator.config import OrchestratorSettings
+from services.orchestrator.placement import NoCapacity, Placer
+from services.orchestrator.session import Session, SessionError, validate_audio_format, validate_controls
+from services.orchestrator.tenants import AuthError, Quotas, Tenant, TenantDirectory
+
+log = telemetry.get_logger("ditto.orchestrator")
+_refused = telemetry.counter("ditto_sessions_refused_total", "Sessions refused at admission", ("reason",))
+
+
+class Orchestrator:
+    def __init__(self, settings: OrchestratorSettings, bus: Bus, registrar: Registrar,
+                 tenants: TenantDirectory | None = None) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.tenants = tenants or TenantDirectory.from_file(settings.api_keys_file)
+        self.quotas = Quotas(bus)
+        self.placer = Placer(bus, settings.bus.slots, settings.sessions_per_slot)
+        self.avatars = AvatarRegistry(bus, registrar)
+        self.sessions: dict[str, Session] = {}
+        self.frames_stream = bus.key("frames", settings.replica_id())
+        self._dispatcher: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        await self.bus.ensure_group(self.frames_stream, "orchestrator")
+        self._dispatcher = asyncio.create_task(self._dispatch_frames())
+
+    async def stop(self) -> None:
+        for s in list(self.sessions.values()):
+            await s.fail(grpc.StatusCode.UNAVAILABLE, "the server is shutting down; reconnect")
+            await s.close()
+        if self._dispatcher:
+            self._dispatcher.cancel()
+
+    async def _dispatch_frames(self) -> None:
+        """Route the renderer's output entries to their sessions; acknowledge (and so delete) them at once."""
+        while True:
+            try:
+                got = await self.bus.read("orchestrator", self.settings.replica_id(), [self.frames_stream],
+                                          count=256, block_ms=200)
+                for d in got:
+                    session = self.sessions.get(d.entry.session_id)
+                    if session is not None:
+                        session.on_entry(d.entry)
+                if got:
+                    await self.bus.commit("orchestrator", Commit(acks=[(d.stream, d.entry_id) for d in got]))
+            except asyncio.CancelledError:
+                return
+            except BusError as err:
+                log.warning("frames stream unavailable", error=str(err))
+                for s in list(self.sessions.values()):
+                    await s.fail(grpc.StatusCode.UNAVAILABLE,
+                                 "the session store (Redis) became unavailable; start a new session")
+                await asyncio.sleep(0.5)
+
+    # ---- sessions ----
+    async def open_session(self, tenant: Tenant, config: avatar_pb2.SessionConfig, offline: bool = False) -> Session:
+        validate_audio_format(config.audio_format)
+        validate_controls(config.controls, "config.controls")
+        if config.HasField("emotion"):
+            validate_controls(common_pb2.MotionControls(emotion=config.emotion), "config")
+        if config.overlap and config.overlap >= 80:
+            raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, "config.overlap must be below 80 frames")
+        if config.sampling_steps > 1000:
+            raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, "config.sampling_steps must be at most 1000")
+        avatar = await self.avatars.get(tenant.id, config.avatar_id)
+        if avatar is None:
+            raise SessionError(grpc.StatusCode.NOT_FOUND,
+                               f"avatar '{config.avatar_id}' is not registered for this tenant; call RegisterAvatar")
+        session_id = uuid.uuid4().hex
+        try:
+            await self.quotas.admit(tenant, session_id)
+        except AuthError:
+            _refused.labels("quota").inc()
+            raise
+        try:
+            placement = await self.placer.place(session_id)
+        except NoCapacity:
+            _refused.labels("capacity").inc()
+            await self.quotas.release(tenant.id, session_id, 0)
+            raise
+        remaining = await self.quotas.remaining_s(tenant)
+        session = Session(self, tenant, config, avatar, placement, offline=offline, session_id=session_id)
+        session.max_duration_s = min(session.max_duration_s, remaining)
+        self.sessions[session.session_id] = session
+        telemetry.bind(tenant=tenant.id, session=session.session_id)
+        await session.start()
+        log.info("session started", avatar=config.avatar_id, slots=placement.slots, offline=offline)
+        return session
+
+    async def close_session(self, session: Session) -> None:
+        await session.close()
+        self.sessions.pop(session.session_id, None)
+
+
+def _trailing_retry(context: grpc.aio.ServicerContext, ms: int) -> None:
+    context.set_trailing_metadata((("retry-after-ms", str(ms)),))
+
+
+class AvatarService(avatar_pb2_grpc.AvatarServicer):
+    def __init__(self, orch: Orchestrator) -> None:
+        self.orch = orch
+
+    def _tenant(self, context: grpc.aio.ServicerContext) -> Tenant:
+        return self.orch.tenants.authenticate(context.invocation_metadata())
+
+    async def RegisterAvatar(self, request, context):
+        try:
+            tenant = self._tenant(context)
+            if not request.media:
+                raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, "media is empty; send image or video bytes")
+            if len(request.media) > self.orch.settings.max_avatar_bytes:
+                raise SessionError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"media of {len(request.media)} bytes exceeds {self.orch.settings.max_avatar_bytes}")
+            req = renderer_pb2.RegisterSourceRequest(media=request.media, filename=request.filename,
+                                                     crop=request.crop)
+            info = await self.orch.avatars.register(tenant.id, req)
+            return avatar_pb2.RegisterAvatarResponse(avatar_id=info.avatar_id, width=info.width, height=info.height,
+                                                     source_frames=info.source_frames,
+                                                     already_registered=info.already_registered)
+        except (AuthError, SessionError, RegistrationError) as err:
+            await context.abort(err.code, str(err))
+        except BusError as err:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"avatar store unavailable: {err}")
+
+    async def GetAvatar(self, request, context):
+        try:
+            tenant = self._tenant(context)
+            info = await self.orch.avatars.get(tenant.id, request.avatar_id)
+        except AuthError as err:
+            await context.abort(err.code, str(err))
+        if info is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no avatar '{request.avatar_id}' for this tenant")
+        return avatar_pb2.RegisterAvatarResponse(avatar_id=info.avatar_id, width=info.width, height=info.height,
+                                                 source_frames=info.source_frames, already_registered=True)
+
+    async def DeleteAvatar(self, request, context):
+        try:
+            tenant = self._tenant(context)
+            ok = await self.orch.avatars.delete(tenant.id, request.avatar_id)
+        except AuthError as err:
+            await context.abort(err.code, str(err))
+        if not ok:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no avatar '{request.avatar_id}' for this tenant")
+        return avatar_pb2.DeleteAvatarResponse()
+
+    async def GetSession(self, request, context):
+        try:
+            tenant = self._tenant(context)
+        except AuthError as err:
+            await context.abort(err.code, str(err))
+        s = self.orch.sessions.get(request.session_id)
+        if s is None or s.tenant.id != tenant.id:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no session '{request.session_id}' for this tenant")
+        return s.info()
+
+    async def Converse(self, request_iterator, context) -> AsyncIterator[avatar_pb2.ConverseResponse]:
+        session: Session | None = None
+        reader: asyncio.Task | None = None
+        try:
+            tenant = self._tenant(context)
+            it = request_iterator.__aiter__()
+            try:
+                first = await asyncio.wait_for(it.__anext__(), self.orch.settings.idle_timeout_s)
+            except StopAsyncIteration:
+                raise SessionError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   "empty stream; send a SessionConfig first") from None
+            except TimeoutError:
+                raise SessionError(grpc.StatusCode.DEADLINE_EXCEEDED, "no SessionConfig received in time") from None
+            if first.WhichOneof("kind") != "config":
+                raise SessionError(grpc.StatusCode.FAILED_PRECONDITION,
+                                   "the first message must be a SessionConfig (then audio, controls, end)")
+            session = await self.orch.open_session(tenant, first.config)
+            out = session.config.output
+            yield avatar_pb2.ConverseResponse(started=avatar_pb2.SessionStarted(
+                session_id=session.session_id, fps=25, width=session.avatar.width, height=session.avatar.height,
+                encoding=out.encoding or 2, audio_look_ahead_ms=1200))
+            reader = asyncio.create_task(session.read_client(it))
+            while True:
+                msg = await session.outgoing.get()
+                if msg is None:
+                    break
+                yield msg
+            if session.final and session.final[0] != grpc.StatusCode.OK:
+                context.set_code(session.final[0])
+                context.set_details(session.final[1])
+        except (AuthError, SessionError) as err:
+            await context.abort(err.code, str(err))
+        except NoCapacity as err:
+            _trailing_retry(context, err.retry_after_ms)
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{err} (retry after {err.retry_after_ms} ms)")
+        except BusError as err:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"session store unavailable: {err}")
+        finally:
+            if reader:
+                reader.cancel()
+            if session:
+                await self.orch.close_session(session)
+
+    async def Render(self, request, context):
+        from services.orchestrator.render_job import RenderJobError, render_job
+
+        try:
+            tenant = self._tenant(context)
+            async for msg in render_job(self.orch, tenant, request):
+                yield msg
+        except (AuthError, SessionError, RenderJobError) as err:
+            await context.abort(err.code, str(err))
+        except NoCapacity as err:
+            _trailing_retry(context, err.retry_after_ms)
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{err} (retry after {err.retry_after_ms} ms)")
+        except BusError as err:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"session store unavailable: {err}")
+

@@ -1,0 +1,92 @@
+"""`make bench`: run every stage's benchmark and the serving benchmark; write JSON per part under bench/results/
+and one readable table, bench/results/SUMMARY.md, naming the machine each number came from."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+
+PARTS = {
+    "audio": "services.audio_encoder.bench",
+    "motion": "services.motion_generator.bench",
+    "renderer": "services.renderer.bench",
+    "serving": "services.orchestrator.bench",
+}
+
+
+def machine() -> dict:
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine()}
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["threads"] = torch.get_num_threads()
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    try:
+        with open("/proc/meminfo") as f:
+            info["memory_gb"] = round(int(f.readline().split()[1]) / 1024 / 1024, 1)
+    except OSError:
+        pass
+    return info
+
+
+def _rows(name: str, result: object, prefix: str = "") -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    if isinstance(result, dict):
+        for k, v in result.items():
+            if k in ("machine",):
+                continue
+            rows += _rows(name, v, f"{prefix}{k}." if isinstance(v, (dict, list)) else f"{prefix}{k}")
+    elif isinstance(result, list):
+        for i, v in enumerate(result):
+            rows += _rows(name, v, f"{prefix}{i}.")
+    else:
+        value = f"{result:.4g}" if isinstance(result, float) else str(result)
+        rows.append((prefix.rstrip("."), value))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path, default=Path("bench/results"))
+    ap.add_argument("--only", nargs="*", choices=sorted(PARTS), default=None)
+    args = ap.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    info = machine()
+    summary = [f"# Benchmarks\n\nMachine: {json.dumps(info)}\nDate: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n"]
+    failed = 0
+    for name, module in PARTS.items():
+        if args.only and name not in args.only:
+            continue
+        print(f"== {name} ({module})", flush=True)
+        t0 = time.time()
+        try:
+            result = importlib.import_module(module).run(args.out)
+        except Exception:
+            traceback.print_exc()
+            failed += 1
+            summary.append(f"\n## {name}\n\nFAILED, see the log.\n")
+            continue
+        result = dict(result or {})
+        result["machine"] = info
+        (args.out / f"{name}.json").write_text(json.dumps(result, indent=2, default=str))
+        summary.append(f"\n## {name} ({time.time() - t0:.0f} s)\n\n| metric | value |\n|---|---|")
+        summary += [f"| {k} | {v} |" for k, v in _rows(name, result)]
+    (args.out / "SUMMARY.md").write_text("\n".join(summary) + "\n")
+    print((args.out / "SUMMARY.md").read_text())
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
