@@ -77,7 +77,7 @@ def check_folder(path: Path, profile: str) -> list[str]:
 
     problems: list[str] = []
     synthetic = is_synthetic(path)
-    for name, f in OFFICIAL_FILES.items():
+    for f in OFFICIAL_FILES.values():
         p = path / f.path
         if not p.is_file():
             if f.required:
