@@ -32,7 +32,6 @@ class _NetworkSet:
             net.load_state_dict(golden_state_dict(net, seed + i))
             net.eval()
         self.device = "cpu"
-        self.identity = f"networks-tiny-golden-init-{seed}"
 
     def appearance(self, img: Any) -> Any:
         return self.F(img)
@@ -45,8 +44,7 @@ class _NetworkSet:
         return self.S(x_s, x_d)
 
     def warp_decode(self, f_s: Any, x_s: Any, x_d: Any) -> Any:
-        out = self.G(self.W(f_s, x_s, x_d))                 # [B, 3, 512, 512] in ~[0, 1]
-        return (out.clamp(0, 1) * 255).permute(0, 2, 3, 1)  # [B, 512, 512, 3] float in [0, 255]
+        return self.G(self.W(f_s, x_s, x_d)).clamp(0, 1)  # [B, 3, S, S] in [0, 1] (S = 256 tiny, 512 full)
 
 
 _CACHE: dict[str, Any] = {}

@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import logging
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,14 +172,43 @@ class Avatar:
         return out
 
 
+_IDENTITIES: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+
 def models_identity(models: Any) -> str:
-    """Which networks produced an avatar's tensors (part of the cache key)."""
+    """Which networks produced an avatar's tensors (part of the cache key).
+
+    A models object may say so itself (`identity`); otherwise its extractors are fingerprinted once per object:
+    their outputs on a fixed probe image, rounded to 4 significant digits, hashed. Other weights, profile or
+    backend precision give another fingerprint; rounding noise at worst costs a cache miss, never a wrong hit.
+    """
     ident = getattr(models, "identity", None)
     if callable(ident):
         ident = ident()
     if ident:
         return str(ident)
-    return ":".join(str(getattr(models, a, "")) for a in ("weights", "profile")) or type(models).__qualname__
+    try:
+        return _IDENTITIES[models]
+    except (KeyError, TypeError):
+        pass
+    import torch
+
+    y, x = np.mgrid[:256, :256].astype(F32) / 255
+    probe = np.stack([x, y, (x + y) / 2])[None]  # [1, 3, 256, 256]
+    h = hashlib.sha256(type(models).__qualname__.encode())
+    with torch.no_grad():
+        t = torch.from_numpy(probe).to(getattr(models, "device", "cpu"))
+        outputs = [*(models.motion(t)[k] for k in MOTION_KEYS), models.appearance(t)]
+    for v in outputs:
+        arr = as_numpy(v).astype(np.float64)
+        h.update(str(arr.shape).encode())
+        h.update(np.array([float(f"{a:.4g}") for a in arr.ravel()[:4096]]).tobytes())
+    fingerprint = h.hexdigest()[:16]
+    try:
+        _IDENTITIES[models] = fingerprint
+    except TypeError:
+        pass
+    return fingerprint
 
 
 def avatar_key(media: bytes, crop: CropSettings, models: Any, aux: AuxModels, tenant: str = "") -> str:

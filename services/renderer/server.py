@@ -1,0 +1,265 @@
+"""The `ditto.v1.Renderer` gRPC service: avatar registration and streaming rendering.
+
+RegisterAvatar: media bytes + crop options -> avatar id, size, and the motion info tensors the motion stage
+needs (`ditto.codec` named tensors).
+
+RenderFrames (bidirectional stream): a `RenderConfig` first (avatar, output options), then `KeypointFrames` with
+x_source / x_driving [n, 21, 3] float32, then `EndOfStream`. For each frame the renderer stitches the driving
+keypoints (`models.stitch`), warps and decodes (`models.warp_decode`), pastes back into the source frame and
+encodes; the answer is one `RenderedFrame` per input frame, then a final `Status`.
+
+Bad input is answered with a gRPC status and a message that says what to fix (INVALID_ARGUMENT for malformed
+requests, NOT_FOUND for an unknown avatar, FAILED_PRECONDITION when the stream does not start with a config); the
+server keeps serving other calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import grpc
+import numpy as np
+
+from ditto import codec, rpc
+from ditto.v1 import common_pb2, renderer_pb2, renderer_pb2_grpc
+
+from .avatar.crop import CropSettings
+from .avatar.register import Avatar, MediaError, NoFaceError, load_cached, register_avatar
+from .avatar.sessions import AuxModels
+from .encode import EncodeError, Encoding, FrameEncoder, make_encoder
+from .putback import Background, PasteOptions, PutBack
+
+log = logging.getLogger(__name__)
+
+CROP_SIZE = 512
+RENDER_BATCH = 8  # frames per network call
+
+
+def crop_settings(msg: common_pb2.CropOptions) -> CropSettings:
+    """`CropOptions` -> `CropSettings`; unset fields keep the reference defaults."""
+    d = CropSettings()
+    box = None
+    if msg.HasField("box"):
+        b = msg.box
+        if not (b.x1 > b.x0 and b.y1 > b.y0):
+            raise ValueError(f"crop box must have x1 > x0 and y1 > y0, got ({b.x0}, {b.y0}, {b.x1}, {b.y1})")
+        box = (b.x0, b.y0, b.x1, b.y1)
+    scale = msg.scale if msg.HasField("scale") else d.scale
+    if not 0.5 <= scale <= 10:
+        raise ValueError(f"crop scale must be within 0.5..10, got {scale}")
+    return CropSettings(
+        scale=scale,
+        vx_ratio=msg.vx_ratio if msg.HasField("vx_ratio") else d.vx_ratio,
+        vy_ratio=msg.vy_ratio if msg.HasField("vy_ratio") else d.vy_ratio,
+        rotate=msg.rotate if msg.HasField("rotate") else d.rotate,
+        box=box,
+        max_size=msg.max_size or d.max_size,
+        max_frames=msg.max_frames,
+    )
+
+
+@dataclass
+class RenderSession:
+    """One RenderFrames call: its avatar, paste options and encoder."""
+
+    avatar: Avatar
+    paste: PasteOptions
+    encoder: FrameEncoder
+    width: int
+    height: int
+    frames_out: int = 0
+
+
+class RendererCore:
+    """Registration and frame rendering without gRPC: what the servicer (and the embedded pipeline) calls."""
+
+    def __init__(self, models: Any, aux: AuxModels | None = None, cache_dir: Path | None = None,
+                 stitch: bool = True, max_avatars: int = 16):
+        self.models = models
+        self.aux = aux or AuxModels.none()
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.stitch = stitch  # False when the keypoints arrive already stitched
+        self.putback = PutBack()
+        self.max_avatars = max_avatars
+        self._avatars: OrderedDict[str, Avatar] = OrderedDict()
+
+    # -- avatars ------------------------------------------------------------------------------------------------
+
+    def register(self, media: bytes, filename: str | None, crop: CropSettings, tenant: str = "") -> tuple[Avatar, bool]:
+        """(avatar, already_registered)."""
+        avatar = register_avatar(media, filename, crop, self.models, self.aux, self.cache_dir, tenant=tenant)
+        known = avatar.avatar_id in self._avatars or avatar.cache_hit
+        self._remember(avatar)
+        return avatar, known
+
+    def avatar(self, avatar_id: str) -> Avatar | None:
+        avatar = self._avatars.get(avatar_id)
+        if avatar is None and self.cache_dir is not None and avatar_id and "/" not in avatar_id:
+            avatar = load_cached(avatar_id, self.cache_dir, self.models)
+            if avatar is not None:
+                self._remember(avatar)
+        if avatar is not None:
+            self._avatars.move_to_end(avatar_id)
+        return avatar
+
+    def _remember(self, avatar: Avatar) -> None:
+        self._avatars[avatar.avatar_id] = avatar
+        self._avatars.move_to_end(avatar.avatar_id)
+        while len(self._avatars) > self.max_avatars:
+            self._avatars.popitem(last=False)
+
+    # -- rendering ----------------------------------------------------------------------------------------------
+
+    def open(self, avatar: Avatar, output: common_pb2.OutputOptions) -> RenderSession:
+        background = Background(output.background or Background.ORIGINAL)
+        paste = PasteOptions(background=background, paste_back=output.paste_back)
+        width, height = (avatar.width, avatar.height) if paste.paste_back else (CROP_SIZE, CROP_SIZE)
+        encoding = output.encoding or Encoding.JPEG
+        if background == Background.TRANSPARENT and encoding == Encoding.H264:
+            raise ValueError("a transparent background needs RAW_RGB (RGBA) or JPEG (sent as PNG) frames; "
+                             "H.264 has no alpha channel")
+        if not 0 <= output.jpeg_quality <= 100:
+            raise ValueError(f"jpeg_quality must be 1..100 (0 = default 90), got {output.jpeg_quality}")
+        return RenderSession(avatar, paste, make_encoder(encoding, width, height, output.jpeg_quality or 90),
+                             width, height)
+
+    def render(self, session: RenderSession, x_s: np.ndarray, x_d: np.ndarray,
+               source_index: Iterable[int]) -> list[np.ndarray]:
+        """Stitch, warp, decode and paste back a batch; returns the output images (uint8)."""
+        import torch
+
+        avatar, models = session.avatar, self.models
+        idx = list(source_index)
+        device = getattr(models, "device", "cpu")
+        out: list[np.ndarray] = []
+        with torch.no_grad():
+            for s in range(0, len(idx), RENDER_BATCH):
+                part = idx[s:s + RENDER_BATCH]
+                xs = torch.from_numpy(np.ascontiguousarray(x_s[s:s + RENDER_BATCH], dtype=np.float32)).to(device)
+                xd = torch.from_numpy(np.ascontiguousarray(x_d[s:s + RENDER_BATCH], dtype=np.float32)).to(device)
+                if self.stitch:
+                    xd = models.stitch(xs, xd)
+                f_s = torch.cat([avatar.f_s[j] for j in part]).to(device)
+                images = models.warp_decode(f_s, xs, xd)  # [B, 3, S, S] in [0, 1]
+                # the reference hands paste-back the decoder output clipped to [0, 1] times 255, not rounded
+                renders = (images.clamp(0, 1) * 255).permute(0, 2, 3, 1).float().cpu().numpy()
+                for j, render in zip(part, renders, strict=True):
+                    if render.shape[0] != CROP_SIZE:  # the tiny profile renders 256 px: bring it to crop size
+                        render = cv2.resize(render, (CROP_SIZE, CROP_SIZE), interpolation=cv2.INTER_LINEAR)
+                    out.append(self.putback(avatar.frames[j], render, avatar.M_c2o[j], session.paste))
+        return out
+
+
+class RendererServicer(renderer_pb2_grpc.RendererServicer):
+    def __init__(self, core: RendererCore):
+        self.core = core
+
+    async def RegisterAvatar(self, request: renderer_pb2.RegisterSourceRequest,  # noqa: N802 (gRPC name)
+                             context: grpc.aio.ServicerContext) -> renderer_pb2.RegisterSourceResponse:
+        try:
+            crop = crop_settings(request.crop)
+            avatar, known = await asyncio.to_thread(self.core.register, request.media, request.filename or None,
+                                                    crop, request.tenant_id)
+        except (MediaError, NoFaceError, ValueError) as err:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+            raise  # unreachable: abort raises
+        info = common_pb2.AvatarMotionInfo(avatar_id=avatar.avatar_id, tensors=codec.named(avatar.motion_info()),
+                                           is_video=avatar.is_video)
+        return renderer_pb2.RegisterSourceResponse(
+            avatar_id=avatar.avatar_id, width=avatar.width, height=avatar.height, source_frames=avatar.num_frames,
+            motion_info=info, already_registered=known)
+
+    async def RenderFrames(self, request_iterator: AsyncIterator[renderer_pb2.RenderFramesRequest],  # noqa: N802
+                           context: grpc.aio.ServicerContext) -> AsyncIterator[renderer_pb2.RenderFramesResponse]:
+        session: RenderSession | None = None
+        async for request in request_iterator:
+            kind = request.WhichOneof("event")
+            if kind == "config":
+                if session is not None:
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "RenderConfig may be sent only once, "
+                                        "as the first message of the stream")
+                session = await self._open(request.config, context)
+            elif session is None:
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                    f"the first message must be a RenderConfig, got {kind or 'an empty message'}")
+            elif kind == "keypoints":
+                x_s, x_d, index = await self._check_keypoints(session, request.keypoints, context)
+                try:
+                    images = await asyncio.to_thread(self.core.render, session, x_s, x_d, index)
+                    payloads = [session.encoder.encode(img) for img in images]
+                except (ValueError, EncodeError) as err:
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"cannot render these keypoints: {err}")
+                    raise
+                h, w = images[0].shape[:2]
+                for i, data in enumerate(payloads):
+                    yield renderer_pb2.RenderFramesResponse(frame=renderer_pb2.RenderedFrame(
+                        index=request.keypoints.first_frame + i, data=data, width=w, height=h,
+                        encoding=int(session.encoder.encoding)))  # type: ignore[arg-type]
+                session.frames_out += len(payloads)
+            elif kind == "end":
+                break
+        if session is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "the stream ended before any RenderConfig")
+            return
+        session.encoder.flush()
+        yield renderer_pb2.RenderFramesResponse(final=common_pb2.Status(
+            code=0, message=f"rendered {session.frames_out} frames"))
+
+    async def _open(self, config: renderer_pb2.RenderConfig, context: grpc.aio.ServicerContext) -> RenderSession:
+        if not config.avatar_id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "RenderConfig.avatar_id is empty")
+        avatar = await asyncio.to_thread(self.core.avatar, config.avatar_id)
+        if avatar is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                f"unknown avatar '{config.avatar_id}': register it with RegisterAvatar first")
+        assert avatar is not None
+        try:
+            return self.core.open(avatar, config.output)
+        except (ValueError, EncodeError) as err:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad output options: {err}")
+            raise
+
+    async def _check_keypoints(self, session: RenderSession, kp: common_pb2.KeypointFrames,
+                               context: grpc.aio.ServicerContext) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        num_kp = int(getattr(self.core.models, "num_kp", 21))
+        try:
+            x_s = codec.from_proto(kp.x_source)
+            x_d = codec.from_proto(kp.x_driving)
+        except codec.CodecError as err:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"keypoint tensor unreadable: {err}")
+            raise
+        for name, arr in (("x_source", x_s), ("x_driving", x_d)):
+            if arr.ndim != 3 or arr.shape[1:] != (num_kp, 3) or arr.shape[0] == 0:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    f"{name} must have shape [n, {num_kp}, 3] with n >= 1, got {list(arr.shape)}")
+            if arr.dtype.kind != "f":
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{name} must be float32, got {arr.dtype}")
+            if not np.isfinite(arr).all():
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{name} contains NaN or infinity")
+        if x_s.shape[0] != x_d.shape[0]:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"x_source has {x_s.shape[0]} frames but x_driving has {x_d.shape[0]}")
+        n, avatar = x_d.shape[0], session.avatar
+        if kp.source_frame_index:
+            index = [int(i) for i in kp.source_frame_index]
+            if len(index) != n or min(index) < 0 or max(index) >= avatar.num_frames:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    f"source_frame_index needs {n} entries within 0..{avatar.num_frames - 1}")
+        else:
+            index = [avatar.source_index(kp.first_frame + i) for i in range(n)]
+        return x_s.astype(np.float32), x_d.astype(np.float32), index
+
+
+async def serve(core: RendererCore, host: str = "127.0.0.1", port: int = 0,
+                max_message_bytes: int = rpc.DEFAULT_MAX_MESSAGE) -> rpc.RunningServer:
+    """Start the Renderer service with health checking and reflection."""
+    service = rpc.Service(renderer_pb2_grpc.add_RendererServicer_to_server, RendererServicer(core),
+                          rpc.service_name(renderer_pb2, "Renderer"))
+    return await rpc.start_server([service], host, port, max_message_bytes)
