@@ -187,6 +187,8 @@ def decode_file(path: str | Path) -> DecodedFile:
         resampler = None
         try:
             for frame in container.decode(stream):
+                if not isinstance(frame, av.AudioFrame):
+                    continue
                 if resampler is None:
                     rate = frame.sample_rate
                     # format only: rate and layout stay as decoded (None = keep the input's)

@@ -22,12 +22,12 @@ import numpy as np
 from ditto import codec, rpc
 from ditto.v1 import audio_encoder_pb2, audio_encoder_pb2_grpc, common_pb2
 from services.audio_encoder.encoder import StreamingEncoder
-from services.audio_encoder.formats import AudioError, InputFormat
+from services.audio_encoder.formats import AudioError, InputFormat, SampleFormat
 from services.audio_encoder.hubert import HubertBackend
 from services.audio_encoder.windows import ENCODER_FRAMES, FEATURE_DIM
 
 FPS = 25
-_SAMPLE_FORMATS = {
+_SAMPLE_FORMATS: dict[int, SampleFormat] = {
     common_pb2.SAMPLE_FORMAT_UNSPECIFIED: "pcm_s16le",
     common_pb2.SAMPLE_FORMAT_PCM_S16LE: "pcm_s16le",
     common_pb2.SAMPLE_FORMAT_FLOAT32LE: "float32le",
@@ -122,10 +122,12 @@ class AudioEncoderServicer(audio_encoder_pb2_grpc.AudioEncoderServicer):
         if first is None or first.WhichOneof("event") != "config":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 "the first message of Encode must be an EncodeConfig with the audio format")
+            return
         try:
             enc = StreamingEncoder(None, input_format(first.config.format))
         except AudioError as err:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad audio format: {err}")
+            return
         yield audio_encoder_pb2.EncodeResponse(started=audio_encoder_pb2.EncodeStarted(
             feature_dim=FEATURE_DIM, fps=FPS, backend=self.batcher.backend.name))
         async for request in request_iterator:

@@ -1,0 +1,88 @@
+"""The audio encoder's bus handler: audio chunks of many sessions -> one batched HuBERT call -> features.
+
+Per session it checkpoints the `StreamingEncoder` state (resampler and window tails, counters) after every chunk,
+so a worker that takes over the slot resumes the stream exactly. START, CONTROL and CLOSE entries pass through to
+the motion stage in order; INTERRUPT drops the buffered audio of the old epoch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import grpc
+import numpy as np
+
+from ditto import codec, stage
+from ditto.bus.worker import Output, WorkItem, WorkResult
+from ditto.v1 import bus_pb2, common_pb2
+from services.audio_encoder.encoder import StreamingEncoder, encode_many
+from services.audio_encoder.formats import AudioError
+from services.audio_encoder.hubert import HubertBackend
+from services.audio_encoder.server import input_format
+
+NEXT = "motion_generator"
+
+
+class AudioStage:
+    stage = "audio_encoder"
+
+    def __init__(self, backend: HubertBackend) -> None:
+        self.backend = backend
+
+    def _encoder(self, item: WorkItem) -> StreamingEncoder | None:
+        return StreamingEncoder.from_state_bytes(item.state, None) if item.state else None
+
+    async def process(self, items: Sequence[WorkItem]) -> list[WorkResult]:
+        results = [WorkResult() for _ in items]
+        pushes: list[tuple[int, StreamingEncoder, bytes | None, bool]] = []
+        for i, item in enumerate(items):
+            e, res = item.entry, results[i]
+            try:
+                if e.kind == bus_pb2.ENTRY_KIND_START:
+                    enc = StreamingEncoder(None, input_format(stage.session_spec(item).audio_format))
+                    res.state = enc.state_bytes()
+                    res.outputs.append(stage.forward(item, NEXT))
+                    continue
+                enc = self._encoder(item)
+                if enc is None:  # no START seen (state expired or lost): the session cannot go on here
+                    if e.kind != bus_pb2.ENTRY_KIND_CLOSE:
+                        res.outputs.append(stage.error(grpc.StatusCode.ABORTED,
+                                                       "the audio encoder lost this session's state; start again"))
+                    res.close = True
+                    continue
+                if e.kind == bus_pb2.ENTRY_KIND_DATA:
+                    meta = bus_pb2.AudioMeta()
+                    meta.ParseFromString(e.meta)
+                    pcm = codec.unnamed(e.tensors)["pcm"]
+                    pushes.append((i, enc, pcm.tobytes(), meta.idle))
+                elif e.kind == bus_pb2.ENTRY_KIND_END:
+                    pushes.append((i, enc, None, False))
+                elif e.kind == bus_pb2.ENTRY_KIND_INTERRUPT:
+                    res.state = StreamingEncoder(None, enc.format).state_bytes()  # old audio is dropped
+                    res.outputs.append(stage.forward(item, NEXT))
+                elif e.kind == bus_pb2.ENTRY_KIND_CLOSE:
+                    res.outputs.append(stage.forward(item, NEXT))
+                    res.close = True
+                else:  # CONTROL and anything newer: pass through in order
+                    res.outputs.append(stage.forward(item, NEXT))
+            except AudioError as err:
+                res.outputs.append(stage.error(grpc.StatusCode.INVALID_ARGUMENT, str(err)))
+                res.close = True
+        if pushes:
+            feats = await asyncio.to_thread(encode_many, self.backend, [(enc, data) for _, enc, data, _ in pushes])
+            for (i, enc, data, idle), f in zip(pushes, feats, strict=True):
+                res = results[i]
+                if isinstance(f, AudioError):
+                    res.outputs.append(stage.error(grpc.StatusCode.INVALID_ARGUMENT, str(f)))
+                    res.close = True
+                    continue
+                if len(f):
+                    first = enc.frames_out - len(f)
+                    chunk = common_pb2.FeatureChunk(first_frame=first, idle=idle)
+                    res.outputs.append(Output(NEXT, bus_pb2.ENTRY_KIND_DATA, {"features": np.asarray(f)},
+                                              chunk.SerializeToString()))
+                if data is None:
+                    res.outputs.append(stage.forward(items[i], NEXT))  # END after the last features
+                res.state = enc.state_bytes()
+        return results
