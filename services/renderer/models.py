@@ -12,7 +12,7 @@ B is any batch: rows may belong to different sessions. Weights come from a folde
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -73,17 +73,20 @@ class RendererConfig:
         return self.decoder.output_size
 
 
-def build_networks(profile: str = "full") -> dict[str, nn.Module]:
-    """The five networks with unloaded weights, in eval mode, keyed like `OFFICIAL_FILES`."""
+def build_networks(profile: str = "full", names: tuple[str, ...] = NETWORKS) -> dict[str, nn.Module]:
+    """The networks `names` (default: all five) with unloaded weights, in eval mode, keyed like `OFFICIAL_FILES`."""
     cfg = RendererConfig.for_profile(profile)
-    nets: dict[str, nn.Module] = {
-        "appearance_extractor": AppearanceFeatureExtractor(cfg.appearance),
-        "motion_extractor": MotionExtractor(cfg.motion),
-        "stitch_network": StitchingNetwork(cfg.stitching),
-        "warp_network": WarpingNetwork(cfg.warping),
-        "decoder": SPADEDecoder(cfg.decoder),
+    factories: dict[str, Callable[[], nn.Module]] = {
+        "appearance_extractor": lambda: AppearanceFeatureExtractor(cfg.appearance),
+        "motion_extractor": lambda: MotionExtractor(cfg.motion),
+        "stitch_network": lambda: StitchingNetwork(cfg.stitching),
+        "warp_network": lambda: WarpingNetwork(cfg.warping),
+        "decoder": lambda: SPADEDecoder(cfg.decoder),
     }
-    return {name: net.eval() for name, net in nets.items()}
+    unknown = set(names) - set(factories)
+    if unknown:
+        raise KeyError(f"unknown renderer networks {sorted(unknown)}; expected some of {list(NETWORKS)}")
+    return {name: factories[name]().eval() for name in names}
 
 
 def load_networks(weights: str | Path, profile: str = "full", seed: int = 0) -> dict[str, nn.Module]:
