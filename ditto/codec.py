@@ -141,3 +141,25 @@ def named(tensors: dict[str, Any]) -> list[common_pb2.NamedTensor]:
 
 def unnamed(items: Any) -> dict[str, np.ndarray]:
     return {item.name: from_proto(item.tensor) for item in items}
+
+
+def pack(state: dict[str, Any]) -> bytes:
+    """A flat dict of numpy arrays and JSON-able scalars/strings -> bytes (an .npz; no pickle), for checkpoints."""
+    import io
+    import json
+
+    arrays = {k: v for k, v in state.items() if isinstance(v, np.ndarray)}
+    scalars = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in state.items() if k not in arrays}
+    buf = io.BytesIO()
+    np.savez(buf, __json__=np.frombuffer(json.dumps(scalars).encode(), np.uint8), **arrays)
+    return buf.getvalue()
+
+
+def unpack(data: bytes) -> dict[str, Any]:
+    import io
+    import json
+
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        out: dict[str, Any] = json.loads(z["__json__"].tobytes().decode())
+        out.update({k: z[k] for k in z.files if k != "__json__"})
+    return out

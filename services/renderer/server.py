@@ -157,6 +157,18 @@ class RendererCore:
         return out
 
 
+def registration_response(core: RendererCore, request: renderer_pb2.RegisterSourceRequest
+                          ) -> renderer_pb2.RegisterSourceResponse:
+    """Register the request's media with `core`; raises ValueError (MediaError, NoFaceError) on bad input."""
+    avatar, known = core.register(request.media, request.filename or None, crop_settings(request.crop),
+                                  request.tenant_id)
+    info = common_pb2.AvatarMotionInfo(avatar_id=avatar.avatar_id, tensors=codec.named(avatar.motion_info()),
+                                       is_video=avatar.is_video)
+    return renderer_pb2.RegisterSourceResponse(
+        avatar_id=avatar.avatar_id, width=avatar.width, height=avatar.height, source_frames=avatar.num_frames,
+        motion_info=info, already_registered=known)
+
+
 class RendererServicer(renderer_pb2_grpc.RendererServicer):
     def __init__(self, core: RendererCore):
         self.core = core
@@ -164,17 +176,10 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
     async def RegisterAvatar(self, request: renderer_pb2.RegisterSourceRequest,  # noqa: N802 (gRPC name)
                              context: grpc.aio.ServicerContext) -> renderer_pb2.RegisterSourceResponse:
         try:
-            crop = crop_settings(request.crop)
-            avatar, known = await asyncio.to_thread(self.core.register, request.media, request.filename or None,
-                                                    crop, request.tenant_id)
+            return await asyncio.to_thread(registration_response, self.core, request)
         except (MediaError, NoFaceError, ValueError) as err:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
             raise  # unreachable: abort raises
-        info = common_pb2.AvatarMotionInfo(avatar_id=avatar.avatar_id, tensors=codec.named(avatar.motion_info()),
-                                           is_video=avatar.is_video)
-        return renderer_pb2.RegisterSourceResponse(
-            avatar_id=avatar.avatar_id, width=avatar.width, height=avatar.height, source_frames=avatar.num_frames,
-            motion_info=info, already_registered=known)
 
     async def RenderFrames(self, request_iterator: AsyncIterator[renderer_pb2.RenderFramesRequest],  # noqa: N802
                            context: grpc.aio.ServicerContext) -> AsyncIterator[renderer_pb2.RenderFramesResponse]:

@@ -1,0 +1,208 @@
+"""Python client SDK for the public `ditto.v1.Avatar` API, asyncio and blocking.
+
+    from ditto.client import AvatarClient
+    with AvatarClient("127.0.0.1:50051", api_key="...") as client:
+        avatar = client.register_avatar("portrait.png")
+        for event in client.converse(avatar.avatar_id, pcm_chunks(), sample_rate_hz=16000):
+            if event.WhichOneof("kind") == "frame":
+                show(event.frame)
+
+    async with AsyncAvatarClient("127.0.0.1:50051") as client:
+        stream = await client.open_session(avatar_id, sample_rate_hz=16000)
+        await stream.send_audio(chunk); await stream.interrupt(); await stream.end_audio()
+        async for event in stream: ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from ditto import rpc
+from ditto.v1 import avatar_pb2, avatar_pb2_grpc, common_pb2
+
+Media = bytes | str | Path
+
+
+def _media(media: Media) -> tuple[bytes, str]:
+    if isinstance(media, bytes):
+        return media, ""
+    p = Path(media)
+    return p.read_bytes(), p.name
+
+
+def session_config(avatar_id: str, sample_rate_hz: int = 16000, channels: int = 1, sample_format: str = "s16",
+                   encoding: int = common_pb2.FRAME_ENCODING_JPEG, background: int = common_pb2.BACKGROUND_ORIGINAL,
+                   emotion: Any = None, controls: common_pb2.MotionControls | None = None,
+                   idle_policy: int = avatar_pb2.IDLE_POLICY_ALIVE, sampling_steps: int = 0, seed: int = 0,
+                   overlap: int = 0, max_duration_s: int = 0, idle_timeout_s: int = 0,
+                   jpeg_quality: int = 0) -> avatar_pb2.SessionConfig:
+    fmt = common_pb2.SAMPLE_FORMAT_PCM_S16LE if sample_format == "s16" else common_pb2.SAMPLE_FORMAT_FLOAT32LE
+    cfg = avatar_pb2.SessionConfig(
+        avatar_id=avatar_id, audio_format=common_pb2.AudioFormat(sample_format=fmt, sample_rate_hz=sample_rate_hz,
+                                                                 channels=channels),
+        output=common_pb2.OutputOptions(encoding=encoding, background=background, jpeg_quality=jpeg_quality,
+                                        paste_back=True),
+        idle_policy=idle_policy, sampling_steps=sampling_steps, seed=seed, overlap=overlap,
+        max_duration_s=max_duration_s, idle_timeout_s=idle_timeout_s)
+    if emotion is not None:
+        cfg.emotion.CopyFrom(emotion_control(emotion))
+    if controls is not None:
+        cfg.controls.CopyFrom(controls)
+    return cfg
+
+
+EMOTIONS = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise", "contempt"]
+
+
+def emotion_control(emotion: Any) -> common_pb2.EmotionControl:
+    """'happy', ['happy', 'surprise'] (a mixture), 8 probabilities, or an EmotionControl."""
+    if isinstance(emotion, common_pb2.EmotionControl):
+        return emotion
+    if isinstance(emotion, str):
+        emotion = [emotion]
+    values = list(emotion)
+    if values and all(isinstance(v, str) for v in values):
+        return common_pb2.EmotionControl(labels=[EMOTIONS.index(v.lower()) + 1 for v in values])
+    if len(values) == 8:
+        return common_pb2.EmotionControl(probabilities=[float(v) for v in values])
+    raise ValueError(f"emotion must be a label, a list of labels or 8 probabilities, not {emotion!r}")
+
+
+class AvatarClient:
+    """Blocking client."""
+
+    def __init__(self, address: str, api_key: str | None = None, channel: grpc.Channel | None = None) -> None:
+        self.channel = channel or grpc.insecure_channel(address, options=rpc.channel_options())
+        self.stub = avatar_pb2_grpc.AvatarStub(self.channel)
+        self.metadata = (("x-api-key", api_key),) if api_key else ()
+
+    def __enter__(self) -> AvatarClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def register_avatar(self, media: Media, crop: common_pb2.CropOptions | None = None,
+                        timeout: float = 300) -> avatar_pb2.RegisterAvatarResponse:
+        data, name = _media(media)
+        req = avatar_pb2.RegisterAvatarRequest(media=data, filename=name, crop=crop)
+        return self.stub.RegisterAvatar(req, metadata=self.metadata, timeout=timeout)
+
+    def converse(self, avatar_id: str, audio_chunks: Iterable[bytes], config: avatar_pb2.SessionConfig | None = None,
+                 end: bool = True, **config_kw: Any) -> Iterator[avatar_pb2.ConverseResponse]:
+        cfg = config or session_config(avatar_id, **config_kw)
+
+        def requests() -> Iterator[avatar_pb2.ConverseRequest]:
+            yield avatar_pb2.ConverseRequest(config=cfg)
+            for chunk in audio_chunks:
+                if isinstance(chunk, avatar_pb2.ConverseRequest):
+                    yield chunk
+                else:
+                    yield avatar_pb2.ConverseRequest(audio=avatar_pb2.AudioChunk(data=chunk))
+            if end:
+                yield avatar_pb2.ConverseRequest(end_of_audio=avatar_pb2.EndOfAudio())
+
+        yield from self.stub.Converse(requests(), metadata=self.metadata)
+
+    def render(self, avatar_id: str, audio: Media, out: str | Path | None = None, **kw: Any) -> bytes:
+        data, name = _media(audio)
+        req = avatar_pb2.RenderRequest(avatar_id=avatar_id, audio=data, audio_filename=name, **kw)
+        chunks = []
+        for msg in self.stub.Render(req, metadata=self.metadata):
+            if msg.WhichOneof("kind") == "mp4_chunk":
+                chunks.append(msg.mp4_chunk)
+        mp4 = b"".join(chunks)
+        if out is not None:
+            Path(out).write_bytes(mp4)
+        return mp4
+
+
+class ConverseStream:
+    """A live session: send audio and controls while iterating over what the server sends back."""
+
+    def __init__(self, call: Any, queue: asyncio.Queue) -> None:
+        self._call = call
+        self._queue = queue
+        self.started: avatar_pb2.SessionStarted | None = None
+
+    async def send_audio(self, data: bytes, controls: Iterable[common_pb2.TimedControl] = ()) -> None:
+        await self._queue.put(avatar_pb2.ConverseRequest(audio=avatar_pb2.AudioChunk(data=data, controls=controls)))
+
+    async def control(self, timed: Iterable[common_pb2.TimedControl] = (),
+                      overall: common_pb2.MotionControls | None = None) -> None:
+        await self._queue.put(avatar_pb2.ConverseRequest(control=avatar_pb2.ControlUpdate(controls=timed,
+                                                                                          overall=overall)))
+
+    async def interrupt(self) -> None:
+        await self._queue.put(avatar_pb2.ConverseRequest(interrupt=avatar_pb2.Interrupt()))
+
+    async def keep_alive(self) -> None:
+        await self._queue.put(avatar_pb2.ConverseRequest(keep_alive=avatar_pb2.KeepAlive()))
+
+    async def end_audio(self) -> None:
+        await self._queue.put(avatar_pb2.ConverseRequest(end_of_audio=avatar_pb2.EndOfAudio()))
+        await self._queue.put(None)
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+    def __aiter__(self) -> AsyncIterator[avatar_pb2.ConverseResponse]:
+        return self._iter()
+
+    async def _iter(self) -> AsyncIterator[avatar_pb2.ConverseResponse]:
+        async for msg in self._call:
+            yield msg
+
+
+class AsyncAvatarClient:
+    def __init__(self, address: str, api_key: str | None = None) -> None:
+        self.channel = grpc.aio.insecure_channel(address, options=rpc.channel_options())
+        self.stub = avatar_pb2_grpc.AvatarStub(self.channel)
+        self.metadata = (("x-api-key", api_key),) if api_key else ()
+
+    async def __aenter__(self) -> AsyncAvatarClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def register_avatar(self, media: Media, crop: common_pb2.CropOptions | None = None,
+                              timeout: float = 300) -> avatar_pb2.RegisterAvatarResponse:
+        data, name = _media(media)
+        req = avatar_pb2.RegisterAvatarRequest(media=data, filename=name, crop=crop)
+        return await self.stub.RegisterAvatar(req, metadata=self.metadata, timeout=timeout)
+
+    async def open_session(self, avatar_id: str, config: avatar_pb2.SessionConfig | None = None,
+                           **config_kw: Any) -> ConverseStream:
+        queue: asyncio.Queue = asyncio.Queue()
+        await queue.put(avatar_pb2.ConverseRequest(config=config or session_config(avatar_id, **config_kw)))
+
+        async def requests() -> AsyncIterator[avatar_pb2.ConverseRequest]:
+            while True:
+                item = await queue.get()
+                if item is None:
+                    return
+                yield item
+
+        call = self.stub.Converse(requests(), metadata=self.metadata)
+        return ConverseStream(call, queue)
+
+    async def render(self, avatar_id: str, audio: Media, **kw: Any) -> bytes:
+        data, name = _media(audio)
+        req = avatar_pb2.RenderRequest(avatar_id=avatar_id, audio=data, audio_filename=name, **kw)
+        chunks = []
+        async for msg in self.stub.Render(req, metadata=self.metadata):
+            if msg.WhichOneof("kind") == "mp4_chunk":
+                chunks.append(msg.mp4_chunk)
+        return b"".join(chunks)

@@ -1,0 +1,132 @@
+"""Offline jobs: one whole audio file -> an MP4 (H.264 + the original audio as AAC).
+
+The same session machinery as a live Converse, with no pacing and no idle feed: the audio goes through the stage
+workers as fast as credits allow and the frames are written as they come. `ditto render` runs this over the
+in-memory bus in one process; the `Render` RPC runs it over whatever bus the server uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from ditto.v1 import avatar_pb2, common_pb2
+from services.orchestrator.session import SessionError
+from services.orchestrator.tenants import Tenant
+
+CHUNK_S = 0.2
+
+
+class RenderJobError(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def decode_audio_bytes(audio: bytes, filename: str = "") -> tuple[np.ndarray, int]:
+    """Any file PyAV reads -> float32 [n, channels] at its own rate."""
+    from services.audio_encoder.formats import AudioError, decode_file
+
+    if not audio:
+        raise RenderJobError(grpc.StatusCode.INVALID_ARGUMENT, "audio is empty; send a whole audio file")
+    suffix = Path(filename).suffix if filename else ""
+    with tempfile.NamedTemporaryFile(suffix=suffix) as f:
+        f.write(audio)
+        f.flush()
+        try:
+            decoded = decode_file(f.name)
+        except AudioError as err:
+            raise RenderJobError(grpc.StatusCode.INVALID_ARGUMENT, str(err).replace(f.name, filename or "audio")
+                                 ) from err
+    return np.ascontiguousarray(decoded.samples, dtype=np.float32), decoded.sample_rate
+
+
+async def run_render(orch, tenant: Tenant, request: avatar_pb2.RenderRequest, mp4_path: Path,
+                     progress: Callable[[int, int], None] | None = None) -> int:
+    """Render `request` into `mp4_path`; returns the number of frames written."""
+    from services.renderer.encode import Mp4Writer
+
+    samples, rate = decode_audio_bytes(request.audio, request.audio_filename)
+    seconds = samples.shape[0] / rate
+    if seconds > orch.settings.max_render_audio_s:
+        raise RenderJobError(grpc.StatusCode.INVALID_ARGUMENT,
+                             f"audio of {seconds:.0f} s exceeds the {orch.settings.max_render_audio_s} s limit of one "
+                             "Render job; split it or use Converse")
+    total = math.ceil(seconds * 25)
+    config = avatar_pb2.SessionConfig(
+        avatar_id=request.avatar_id,
+        audio_format=common_pb2.AudioFormat(sample_format=common_pb2.SAMPLE_FORMAT_FLOAT32LE, sample_rate_hz=rate,
+                                            channels=samples.shape[1]),
+        output=common_pb2.OutputOptions(encoding=common_pb2.FRAME_ENCODING_RAW_RGB, paste_back=True),
+        emotion=request.emotion, controls=request.controls, idle_policy=avatar_pb2.IDLE_POLICY_FREEZE,
+        sampling_steps=request.sampling_steps, seed=request.seed)
+    session = await orch.open_session(tenant, config, offline=True)
+    writer: Mp4Writer | None = None
+    written = 0
+    try:
+        if request.timed_controls:
+            await session.control(avatar_pb2.ControlUpdate(controls=request.timed_controls))
+        step = max(1, int(rate * CHUNK_S))
+
+        async def feed() -> None:
+            for start in range(0, samples.shape[0], step):
+                await session.audio(samples[start:start + step].tobytes())
+            await session.end_of_audio()
+
+        feeder = asyncio.create_task(feed())
+        while True:
+            msg = await session.outgoing.get()
+            if msg is None:
+                break
+            kind = msg.WhichOneof("kind")
+            if kind == "frame":
+                f = msg.frame
+                frame = np.frombuffer(f.data, dtype=np.uint8).reshape(f.height, f.width, 3)
+                if writer is None:
+                    writer = Mp4Writer(mp4_path, f.width, f.height, fps=25, audio=request.audio)
+                writer.write(frame)
+                written += 1
+                if progress:
+                    progress(written, total)
+        await feeder
+        if session.final and session.final[0] != grpc.StatusCode.OK:
+            raise RenderJobError(session.final[0], session.final[1])
+    except SessionError as err:
+        raise RenderJobError(err.code, str(err)) from err
+    finally:
+        if writer is not None:
+            writer.close()
+        await orch.close_session(session)
+    return written
+
+
+async def render_job(orch, tenant: Tenant, request: avatar_pb2.RenderRequest
+                     ) -> AsyncIterator[avatar_pb2.RenderResponse]:
+    """The Render RPC: progress messages while rendering, then the MP4 in chunks, then a final status."""
+    queue: asyncio.Queue = asyncio.Queue()
+
+    def progress(done: int, total: int) -> None:
+        if done % 25 == 0 or done == total:
+            queue.put_nowait(avatar_pb2.RenderResponse(progress=avatar_pb2.RenderProgress(frames_done=done,
+                                                                                          frames_total=total)))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "out.mp4"
+        task = asyncio.create_task(run_render(orch, tenant, request, path, progress))
+        while not task.done() or not queue.empty():
+            try:
+                yield await asyncio.wait_for(queue.get(), 0.2)
+            except TimeoutError:
+                continue
+        frames = task.result()
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                yield avatar_pb2.RenderResponse(mp4_chunk=chunk)
+        yield avatar_pb2.RenderResponse(final=avatar_pb2.FinalStatus(status=common_pb2.Status(code=0),
+                                                                     frames_sent=frames))

@@ -1,0 +1,77 @@
+"""`ditto serve`: the public Avatar API.
+
+Without --redis: the whole service in one process over the in-memory bus (single-machine default, no Redis).
+With --redis URL: the orchestrator alone, over Redis Streams, in front of `ditto worker` processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+
+from ditto.cli import add_model_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve the ditto.v1.Avatar gRPC API")
+    add_model_args(p)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=50051)
+    p.add_argument("--redis", default=None, help="run as orchestrator only, over this Redis (workers run apart)")
+    p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime", "tensorrt"))
+    p.add_argument("--metrics-port", type=int, default=None)
+    p.set_defaults(handler=_run)
+
+
+async def serve(args: argparse.Namespace, ready: asyncio.Event | None = None) -> int:
+    from ditto import rpc, telemetry
+    from ditto.bus import RedisBus
+    from ditto.config import load_settings
+    from ditto.synthetic import BANNER, is_synthetic, profile_of, resolve_weights
+    from ditto.v1 import avatar_pb2, avatar_pb2_grpc
+    from services.orchestrator.avatars import GrpcRegistrar
+    from services.orchestrator.config import OrchestratorSettings
+    from services.orchestrator.service import AvatarService, Orchestrator
+    from services.orchestrator.stack import EmbeddedStack
+
+    settings = load_settings(OrchestratorSettings)
+    assert isinstance(settings, OrchestratorSettings)
+    if args.metrics_port is not None:
+        settings.telemetry.metrics_port = args.metrics_port
+    telemetry.setup(settings.telemetry, "ditto-orchestrator")
+    log = telemetry.get_logger("ditto.serve")
+    stack = None
+    if args.redis:
+        settings.bus.kind = "redis"
+        bus = RedisBus(args.redis, settings.bus.prefix, settings.bus.state_ttl_s)
+        orch = Orchestrator(settings, bus, GrpcRegistrar(bus, settings.renderer_address))
+        await orch.start()
+    else:
+        weights = resolve_weights(args.weights, args.profile, settings.model.cache_dir)
+        if is_synthetic(weights):
+            print(BANNER, flush=True)
+        stack = EmbeddedStack(weights, profile_of(weights, args.profile), settings, args.device, args.backend)
+        orch = await stack.start()
+    service = rpc.Service(avatar_pb2_grpc.add_AvatarServicer_to_server, AvatarService(orch),
+                          rpc.service_name(avatar_pb2, "Avatar"))
+    server = await rpc.start_server([service], args.host, args.port, settings.max_message_bytes)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("serving", address=f"{args.host}:{server.port}", mode="orchestrator" if args.redis else "embedded")
+    print(f"READY orchestrator grpc={args.host}:{server.port}", flush=True)
+    if ready:
+        ready.set()
+    await stop.wait()
+    await server.set_serving(False)
+    await orch.stop()
+    await server.stop(3)
+    if stack:
+        await stack.stop()
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    return asyncio.run(serve(args))

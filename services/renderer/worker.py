@@ -1,0 +1,166 @@
+"""The renderer's bus handler: keypoints of many sessions -> one batched stitch + warp + decode -> paste-back and
+encoding per session -> frames to the orchestrator.
+
+Per session it checkpoints only the session spec and a frame counter; the heavy per-avatar tensors live in the
+worker's avatar cache and are recomputed from the avatar's source media (kept on the bus by the orchestrator) on a
+miss, so any worker can take a session over. A new worker starts a fresh H.264 stream with a key frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import grpc
+import numpy as np
+import torch
+
+from ditto import codec, stage
+from ditto.bus import Bus
+from ditto.bus.worker import Output, WorkItem, WorkResult
+from ditto.v1 import bus_pb2, common_pb2, renderer_pb2
+from services.renderer.avatar.register import MediaError, NoFaceError
+from services.renderer.server import CROP_SIZE, RENDER_BATCH, RendererCore, RenderSession, crop_settings
+
+FRAMES = "frames"
+
+
+@dataclass
+class _Live:
+    spec: bus_pb2.SessionSpec
+    render: RenderSession
+    frames: int  # frames sent in this epoch
+
+
+def render_many(core: RendererCore, jobs: Sequence[tuple[RenderSession, np.ndarray, np.ndarray, list[int]]]
+                ) -> list[list[np.ndarray]]:
+    """Frames of several sessions through the networks together (batches of RENDER_BATCH), pasted back each into
+    its own avatar. Returns the output images per job."""
+    flat = [(j, k) for j, (_, _, x_d, _) in enumerate(jobs) for k in range(len(x_d))]
+    out: list[list[np.ndarray]] = [[] for _ in jobs]
+    device = getattr(core.models, "device", "cpu")
+    with torch.no_grad():
+        for b in range(0, len(flat), RENDER_BATCH):
+            part = flat[b:b + RENDER_BATCH]
+            xs = torch.from_numpy(np.stack([jobs[j][1][k] for j, k in part]).astype(np.float32)).to(device)
+            xd = torch.from_numpy(np.stack([jobs[j][2][k] for j, k in part]).astype(np.float32)).to(device)
+            if core.stitch:
+                xd = core.models.stitch(xs, xd)
+            f_s = torch.cat([jobs[j][0].avatar.f_s[jobs[j][3][k]] for j, k in part]).to(device)
+            images = core.models.warp_decode(f_s, xs, xd)
+            renders = (images.clamp(0, 1) * 255).permute(0, 2, 3, 1).float().cpu().numpy()
+            for (j, k), render in zip(part, renders, strict=True):
+                session, src = jobs[j][0], jobs[j][3][k]
+                if render.shape[0] != CROP_SIZE:
+                    render = cv2.resize(render, (CROP_SIZE, CROP_SIZE), interpolation=cv2.INTER_LINEAR)
+                out[j].append(core.putback(session.avatar.frames[src], render, session.avatar.M_c2o[src],
+                                           session.paste))
+    return out
+
+
+class RendererStage:
+    stage = "renderer"
+
+    def __init__(self, core: RendererCore, bus: Bus) -> None:
+        self.core = core
+        self.bus = bus
+        self._live: dict[str, tuple[int, _Live]] = {}
+
+    async def _avatar(self, spec: bus_pb2.SessionSpec):
+        avatar = await asyncio.to_thread(self.core.avatar, spec.avatar_id)
+        if avatar is not None:
+            return avatar
+        from services.orchestrator.avatars import source_key
+
+        raw = await self.bus.get_state(source_key(self.bus, spec.tenant_id, spec.avatar_id))
+        if raw is None:
+            return None
+        req = renderer_pb2.RegisterSourceRequest()
+        req.ParseFromString(raw)
+        avatar, _ = await asyncio.to_thread(self.core.register, req.media, req.filename or None,
+                                            crop_settings(req.crop), req.tenant_id)
+        return avatar
+
+    async def _open(self, sid: str, spec: bus_pb2.SessionSpec, frames: int) -> _Live:
+        avatar = await self._avatar(spec)
+        if avatar is None:
+            raise LookupError(f"avatar '{spec.avatar_id}' is unknown to the renderer; register it again")
+        return _Live(spec, self.core.open(avatar, spec.output), frames)
+
+    async def _load(self, sid: str, raw: bytes | None) -> _Live | None:
+        if not raw:
+            return None
+        st = codec.unpack(raw)
+        frames = int(st["frames"])
+        cached = self._live.get(sid)
+        if cached is not None and cached[0] == frames:
+            return cached[1]
+        spec = bus_pb2.SessionSpec()
+        spec.ParseFromString(bytes(st["spec"]))
+        return await self._open(sid, spec, frames)
+
+    def _save(self, sid: str, live: _Live) -> bytes:
+        self._live[sid] = (live.frames, live)
+        return codec.pack({"spec": np.frombuffer(live.spec.SerializeToString(), np.uint8), "frames": live.frames})
+
+    async def process(self, items: Sequence[WorkItem]) -> list[WorkResult]:
+        results = [WorkResult() for _ in items]
+        lives: dict[int, _Live] = {}
+        jobs: list[tuple[int, common_pb2.KeypointFrames, np.ndarray, np.ndarray, list[int]]] = []
+        for i, item in enumerate(items):
+            e, res, sid = item.entry, results[i], item.entry.session_id
+            try:
+                if e.kind == bus_pb2.ENTRY_KIND_START:
+                    lives[i] = await self._open(sid, stage.session_spec(item), 0)
+                    continue
+                live = await self._load(sid, item.state)
+                if live is None:
+                    if e.kind != bus_pb2.ENTRY_KIND_CLOSE:
+                        res.outputs.append(stage.error(grpc.StatusCode.ABORTED,
+                                                       "the renderer lost this session's state; start again"))
+                    res.close = True
+                    continue
+                lives[i] = live
+                if e.kind == bus_pb2.ENTRY_KIND_DATA:
+                    meta = common_pb2.KeypointFrames()
+                    meta.ParseFromString(e.meta)
+                    t = codec.unnamed(e.tensors)
+                    x_s, x_d = np.asarray(t["x_s"], np.float32), np.asarray(t["x_d"], np.float32)
+                    src = [int(v) for v in t["source_index"]]
+                    if x_s.shape != x_d.shape or len(src) != len(x_d) or max(src, default=0) >= \
+                            live.render.avatar.num_frames:
+                        raise ValueError(f"keypoints {x_s.shape} / {x_d.shape} / {len(src)} source indices disagree")
+                    jobs.append((i, meta, x_s, x_d, src))
+                elif e.kind == bus_pb2.ENTRY_KIND_INTERRUPT:
+                    live.frames = 0  # the new epoch counts from 0; a new encoder starts with a key frame
+                    live.render = self.core.open(live.render.avatar, live.spec.output)
+                elif e.kind == bus_pb2.ENTRY_KIND_END:
+                    live.render.encoder.flush()
+                    res.outputs.append(stage.forward(item, FRAMES))
+                elif e.kind == bus_pb2.ENTRY_KIND_CLOSE:
+                    res.close = True
+                    self._live.pop(sid, None)
+            except (LookupError, ValueError, MediaError, NoFaceError) as err:
+                res.outputs.append(stage.error(grpc.StatusCode.FAILED_PRECONDITION, f"renderer: {err}"))
+                res.close = True
+                lives.pop(i, None)
+        if jobs:
+            images = await asyncio.to_thread(
+                render_many, self.core, [(lives[i].render, x_s, x_d, src) for i, _, x_s, x_d, src in jobs])
+            for (i, meta, _, _, _), imgs in zip(jobs, images, strict=True):
+                live = lives[i]
+                for k, img in enumerate(imgs):
+                    data = live.render.encoder.encode(img)
+                    h, w = img.shape[:2]
+                    fm = bus_pb2.FrameMeta(index=meta.first_frame + k, width=w, height=h,
+                                           encoding=int(live.render.encoder.encoding), idle=meta.idle)
+                    results[i].outputs.append(Output(FRAMES, bus_pb2.ENTRY_KIND_DATA,
+                                                     {"frame": np.frombuffer(data, np.uint8)},
+                                                     fm.SerializeToString()))
+                live.frames += len(imgs)
+        for i, live in lives.items():
+            if not results[i].close:
+                results[i].state = self._save(items[i].entry.session_id, live)
+        return results

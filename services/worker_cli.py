@@ -1,0 +1,86 @@
+"""`ditto worker --stage NAME`: one stage worker process. It consumes its stage's Redis Streams slots, serves its
+stage's gRPC API with health checking and reflection, exposes Prometheus metrics, and on SIGTERM finishes the batch
+in flight, hands its slots over and exits."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+
+from ditto.cli import add_model_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("worker", help="run one stage worker (distributed deployment)")
+    p.add_argument("--stage", required=True, choices=("audio_encoder", "motion_generator", "renderer"))
+    add_model_args(p)
+    p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime", "tensorrt"))
+    p.add_argument("--redis", default=None, help="Redis URL (default: $REDIS_URL or redis://127.0.0.1:6379/0)")
+    p.add_argument("--port", type=int, default=None, help="gRPC port (default: $DITTO_GRPC_PORT or any free port)")
+    p.add_argument("--metrics-port", type=int, default=None, help="Prometheus port (default: none)")
+    p.add_argument("--slots", type=int, default=None, help="slots per stage (must match the orchestrator)")
+    p.set_defaults(handler=_run)
+
+
+async def run_worker(args: argparse.Namespace) -> int:
+    from ditto import rpc, telemetry
+    from ditto.bus import RedisBus
+    from ditto.bus.worker import SlotWorker, WorkerSettings
+    from ditto.config import load_settings
+    from ditto.synthetic import profile_of, resolve_weights
+    from services.stages import build_stage
+
+    settings = load_settings()
+    if args.redis:
+        settings.bus.redis_url = args.redis
+    if args.slots:
+        settings.bus.slots = args.slots
+    if args.metrics_port is not None:
+        settings.telemetry.metrics_port = args.metrics_port
+    telemetry.setup(settings.telemetry, f"ditto-{args.stage}")
+    log = telemetry.get_logger("ditto.worker")
+    weights = resolve_weights(args.weights, args.profile, settings.model.cache_dir)
+    profile = profile_of(weights, args.profile)
+    bus = RedisBus(settings.bus.redis_url, settings.bus.prefix, settings.bus.state_ttl_s)
+    built = build_stage(args.stage, weights, profile, bus, args.device, args.backend, settings.model.cache_dir)
+    port = args.port if args.port is not None else settings.grpc_port
+    server = await rpc.start_server(built.services, settings.grpc_host, port, settings.max_message_bytes)
+    owner = settings.worker_id
+    address = f"{settings.grpc_host}:{server.port}"
+    await bus.set_state(bus.key(args.stage, "addr", owner), address.encode(), 30)
+    worker = SlotWorker(bus, built.handler, owner, WorkerSettings(
+        slots=settings.bus.slots, lease_ttl_ms=settings.bus.lease_ttl_ms, block_ms=settings.bus.block_ms))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    async def advertise() -> None:
+        while True:
+            await asyncio.sleep(10)
+            try:
+                await bus.set_state(bus.key(args.stage, "addr", owner), address.encode(), 30)
+            except Exception as err:  # Redis away: the worker loop reports and retries
+                log.warning("cannot advertise address", error=str(err))
+
+    task = asyncio.create_task(worker.run())
+    ad = asyncio.create_task(advertise())
+    log.info("worker ready", stage=args.stage, grpc=address, weights=str(weights), profile=profile, owner=owner)
+    print(f"READY {args.stage} grpc={address}", flush=True)
+    await stop.wait()
+    log.info("stopping: finishing work in flight and handing slots over", stage=args.stage)
+    ad.cancel()
+    await server.set_serving(False)
+    await worker.stop()
+    await task
+    await bus.set_state(bus.key(args.stage, "addr", owner), None)
+    await server.stop(2)
+    await bus.close()
+    log.info("stopped", stage=args.stage, processed=worker.processed)
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    return asyncio.run(run_worker(args))
+
