@@ -1,0 +1,182 @@
+"""A local multi-process stack on loopback: Redis (started when none answers), one `ditto worker` per stage and a
+`ditto serve --redis` orchestrator, each its own process. `ditto up`, the end-to-end tests and the serving
+benchmark use it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import redis as redis_lib
+
+from services.stages import STAGES
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def redis_answers(url: str) -> bool:
+    try:
+        client = redis_lib.Redis.from_url(url, socket_connect_timeout=1)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except redis_lib.RedisError:
+        return False
+
+
+def start_redis(port: int) -> subprocess.Popen:
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise SystemExit("no Redis answers and redis-server is not installed: apt-get install redis-server, or set "
+                         "REDIS_URL to a running server")
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    for _ in range(100):
+        if redis_answers(url):
+            return proc
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"redis-server did not start on port {port}")
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen
+    log: Path
+    ready_line: str = ""
+
+
+@dataclass
+class LocalCluster:
+    weights: str = "synthetic"
+    profile: str = "tiny"
+    redis_url: str = field(default_factory=lambda: os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    prefix: str = "ditto"
+    port: int = 0
+    slots: int = 8
+    device: str = "cpu"
+    env: dict[str, str] = field(default_factory=dict)
+    log_dir: Path | None = None
+    procs: dict[str, Proc] = field(default_factory=dict)
+    redis_proc: subprocess.Popen | None = None
+
+    def __post_init__(self) -> None:
+        self.port = self.port or free_port()
+        self.log_dir = Path(self.log_dir or tempfile.mkdtemp(prefix="ditto-up-"))
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _env(self) -> dict[str, str]:
+        e = dict(os.environ)
+        e.update({"REDIS_URL": self.redis_url, "DITTO_BUS__PREFIX": self.prefix, "DITTO_BUS__SLOTS": str(self.slots),
+                  "DITTO_BUS__KIND": "redis", "PYTHONUNBUFFERED": "1", "DITTO_TELEMETRY__LOG_LEVEL": "info"})
+        e.update(self.env)
+        return e
+
+    def ensure_redis(self) -> None:
+        if redis_answers(self.redis_url):
+            return
+        u = urlparse(self.redis_url)
+        if u.hostname not in ("127.0.0.1", "localhost", "::1"):
+            raise SystemExit(f"no Redis answers at {self.redis_url}")
+        self.redis_proc = start_redis(u.port or 6379)
+
+    def _spawn(self, name: str, args: list[str], ready: str) -> Proc:
+        assert self.log_dir is not None
+        log = self.log_dir / f"{name}.log"
+        f = open(log, "wb")  # noqa: SIM115 - lives as long as the process
+        popen = subprocess.Popen([sys.executable, "-m", "ditto.cli", *args], cwd=ROOT, env=self._env(),
+                                 stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = Proc(name, popen, log, ready)
+        self.procs[name] = proc
+        return proc
+
+    def start_worker(self, stage: str, name: str | None = None) -> Proc:
+        return self._spawn(name or stage, ["worker", "--stage", stage, "--weights", self.weights, "--profile",
+                                           self.profile, "--device", self.device, "--port", "0"], f"READY {stage}")
+
+    def start(self, timeout: float = 180) -> LocalCluster:
+        self.ensure_redis()
+        if self.weights == "synthetic":  # generate once here, not three times in parallel
+            from ditto.synthetic import ensure_synthetic
+
+            ensure_synthetic(self.profile)
+        for stage in STAGES:
+            self.start_worker(stage)
+        self._spawn("orchestrator", ["serve", "--redis", self.redis_url, "--port", str(self.port)],
+                    "READY orchestrator")
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 180, names: list[str] | None = None) -> None:
+        deadline = time.monotonic() + timeout
+        for name in names or list(self.procs):
+            p = self.procs[name]
+            while p.ready_line.encode() not in p.log.read_bytes():
+                if p.popen.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {p.popen.returncode}:\n{p.log.read_text()[-3000:]}")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{name} not ready in {timeout}s:\n{p.log.read_text()[-3000:]}")
+                time.sleep(0.1)
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        p = self.procs[name]
+        if p.popen.poll() is None:
+            os.killpg(p.popen.pid, sig)
+            p.popen.wait(30)
+
+    def stop(self) -> None:
+        for p in self.procs.values():
+            if p.popen.poll() is None:
+                try:
+                    os.killpg(p.popen.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    continue
+        for p in self.procs.values():
+            try:
+                p.popen.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.popen.pid, signal.SIGKILL)
+        if self.redis_proc is not None:
+            self.redis_proc.terminate()
+            self.redis_proc.wait(10)
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def tail_logs(cluster: LocalCluster, stop: threading.Event) -> None:
+    """Follow every process's log on stdout until `stop` is set (for `ditto up`)."""
+    positions = {name: 0 for name in cluster.procs}
+    while not stop.is_set():
+        for name, p in cluster.procs.items():
+            data = p.log.read_bytes()
+            if len(data) > positions[name]:
+                for line in data[positions[name]:].decode(errors="replace").splitlines():
+                    print(f"[{name}] {line}", flush=True)
+                positions[name] = len(data)
+        time.sleep(0.3)

@@ -1,0 +1,42 @@
+"""`ditto up`: the whole stack on this machine as separate processes over Redis (starts Redis if none answers)."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+
+from ditto.cli import add_model_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("up", help="run the distributed stack locally: Redis, three stage workers, the orchestrator")
+    p.add_argument("--port", type=int, default=50051)
+    add_model_args(p)
+    p.add_argument("--slots", type=int, default=16)
+    p.add_argument("--quiet", action="store_true", help="do not follow the processes' logs")
+    p.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from services.orchestrator.cluster import LocalCluster, tail_logs
+
+    cluster = LocalCluster(weights=args.weights, profile=args.profile, port=args.port, slots=args.slots,
+                           device=args.device)
+    print(f"starting the stack (logs in {cluster.log_dir}) ...", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        cluster.start()
+        print(f"\nditto is up: gRPC ditto.v1.Avatar at {cluster.address} (Redis {cluster.redis_url})\n"
+              f"try: ditto converse --server {cluster.address} --avatar PORTRAIT --audio SPEECH --out out.mp4\n"
+              "Ctrl-C stops everything.\n", flush=True)
+        if not args.quiet:
+            threading.Thread(target=tail_logs, args=(cluster, stop), daemon=True).start()
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop.set()
+        cluster.stop()
+    return 0
