@@ -9,7 +9,7 @@ import pytest
 from services.audio_encoder.encoder import StreamingEncoder
 from services.audio_encoder.formats import InputFormat
 from services.audio_encoder.hubert import FunctionHubert
-from services.audio_encoder.windows import FRONT_PAD, HOP, window_count
+from services.audio_encoder.windows import FRONT_PAD, HOP, stream_features, window_count
 from tests.audio.helpers import FakeHubert
 from tests.conftest import golden_case
 
@@ -50,3 +50,12 @@ def test_hubert_windows_offline_array_differs_as_documented():
     off = io["feat_offline"]
     assert ours.shape[0] > off.shape[0]
     assert np.max(np.abs(ours[: off.shape[0]] - off)) > 1e-3
+
+
+@pytest.mark.golden
+def test_hubert_windows_window_machine_on_a_batched_function():
+    """windows.py alone, on a batched hubert function: pushes of odd sizes give the reference's online array."""
+    case, io, _ = golden_case(CASE)
+    fake = FakeHubert(io["W"], io["b"])
+    got = stream_features(io["audio"], FunctionHubert(fake).encode_windows, push_sizes=[1, 6479, 3201, 17, 9999])
+    assert float(np.max(np.abs(got - io["feat_online"]))) <= case["tolerance_suggestion"]["feat_online"]
