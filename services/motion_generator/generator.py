@@ -272,7 +272,8 @@ class MotionGenerator:
     def __init__(self, backend: MotionBackend, max_batch: int = 64) -> None:
         self.backend = backend
         self.max_batch = max_batch
-        self.windows_run = 0
+        self.windows_run = 0      # windows sampled
+        self.batches_run = 0      # batched sampler calls
 
     def session(self, avatar: AvatarMotion, settings: SessionSettings | None = None,
                 session_id: str = "") -> MotionSession:
@@ -299,6 +300,7 @@ class MotionGenerator:
                 noise = np.stack([_step_noise(sessions[i].settings.seed, steps) for i, _ in chunk], axis=1)
                 motion = self.sample(cond_frame, cond, steps, eta, x_T, noise)
                 self.windows_run += len(chunk)
+                self.batches_run += 1
                 for j, (i, r) in enumerate(chunk):
                     out[i] = sessions[i].finish_window(r[0], motion[j])
         return out
