@@ -22,6 +22,7 @@ from services.audio_encoder.hubert import HubertBackend
 from services.audio_encoder.server import input_format
 
 NEXT = "motion_generator"
+SAMPLES_PER_FRAME = 640  # 16 kHz / 25 fps
 
 
 class AudioStage:
@@ -36,6 +37,7 @@ class AudioStage:
     async def process(self, items: Sequence[WorkItem]) -> list[WorkResult]:
         results = [WorkResult() for _ in items]
         pushes: list[tuple[int, StreamingEncoder, bytes | None, bool]] = []
+        limits: dict[int, int] = {}
         for i, item in enumerate(items):
             e, res = item.entry, results[i]
             try:
@@ -57,6 +59,10 @@ class AudioStage:
                     pcm = codec.unnamed(e.tensors)["pcm"]
                     pushes.append((i, enc, pcm.tobytes(), meta.idle))
                 elif e.kind == bus_pb2.ENTRY_KIND_END:
+                    # the stream ends with exactly the real frames: ceil(16 kHz samples / 640), as the reference's
+                    # num_f; the zero-padded last window would otherwise add a few
+                    real = -(-enc.resampler.output_length(enc.resampler.consumed) // SAMPLES_PER_FRAME)
+                    limits[i] = real
                     pushes.append((i, enc, None, False))
                 elif e.kind == bus_pb2.ENTRY_KIND_INTERRUPT:
                     res.state = StreamingEncoder(None, enc.format).state_bytes()  # old audio is dropped
@@ -77,8 +83,10 @@ class AudioStage:
                     res.outputs.append(stage.error(grpc.StatusCode.INVALID_ARGUMENT, str(f)))
                     res.close = True
                     continue
+                first = enc.frames_out - len(f)
+                if i in limits:
+                    f = f[:max(0, limits[i] - first)]
                 if len(f):
-                    first = enc.frames_out - len(f)
                     chunk = common_pb2.FeatureChunk(first_frame=first, idle=idle)
                     res.outputs.append(Output(NEXT, bus_pb2.ENTRY_KIND_DATA, {"features": np.asarray(f)},
                                               chunk.SerializeToString()))
