@@ -95,7 +95,8 @@ def _build_dir(directory: Path, expect_component: bool) -> list[Resource]:
     spec = yaml.safe_load(file.read_text()) or {}
     unknown = set(spec) - KUSTOMIZATION_FIELDS
     if unknown:
-        raise KustomizeError(f"{file}: unsupported fields {sorted(unknown)} (supported: {sorted(KUSTOMIZATION_FIELDS)})")
+        supported = sorted(KUSTOMIZATION_FIELDS)
+        raise KustomizeError(f"{file}: unsupported fields {sorted(unknown)} (supported: {supported})")
     is_component = spec.get("kind") == "Component"
     if is_component != expect_component:
         what = "a Component" if expect_component else "a Kustomization"
