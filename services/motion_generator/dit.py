@@ -232,7 +232,7 @@ class MotionDecoder(nn.Module):
         return self.final_layer(self.seqTransDecoder(h, memory, t_film + g))
 
     def project_input(self, x: torch.Tensor, cond_frame: torch.Tensor) -> torch.Tensor:
-        frames = cond_frame[:, None, :].expand(-1, x.shape[1], -1)
+        frames = cond_frame[:, None, :].repeat(1, x.shape[1], 1)      # [B, 80, 265]
         return self.input_projection(torch.cat((x, frames), dim=-1))   # [B, 80, d]
 
     # -- entry points --------------------------------------------------------------------------------------------
