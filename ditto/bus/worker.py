@@ -32,6 +32,10 @@ _batch = telemetry.histogram("ditto_stage_batch_size", "Sessions per batched for
                              buckets=(1, 2, 4, 8, 16, 32, 64))
 _latency = telemetry.histogram("ditto_stage_latency_seconds", "Entry creation to stage commit", ("stage",))
 _slots = telemetry.gauge("ditto_stage_slots_held", "Slots leased by this worker", ("stage",))
+_pending = telemetry.gauge("ditto_stream_pending_entries", "Entries not yet done in a slot stream (backlog)",
+                           ("stage", "slot"))
+_stream_lag = telemetry.gauge("ditto_stream_lag_seconds", "Age of the newest entry this worker committed",
+                              ("stage",))
 
 
 @dataclass
@@ -161,6 +165,9 @@ class SlotWorker:
                                                       self.s.lease_ttl_ms):
                         log.warning("lost slot lease", stage=self.stage, slot=slot)
                         self.held.discard(slot)
+                        continue
+                    backlog = await self.bus.backlog(self.bus.slot_stream(self.stage, slot), self.stage)
+                    _pending.labels(self.stage, str(slot)).set(backlog)
             except BusError as err:
                 log.warning("heartbeat failed", stage=self.stage, error=str(err))
 
@@ -257,6 +264,17 @@ class SlotWorker:
     async def _commit(self, item: WorkItem, result: WorkResult,
                       checkpoints: dict[str, bus_pb2.StageCheckpoint]) -> None:
         e = item.entry
+        # One span per entry, child of the span that produced it (the context travels inside the entry), so one
+        # chunk's trace follows it through every process; its context goes on into the outputs.
+        with telemetry.tracer("ditto.worker").start_as_current_span(
+                f"{self.stage}.process", context=telemetry.extract(e.trace_context),
+                attributes={"session": e.session_id, "epoch": e.epoch, "seq": e.seq, "kind": e.kind}):
+            trace_context = telemetry.inject()
+            await self._commit_traced(item, result, checkpoints, trace_context)
+
+    async def _commit_traced(self, item: WorkItem, result: WorkResult,
+                             checkpoints: dict[str, bus_pb2.StageCheckpoint], trace_context: dict[str, str]) -> None:
+        e = item.entry
         cp = checkpoints[e.session_id]
         new = bus_pb2.StageCheckpoint()
         new.CopyFrom(cp)
@@ -269,7 +287,7 @@ class SlotWorker:
             msg = bus_pb2.StreamEntry(session_id=e.session_id, epoch=e.epoch, seq=new.out_seq, kind=out.kind,
                                       meta=out.meta, tenant_id=e.tenant_id, created_unix_ms=e.created_unix_ms or now_ms)
             msg.route.update(e.route)
-            msg.trace_context.update(e.trace_context)
+            msg.trace_context.update(trace_context or e.trace_context)
             msg.tensors.extend(codec.named(out.tensors))
             commit.outputs.append((stream, msg))
             new.out_seq += 1
@@ -287,6 +305,10 @@ class SlotWorker:
             return
         checkpoints[e.session_id] = new if not result.close else bus_pb2.StageCheckpoint()
         self.processed += 1
+        log.debug("entry processed", stage=self.stage, session=e.session_id, epoch=e.epoch, seq=e.seq,
+                  outputs=len(commit.outputs))
         _processed.labels(self.stage, "done").inc()
         if e.created_unix_ms:
-            _latency.labels(self.stage).observe(max(0.0, (now_ms - e.created_unix_ms) / 1000))
+            age = max(0.0, (now_ms - e.created_unix_ms) / 1000)
+            _latency.labels(self.stage).observe(age)
+            _stream_lag.labels(self.stage).set(age)

@@ -136,7 +136,12 @@ class Session:
         return e
 
     async def _publish(self, kind: int, meta: bytes = b"", tensors: dict | None = None) -> None:
-        await self.orch.bus.publish(self.route["audio_encoder"], self._entry(kind, meta, tensors))
+        with telemetry.tracer("ditto.orchestrator").start_as_current_span(
+                "orchestrator.publish", attributes={"session": self.session_id, "epoch": self.epoch,
+                                                    "seq": self.seq, "kind": kind}):
+            entry = self._entry(kind, meta, tensors)
+            log.debug("entry published", session=self.session_id, seq=entry.seq, kind=kind)
+            await self.orch.bus.publish(self.route["audio_encoder"], entry)
 
     async def start(self) -> None:
         c = self.config
@@ -317,6 +322,10 @@ class Session:
         await self.outgoing.put(avatar_pb2.ConverseResponse(frame=frame))
         if self.frames_sent == 0 and self.first_audio_at is not None:
             _first_frame.observe(time.monotonic() - self.first_audio_at)
+        if self.frames_sent == 0:
+            with telemetry.tracer("ditto.orchestrator").start_as_current_span(
+                    "orchestrator.first_frame", context=telemetry.extract(entry.trace_context)):
+                log.info("first frame", session=self.session_id, index=index)
         self.frames_sent += 1
         self.last_sent_index = index
         _frames.inc()
