@@ -29,7 +29,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def resolve_onnx(weights: str, profile: str) -> Path:
-    """The HuBERT ONNX file for --weights: the official file in DIR, or a synthetic one in the cache."""
+    """The HuBERT ONNX file for --weights:
+    - 'synthetic': a random HuBERT of `profile`, exported once into the cache;
+    - a folder in the official layout: its `ditto_pytorch/aux_models/hubert_streaming_fix_kv.onnx`;
+    - a transformers HuBERT checkpoint folder (config.json + weights): exported once into the cache with the
+      reference's names and shapes."""
+    import hashlib
+
     from ditto.config import default_cache_dir
     from services.audio_encoder.synthetic import hubert_path, write_synthetic
 
@@ -39,7 +45,20 @@ def resolve_onnx(weights: str, profile: str) -> Path:
         if not path.is_file():
             print(f"writing synthetic HuBERT ({profile}) to {path} ...", file=sys.stderr)
         return write_synthetic(root, profile)
-    return hubert_path(weights)
+    official = hubert_path(weights)
+    folder = Path(weights)
+    if official.is_file() or not (folder / "config.json").is_file():
+        return official
+    from services.audio_encoder.hubert_model import export_onnx, load_hubert_folder
+
+    stamp = "|".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sorted(folder.iterdir())
+                     if p.is_file())
+    key = hashlib.sha1(f"{folder.resolve()}|{stamp}".encode()).hexdigest()[:12]
+    path = default_cache_dir() / f"hubert-export-{key}" / "hubert.onnx"
+    if not path.is_file():
+        print(f"exporting the HuBERT checkpoint in {folder} to {path} ...", file=sys.stderr)
+        export_onnx(load_hubert_folder(folder), path)
+    return path
 
 
 def resolve_device(device: str) -> str:

@@ -84,3 +84,17 @@ def test_onnxruntime_cuda_matches_cpu(tiny_onnx_batched, windows):
     ref = OnnxHubert(tiny_onnx_batched).encode_windows(windows)
     got = OnnxHubert(tiny_onnx_batched, device="cuda").encode_windows(windows)
     assert float(np.abs(got - ref).max()) / max(1.0, float(np.abs(ref).max())) < 1e-3
+
+
+def test_cli_exports_a_transformers_checkpoint_folder(tmp_path, monkeypatch, windows):
+    from services.audio_encoder.cli import resolve_onnx
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    model = random_hubert(HubertShape.tiny(), seed=7)
+    model.save_pretrained(tmp_path / "ckpt")
+    path = resolve_onnx(str(tmp_path / "ckpt"), "full")
+    assert path.is_file() and str(path).startswith(str(tmp_path / "cache"))
+    assert resolve_onnx(str(tmp_path / "ckpt"), "full") == path  # exported once, then reused
+    ref = TorchHubert(model).encode_windows(windows)
+    got = OnnxHubert(path).encode_windows(windows)
+    assert float(np.abs(got - ref).max()) / max(1.0, float(np.abs(ref).max())) < 1e-4
