@@ -172,8 +172,12 @@ class MotionSession:
         """End of audio: run the last window and flush exactly the remaining real frames."""
         self.stream.end()
         out = self.generator.run([self])[0]
+        return KeypointBatch.concat([out, self.flush()], out.first_frame)
+
+    def flush(self) -> KeypointBatch:
+        """After the end and the last window: the real frames generated but not emitted yet."""
         first, rows = self.stream.flush()
-        return KeypointBatch.concat([out, self._frames(first, rows)], first)
+        return self._frames(first, rows)
 
     def set_emotion(self, emotion: EmotionSpec) -> None:
         """Change the emotion from the next window on (frames not generated yet)."""
