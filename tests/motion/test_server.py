@@ -61,7 +61,8 @@ async def test_generate_streams_frames_and_batches_sessions() -> None:
         async with grpc.aio.insecure_channel(running.address, options=rpc.channel_options()) as channel:
             stub = motion_generator_pb2_grpc.MotionGeneratorStub(channel)
             feats = [features(57, seed=s) for s in (1, 2, 3)]
-            results = await asyncio.gather(*[_collect(stub, _requests(s, f)) for s, f in zip((1, 2, 3), feats)])
+            calls = [_collect(stub, _requests(s, f)) for s, f in zip((1, 2, 3), feats, strict=True)]
+            results = await asyncio.gather(*calls)
     finally:
         await running.stop(0)
     for seed, f, (started, frames, final) in zip((1, 2, 3), feats, results, strict=True):
