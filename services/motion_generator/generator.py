@@ -27,7 +27,7 @@ from .controls import ControlTimeline
 from .diffusion import ddim_sample, step_constants
 from .models import MotionBackend
 from .stitch import MotionStitch, StitchSettings, StreamBlinks, info_to_motion
-from .streaming import SEQ, MotionStream, StreamParams, Window
+from .streaming import SEQ, MotionStream, StreamParams, Window, offline_motion
 
 MOTION_KEYS = ("scale", "pitch", "yaw", "roll", "t", "exp", "kp")
 KEY_SIZES = {"scale": 1, "pitch": 66, "yaw": 66, "roll": 66, "t": 3, "exp": 63, "kp": 63}
@@ -308,6 +308,38 @@ class MotionGenerator:
                 for j, (i, r) in enumerate(chunk):
                     out[i] = sessions[i].finish_window(r[0], motion[j])
         return out
+
+    def offline(self, avatar: AvatarMotion, features: np.ndarray, settings: SessionSettings | None = None,
+                mode: str = "stream") -> KeypointBatch:
+        """A whole utterance at once. mode "stream" (default) runs the streaming machine over all features, so a
+        file gives exactly the frames a live stream gives; "reference" is the reference's offline mode (fusion
+        over O frames, windows every V, last window padded by its last condition row, a final smoothing pass)."""
+        s = self.session(avatar, settings)
+        if mode == "stream":
+            return KeypointBatch.concat([s.push(features), s.end()], 0)
+        if mode != "reference":
+            raise ValueError(f"unknown offline mode {mode!r}; use 'stream' or 'reference'")
+        st = s.settings
+        feats = np.asarray(features, np.float32)
+        frames = np.arange(len(feats))
+        emo = s.conditions.emotion_rows(frames).copy()
+        for i in frames:
+            e = s.timeline.at(int(i)).get("emotion")
+            if e is not None:
+                rows = np.asarray(e, np.float32).reshape(-1, 8)
+                emo[i] = rows[int(i) % len(rows)]
+        cond = s.conditions(feats, 0, emo)
+        counter = iter(range(1 << 30))
+
+        def sample(kp_cond: np.ndarray, c: np.ndarray) -> np.ndarray:
+            w = next(counter)
+            noise = _step_noise(st.seed, st.steps)[:, None]
+            x_T = _window_noise(st.seed, w)[None]
+            return self.sample(kp_cond[None], c[None], st.steps, st.eta, x_T, noise)[0]
+
+        params = StreamParams(st.overlap, st.smooth_k, st.fix_kp_cond, st.fix_kp_cond_dim, online=False)
+        motion = offline_motion(sample, cond, info_to_motion(avatar.frame(0)), params)
+        return s._frames(0, motion)
 
     def run(self, sessions: Sequence[MotionSession]) -> list[KeypointBatch]:
         """Step until no session has a ready window; all frames per session, in order."""

@@ -145,3 +145,16 @@ def test_stream_rejects_bad_input() -> None:
         st.push(np.zeros((3, 1024)))
     with pytest.raises(ValueError, match="overlap"):
         StreamParams(overlap=80)
+
+
+def test_offline_modes() -> None:
+    gen = tiny_generator()
+    feats = features(75)
+    settings = SessionSettings(seed=5)
+    whole = gen.offline(avatar(), feats, settings)
+    np.testing.assert_array_equal(whole.x_d, _run([75], feats).x_d)           # a file = a live stream
+    ref = gen.offline(avatar(), feats, SessionSettings(seed=5, overlap=10, fix_kp_cond=0), mode="reference")
+    assert len(ref) == 75 and np.all(np.isfinite(ref.x_d))
+    assert not np.allclose(ref.motion, whole.motion)
+    with pytest.raises(ValueError, match="offline mode"):
+        gen.offline(avatar(), feats, settings, mode="fast")
