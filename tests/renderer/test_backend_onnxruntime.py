@@ -106,3 +106,24 @@ def test_export_cache_is_reused(cache) -> None:
     # Different weights, different file.
     other = load_networks("synthetic", "tiny", seed=8)["stitch_network"]
     assert export_cached("stitch_network", other, cache) != path
+
+
+@pytest.mark.golden
+@pytest.mark.parametrize("case_name", ["warp_network"], ids=["warp_network"])
+def test_full_warp_network_export_decomposed_matches_golden(case_name: str, tmp_path) -> None:
+    """The official-size warp network, exported with the TensorRT-ready decomposition, on ONNX Runtime."""
+    import onnxruntime as ort
+
+    from ditto.weights import golden_state_dict
+    from services.renderer.models import build_networks
+    from tests.conftest import golden_case
+
+    case, io, _ = golden_case(case_name)
+    net = build_networks("full", ("warp_network",))["warp_network"]
+    net.load_state_dict(golden_state_dict(net, case["seed"]))
+    path = export_network("warp_network", net, tmp_path / "warp_network.onnx", "decomposed")
+    del net
+    assert not any(node.op_type == "GridSample" for node in onnx.load(str(path)).graph.node)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (out,) = session.run(["out"], {name: io[name] for name in NETWORK_IO["warp_network"].inputs})
+    assert scaled_error(out, io["out"]) <= 1e-4
