@@ -34,7 +34,8 @@ def _compare(models: RendererModels, ref: RendererModels, fp16_tol: float) -> No
                         ref.warp_decode(r["f_s"], r["x_s"], r["x_d"]), fp16_tol),
     }
     got_m, ref_m = models.motion(x["img"]), ref.motion(r["img"])
-    pairs.update({f"motion.{k}": (got_m[k], ref_m[k], 1e-3) for k in ref_m})      # fp32 everywhere
+    # fp32 on every backend (TF32 convolutions allowed, as cuDNN and TensorRT default to)
+    pairs.update({f"motion.{k}": (got_m[k], ref_m[k], 5e-3) for k in ref_m})
     for name, (got, want, tol) in pairs.items():
         assert got.device.type == models.device.type, name
         err = scaled_error(got.float().cpu().numpy(), want.numpy())
@@ -63,7 +64,7 @@ def test_onnxruntime_cuda_matches_cpu(tmp_path) -> None:
     ref = RendererModels.load("synthetic", profile="tiny", seed=3)
     models = RendererModels.load("synthetic", profile="tiny", seed=3, device="cuda", backend="onnxruntime",
                                  cache_dir=tmp_path)
-    _compare(models, ref, fp16_tol=1e-3)
+    _compare(models, ref, fp16_tol=5e-3)        # fp32 graphs; TF32 convolutions
 
 
 @pytest.mark.gpu
