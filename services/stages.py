@@ -61,7 +61,11 @@ def build_stage(name: str, weights_dir: Path, profile: str, bus: Bus, device: st
                                         rpc.service_name(motion_generator_pb2, "MotionGenerator")))
         except ImportError:
             pass
-        return BuiltStage(name, MotionStage(generator), services)
+        from ditto.synthetic import is_synthetic
+        from services.motion_generator.worker import synthetic_motion_range
+
+        clamp = synthetic_motion_range() if is_synthetic(weights_dir) else None
+        return BuiltStage(name, MotionStage(generator, clamp), services)
     if name == "renderer":
         from ditto.v1 import renderer_pb2, renderer_pb2_grpc
         from services.renderer.avatar.sessions import AuxModels

@@ -90,3 +90,11 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 600) -> subpro
     e.update(env or {})
     return subprocess.run([sys.executable, "-m", "ditto.cli", *args], cwd=ROOT, env=e, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def pytest_configure(config):
+    # Structured logs at warning level in the test process (the default structlog config prints debug lines).
+    from ditto import telemetry
+    from ditto.config import TelemetrySettings
+
+    telemetry.setup(TelemetrySettings(log_level="warning", log_format="console"), "ditto-tests")

@@ -36,6 +36,14 @@ class _Live:
     last_xd: np.ndarray | None
 
 
+def synthetic_motion_range() -> np.ndarray:
+    """[2, 265] bounds that keep motion from generated (synthetic) weights near a plausible face: small scale
+    change, pose logits of a few units, small translation and expression. Real checkpoints need no clamp."""
+    lo = np.empty(265, np.float32)
+    lo[0:1], lo[1:199], lo[199:202], lo[202:265] = -0.05, -3.0, -0.03, -0.02
+    return np.stack([lo, -lo])
+
+
 def ease_to_rest(x_s: np.ndarray, x_last: np.ndarray, n: int) -> np.ndarray:
     """n frames from x_last to x_s with a smoothstep ease: [n, 21, 3]."""
     t = (np.arange(1, n + 1, dtype=np.float32) / n)[:, None, None]
@@ -46,13 +54,15 @@ def ease_to_rest(x_s: np.ndarray, x_last: np.ndarray, n: int) -> np.ndarray:
 class MotionStage:
     stage = "motion_generator"
 
-    def __init__(self, generator: MotionGenerator) -> None:
+    def __init__(self, generator: MotionGenerator, v_min_max: np.ndarray | None = None) -> None:
         self.generator = generator
+        self.v_min_max = v_min_max  # per-dimension clamp of generated motion [2, 265] (None = none)
         self._cache: dict[str, tuple[int, _Live]] = {}  # session -> (hash of its last checkpoint, live objects)
 
     # ---- state ----
     def _new(self, spec: bus_pb2.SessionSpec, offset: int = 0, last_xs: Any = None, last_xd: Any = None) -> _Live:
         settings = settings_from_proto(spec.sampling_steps, spec.overlap, spec.seed, spec.emotion, spec.controls)
+        settings.v_min_max = self.v_min_max
         session = self.generator.session(avatar_from_proto(spec.avatar), settings)
         return _Live(spec, session, offset, last_xs, last_xd)
 
