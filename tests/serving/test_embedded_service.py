@@ -300,7 +300,8 @@ async def test_credits_stop_reading_a_client_that_is_ahead():
         from services.orchestrator.session import LOOK_AHEAD_S
 
         assert peak <= 0.5 + LOOK_AHEAD_S + 0.2 + 1e-6, f"{peak:.2f} s of audio in flight"
-        assert first is not None and first < 30, "the client was read far ahead of the frames"
+        assert peak >= 0.5 + LOOK_AHEAD_S - 0.2, "the limit was never reached: the test did not push the server"
+        assert first is not None
 
 
 async def test_render_rpc_returns_an_mp4_with_video_and_audio(tmp_path):
