@@ -17,7 +17,7 @@ from ditto import codec, stage
 from ditto.bus.worker import Output, WorkItem, WorkResult
 from ditto.v1 import bus_pb2, common_pb2
 from services.audio_encoder.encoder import StreamingEncoder, encode_many
-from services.audio_encoder.formats import AudioError
+from services.audio_encoder.formats import AudioError, InputFormat
 from services.audio_encoder.hubert import HubertBackend
 from services.audio_encoder.server import input_format
 
@@ -30,6 +30,23 @@ class AudioStage:
 
     def __init__(self, backend: HubertBackend) -> None:
         self.backend = backend
+        self._prefill: dict[int, np.ndarray] = {}
+
+    def silence_features(self, frames: int) -> np.ndarray:
+        """Features of `frames` x 640 zero samples: what the motion stage's window buffer starts with (the
+        reference pre-fills it with HuBERT's answer to silence, not with zeros)."""
+        if frames not in self._prefill:
+            enc = StreamingEncoder(self.backend, InputFormat("float32le", 16000, 1))
+            zeros = np.zeros(frames * SAMPLES_PER_FRAME, np.float32)
+            feats = np.concatenate([enc.push(zeros), enc.end()])[:frames]
+            self._prefill[frames] = np.ascontiguousarray(feats, dtype=np.float32)
+        return self._prefill[frames]
+
+    async def _with_prefill(self, item: WorkItem, overlap: int) -> Output:
+        out = stage.forward(item, NEXT)
+        if overlap > 0:
+            out.tensors["prefill"] = await asyncio.to_thread(self.silence_features, overlap)
+        return out
 
     def _encoder(self, item: WorkItem) -> StreamingEncoder | None:
         return StreamingEncoder.from_state_bytes(item.state, None) if item.state else None
@@ -42,9 +59,10 @@ class AudioStage:
             e, res = item.entry, results[i]
             try:
                 if e.kind == bus_pb2.ENTRY_KIND_START:
-                    enc = StreamingEncoder(None, input_format(stage.session_spec(item).audio_format))
+                    spec = stage.session_spec(item)
+                    enc = StreamingEncoder(None, input_format(spec.audio_format))
                     res.state = enc.state_bytes()
-                    res.outputs.append(stage.forward(item, NEXT))
+                    res.outputs.append(await self._with_prefill(item, spec.overlap or 70))
                     continue
                 enc = self._encoder(item)
                 if enc is None:  # no START seen (state expired or lost): the session cannot go on here
@@ -66,7 +84,8 @@ class AudioStage:
                     pushes.append((i, enc, None, False))
                 elif e.kind == bus_pb2.ENTRY_KIND_INTERRUPT:
                     res.state = StreamingEncoder(None, enc.format).state_bytes()  # old audio is dropped
-                    res.outputs.append(stage.forward(item, NEXT))
+                    # the orchestrator's INTERRUPT carries a SessionSpec with the session's overlap
+                    res.outputs.append(await self._with_prefill(item, stage.session_spec(item).overlap or 70))
                 elif e.kind == bus_pb2.ENTRY_KIND_CLOSE:
                     res.outputs.append(stage.forward(item, NEXT))
                     res.close = True

@@ -60,9 +60,11 @@ class MotionStage:
         self._cache: dict[str, tuple[int, _Live]] = {}  # session -> (hash of its last checkpoint, live objects)
 
     # ---- state ----
-    def _new(self, spec: bus_pb2.SessionSpec, offset: int = 0, last_xs: Any = None, last_xd: Any = None) -> _Live:
+    def _new(self, spec: bus_pb2.SessionSpec, offset: int = 0, last_xs: Any = None, last_xd: Any = None,
+             prefill: np.ndarray | None = None) -> _Live:
         settings = settings_from_proto(spec.sampling_steps, spec.overlap, spec.seed, spec.emotion, spec.controls)
         settings.v_min_max = self.v_min_max
+        settings.prefill = prefill
         session = self.generator.session(avatar_from_proto(spec.avatar), settings)
         return _Live(spec, session, offset, last_xs, last_xd)
 
@@ -99,7 +101,7 @@ class MotionStage:
                        {"x_s": batch.x_s.astype(np.float32), "x_d": batch.x_d.astype(np.float32),
                         "source_index": batch.source_index.astype(np.int64)}, meta.SerializeToString())]
 
-    def _interrupt(self, live: _Live) -> tuple[_Live, list[Output]]:
+    def _interrupt(self, live: _Live, prefill: np.ndarray | None) -> tuple[_Live, list[Output]]:
         outputs: list[Output] = []
         n = 0
         if live.last_xd is not None:
@@ -111,7 +113,8 @@ class MotionStage:
                                   {"x_s": xs, "x_d": rest, "source_index": np.zeros(REST_FRAMES, np.int64)},
                                   meta.SerializeToString()))
             n = REST_FRAMES
-        fresh = self._new(live.spec, offset=n, last_xs=live.last_xs, last_xd=None if not n else rest[-1])
+        fresh = self._new(live.spec, offset=n, last_xs=live.last_xs, last_xd=None if not n else rest[-1],
+                          prefill=prefill)
         return fresh, outputs
 
     # ---- the handler ----
@@ -124,8 +127,8 @@ class MotionStage:
             e, res, sid = item.entry, results[i], item.entry.session_id
             try:
                 if e.kind == bus_pb2.ENTRY_KIND_START:
-                    lives[i] = self._new(stage.session_spec(item))
-                    res.outputs.append(stage.forward(item, NEXT))
+                    lives[i] = self._new(stage.session_spec(item), prefill=codec.unnamed(e.tensors).get("prefill"))
+                    res.outputs.append(Output(NEXT, e.kind, {}, e.meta))
                     continue
                 live = self._load(sid, item.state)
                 if live is None:
@@ -152,8 +155,8 @@ class MotionStage:
                 elif e.kind == bus_pb2.ENTRY_KIND_END:
                     to_end.append(i)
                 elif e.kind == bus_pb2.ENTRY_KIND_INTERRUPT:
-                    lives[i], outs = self._interrupt(live)
-                    res.outputs.append(stage.forward(item, NEXT))
+                    lives[i], outs = self._interrupt(live, codec.unnamed(e.tensors).get("prefill"))
+                    res.outputs.append(Output(NEXT, e.kind, {}, e.meta))
                     res.outputs.extend(outs)
                 elif e.kind == bus_pb2.ENTRY_KIND_CLOSE:
                     res.outputs.append(stage.forward(item, NEXT))

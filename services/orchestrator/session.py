@@ -223,7 +223,8 @@ class Session:
         self.epoch_base[self.epoch] = self.last_sent_index + 1
         self.counters = _EpochCounters()
         self._t0 = None  # pacing restarts with the next epoch's first frame
-        await self._publish(bus_pb2.ENTRY_KIND_INTERRUPT)
+        spec = bus_pb2.SessionSpec(overlap=self.config.overlap or self.orch.settings.default_overlap)
+        await self._publish(bus_pb2.ENTRY_KIND_INTERRUPT, spec.SerializeToString())
         self.credit.set()
         await self.outgoing.put(avatar_pb2.ConverseResponse(event=avatar_pb2.SessionEvent(
             interrupted=avatar_pb2.InterruptedEvent(last_frame_index=self.last_sent_index,
