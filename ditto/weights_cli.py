@@ -138,19 +138,30 @@ def _synthetic(args: argparse.Namespace) -> int:
 
 
 def _build_engines(args: argparse.Namespace) -> int:
+    """Build (or find cached) TensorRT engines for this GPU: the renderer networks and HuBERT. Safe to run from
+    several pods at once on a shared cache volume: engines are written to a temporary file, then renamed."""
     from ditto.synthetic import profile_of, resolve_weights
+    from ditto.weights import OFFICIAL_FILES
 
     weights = resolve_weights(args.weights, args.profile)
+    profile = profile_of(weights, args.profile)
+    args.cache.mkdir(parents=True, exist_ok=True)
     try:
-        from services.renderer.backends import build_all_engines
-    except ImportError as err:
-        print(f"TensorRT engine building is not available: {err}", file=sys.stderr)
-        return 1
-    try:
-        paths = build_all_engines(weights, profile_of(weights, args.profile), args.cache)
+        from services.renderer.backends import import_tensorrt
+
+        import_tensorrt()
+        import torch
+
+        if not torch.cuda.is_available():
+            raise RuntimeError("no CUDA device: TensorRT engines are built on the GPU they will run on")
+        from services.audio_encoder.hubert import TensorRTHubert
+        from services.renderer.models import RendererModels
+
+        RendererModels.load(weights, profile=profile, device="cuda", backend="tensorrt", cache_dir=args.cache)
+        TensorRTHubert(weights / OFFICIAL_FILES["hubert"].path, "cuda", cache_dir=args.cache)
     except (RuntimeError, ImportError) as err:
         print(f"cannot build TensorRT engines: {err}", file=sys.stderr)
         return 1
-    for p in paths:
+    for p in sorted(args.cache.rglob("*.engine")):
         print(p)
     return 0

@@ -23,7 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="render the bundled example portrait and speech to out/demo.mp4")
     p.add_argument("--out", type=Path, default=Path("out/demo.mp4"))
     p.add_argument("--weights", default=None, help="weights folder; default: fetch the official ones, else synthetic")
-    p.add_argument("--profile", choices=("full", "tiny"), default="full")
+    p.add_argument("--profile", choices=("full", "tiny"), default=None,
+                   help="default: full with real weights; tiny with synthetic weights (the full networks take "
+                        "seconds per frame on a CPU and make no real face anyway)")
     p.add_argument("--device", default="auto")
     p.add_argument("--text", default=TEXT)
     p.set_defaults(handler=_run)
@@ -82,5 +84,6 @@ def _run(args: argparse.Namespace) -> int:
         else:
             print("Official weights cannot be fetched here: rendering with synthetic weights.", file=sys.stderr)
             weights = "synthetic"
+    profile = args.profile or ("tiny" if weights == "synthetic" else "full")
     return ditto_main(["render", "--avatar", str(portrait), "--audio", str(speech), "--out", str(args.out),
-                       "--weights", weights, "--profile", args.profile, "--device", args.device])
+                       "--weights", weights, "--profile", profile, "--device", args.device])
