@@ -34,6 +34,8 @@ bench: setup
 	$(PY) -m tools.bench
 
 demo: setup
+	@command -v espeak-ng >/dev/null 2>&1 || apt-get install -y -qq espeak-ng >/dev/null 2>&1 || \
+		echo "espeak-ng is not installed (apt-get install espeak-ng): the demo uses a synthetic voice"
 	$(PY) -m ditto.cli demo
 
 up: setup
