@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
@@ -36,9 +36,11 @@ def _media(media: Media) -> tuple[bytes, str]:
 
 
 def session_config(avatar_id: str, sample_rate_hz: int = 16000, channels: int = 1, sample_format: str = "s16",
-                   encoding: int = common_pb2.FRAME_ENCODING_JPEG, background: int = common_pb2.BACKGROUND_ORIGINAL,
+                   encoding: common_pb2.FrameEncoding = common_pb2.FRAME_ENCODING_JPEG,
+                   background: common_pb2.Background = common_pb2.BACKGROUND_ORIGINAL,
                    emotion: Any = None, controls: common_pb2.MotionControls | None = None,
-                   idle_policy: int = avatar_pb2.IDLE_POLICY_ALIVE, sampling_steps: int = 0, seed: int = 0,
+                   idle_policy: avatar_pb2.IdlePolicy = avatar_pb2.IDLE_POLICY_ALIVE, sampling_steps: int = 0,
+                   seed: int = 0,
                    overlap: int = 0, max_duration_s: int = 0, idle_timeout_s: int = 0,
                    jpeg_quality: int = 0) -> avatar_pb2.SessionConfig:
     fmt = common_pb2.SAMPLE_FORMAT_PCM_S16LE if sample_format == "s16" else common_pb2.SAMPLE_FORMAT_FLOAT32LE
@@ -67,7 +69,8 @@ def emotion_control(emotion: Any) -> common_pb2.EmotionControl:
         emotion = [emotion]
     values = list(emotion)
     if values and all(isinstance(v, str) for v in values):
-        return common_pb2.EmotionControl(labels=[EMOTIONS.index(v.lower()) + 1 for v in values])
+        labels = [cast(common_pb2.Emotion, EMOTIONS.index(v.lower()) + 1) for v in values]
+        return common_pb2.EmotionControl(labels=labels)
     if len(values) == 8:
         return common_pb2.EmotionControl(probabilities=[float(v) for v in values])
     raise ValueError(f"emotion must be a label, a list of labels or 8 probabilities, not {emotion!r}")

@@ -38,7 +38,7 @@ class CodecError(ValueError):
     """A tensor could not be encoded or decoded; the message says why."""
 
 
-def dtype_code(dtype: np.dtype) -> int:
+def dtype_code(dtype: np.dtype) -> Any:
     key = np.dtype(dtype).newbyteorder("<").str.lstrip("<|")
     try:
         return _CODE_BY_KIND[key]
@@ -102,7 +102,7 @@ def encode(array: Any) -> bytes:
     if arr.ndim > 255:
         raise CodecError("more than 255 dimensions")
     header = _HEADER.pack(_MAGIC, code, arr.ndim) + struct.pack(f"<{arr.ndim}q", *arr.shape)
-    return b"".join((header, memoryview(arr).cast("B") if arr.size else b""))
+    return b"".join((header, arr.data.cast("B") if arr.size else b""))
 
 
 def decode(buf: bytes | bytearray | memoryview) -> np.ndarray:
@@ -151,7 +151,8 @@ def pack(state: dict[str, Any]) -> bytes:
     arrays = {k: v for k, v in state.items() if isinstance(v, np.ndarray)}
     scalars = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in state.items() if k not in arrays}
     buf = io.BytesIO()
-    np.savez(buf, __json__=np.frombuffer(json.dumps(scalars).encode(), np.uint8), **arrays)
+    payload: dict[str, Any] = {"__json__": np.frombuffer(json.dumps(scalars).encode(), np.uint8), **arrays}
+    np.savez(buf, **payload)
     return buf.getvalue()
 
 

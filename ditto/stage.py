@@ -18,7 +18,7 @@ def session_spec(item: WorkItem) -> bus_pb2.SessionSpec:
 
 def forward(item: WorkItem, target: str) -> Output:
     """The same entry (kind, meta, tensors) to the next stage."""
-    return Output(target, item.entry.kind, codec.unnamed(item.entry.tensors), item.entry.meta)
+    return Output(target, item.entry.kind, dict(codec.unnamed(item.entry.tensors)), item.entry.meta)
 
 
 def error(code: grpc.StatusCode, message: str) -> Output:

@@ -30,7 +30,7 @@ def setup(settings: TelemetrySettings | None = None, service_name: str | None = 
     global _configured
     if _configured:
         return
-    settings = settings or TelemetrySettings()
+    settings = settings or TelemetrySettings.model_validate({})
     name = service_name or settings.service_name
     level = getattr(logging, settings.log_level.upper())
     logging.basicConfig(stream=sys.stderr, level=level, format="%(message)s")

@@ -175,13 +175,13 @@ def golden_init_v1(
         if name.endswith("_v"):
             continue  # derived together with _u below
         u = _rng(seed, base + "_u").standard_normal(w.shape[0])
-        u = u / max(np.linalg.norm(u), 1e-12)
+        u = u / max(float(np.linalg.norm(u)), 1e-12)
         v = np.zeros(w.shape[1])
         for _ in range(30):
             v = w.T @ u
-            v = v / max(np.linalg.norm(v), 1e-12)
+            v = v / max(float(np.linalg.norm(v)), 1e-12)
             u = w @ v
-            u = u / max(np.linalg.norm(u), 1e-12)
+            u = u / max(float(np.linalg.norm(u)), 1e-12)
         out[base + "_u"] = u.astype(np.float32)
         out[base + "_v"] = v.astype(np.float32)
     return {n: out[n] for n, _, _ in entries}

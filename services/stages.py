@@ -51,16 +51,12 @@ def build_stage(name: str, weights_dir: Path, profile: str, bus: Bus, device: st
 
         model = load_motion_decoder(weights_dir / OFFICIAL_FILES["lmdm"].path, profile=profile)
         generator = MotionGenerator(TorchBackend(model, device))
-        services = []
-        try:
-            from ditto.v1 import motion_generator_pb2, motion_generator_pb2_grpc
-            from services.motion_generator.server import MotionGeneratorServicer
+        from ditto.v1 import motion_generator_pb2, motion_generator_pb2_grpc
+        from services.motion_generator.server import MotionGeneratorService, SessionBatcher
 
-            services.append(rpc.Service(motion_generator_pb2_grpc.add_MotionGeneratorServicer_to_server,
-                                        MotionGeneratorServicer(generator),
-                                        rpc.service_name(motion_generator_pb2, "MotionGenerator")))
-        except ImportError:
-            pass
+        services = [rpc.Service(motion_generator_pb2_grpc.add_MotionGeneratorServicer_to_server,
+                                MotionGeneratorService(generator, SessionBatcher(generator)),
+                                rpc.service_name(motion_generator_pb2, "MotionGenerator"))]
         from ditto.synthetic import is_synthetic
         from services.motion_generator.worker import synthetic_motion_range
 
@@ -73,7 +69,7 @@ def build_stage(name: str, weights_dir: Path, profile: str, bus: Bus, device: st
         from services.renderer.server import RendererCore, RendererServicer
         from services.renderer.worker import RendererStage
 
-        rbackend = backend if backend in ("torch", "onnxruntime", "tensorrt") else "torch"
+        rbackend: Any = backend if backend in ("torch", "onnxruntime", "tensorrt") else "torch"
         models = RendererModels.load(weights_dir, profile=profile, device=device, backend=rbackend,
                                      cache_dir=cache_dir / "renderer" if cache_dir else None)
         aux = AuxModels.load(weights_dir, device)

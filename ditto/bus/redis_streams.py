@@ -115,7 +115,8 @@ class RedisBus(Bus):
         except RedisError as err:
             raise BusError(f"Redis at {self.url}: {err}") from err
         out: list[Delivery] = []
-        for stream, items in res or []:
+        rows: Any = res or []
+        for stream, items in rows:
             out.extend(self._parse(_s(stream), items, 1))
         return out
 
@@ -133,7 +134,7 @@ class RedisBus(Bus):
 
     async def commit(self, group: str, commit: Commit, lease: tuple[str, str] | None = None) -> None:
         keys: list[str] = []
-        argv: list[Any] = []
+        argv: list[bytes | str | int] = []
         if lease:
             keys.append(lease[0])
         for stream, entry in commit.outputs:
@@ -145,13 +146,14 @@ class RedisBus(Bus):
         for stream, entry_id in commit.acks:
             keys.append(stream)
             argv.extend([group, entry_id])
-        head = [lease[1] if lease else "", len(commit.outputs), len(commit.state), len(commit.acks),
-                self.state_ttl_s, "1" if lease else "0"]
+        owner = lease[1] if lease else ""
+        head: list[bytes | str | int] = [owner, len(commit.outputs), len(commit.state), len(commit.acks),
+                                         self.state_ttl_s, "1" if lease else "0"]
         try:
             await self._commit(keys=keys, args=head + argv)
         except ResponseError as err:
             if "LEASE_LOST" in str(err):
-                raise LeaseLost(f"lease {lease[0] if lease else ''} is no longer held by {head[0]}") from err
+                raise LeaseLost(f"lease {lease[0] if lease else ''} is no longer held by {owner}") from err
             raise BusError(str(err)) from err
         except RedisError as err:
             raise BusError(f"Redis at {self.url}: {err}") from err

@@ -19,7 +19,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from ditto import codec, telemetry
 from ditto.bus.base import Bus, BusError, Commit, Delivery, LeaseLost
@@ -52,8 +52,8 @@ class WorkItem:
 @dataclass
 class Output:
     target: str  # a route key of the entry ("motion_generator", "renderer", "frames") or a full stream name
-    kind: int = bus_pb2.ENTRY_KIND_DATA
-    tensors: dict[str, object] = field(default_factory=dict)
+    kind: bus_pb2.EntryKind = bus_pb2.ENTRY_KIND_DATA
+    tensors: dict[str, Any] = field(default_factory=dict)
     meta: bytes = b""
 
 

@@ -64,13 +64,14 @@ class AudioStage:
                     res.state = enc.state_bytes()
                     res.outputs.append(await self._with_prefill(item, spec.overlap or 70))
                     continue
-                enc = self._encoder(item)
-                if enc is None:  # no START seen (state expired or lost): the session cannot go on here
+                loaded = self._encoder(item)
+                if loaded is None:  # no START seen (state expired or lost): the session cannot go on here
                     if e.kind != bus_pb2.ENTRY_KIND_CLOSE:
                         res.outputs.append(stage.error(grpc.StatusCode.ABORTED,
                                                        "the audio encoder lost this session's state; start again"))
                     res.close = True
                     continue
+                enc = loaded
                 if e.kind == bus_pb2.ENTRY_KIND_DATA:
                     meta = bus_pb2.AudioMeta()
                     meta.ParseFromString(e.meta)

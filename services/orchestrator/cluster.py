@@ -63,6 +63,12 @@ class Proc:
     popen: subprocess.Popen
     log: Path
     ready_line: str = ""
+    metrics_port: int = 0  # Prometheus endpoint of this process (0 = none)
+
+    @property
+    def owner(self) -> str:
+        """The worker id this process leases slots under (the default `worker_id`: host name and pid)."""
+        return f"{os.uname().nodename}-{self.popen.pid}"
 
 
 @dataclass
@@ -75,6 +81,7 @@ class LocalCluster:
     slots: int = 8
     device: str = "cpu"
     env: dict[str, str] = field(default_factory=dict)
+    metrics: bool = False  # give every process its own Prometheus port (Proc.metrics_port)
     log_dir: Path | None = None
     procs: dict[str, Proc] = field(default_factory=dict)
     redis_proc: subprocess.Popen | None = None
@@ -105,10 +112,13 @@ class LocalCluster:
     def _spawn(self, name: str, args: list[str], ready: str) -> Proc:
         assert self.log_dir is not None
         log = self.log_dir / f"{name}.log"
+        metrics_port = free_port() if self.metrics else 0
+        if metrics_port:
+            args = [*args, "--metrics-port", str(metrics_port)]
         f = open(log, "wb")  # noqa: SIM115 - lives as long as the process
         popen = subprocess.Popen([sys.executable, "-m", "ditto.cli", *args], cwd=ROOT, env=self._env(),
                                  stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
-        proc = Proc(name, popen, log, ready)
+        proc = Proc(name, popen, log, ready, metrics_port)
         self.procs[name] = proc
         return proc
 
@@ -145,6 +155,18 @@ class LocalCluster:
         if p.popen.poll() is None:
             os.killpg(p.popen.pid, sig)
             p.popen.wait(30)
+
+    def purge(self) -> None:
+        """Delete every Redis key under this cluster's prefix (streams have no TTL; tests share one Redis)."""
+        if not redis_answers(self.redis_url):
+            return
+        client = redis_lib.Redis.from_url(self.redis_url, socket_connect_timeout=1)
+        try:
+            keys = list(client.scan_iter(match=f"{self.prefix}:*", count=1000))
+            for i in range(0, len(keys), 500):
+                client.delete(*keys[i:i + 500])
+        finally:
+            client.close()
 
     def stop(self) -> None:
         for p in self.procs.values():

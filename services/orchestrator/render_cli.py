@@ -86,8 +86,9 @@ async def render(args: argparse.Namespace) -> int:
         if not path.is_file():
             print(f"error: {path} does not exist", file=sys.stderr)
             return 2
-    telemetry.setup(TelemetrySettings(log_level="warning"), "ditto-render")
+    telemetry.setup(TelemetrySettings.model_validate({"log_level": "warning"}), "ditto-render")
     settings = load_settings(OrchestratorSettings)
+    assert isinstance(settings, OrchestratorSettings)
     weights = resolve_weights(args.weights, args.profile, settings.model.cache_dir)
     synthetic = is_synthetic(weights)
     if synthetic:

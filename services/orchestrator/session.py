@@ -19,7 +19,7 @@ import numpy as np
 
 from ditto import codec, telemetry
 from ditto.bus.worker import epoch_key
-from ditto.v1 import avatar_pb2, bus_pb2, common_pb2
+from ditto.v1 import avatar_pb2, bus_pb2, common_pb2, renderer_pb2
 
 if TYPE_CHECKING:
     from services.orchestrator.placement import Placement
@@ -86,7 +86,7 @@ class Session:
     orch: Orchestrator
     tenant: Tenant
     config: avatar_pb2.SessionConfig
-    avatar: object  # renderer_pb2.RegisterSourceResponse
+    avatar: renderer_pb2.RegisterSourceResponse
     placement: Placement
     offline: bool = False
     session_id: str = field(default_factory=lambda: uuid.uuid4().hex)
@@ -125,7 +125,7 @@ class Session:
         self._tasks: list[asyncio.Task] = []
 
     # ---- publishing ----
-    def _entry(self, kind: int, meta: bytes = b"", tensors: dict | None = None) -> bus_pb2.StreamEntry:
+    def _entry(self, kind: bus_pb2.EntryKind, meta: bytes = b"", tensors: dict | None = None) -> bus_pb2.StreamEntry:
         e = bus_pb2.StreamEntry(session_id=self.session_id, epoch=self.epoch, seq=self.seq, kind=kind, meta=meta,
                                 tenant_id=self.tenant.id, created_unix_ms=int(time.time() * 1000))
         e.route.update(self.route)
@@ -135,7 +135,7 @@ class Session:
         self.seq += 1
         return e
 
-    async def _publish(self, kind: int, meta: bytes = b"", tensors: dict | None = None) -> None:
+    async def _publish(self, kind: bus_pb2.EntryKind, meta: bytes = b"", tensors: dict | None = None) -> None:
         with telemetry.tracer("ditto.orchestrator").start_as_current_span(
                 "orchestrator.publish", attributes={"session": self.session_id, "epoch": self.epoch,
                                                     "seq": self.seq, "kind": kind}):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import cv2
 import grpc
@@ -155,7 +156,8 @@ class RendererStage:
                     data = live.render.encoder.encode(img)
                     h, w = img.shape[:2]
                     fm = bus_pb2.FrameMeta(index=meta.first_frame + k, width=w, height=h,
-                                           encoding=int(live.render.encoder.encoding), idle=meta.idle)
+                                           encoding=cast(common_pb2.FrameEncoding, int(live.render.encoder.encoding)),
+                                           idle=meta.idle)
                     results[i].outputs.append(Output(FRAMES, bus_pb2.ENTRY_KIND_DATA,
                                                      {"frame": np.frombuffer(data, np.uint8)},
                                                      fm.SerializeToString()))
