@@ -1,0 +1,76 @@
+"""A trained checkpoint -> the motion stage's one-step ONNX graph (and a TensorRT fp32 engine on a GPU machine).
+
+The ONNX graph is `services.motion_generator.export.export_onnx` (inputs x/cond_frame/cond/time_cond, outputs
+pred_noise/x_start, guidance weight 2 inside; method.md 4.5), so `open_backend(<file>.onnx)` serves it. The engine
+is built as the reference builds the LMDM engine: fp32 (no TF32), dynamic batch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..dit import MotionDecoder
+
+
+def export_checkpoint(ckpt: str | Path, onnx_path: str | Path, profile: str = "full",
+                      check: bool = True) -> tuple[Path, float]:
+    """Export and (by default) run both graphs on one random input: (path, max |onnx - torch| over x_start)."""
+    from ..export import export_onnx
+    from ..models import OnnxBackend, TorchBackend, load_motion_decoder
+
+    model = load_motion_decoder(ckpt, profile)
+    path = export_onnx(model, onnx_path)
+    if not check:
+        return path, 0.0
+    cfg = model.cfg
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, cfg.seq_len, cfg.nfeats)).astype(np.float32)
+    cf = rng.standard_normal((2, cfg.nfeats)).astype(np.float32)
+    cond = rng.standard_normal((2, cfg.seq_len, cfg.cond_dim)).astype(np.float32)
+    t = np.array([999, 10], np.int64)
+    _, ref = TorchBackend(model).one_step(x, cf, cond, t)
+    _, got = OnnxBackend(path, profile).one_step(x, cf, cond, t)
+    return path, float(np.abs(ref - got).max())
+
+
+def build_tensorrt(onnx_path: str | Path, engine_path: str | Path, max_batch: int = 64) -> Path:
+    """fp32 TensorRT 10 engine of the one-step graph, batch profile 1 / max_batch / max_batch."""
+    try:
+        import tensorrt as trt
+    except ImportError as err:
+        raise RuntimeError("TensorRT is not installed: pip install '.[gpu]' (tensorrt>=10,<11) on a CUDA machine; "
+                           "the ONNX file runs on ONNX Runtime without it") from err
+    import torch
+
+    if not torch.cuda.is_available():
+        raise RuntimeError("building a TensorRT engine needs a CUDA GPU, and none is visible")
+    onnx_path, engine_path = Path(onnx_path), Path(engine_path)
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise RuntimeError(f"{onnx_path}: TensorRT cannot parse the graph: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, 4 << 30)
+    config.clear_flag(trt.BuilderFlag.TF32)          # fp32 like the reference's lmdm engine
+    profile = builder.create_optimization_profile()
+    for i in range(network.num_inputs):
+        inp = network.get_input(i)
+        tail = tuple(inp.shape)[1:]
+        profile.set_shape(inp.name, (1, *tail), (max_batch, *tail), (max_batch, *tail))
+    config.add_optimization_profile(profile)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise RuntimeError(f"{onnx_path}: TensorRT failed to build an engine (see the log above)")
+    engine_path.parent.mkdir(parents=True, exist_ok=True)
+    engine_path.write_bytes(bytes(serialized))
+    return engine_path
+
+
+def describe(model: MotionDecoder) -> str:
+    n = sum(p.numel() for p in model.parameters())
+    return f"MotionDecoder {model.cfg.latent_dim}-d x {model.cfg.num_layers} layers, {n / 1e6:.2f} M parameters"

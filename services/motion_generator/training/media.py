@@ -1,0 +1,165 @@
+"""Video and audio I/O of data preparation (PyAV): 25 fps frame streams, the global face crop, 16 kHz WAV.
+
+Frames are streamed, never held for a whole video: a 150 s 1080p clip is 3750 frames of 6 MB each.
+"""
+
+from __future__ import annotations
+
+import wave
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+FPS = 25
+CROP_SIZE = 512
+SAMPLE_RATE = 16000
+
+
+class VideoError(ValueError):
+    """A video that cannot be used for training; the message says why."""
+
+
+@dataclass(frozen=True)
+class VideoProbe:
+    width: int
+    height: int
+    fps: float
+    seconds: float
+    has_audio: bool
+
+
+def probe(path: Path) -> VideoProbe:
+    import av
+
+    try:
+        with av.open(str(path)) as c:
+            if not c.streams.video:
+                raise VideoError(f"{path}: no video stream")
+            vs = c.streams.video[0]
+            fps = float(vs.average_rate or vs.guessed_rate or 0)
+            seconds = float(vs.duration * vs.time_base) if vs.duration and vs.time_base else \
+                (c.duration / 1e6 if c.duration else 0.0)
+            return VideoProbe(vs.codec_context.width, vs.codec_context.height, fps, seconds, bool(c.streams.audio))
+    except av.FFmpegError as err:
+        raise VideoError(f"{path}: not a readable video ({err})") from err
+
+
+def frames_25fps(path: Path) -> Iterator[np.ndarray]:
+    """RGB uint8 frames at 25 fps: frame i is the source frame shown at time i/25 s (the last one starting at or
+    before it), so 25 fps sources pass through unchanged and other rates are resampled by repeating or dropping."""
+    import av
+
+    try:
+        with av.open(str(path)) as c:
+            stream = c.streams.video[0]
+            stream.thread_type = "AUTO"
+            out_index = 0
+            prev: np.ndarray | None = None
+            t0: float | None = None
+            for frame in c.decode(stream):
+                t = float(frame.time) if frame.time is not None else out_index / FPS
+                t0 = t if t0 is None else t0
+                t -= t0
+                rgb = frame.to_ndarray(format="rgb24")
+                # emit every output time this frame's predecessor covers
+                while prev is not None and out_index / FPS < t - 1e-6:
+                    yield prev
+                    out_index += 1
+                prev = rgb
+            if prev is not None:
+                yield prev
+    except av.FFmpegError as err:
+        raise VideoError(f"{path}: decoding failed ({err})") from err
+
+
+def square_box_matrix(center: np.ndarray, side: float, size: int = CROP_SIZE) -> np.ndarray:
+    """[2, 3] affine: the upright square (center, side) -> size x size (outside the frame is padded black, as the
+    reference's ffmpeg crop + pad)."""
+    s = size / side
+    cx, cy = float(center[0]), float(center[1])
+    return np.array([[s, 0, size / 2 - s * cx], [0, s, size / 2 - s * cy]], dtype=np.float32)
+
+
+def crop_frame(frame: np.ndarray, m: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
+    return cv2.warpAffine(frame, m, (size, size), flags=cv2.INTER_AREA if m[0, 0] < 1 else cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+
+
+class Mp4Writer:
+    """H.264 yuv420p at 25 fps, CRF 18 (the reference's quality), written to a temporary name and renamed on close."""
+
+    def __init__(self, path: Path, size: int = CROP_SIZE) -> None:
+        import av
+
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = path.with_name(path.stem + ".partial" + path.suffix)
+        self.container = av.open(str(self.tmp), mode="w")
+        self.stream = self.container.add_stream("libx264", rate=FPS)
+        self.stream.width = self.stream.height = size
+        self.stream.pix_fmt = "yuv420p"
+        self.stream.options = {"crf": "18", "preset": "veryfast"}
+        self.frames = 0
+
+    def write(self, rgb: np.ndarray) -> None:
+        import av
+
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        frame.pts = self.frames
+        frame.time_base = Fraction(1, FPS)
+        for packet in self.stream.encode(frame):
+            self.container.mux(packet)
+        self.frames += 1
+
+    def close(self) -> None:
+        for packet in self.stream.encode():
+            self.container.mux(packet)
+        self.container.close()
+        if self.frames == 0:
+            self.tmp.unlink(missing_ok=True)
+            raise VideoError(f"{self.path}: no frames to write")
+        self.tmp.replace(self.path)
+
+    def abort(self) -> None:
+        try:
+            self.container.close()
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+
+def read_frames(path: Path) -> Iterator[np.ndarray]:
+    """Every frame of a (cropped, 25 fps) video as RGB uint8."""
+    import av
+
+    with av.open(str(path)) as c:
+        for frame in c.decode(video=0):
+            yield frame.to_ndarray(format="rgb24")
+
+
+def extract_wav(video: Path, wav: Path) -> float:
+    """The first audio stream -> mono 16 kHz PCM16 WAV (the reference runs ffmpeg -ar 16000 -ac 1); returns seconds."""
+    from services.audio_encoder.formats import AudioError, _mixdown, decode_file
+    from services.audio_encoder.resample import StreamResampler
+
+    try:
+        decoded = decode_file(video)
+    except AudioError as err:
+        raise VideoError(f"{video}: {err}") from err
+    mono = _mixdown(decoded.samples.astype(np.float64))
+    if decoded.sample_rate != SAMPLE_RATE:
+        rs = StreamResampler(decoded.sample_rate, SAMPLE_RATE)
+        mono = np.concatenate([rs.process(mono), rs.flush()])
+    pcm = (np.clip(mono, -1.0, 1.0) * 32767.0).round().astype("<i2")
+    wav.parent.mkdir(parents=True, exist_ok=True)
+    tmp = wav.with_name(wav.stem + ".partial.wav")
+    with wave.open(str(tmp), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SAMPLE_RATE)
+        w.writeframes(pcm.tobytes())
+    tmp.replace(wav)
+    return len(pcm) / SAMPLE_RATE
