@@ -136,7 +136,8 @@ def test_training_lowers_the_loss_and_writes_checkpoints_logs_and_plot(trained, 
     from services.motion_generator.training.dataset import ClipDataset, DatasetFlags
     from services.motion_generator.training.losses import LossSettings
 
-    ckpts = sorted(trained.glob("ckpts/train_*.pt"), key=lambda p: checkpoint_epoch(p) or -1)
+    ckpts = sorted((p for p in trained.glob("ckpts/train_*.pt") if checkpoint_epoch(p)),
+                   key=lambda p: checkpoint_epoch(p) or -1)
     assert [p.name for p in ckpts] == [f"train_{e}.pt" for e in range(1, EPOCHS + 1)]
     assert set(torch.load(ckpts[-1], weights_only=True)) == {"model_state_dict"}
     steps = [json.loads(line)["loss"] for line in (trained / "loss_steps.jsonl").read_text().splitlines()]
