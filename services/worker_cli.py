@@ -10,6 +10,9 @@ import signal
 
 from ditto.cli import add_model_args
 
+ADVERTISE_EVERY_S = 2.0  # how often a worker re-announces its gRPC address on the bus
+ADVERTISE_TTL_S = 10
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("worker", help="run one stage worker (distributed deployment)")
@@ -48,7 +51,7 @@ async def run_worker(args: argparse.Namespace) -> int:
     server = await rpc.start_server(built.services, settings.grpc_host, port, settings.max_message_bytes)
     owner = settings.worker_id
     address = f"{settings.grpc_host}:{server.port}"
-    await bus.set_state(bus.key(args.stage, "addr", owner), address.encode(), 30)
+    await bus.set_state(bus.key(args.stage, "addr", owner), address.encode(), ADVERTISE_TTL_S)
     worker = SlotWorker(bus, built.handler, owner, WorkerSettings(
         slots=settings.bus.slots, lease_ttl_ms=settings.bus.lease_ttl_ms, block_ms=settings.bus.block_ms))
     stop = asyncio.Event()
@@ -57,10 +60,12 @@ async def run_worker(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
 
     async def advertise() -> None:
+        # Often, with a short TTL: after a Redis restart (an empty store) the orchestrator finds this worker again
+        # within seconds, and a dead worker's address disappears soon.
         while True:
-            await asyncio.sleep(10)
+            await asyncio.sleep(ADVERTISE_EVERY_S)
             try:
-                await bus.set_state(bus.key(args.stage, "addr", owner), address.encode(), 30)
+                await bus.set_state(bus.key(args.stage, "addr", owner), address.encode(), ADVERTISE_TTL_S)
             except Exception as err:  # Redis away: the worker loop reports and retries
                 log.warning("cannot advertise address", error=str(err))
 
@@ -74,7 +79,10 @@ async def run_worker(args: argparse.Namespace) -> int:
     await server.set_serving(False)
     await worker.stop()
     await task
-    await bus.set_state(bus.key(args.stage, "addr", owner), None)
+    try:
+        await bus.set_state(bus.key(args.stage, "addr", owner), None)
+    except Exception as err:  # Redis away: the address key expires on its own
+        log.warning("cannot withdraw address", error=str(err))
     await server.stop(2)
     await bus.close()
     log.info("stopped", stage=args.stage, processed=worker.processed)

@@ -126,7 +126,15 @@ class RedisBus(Bus):
         out: list[Delivery] = []
         start = "0-0"
         while True:
-            res = await self._call(self.r.xautoclaim(stream, group, consumer, min_idle_ms, start, count=count))
+            try:
+                res = await self._call(self.r.xautoclaim(stream, group, consumer, min_idle_ms, start, count=count))
+            except BusError as err:
+                if "NOGROUP" not in str(err):
+                    raise
+                # The stream is gone (Redis restarted empty, or the stream was deleted): nothing is pending, and
+                # the remembered groups are stale, so they are created again on the next call.
+                self._groups.clear()
+                return out
             start = _s(res[0])
             out.extend(self._parse(stream, res[1], 2))
             if start == "0-0" or len(out) >= count:

@@ -270,6 +270,9 @@ def test_sigterm_drains_hands_slots_over_at_once_and_loses_no_frame(redis_url, r
         assert run.longest_gap() < 5, f"a stall of {run.longest_gap():.1f} s: the slots were not handed over at once"
 
 
+RECOVERY_S = 15  # workers re-lease slots within a lease period and re-advertise their address every 2 s
+
+
 def test_redis_restart_gives_unavailable_then_the_cluster_recovers(reference, tmp_path):
     port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
@@ -291,7 +294,7 @@ def test_redis_restart_gives_unavailable_then_the_cluster_recovers(reference, tm
         assert "unavailable" in run.details, run.details
 
         c.redis_proc = start_redis(port)  # same port, empty: everything must be rebuilt by the processes
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + RECOVERY_S
         attempts: list[str] = []
         while True:
             try:
@@ -302,7 +305,7 @@ def test_redis_restart_gives_unavailable_then_the_cluster_recovers(reference, tm
                 break
             attempts.append(f"{again.code}: {again.details}")
             assert again.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED), attempts
-            assert time.monotonic() < deadline, f"no recovery after the Redis restart: {attempts}"
+            assert time.monotonic() < deadline, f"no recovery {RECOVERY_S} s after the Redis restart: {attempts}"
             time.sleep(1)
         assert_same_frames(again.frames, reference)
         for p in c.procs.values():
