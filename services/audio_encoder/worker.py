@@ -65,11 +65,8 @@ class AudioStage:
                     res.outputs.append(await self._with_prefill(item, spec.overlap or 70))
                     continue
                 loaded = self._encoder(item)
-                if loaded is None:  # no START seen (state expired or lost): the session cannot go on here
-                    if e.kind != bus_pb2.ENTRY_KIND_CLOSE:
-                        res.outputs.append(stage.error(grpc.StatusCode.ABORTED,
-                                                       "the audio encoder lost this session's state; start again"))
-                    res.close = True
+                if loaded is None:
+                    stage.state_lost(item, res, "audio encoder")
                     continue
                 enc = loaded
                 if e.kind == bus_pb2.ENTRY_KIND_DATA:

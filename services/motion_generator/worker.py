@@ -132,10 +132,7 @@ class MotionStage:
                     continue
                 live = self._load(sid, item.state)
                 if live is None:
-                    if e.kind != bus_pb2.ENTRY_KIND_CLOSE:
-                        res.outputs.append(stage.error(grpc.StatusCode.ABORTED,
-                                                       "the motion stage lost this session's state; start again"))
-                    res.close = True
+                    stage.state_lost(item, res, "motion stage")
                     continue
                 lives[i] = live
                 if e.kind == bus_pb2.ENTRY_KIND_DATA:

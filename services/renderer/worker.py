@@ -118,10 +118,7 @@ class RendererStage:
                     continue
                 live = await self._load(sid, item.state)
                 if live is None:
-                    if e.kind != bus_pb2.ENTRY_KIND_CLOSE:
-                        res.outputs.append(stage.error(grpc.StatusCode.ABORTED,
-                                                       "the renderer lost this session's state; start again"))
-                    res.close = True
+                    stage.state_lost(item, res, "renderer")
                     continue
                 lives[i] = live
                 if e.kind == bus_pb2.ENTRY_KIND_DATA:
