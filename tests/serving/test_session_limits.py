@@ -1,0 +1,55 @@
+"""Session limits end a session with a clear status: idle timeout (no client message), maximum duration; keep-alive
+messages hold an idle session open."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+from serving_helpers import config, embedded_service, portrait_png
+
+from ditto.v1 import avatar_pb2
+
+
+async def _avatar(stub) -> str:
+    return (await stub.RegisterAvatar(avatar_pb2.RegisterAvatarRequest(media=portrait_png()))).avatar_id
+
+
+async def _run(stub, cfg, messages_every_s: float | None, total_s: float):
+    async def gen():
+        yield avatar_pb2.ConverseRequest(config=cfg)
+        t = 0.0
+        while t < total_s:
+            await asyncio.sleep(messages_every_s or total_s)
+            t += messages_every_s or total_s
+            if messages_every_s:
+                yield avatar_pb2.ConverseRequest(keep_alive=avatar_pb2.KeepAlive())
+        yield avatar_pb2.ConverseRequest(end_of_audio=avatar_pb2.EndOfAudio())
+
+    call = stub.Converse(gen())
+    last = None
+    try:
+        async for msg in call:
+            last = msg
+    except grpc.aio.AioRpcError as err:
+        return err.code(), err.details(), last
+    return await call.code(), await call.details(), last
+
+
+async def test_idle_timeout_ends_a_silent_session_and_keep_alive_prevents_it():
+    async with embedded_service() as (stub, _):
+        avatar_id = await _avatar(stub)
+        code, details, last = await asyncio.wait_for(
+            _run(stub, config(avatar_id, idle_timeout_s=1), None, 4.0), 30)
+        assert code == grpc.StatusCode.DEADLINE_EXCEEDED and "KeepAlive" in details
+        assert last is not None and last.WhichOneof("kind") == "final" and last.final.status.code == code.value[0]
+        code, details, _ = await asyncio.wait_for(_run(stub, config(avatar_id, idle_timeout_s=1), 0.3, 2.5), 30)
+        assert code == grpc.StatusCode.OK, details
+
+
+async def test_maximum_duration_ends_the_session():
+    async with embedded_service() as (stub, _):
+        avatar_id = await _avatar(stub)
+        code, details, _ = await asyncio.wait_for(
+            _run(stub, config(avatar_id, max_duration_s=1), 0.2, 5.0), 30)
+        assert code == grpc.StatusCode.DEADLINE_EXCEEDED and "maximum duration" in details
