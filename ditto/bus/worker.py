@@ -21,9 +21,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import grpc
+
 from ditto import codec, telemetry
 from ditto.bus.base import Bus, BusError, Commit, Delivery, LeaseLost
-from ditto.v1 import bus_pb2
+from ditto.v1 import bus_pb2, common_pb2
 
 log = telemetry.get_logger("ditto.worker")
 
@@ -230,8 +232,11 @@ class SlotWorker:
                     if d.stream and self._slot_of(d.stream) not in self.held:
                         q.clear()  # slot moved away: its new holder will claim these
                         break
-                    stale = e.epoch < max(cp.epoch, floors[sid]) or (e.epoch == cp.epoch and e.seq < cp.next_seq
-                                                                   and cp.ByteSize() > 0)
+                    # START is never stale: it creates the session's state here, which the later epochs of an
+                    # interrupt that came before this stage saw START still need (else "lost this session's state").
+                    stale = e.kind != bus_pb2.ENTRY_KIND_START and (
+                        e.epoch < max(cp.epoch, floors[sid])
+                        or (e.epoch == cp.epoch and e.seq < cp.next_seq and cp.ByteSize() > 0))
                     if stale:
                         await self._ack_only(d)
                         continue
@@ -242,15 +247,34 @@ class SlotWorker:
             _batch.labels(self.stage).observe(len(items))
             try:
                 results = await self.handler.process(items)
-            except Exception as err:  # a bug or a bad entry must not take the worker down
-                log.exception("handler failed; entries left pending", stage=self.stage)
-                if self._on_error:
-                    self._on_error(err)
+            except BusError:
+                log.exception("handler lost the bus; entries left pending", stage=self.stage)
                 for it in items:
                     queues[it.entry.session_id].clear()
                 continue
+            except Exception as err:  # a bug or a bad entry must not take the worker down, nor stall a session
+                log.exception("handler failed; retrying the batch one session at a time", stage=self.stage)
+                if self._on_error:
+                    self._on_error(err)
+                results = await self._one_by_one(items)
             for item, result in zip(items, results, strict=True):
                 await self._commit(item, result, checkpoints)
+
+    async def _one_by_one(self, items: list[WorkItem]) -> list[WorkResult]:
+        """After a batch failed: each item alone, so one poisoned session ends (with INTERNAL and the reason)
+        instead of its entry staying pending forever -- and the other sessions of the batch go on."""
+        results = []
+        for item in items:
+            try:
+                results.extend(await self.handler.process([item]))
+            except Exception as err:
+                log.exception("handler failed on one session; ending it", stage=self.stage,
+                              session=item.entry.session_id, seq=item.entry.seq)
+                status = common_pb2.Status(code=grpc.StatusCode.INTERNAL.value[0],
+                                           message=f"the {self.stage} failed on this session's input: {err!r}")
+                error = Output("frames", bus_pb2.ENTRY_KIND_ERROR, {}, status.SerializeToString())
+                results.append(WorkResult([error], close=True))
+        return results
 
     async def _ack_only(self, d: Delivery) -> None:
         slot = self._slot_of(d.stream)

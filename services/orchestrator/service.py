@@ -18,7 +18,7 @@ from ditto.v1 import avatar_pb2, avatar_pb2_grpc, common_pb2, renderer_pb2
 from services.orchestrator.avatars import AvatarRegistry, Registrar, RegistrationError
 from services.orchestrator.config import OrchestratorSettings
 from services.orchestrator.placement import NoCapacity, Placer
-from services.orchestrator.session import Session, SessionError, validate_audio_format, validate_controls
+from services.orchestrator.session import Session, SessionError, validate_config
 from services.orchestrator.tenants import AuthError, Quotas, Tenant, TenantDirectory
 
 log = telemetry.get_logger("ditto.orchestrator")
@@ -72,14 +72,7 @@ class Orchestrator:
 
     # ---- sessions ----
     async def open_session(self, tenant: Tenant, config: avatar_pb2.SessionConfig, offline: bool = False) -> Session:
-        validate_audio_format(config.audio_format)
-        validate_controls(config.controls, "config.controls")
-        if config.HasField("emotion"):
-            validate_controls(common_pb2.MotionControls(emotion=config.emotion), "config")
-        if config.overlap and config.overlap >= 80:
-            raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, "config.overlap must be below 80 frames")
-        if config.sampling_steps > 1000:
-            raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, "config.sampling_steps must be at most 1000")
+        validate_config(config)
         avatar = await self.avatars.get(tenant.id, config.avatar_id)
         if avatar is None:
             raise SessionError(grpc.StatusCode.NOT_FOUND,

@@ -75,6 +75,37 @@ def validate_controls(c: common_pb2.MotionControls, where: str) -> None:
         raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, f"{where}.emotion.probabilities must be >= 0, sum > 0")
 
 
+def validate_output(o: common_pb2.OutputOptions) -> None:
+    """Output options are checked at the door, so a bad value is the client's INVALID_ARGUMENT, not a stage error."""
+    if o.encoding not in common_pb2.FrameEncoding.values():
+        raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, f"output.encoding {o.encoding} is not a FrameEncoding")
+    if o.background not in common_pb2.Background.values():
+        raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, f"output.background {o.background} is not a Background")
+    if o.jpeg_quality > 100:
+        raise SessionError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"output.jpeg_quality {o.jpeg_quality} is outside 1..100 (0 = default 90)")
+    if o.background == common_pb2.BACKGROUND_TRANSPARENT and o.encoding == common_pb2.FRAME_ENCODING_H264:
+        raise SessionError(grpc.StatusCode.INVALID_ARGUMENT,
+                           "a transparent background needs RAW_RGB or JPEG frames, not H264")
+
+
+def validate_config(c: avatar_pb2.SessionConfig) -> None:
+    validate_audio_format(c.audio_format)
+    validate_output(c.output)
+    validate_controls(c.controls, "config.controls")
+    if c.HasField("emotion"):
+        validate_controls(common_pb2.MotionControls(emotion=c.emotion), "config")
+    if c.idle_policy not in avatar_pb2.IdlePolicy.values():
+        raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, f"config.idle_policy {c.idle_policy} is not an IdlePolicy")
+    if c.overlap and c.overlap >= 80:
+        raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, "config.overlap must be below 80 frames")
+    if c.sampling_steps > 1000:
+        raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, "config.sampling_steps must be at most 1000")
+    if c.seed < 0:
+        raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, f"config.seed {c.seed} is negative; give 0 (random) "
+                           "or a positive seed")
+
+
 @dataclass
 class _EpochCounters:
     audio_s: float = 0.0
