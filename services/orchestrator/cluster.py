@@ -89,6 +89,7 @@ class LocalCluster:
     def __post_init__(self) -> None:
         self.port = self.port or free_port()
         self.log_dir = Path(self.log_dir or tempfile.mkdtemp(prefix="ditto-up-"))
+        self.log_dir.mkdir(parents=True, exist_ok=True)
 
     @property
     def address(self) -> str:

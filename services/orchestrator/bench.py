@@ -1,0 +1,182 @@
+"""Serving benchmark, in the manner of a realtime avatar load test: N clients talk at once, each streaming speech at
+realtime pace (200 ms chunks sent when they would be spoken) and receiving the video. Per concurrency level it
+reports first-frame latency percentiles (first audio chunk sent -> first frame received) and the frame rate each
+session is delivered at, for the embedded server (`ditto serve`, one process, in-memory bus) and for the distributed
+stack (services.orchestrator.cluster.LocalCluster: Redis, one worker process per stage, an orchestrator), so the
+latency the distributed path adds shows. Tiny profile with synthetic weights: it measures the serving machinery
+(transport, pacing, batching across sessions), not model speed. `tools/bench.py` (`make bench`) calls `run`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+LEVELS = (1, 2, 4)          # concurrent sessions
+ROUNDS = {1: 3, 2: 2, 4: 1}  # repeated so every level has 3-4 first-frame samples
+SECONDS = 4.0               # speech per session
+CHUNK_MS = 200
+
+
+@dataclass
+class SessionResult:
+    first_frame_s: float  # first audio chunk sent -> first frame received
+    fps: float            # frames / (last frame - first frame) * (n - 1) / n
+    frames: int
+    expected: int
+    code: str
+
+
+def _portrait() -> bytes:
+    import cv2
+    from skimage import data
+
+    return cv2.imencode(".png", cv2.resize(data.astronaut()[:, :, ::-1], (160, 128)))[1].tobytes()
+
+
+def _speech(seconds: float, seed: int, rate: int = 16000) -> bytes:
+    t = np.arange(int(rate * seconds)) / rate
+    env = 0.5 * (1 + np.sin(2 * np.pi * 4 * t + np.random.default_rng(seed).uniform(0, 6)))
+    voice = sum(np.sin(2 * np.pi * f * t) / (k + 1) for k, f in enumerate((130, 260, 650, 1100)))
+    return (np.clip(0.25 * env * voice, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+async def _session(stub, avatar_id: str, seed: int) -> SessionResult:
+    import grpc
+
+    from ditto.v1 import avatar_pb2, common_pb2
+
+    pcm = _speech(SECONDS, seed)
+    step = 16000 * CHUNK_MS // 1000 * 2
+    cfg = avatar_pb2.SessionConfig(
+        avatar_id=avatar_id, seed=seed + 1, idle_policy=avatar_pb2.IDLE_POLICY_FREEZE,
+        audio_format=common_pb2.AudioFormat(sample_format=common_pb2.SAMPLE_FORMAT_PCM_S16LE, sample_rate_hz=16000,
+                                            channels=1),
+        output=common_pb2.OutputOptions(encoding=common_pb2.FRAME_ENCODING_JPEG, paste_back=True))
+    first_sent: list[float] = []
+
+    async def requests():
+        yield avatar_pb2.ConverseRequest(config=cfg)
+        t0 = time.monotonic()
+        for i, start in enumerate(range(0, len(pcm), step)):
+            await asyncio.sleep(max(0.0, t0 + i * CHUNK_MS / 1000 - time.monotonic()))  # realtime pace
+            if not first_sent:
+                first_sent.append(time.monotonic())
+            yield avatar_pb2.ConverseRequest(audio=avatar_pb2.AudioChunk(data=pcm[start:start + step]))
+        yield avatar_pb2.ConverseRequest(end_of_audio=avatar_pb2.EndOfAudio())
+
+    arrivals: list[float] = []
+    call = stub.Converse(requests(), timeout=120)
+    try:
+        async for msg in call:
+            if msg.WhichOneof("kind") == "frame":
+                arrivals.append(time.monotonic())
+        code = (await call.code()).name
+    except grpc.aio.AioRpcError as err:
+        code = err.code().name
+    n = len(arrivals)
+    span = arrivals[-1] - arrivals[0] if n > 1 else 0.0
+    return SessionResult(first_frame_s=arrivals[0] - first_sent[0] if arrivals and first_sent else float("nan"),
+                         fps=(n - 1) / span if span > 0 else 0.0, frames=n, expected=int(np.ceil(SECONDS * 25)),
+                         code=code)
+
+
+async def _load(address: str) -> dict:
+    import grpc
+
+    from ditto import rpc
+    from ditto.v1 import avatar_pb2, avatar_pb2_grpc
+
+    async with grpc.aio.insecure_channel(address, options=rpc.channel_options()) as channel:
+        stub = avatar_pb2_grpc.AvatarStub(channel)
+        avatar = await stub.RegisterAvatar(avatar_pb2.RegisterAvatarRequest(media=_portrait(), filename="p.png"),
+                                           timeout=120)
+        await _session(stub, avatar.avatar_id, 0)  # warm-up: first-call costs stay out of the numbers
+        levels = {}
+        for n in LEVELS:
+            results: list[SessionResult] = []
+            for r in range(ROUNDS[n]):
+                results += await asyncio.gather(*(_session(stub, avatar.avatar_id, 100 * r + k) for k in range(n)))
+            first = np.array([x.first_frame_s for x in results])
+            levels[str(n)] = {
+                "sessions": len(results),
+                "first_frame_ms": {f"p{q}": round(float(np.nanpercentile(first, q)) * 1000, 1) for q in (50, 90, 99)},
+                "delivered_fps": {"min": round(min(x.fps for x in results), 2),
+                                  "mean": round(float(np.mean([x.fps for x in results])), 2)},
+                "frames_complete": all(x.frames == x.expected for x in results),
+                "errors": sorted({x.code for x in results if x.code != "OK"}),
+            }
+            print(f"  {n} concurrent: {json.dumps(levels[str(n)])}", flush=True)
+        return levels
+
+
+def _start_embedded(port: int, log: Path) -> subprocess.Popen:
+    f = open(log, "wb")  # noqa: SIM115 - lives as long as the process
+    proc = subprocess.Popen([sys.executable, "-m", "ditto.cli", "serve", "--weights", "synthetic", "--profile", "tiny",
+                             "--device", "cpu", "--port", str(port)], stdout=f, stderr=subprocess.STDOUT,
+                            start_new_session=True, cwd=Path(__file__).resolve().parents[2])
+    deadline = time.monotonic() + 180
+    while b"READY orchestrator" not in log.read_bytes():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"ditto serve did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.1)
+    return proc
+
+
+def run(out_dir: Path) -> dict:
+    from ditto.synthetic import ensure_synthetic
+    from services.orchestrator.cluster import LocalCluster, free_port
+
+    ensure_synthetic("tiny")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    logs = Path(tempfile.mkdtemp(prefix="ditto-bench-serving-"))
+    result: dict = {"setup": {"profile": "tiny", "weights": "synthetic", "device": "cpu",
+                              "audio_s_per_session": SECONDS, "chunk_ms": CHUNK_MS, "encoding": "JPEG",
+                              "clients": "realtime-paced, one process",
+                              "cpus": os.cpu_count(), "logs": str(logs)}}
+
+    print("serving bench: embedded (ditto serve, in-memory bus)", flush=True)
+    port = free_port()
+    proc = _start_embedded(port, logs / "embedded.log")
+    try:
+        result["embedded"] = asyncio.run(_load(f"127.0.0.1:{port}"))
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    print("serving bench: distributed (LocalCluster over Redis)", flush=True)
+    cluster = LocalCluster(prefix=f"ditto-bench-{uuid.uuid4().hex[:8]}", slots=8, log_dir=logs / "cluster")
+    try:
+        cluster.start(timeout=180)
+        result["distributed"] = asyncio.run(_load(cluster.address))
+    finally:
+        cluster.stop()
+        cluster.purge()
+
+    added = {}
+    for n in LEVELS:
+        e, d = result["embedded"][str(n)]["first_frame_ms"], result["distributed"][str(n)]["first_frame_ms"]
+        added[str(n)] = {k: round(d[k] - e[k], 1) for k in e}
+    result["distributed_added_first_frame_ms"] = added
+    (out_dir / "serving.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(Path(sys.argv[1] if len(sys.argv) > 1 else "bench/results")), indent=2))
