@@ -107,6 +107,17 @@ def _trailing_retry(context: grpc.aio.ServicerContext, ms: int) -> None:
     context.set_trailing_metadata((("retry-after-ms", str(ms)),))
 
 
+def _refusal(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str
+             ) -> avatar_pb2.ConverseResponse:
+    """End a Converse call with `code`, and say so in-band too: a FinalStatus message first (the protocol's last
+    message), so a client still writing its stream learns the reason even if its transport reports the end
+    differently."""
+    context.set_code(code)
+    context.set_details(message)
+    return avatar_pb2.ConverseResponse(final=avatar_pb2.FinalStatus(
+        status=common_pb2.Status(code=code.value[0], message=message)))
+
+
 class AvatarService(avatar_pb2_grpc.AvatarServicer):
     def __init__(self, orch: Orchestrator) -> None:
         self.orch = orch
@@ -196,12 +207,13 @@ class AvatarService(avatar_pb2_grpc.AvatarServicer):
                 context.set_code(session.final[0])
                 context.set_details(session.final[1])
         except (AuthError, SessionError) as err:
-            await context.abort(err.code, str(err))
+            yield _refusal(context, err.code, str(err))
         except NoCapacity as err:
             _trailing_retry(context, err.retry_after_ms)
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{err} (retry after {err.retry_after_ms} ms)")
+            yield _refusal(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"{err} (retry after {err.retry_after_ms} ms)")
         except BusError as err:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"session store unavailable: {err}")
+            yield _refusal(context, grpc.StatusCode.UNAVAILABLE, f"session store unavailable: {err}")
         finally:
             if reader:
                 reader.cancel()
