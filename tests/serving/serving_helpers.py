@@ -110,8 +110,10 @@ async def embedded_service(tenants: TenantDirectory | None = None, **settings):
                           rpc.service_name(avatar_pb2, "Avatar"))
     server = await rpc.start_server([service])
     channel = grpc.aio.insecure_channel(server.address, options=rpc.channel_options())
+    stub = avatar_pb2_grpc.AvatarStub(channel)
+    stub.address = server.address  # type: ignore[attr-defined] - for tests that open their own client
     try:
-        yield avatar_pb2_grpc.AvatarStub(channel), orch
+        yield stub, orch
     finally:
         await channel.close()
         await server.stop(1)

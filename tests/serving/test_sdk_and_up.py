@@ -1,0 +1,81 @@
+"""The asyncio SDK against a served stack, and `ditto up` as a user starts it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from serving_helpers import chunks, embedded_service, portrait_png, speech_pcm16
+
+from ditto import rpc
+from ditto.client import AsyncAvatarClient, AvatarClient, emotion_control
+from ditto.v1 import avatar_pb2, common_pb2
+from services.orchestrator.cluster import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def test_async_client_streams_controls_interrupts_and_ends():
+    async with embedded_service() as (stub, _):
+        async with AsyncAvatarClient(stub.address) as client:
+            avatar = await client.register_avatar(portrait_png())
+            stream = await client.open_session(avatar.avatar_id, sample_rate_hz=16000, emotion="happy",
+                                               encoding=common_pb2.FRAME_ENCODING_JPEG,
+                                               idle_policy=avatar_pb2.IDLE_POLICY_FREEZE)
+            for c in chunks(speech_pcm16(1.2)):
+                await stream.send_audio(c)
+            await stream.control(overall=common_pb2.MotionControls(delta_yaw=5))
+            await stream.end_audio()
+            kinds = [m.WhichOneof("kind") async for m in stream]
+        assert kinds[0] == "started" and kinds[-1] == "final"
+        assert kinds.count("frame") == 30
+
+
+def test_emotion_control_forms():
+    assert list(emotion_control("happy").labels) == [common_pb2.EMOTION_HAPPY]
+    assert list(emotion_control(["happy", "sad"]).labels) == [common_pb2.EMOTION_HAPPY, common_pb2.EMOTION_SAD]
+    assert len(emotion_control([0.1] * 8).probabilities) == 8
+    with pytest.raises(ValueError):
+        emotion_control([1, 2])
+
+
+@pytest.mark.e2e
+def test_ditto_up_runs_the_stack_and_stops_cleanly(tmp_path):
+    port = free_port()
+    env = dict(os.environ, DITTO_BUS__PREFIX=f"ditto-up-test-{port}", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "ditto.cli", "up", "--port", str(port), "--profile", "tiny",
+                             "--slots", "2", "--quiet"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        lines = []
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            lines.append(line)
+            if "ditto is up" in line or proc.poll() is not None:
+                break
+        assert any("ditto is up" in x for x in lines), "".join(lines)[-3000:]
+        with grpc.insecure_channel(f"127.0.0.1:{port}", options=rpc.channel_options()) as ch:
+            r = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service="ditto.v1.Avatar"),
+                                                     timeout=10)
+            assert r.status == health_pb2.HealthCheckResponse.SERVING
+        with AvatarClient(f"127.0.0.1:{port}") as client:
+            avatar = client.register_avatar(portrait_png())
+            out = list(client.converse(avatar.avatar_id, chunks(speech_pcm16(0.8)),
+                                       idle_policy=avatar_pb2.IDLE_POLICY_FREEZE))
+        assert sum(1 for m in out if m.WhichOneof("kind") == "frame") == 20
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
+    assert proc.returncode == 0
