@@ -140,8 +140,8 @@ def _synthetic(args: argparse.Namespace) -> int:
 
 
 def _build_engines(args: argparse.Namespace) -> int:
-    """Build (or find cached) TensorRT engines for this GPU: the renderer networks and HuBERT. Safe to run from
-    several pods at once on a shared cache volume: engines are written to a temporary file, then renamed."""
+    """Build (or find cached) TensorRT engines for this GPU: the renderer networks, HuBERT and the MotionDiT. Safe to
+    run from several pods at once on a shared cache volume: engines are written to a temporary file, then renamed."""
     from ditto.synthetic import profile_of, resolve_weights
     from ditto.weights import OFFICIAL_FILES
 
@@ -161,6 +161,9 @@ def _build_engines(args: argparse.Namespace) -> int:
 
         RendererModels.load(weights, profile=profile, device="cuda", backend="tensorrt", cache_dir=args.cache)
         TensorRTHubert(weights / OFFICIAL_FILES["hubert"].path, "cuda", cache_dir=args.cache)
+        from services.motion_generator.backends import open_stage_backend
+
+        open_stage_backend(weights / OFFICIAL_FILES["lmdm"].path, profile, "cuda", "tensorrt", args.cache / "motion")
     except (RuntimeError, ImportError) as err:
         print(f"cannot build TensorRT engines: {err}", file=sys.stderr)
         return 1

@@ -45,12 +45,14 @@ def build_stage(name: str, weights_dir: Path, profile: str, bus: Bus, device: st
                           rpc.service_name(audio_encoder_pb2, "AudioEncoder"))
         return BuiltStage(name, AudioStage(hubert), [svc])
     if name == "motion_generator":
+        from services.motion_generator.backends import open_stage_backend
         from services.motion_generator.generator import MotionGenerator
-        from services.motion_generator.models import TorchBackend, load_motion_decoder
         from services.motion_generator.worker import MotionStage
 
-        model = load_motion_decoder(weights_dir / OFFICIAL_FILES["lmdm"].path, profile=profile)
-        generator = MotionGenerator(TorchBackend(model, device))
+        # torch for 'auto'; ONNX Runtime and TensorRT run our own ONNX export, cached with the engines in cache_dir
+        motion = open_stage_backend(weights_dir / OFFICIAL_FILES["lmdm"].path, profile, device, backend,
+                                    cache_dir / "motion" if cache_dir else None)
+        generator = MotionGenerator(motion)
         from ditto.v1 import motion_generator_pb2, motion_generator_pb2_grpc
         from services.motion_generator.server import MotionGeneratorService, SessionBatcher
 

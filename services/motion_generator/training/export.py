@@ -36,38 +36,14 @@ def export_checkpoint(ckpt: str | Path, onnx_path: str | Path, profile: str = "f
 
 
 def build_tensorrt(onnx_path: str | Path, engine_path: str | Path, max_batch: int = 64) -> Path:
-    """fp32 TensorRT 10 engine of the one-step graph, batch profile 1 / max_batch / max_batch."""
-    try:
-        import tensorrt as trt
-    except ImportError as err:
-        raise RuntimeError("TensorRT is not installed: pip install '.[gpu]' (tensorrt>=10,<11) on a CUDA machine; "
-                           "the ONNX file runs on ONNX Runtime without it") from err
-    import torch
+    """fp32 TensorRT 10 engine of the one-step graph, batch profile 1 / max_batch / max_batch (the serving builder,
+    `backends.build_engine`, written to engine_path)."""
+    from ..backends import build_engine
 
-    if not torch.cuda.is_available():
-        raise RuntimeError("building a TensorRT engine needs a CUDA GPU, and none is visible")
-    onnx_path, engine_path = Path(onnx_path), Path(engine_path)
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise RuntimeError(f"{onnx_path}: TensorRT cannot parse the graph: {errors}")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, 4 << 30)
-    config.clear_flag(trt.BuilderFlag.TF32)          # fp32 like the reference's lmdm engine
-    profile = builder.create_optimization_profile()
-    for i in range(network.num_inputs):
-        inp = network.get_input(i)
-        tail = tuple(inp.shape)[1:]
-        profile.set_shape(inp.name, (1, *tail), (max_batch, *tail), (max_batch, *tail))
-    config.add_optimization_profile(profile)
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise RuntimeError(f"{onnx_path}: TensorRT failed to build an engine (see the log above)")
+    engine_path = Path(engine_path)
+    data = build_engine(onnx_path, max_batch)
     engine_path.parent.mkdir(parents=True, exist_ok=True)
-    engine_path.write_bytes(bytes(serialized))
+    engine_path.write_bytes(data)
     return engine_path
 
 
