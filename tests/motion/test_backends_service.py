@@ -12,7 +12,7 @@ import torch
 
 from ditto.bus.memory import MemoryBus
 from ditto.synthetic import ensure_synthetic
-from ditto.weights import OFFICIAL_FILES
+from ditto.weights import OFFICIAL_FILES, CheckpointError
 from services.motion_generator.backends import (
     BackendError,
     TensorRTBackend,
@@ -89,7 +89,7 @@ def test_export_cache_key_follows_checkpoint_content(weights, tmp_path) -> None:
 def test_unknown_backend_and_missing_checkpoint_are_clear(weights, tmp_path) -> None:
     with pytest.raises(ValueError, match="motion backend must be one of"):
         build_stage("motion_generator", weights, "tiny", MemoryBus(), "cpu", "openvino", tmp_path)
-    with pytest.raises(Exception, match=r"nothing\.pth: file not found"):
+    with pytest.raises(CheckpointError, match=r"nothing\.pth: file not found"):
         open_stage_backend(tmp_path / "nothing.pth", "tiny", "cpu", "onnxruntime", tmp_path)
 
 
