@@ -41,6 +41,9 @@ OFFICIAL_FILES: dict[str, OfficialFile] = {
     "landmark106": OfficialFile("ditto_pytorch/aux_models/2d106det.onnx", None, 5_030_000),
     "landmark203": OfficialFile("ditto_pytorch/aux_models/landmark203.onnx", None, 115_000_000),
     "face_landmarker": OfficialFile("ditto_pytorch/aux_models/face_landmarker.task", None, 3_760_000, required=False),
+    # the same 478-point mesh as two ONNX models (the TRT/ONNX configuration's landmark478), used without MediaPipe
+    "blaze_face": OfficialFile("ditto_onnx/blaze_face.onnx", None, 418_000, required=False),
+    "face_mesh": OfficialFile("ditto_onnx/face_mesh.onnx", None, 4_960_000, required=False),
 }
 
 

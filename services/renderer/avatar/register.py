@@ -298,7 +298,11 @@ def register_avatar(media: bytes, filename: str | None, crop: CropSettings, mode
     meshes = [aux.mesh(c.image) for c in crops] if aux.mesh is not None else []
     if meshes and all(m is not None for m in meshes):
         eye_open, eye_ball = eye_features(np.concatenate([m for m in meshes if m is not None]))
-        notes: list[str] = []
+        notes = [f"eye features: measured by {getattr(aux.mesh, 'source', type(aux.mesh).__name__)}"]
+    elif meshes:
+        eye_open, eye_ball = eye_features(None, len(frames))
+        missed = sum(m is None for m in meshes)
+        notes = [f"eye features: neutral defaults (the face mesh found no face in {missed} of {len(meshes)} crops)"]
     else:
         eye_open, eye_ball = eye_features(None, len(frames))
         notes = ["eye features: neutral defaults (no face mesh)"]

@@ -1,11 +1,14 @@
 """ONNX Runtime sessions of the auxiliary models (face detector, landmark models, face mesh).
 
 They come from a weights folder in the official layout (`ditto.weights.OFFICIAL_FILES`: det_10g, landmark106,
-landmark203, face_landmarker). Fallbacks, documented because they change what registration does:
+landmark203, face_landmarker, blaze_face, face_mesh). Fallbacks, documented because they change what registration
+does:
 - detector or either landmark model missing (or `--weights synthetic`): no face finding. Registration uses the
   caller's crop box, or else a centred square crop (see `register.py`).
-- face mesh missing, or MediaPipe not installed (the official `face_landmarker.task` is a MediaPipe Tasks bundle,
-  not ONNX): the eye features take the neutral defaults of `eyes.DEFAULT_EYE_OPEN` / `DEFAULT_EYE_BALL`.
+- the 478-point face mesh: MediaPipe Tasks with `face_landmarker.task` when the optional `mediapipe` package is
+  installed (the PyTorch configuration's choice); otherwise the ONNX pair `ditto_onnx/blaze_face.onnx` +
+  `face_mesh.onnx` (the TRT/ONNX configuration's choice, `mesh.OnnxFaceMesh`); with neither, the eye features take
+  the neutral defaults of `eyes.DEFAULT_EYE_OPEN` / `DEFAULT_EYE_BALL`.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from ditto.weights import resolve
 
 from .detection import FaceDetector
 from .landmarks import Landmark106, Landmark203
+from .mesh import OnnxFaceMesh
 
 
 def providers(device: str = "cpu") -> list[str]:
@@ -50,6 +54,8 @@ class MeshProvider:
     """MediaPipe FaceLandmarker (the official `face_landmarker.task`): 512 crop -> [1, 478, 3] normalised mesh,
     or None when no face is found. Needs the optional `mediapipe` package."""
 
+    source = "MediaPipe face_landmarker.task"
+
     def __init__(self, task_path: Path):
         from mediapipe.tasks.python import BaseOptions, vision  # optional dependency
 
@@ -74,7 +80,7 @@ class AuxModels:
     detector: FaceDetector | None = None
     landmark106: Landmark106 | None = None
     landmark203: Landmark203 | None = None
-    mesh: MeshProvider | None = None
+    mesh: MeshProvider | OnnxFaceMesh | None = None
     identity: str = "none"  # part of the avatar cache key: which files produced the landmarks
     notes: list[str] = field(default_factory=list)
 
@@ -105,14 +111,32 @@ class AuxModels:
             for n in ("det_10g", "landmark106", "landmark203"):
                 st = paths[n].stat()
                 ident.update(f"{n}:{st.st_size}:{int(st.st_mtime)};".encode())
-        task = paths["face_landmarker"]
-        if task.is_file():
-            try:
-                aux.mesh = MeshProvider(task)
-                ident.update(f"mesh:{task.stat().st_size};".encode())
-            except ImportError:
-                aux.notes.append("eye features default: `mediapipe` is not installed for face_landmarker.task")
-        else:
-            aux.notes.append(f"eye features default: {task} not found")
+        aux.mesh = _load_mesh(weights, device, ident, aux.notes)
         aux.identity = ident.hexdigest()[:16]
         return aux
+
+
+def _load_mesh(weights: str | Path, device: str, ident: Any, notes: list[str]) -> MeshProvider | OnnxFaceMesh | None:
+    """MediaPipe with `face_landmarker.task` first, then the ONNX pair; the reasons for a fallback go to `notes`."""
+    task = resolve(weights, "face_landmarker")
+    blaze, mesh = resolve(weights, "blaze_face"), resolve(weights, "face_mesh")
+    why: list[str] = []
+    if task.is_file():
+        try:
+            provider = MeshProvider(task)
+            ident.update(f"mesh:{task.stat().st_size};".encode())
+            return provider
+        except ImportError:
+            why.append("`mediapipe` is not installed for face_landmarker.task")
+    else:
+        why.append(f"{task} not found")
+    if blaze.is_file() and mesh.is_file():
+        onnx_mesh = OnnxFaceMesh(open_session(blaze, device), open_session(mesh, device))
+        for name, p in (("blaze_face", blaze), ("face_mesh", mesh)):
+            st = p.stat()
+            ident.update(f"{name}:{st.st_size}:{int(st.st_mtime)};".encode())
+        notes.append(f"face mesh: {onnx_mesh.source} ({'; '.join(why)})")
+        return onnx_mesh
+    why.extend(f"{p} not found" for p in (blaze, mesh) if not p.is_file())
+    notes.append("eye features default: " + "; ".join(why))
+    return None
