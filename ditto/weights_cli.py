@@ -8,7 +8,9 @@ from pathlib import Path
 
 from ditto.config import default_cache_dir
 
-FETCH_PATTERNS = ["ditto_pytorch/models/*", "ditto_pytorch/aux_models/*", "ditto_cfg/*"]
+FETCH_PATTERNS = ["ditto_pytorch/models/*", "ditto_pytorch/aux_models/*", "ditto_cfg/*",
+                  # the two small ONNX models of the 478-point face mesh (5.4 MB), used when MediaPipe is absent
+                  "ditto_onnx/blaze_face.onnx", "ditto_onnx/face_mesh.onnx"]
 ONNX_PATTERNS = ["ditto_onnx/*"]
 FACE_MODELS = ("det_10g", "landmark106", "landmark203")
 
@@ -159,8 +161,10 @@ def _build_engines(args: argparse.Namespace) -> int:
         from services.audio_encoder.hubert import TensorRTHubert
         from services.renderer.models import RendererModels
 
-        RendererModels.load(weights, profile=profile, device="cuda", backend="tensorrt", cache_dir=args.cache)
-        TensorRTHubert(weights / OFFICIAL_FILES["hubert"].path, "cuda", cache_dir=args.cache)
+        # the same sub-folders the stages read (services/stages.py): <cache>/renderer, <cache>/audio, <cache>/motion
+        RendererModels.load(weights, profile=profile, device="cuda", backend="tensorrt",
+                            cache_dir=args.cache / "renderer")
+        TensorRTHubert(weights / OFFICIAL_FILES["hubert"].path, "cuda", cache_dir=args.cache / "audio")
         from services.motion_generator.backends import open_stage_backend
 
         open_stage_backend(weights / OFFICIAL_FILES["lmdm"].path, profile, "cuda", "tensorrt", args.cache / "motion")

@@ -38,8 +38,14 @@ def build_stage(name: str, weights_dir: Path, profile: str, bus: Bus, device: st
         from services.audio_encoder.server import AudioEncoderServicer, WindowBatcher
         from services.audio_encoder.worker import AudioStage
 
-        hubert = open_onnx_backend(weights_dir / OFFICIAL_FILES["hubert"].path,
-                                   backend if backend in ("tensorrt", "onnxruntime") else "auto", device)
+        onnx_path = weights_dir / OFFICIAL_FILES["hubert"].path
+        if backend == "tensorrt":
+            from services.audio_encoder.hubert import TensorRTHubert
+
+            # engines live in the cache volume (the weights folder may be read-only), where build-engines puts them
+            hubert: Any = TensorRTHubert(onnx_path, device, cache_dir=(cache_dir / "audio") if cache_dir else None)
+        else:
+            hubert = open_onnx_backend(onnx_path, "onnxruntime" if backend == "onnxruntime" else "auto", device)
         svc = rpc.Service(audio_encoder_pb2_grpc.add_AudioEncoderServicer_to_server,
                           AudioEncoderServicer(WindowBatcher(hubert)),
                           rpc.service_name(audio_encoder_pb2, "AudioEncoder"))
