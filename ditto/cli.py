@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -28,13 +29,17 @@ COMMANDS: dict[str, str] = {
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
-    """The options every model-running command takes."""
-    parser.add_argument("--weights", default="synthetic",
+    """The options every model-running command takes. Defaults come from the same environment variables as the
+    services' settings (DITTO_MODEL__WEIGHTS, DITTO_MODEL__PROFILE, DITTO_MODEL__DEVICE)."""
+    env = os.environ
+    parser.add_argument("--weights", default=env.get("DITTO_MODEL__WEIGHTS", "synthetic"),
                         help="folder with the official Ditto checkpoints, or 'synthetic' for generated weights "
                              "(default: %(default)s)")
-    parser.add_argument("--profile", choices=("full", "tiny"), default="full",
-                        help="network widths: 'full' = the official architecture, 'tiny' = narrow, for tests")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    parser.add_argument("--profile", choices=("full", "tiny"), default=env.get("DITTO_MODEL__PROFILE", "full"),
+                        help="network widths: 'full' = the official architecture, 'tiny' = narrow, for tests "
+                             "(default: %(default)s)")
+    parser.add_argument("--device", default=env.get("DITTO_MODEL__DEVICE", "auto"),
+                        help="auto, cpu, cuda or cuda:N (default: %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:

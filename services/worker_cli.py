@@ -18,7 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("worker", help="run one stage worker (distributed deployment)")
     p.add_argument("--stage", required=True, choices=("audio_encoder", "motion_generator", "renderer"))
     add_model_args(p)
-    p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime", "tensorrt"))
+    p.add_argument("--backend", default=None, choices=("auto", "torch", "onnxruntime", "tensorrt"),
+                   help="default: $DITTO_MODEL__BACKEND or auto")
     p.add_argument("--redis", default=None, help="Redis URL (default: $REDIS_URL or redis://127.0.0.1:6379/0)")
     p.add_argument("--port", type=int, default=None, help="gRPC port (default: $DITTO_GRPC_PORT or any free port)")
     p.add_argument("--metrics-port", type=int, default=None, help="Prometheus port (default: none)")
@@ -46,11 +47,13 @@ async def run_worker(args: argparse.Namespace) -> int:
     weights = resolve_weights(args.weights, args.profile, settings.model.cache_dir)
     profile = profile_of(weights, args.profile)
     bus = RedisBus(settings.bus.redis_url, settings.bus.prefix, settings.bus.state_ttl_s)
-    built = build_stage(args.stage, weights, profile, bus, args.device, args.backend, settings.model.cache_dir)
+    device = args.device if args.device != "auto" else settings.model.device
+    built = build_stage(args.stage, weights, profile, bus, device, args.backend or settings.model.backend,
+                        settings.model.cache_dir)
     port = args.port if args.port is not None else settings.grpc_port
     server = await rpc.start_server(built.services, settings.grpc_host, port, settings.max_message_bytes)
     owner = settings.worker_id
-    address = f"{settings.grpc_host}:{server.port}"
+    address = f"{advertised_host(settings.grpc_host)}:{server.port}"
     await bus.set_state(bus.key(args.stage, "addr", owner), address.encode(), ADVERTISE_TTL_S)
     worker = SlotWorker(bus, built.handler, owner, WorkerSettings(
         slots=settings.bus.slots, lease_ttl_ms=settings.bus.lease_ttl_ms, block_ms=settings.bus.block_ms))
@@ -87,6 +90,22 @@ async def run_worker(args: argparse.Namespace) -> int:
     await bus.close()
     log.info("stopped", stage=args.stage, processed=worker.processed)
     return 0
+
+
+def advertised_host(bind_host: str) -> str:
+    """The host other processes should dial: $DITTO_ADVERTISE_HOST, else the bind address, else (when bound to all
+    interfaces) this machine's own address, which in Kubernetes is the pod IP."""
+    import os
+    import socket
+
+    if os.environ.get("DITTO_ADVERTISE_HOST"):
+        return os.environ["DITTO_ADVERTISE_HOST"]
+    if bind_host not in ("0.0.0.0", "::", "[::]"):
+        return bind_host
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
 
 
 def _run(args: argparse.Namespace) -> int:

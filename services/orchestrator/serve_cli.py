@@ -16,8 +16,8 @@ from ditto.cli import add_model_args
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve the ditto.v1.Avatar gRPC API")
     add_model_args(p)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=50051)
+    p.add_argument("--host", default=None, help="bind address (default: $DITTO_GRPC_HOST or 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="default: $DITTO_GRPC_PORT or 50051")
     p.add_argument("--redis", default=None, help="run as orchestrator only, over this Redis (workers run apart)")
     p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime", "tensorrt"))
     p.add_argument("--metrics-port", type=int, default=None)
@@ -51,17 +51,21 @@ async def serve(args: argparse.Namespace, ready: asyncio.Event | None = None) ->
         weights = resolve_weights(args.weights, args.profile, settings.model.cache_dir)
         if is_synthetic(weights):
             print(BANNER, flush=True)
-        stack = EmbeddedStack(weights, profile_of(weights, args.profile), settings, args.device, args.backend)
+        device = args.device if args.device != "auto" else settings.model.device
+        stack = EmbeddedStack(weights, profile_of(weights, args.profile), settings, device,
+                              args.backend if args.backend != "auto" else settings.model.backend)
         orch = await stack.start()
     service = rpc.Service(avatar_pb2_grpc.add_AvatarServicer_to_server, AvatarService(orch),
                           rpc.service_name(avatar_pb2, "Avatar"))
-    server = await rpc.start_server([service], args.host, args.port, settings.max_message_bytes)
+    host = args.host or settings.grpc_host
+    port = args.port if args.port is not None else (settings.grpc_port or 50051)
+    server = await rpc.start_server([service], host, port, settings.max_message_bytes)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log.info("serving", address=f"{args.host}:{server.port}", mode="orchestrator" if args.redis else "embedded")
-    print(f"READY orchestrator grpc={args.host}:{server.port}", flush=True)
+    log.info("serving", address=f"{host}:{server.port}", mode="orchestrator" if args.redis else "embedded")
+    print(f"READY orchestrator grpc={host}:{server.port}", flush=True)
     if ready:
         ready.set()
     await stop.wait()
