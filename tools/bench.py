@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     info = machine()
     summary = [f"# Benchmarks\n\nMachine: {json.dumps(info)}\nDate: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n"]
-    failed = 0
+    failed = []
     for name, module in PARTS.items():
         if args.only and name not in args.only:
             continue
@@ -75,17 +75,26 @@ def main(argv: list[str] | None = None) -> int:
             result = importlib.import_module(module).run(args.out)
         except Exception:
             traceback.print_exc()
-            failed += 1
-            summary.append(f"\n## {name}\n\nFAILED, see the log.\n")
+            failed.append(name)
             continue
         result = dict(result or {})
         result["machine"] = info
+        result["seconds"] = round(time.time() - t0, 1)
         (args.out / f"{name}.json").write_text(json.dumps(result, indent=2, default=str))
-        summary.append(f"\n## {name} ({time.time() - t0:.0f} s)\n\n| metric | value |\n|---|---|")
+    # The table covers every part with results in the folder, so `--only` refreshes one part and keeps the rest.
+    for name in PARTS:
+        path = args.out / f"{name}.json"
+        if name in failed:
+            summary.append(f"\n## {name}\n\nFAILED, see the log.\n")
+        if not path.is_file():
+            continue
+        result = json.loads(path.read_text())
+        summary.append(f"\n## {name}\n\nMachine: {json.dumps(result.get('machine', {}))}\n\n| metric | value |\n|---|---|")
         summary += [f"| {k} | {v} |" for k, v in _rows(name, result)]
     (args.out / "SUMMARY.md").write_text("\n".join(summary) + "\n")
     print((args.out / "SUMMARY.md").read_text())
     return 1 if failed else 0
+
 
 
 if __name__ == "__main__":

@@ -392,7 +392,8 @@ class Session:
                     await self.fail(grpc.StatusCode.DEADLINE_EXCEEDED,
                                     f"session reached its maximum duration of {self.max_duration_s:.0f} s")
                     return
-                if now - self.last_client_msg > self.idle_timeout_s:
+                # after EndOfAudio the client has nothing more to say while the last frames drain: no idle timeout
+                if not self.ended_audio and now - self.last_client_msg > self.idle_timeout_s:
                     await self.fail(grpc.StatusCode.DEADLINE_EXCEEDED,
                                     f"no message from the client for {self.idle_timeout_s:.0f} s; send audio or "
                                     "KeepAlive to keep the session open")

@@ -53,3 +53,15 @@ async def test_maximum_duration_ends_the_session():
         code, details, _ = await asyncio.wait_for(
             _run(stub, config(avatar_id, max_duration_s=1), 0.2, 5.0), 30)
         assert code == grpc.StatusCode.DEADLINE_EXCEEDED and "maximum duration" in details
+
+
+async def test_no_idle_timeout_while_the_last_frames_drain_after_end_of_audio():
+    from serving_helpers import chunks, collect, frames_of, requests, speech_pcm16
+
+    async with embedded_service() as (stub, _):
+        avatar_id = await _avatar(stub)
+        # 3 s of audio sent at once, then silence from the client: rendering takes longer than the 1 s idle timeout
+        out, code, details = await asyncio.wait_for(
+            collect(stub, requests(config(avatar_id, idle_timeout_s=1), chunks(speech_pcm16(3.0)))), 120)
+        assert code == grpc.StatusCode.OK, details
+        assert len(frames_of(out)) == 75
