@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         if not path.is_file():
             continue
         result = json.loads(path.read_text())
-        summary.append(f"\n## {name}\n\nMachine: {json.dumps(result.get('machine', {}))}\n\n| metric | value |\n|---|---|")
+        machine_line = json.dumps(result.get("machine", {}))
+        summary.append(f"\n## {name}\n\nMachine: {machine_line}\n\n| metric | value |\n|---|---|")
         summary += [f"| {k} | {v} |" for k, v in _rows(name, result)]
     (args.out / "SUMMARY.md").write_text("\n".join(summary) + "\n")
     print((args.out / "SUMMARY.md").read_text())
