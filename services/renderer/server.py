@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -132,28 +132,36 @@ class RendererCore:
 
     def render(self, session: RenderSession, x_s: np.ndarray, x_d: np.ndarray,
                source_index: Iterable[int]) -> list[np.ndarray]:
-        """Stitch, warp, decode and paste back a batch; returns the output images (uint8)."""
+        """Stitch, warp, decode and paste back a batch of one session; returns the output images (uint8)."""
+        return self.render_many([(session, x_s, x_d, list(source_index))])[0]
+
+    def render_many(self, jobs: Sequence[tuple[RenderSession, np.ndarray, np.ndarray, list[int]]]
+                    ) -> list[list[np.ndarray]]:
+        """Frames of several sessions through the networks together (batches of RENDER_BATCH), each pasted back
+        into its own avatar. Returns the output images per job."""
         import torch
 
-        avatar, models = session.avatar, self.models
-        idx = list(source_index)
+        flat = [(j, k) for j, (_, _, x_d, _) in enumerate(jobs) for k in range(len(x_d))]
+        out: list[list[np.ndarray]] = [[] for _ in jobs]
+        models = self.models
         device = getattr(models, "device", "cpu")
-        out: list[np.ndarray] = []
         with torch.no_grad():
-            for s in range(0, len(idx), RENDER_BATCH):
-                part = idx[s:s + RENDER_BATCH]
-                xs = torch.from_numpy(np.ascontiguousarray(x_s[s:s + RENDER_BATCH], dtype=np.float32)).to(device)
-                xd = torch.from_numpy(np.ascontiguousarray(x_d[s:s + RENDER_BATCH], dtype=np.float32)).to(device)
+            for b in range(0, len(flat), RENDER_BATCH):
+                part = flat[b:b + RENDER_BATCH]
+                xs = torch.from_numpy(np.stack([jobs[j][1][k] for j, k in part]).astype(np.float32)).to(device)
+                xd = torch.from_numpy(np.stack([jobs[j][2][k] for j, k in part]).astype(np.float32)).to(device)
                 if self.stitch:
                     xd = models.stitch(xs, xd)
-                f_s = torch.cat([avatar.f_s[j] for j in part]).to(device)
+                f_s = torch.cat([jobs[j][0].avatar.f_s[jobs[j][3][k]] for j, k in part]).to(device)
                 images = models.warp_decode(f_s, xs, xd)  # [B, 3, S, S] in [0, 1]
                 # the reference hands paste-back the decoder output clipped to [0, 1] times 255, not rounded
                 renders = (images.clamp(0, 1) * 255).permute(0, 2, 3, 1).float().cpu().numpy()
-                for j, render in zip(part, renders, strict=True):
+                for (j, k), render in zip(part, renders, strict=True):
+                    session, src = jobs[j][0], jobs[j][3][k]
                     if render.shape[0] != CROP_SIZE:  # the tiny profile renders 256 px: bring it to crop size
                         render = cv2.resize(render, (CROP_SIZE, CROP_SIZE), interpolation=cv2.INTER_LINEAR)
-                    out.append(self.putback(avatar.frames[j], render, avatar.M_c2o[j], session.paste))
+                    out[j].append(self.putback(session.avatar.frames[src], render, session.avatar.M_c2o[src],
+                                               session.paste))
         return out
 
 

@@ -13,17 +13,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
 
-import cv2
 import grpc
 import numpy as np
-import torch
 
 from ditto import codec, stage
 from ditto.bus import Bus
 from ditto.bus.worker import Output, WorkItem, WorkResult
 from ditto.v1 import bus_pb2, common_pb2, renderer_pb2
 from services.renderer.avatar.register import MediaError, NoFaceError
-from services.renderer.server import CROP_SIZE, RENDER_BATCH, RendererCore, RenderSession, crop_settings
+from services.renderer.server import RendererCore, RenderSession, crop_settings
 
 FRAMES = "frames"
 
@@ -33,32 +31,6 @@ class _Live:
     spec: bus_pb2.SessionSpec
     render: RenderSession
     frames: int  # frames sent in this epoch
-
-
-def render_many(core: RendererCore, jobs: Sequence[tuple[RenderSession, np.ndarray, np.ndarray, list[int]]]
-                ) -> list[list[np.ndarray]]:
-    """Frames of several sessions through the networks together (batches of RENDER_BATCH), pasted back each into
-    its own avatar. Returns the output images per job."""
-    flat = [(j, k) for j, (_, _, x_d, _) in enumerate(jobs) for k in range(len(x_d))]
-    out: list[list[np.ndarray]] = [[] for _ in jobs]
-    device = getattr(core.models, "device", "cpu")
-    with torch.no_grad():
-        for b in range(0, len(flat), RENDER_BATCH):
-            part = flat[b:b + RENDER_BATCH]
-            xs = torch.from_numpy(np.stack([jobs[j][1][k] for j, k in part]).astype(np.float32)).to(device)
-            xd = torch.from_numpy(np.stack([jobs[j][2][k] for j, k in part]).astype(np.float32)).to(device)
-            if core.stitch:
-                xd = core.models.stitch(xs, xd)
-            f_s = torch.cat([jobs[j][0].avatar.f_s[jobs[j][3][k]] for j, k in part]).to(device)
-            images = core.models.warp_decode(f_s, xs, xd)
-            renders = (images.clamp(0, 1) * 255).permute(0, 2, 3, 1).float().cpu().numpy()
-            for (j, k), render in zip(part, renders, strict=True):
-                session, src = jobs[j][0], jobs[j][3][k]
-                if render.shape[0] != CROP_SIZE:
-                    render = cv2.resize(render, (CROP_SIZE, CROP_SIZE), interpolation=cv2.INTER_LINEAR)
-                out[j].append(core.putback(session.avatar.frames[src], render, session.avatar.M_c2o[src],
-                                           session.paste))
-    return out
 
 
 class RendererStage:
@@ -146,7 +118,7 @@ class RendererStage:
                 lives.pop(i, None)
         if jobs:
             images = await asyncio.to_thread(
-                render_many, self.core, [(lives[i].render, x_s, x_d, src) for i, _, x_s, x_d, src in jobs])
+                self.core.render_many, [(lives[i].render, x_s, x_d, src) for i, _, x_s, x_d, src in jobs])
             for (i, meta, _, _, _), imgs in zip(jobs, images, strict=True):
                 live = lives[i]
                 for k, img in enumerate(imgs):
