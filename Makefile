@@ -5,23 +5,22 @@ PROTOS := $(wildcard protos/ditto/v1/*.proto)
 
 .PHONY: setup protos test test-fast lint bench demo up clean
 
-setup: $(VENV)/.installed protos
+setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: on CPU machines this is the local CPU wheel (no CUDA downloads)
 	$(PY) -m pip install -q torch==2.13.0
+	# the client package (generated stubs + SDK, no torch) first: the main package depends on it
+	$(PY) -m pip install -q -e ./clients/python
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
-# Stubs are generated, never edited: ditto/v1/*_pb2*.py from protos/ditto/v1/*.proto
-protos: ditto/v1/__init__.py
-
-ditto/v1/__init__.py: $(PROTOS)
-	mkdir -p ditto/v1
-	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
-	touch $@
+# Stubs are generated, never edited, and committed (so `pip install` needs no build step): the client package's
+# ditto_client/v1/*_pb2*.py from protos/ditto/v1/*.proto. A test fails when they are out of date.
+protos: $(VENV)/.installed
+	$(PY) -m tools.gen_protos
 
 test: setup
 	$(PY) -m pytest -q
@@ -42,4 +41,4 @@ up: setup
 	$(PY) -m ditto.cli up
 
 clean:
-	rm -rf ditto/v1 .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .pytest_cache .mypy_cache .ruff_cache

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ditto.v1 import common_pb2
+from ditto_client.v1 import common_pb2
 
 _NP_BY_CODE: dict[int, np.dtype] = {
     common_pb2.DTYPE_FLOAT32: np.dtype("<f4"),

@@ -11,18 +11,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-DEFAULT_MAX_MESSAGE = 32 * 1024 * 1024
-
-
-def channel_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE) -> list[tuple[str, Any]]:
-    return [
-        ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.keepalive_time_ms", 20_000),
-        ("grpc.keepalive_timeout_ms", 10_000),
-        ("grpc.http2.max_pings_without_data", 0),
-        ("grpc.keepalive_permit_without_calls", 1),
-    ]
+# One definition of the channel options, shared with clients.
+from ditto_client.channel import DEFAULT_MAX_MESSAGE, channel_options  # noqa: F401
 
 
 @dataclass

@@ -7,7 +7,7 @@ import grpc
 
 from ditto import codec
 from ditto.bus.worker import Output, WorkItem, WorkResult
-from ditto.v1 import bus_pb2, common_pb2
+from ditto_client.v1 import bus_pb2, common_pb2
 
 
 def session_spec(item: WorkItem) -> bus_pb2.SessionSpec:

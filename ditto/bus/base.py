@@ -17,7 +17,7 @@ import abc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ditto.v1 import bus_pb2
+from ditto_client.v1 import bus_pb2
 
 
 class BusError(RuntimeError):

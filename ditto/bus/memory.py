@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ditto.bus.base import Bus, Commit, Delivery, LeaseLost
-from ditto.v1 import bus_pb2
+from ditto_client.v1 import bus_pb2
 
 
 @dataclass

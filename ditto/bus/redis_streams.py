@@ -9,7 +9,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from ditto.bus.base import Bus, BusError, Commit, Delivery, LeaseLost
-from ditto.v1 import bus_pb2
+from ditto_client.v1 import bus_pb2
 
 _FIELD = b"e"
 

@@ -25,7 +25,7 @@ import grpc
 
 from ditto import codec, telemetry
 from ditto.bus.base import Bus, BusError, Commit, Delivery, LeaseLost
-from ditto.v1 import bus_pb2, common_pb2
+from ditto_client.v1 import bus_pb2, common_pb2
 
 log = telemetry.get_logger("ditto.worker")
 

@@ -20,7 +20,7 @@ import grpc
 import numpy as np
 
 from ditto import codec, rpc
-from ditto.v1 import audio_encoder_pb2, audio_encoder_pb2_grpc, common_pb2
+from ditto_client.v1 import audio_encoder_pb2, audio_encoder_pb2_grpc, common_pb2
 from services.audio_encoder.encoder import StreamingEncoder
 from services.audio_encoder.formats import AudioError, InputFormat, SampleFormat
 from services.audio_encoder.hubert import HubertBackend

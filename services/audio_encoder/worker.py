@@ -15,7 +15,7 @@ import numpy as np
 
 from ditto import codec, stage
 from ditto.bus.worker import Output, WorkItem, WorkResult
-from ditto.v1 import bus_pb2, common_pb2
+from ditto_client.v1 import bus_pb2, common_pb2
 from services.audio_encoder.encoder import StreamingEncoder, encode_many
 from services.audio_encoder.formats import AudioError, InputFormat
 from services.audio_encoder.hubert import HubertBackend

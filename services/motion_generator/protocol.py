@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from ditto import codec
-from ditto.v1 import common_pb2
+from ditto_client.v1 import common_pb2
 from services.motion_generator.generator import AvatarMotion, SessionSettings
 
 _FLOAT_FIELDS = ("delta_pitch", "delta_yaw", "delta_roll", "alpha_pitch", "alpha_yaw", "alpha_roll", "vad_alpha",

@@ -9,7 +9,7 @@ import grpc
 
 from ditto import rpc
 from ditto.bus import Bus
-from ditto.v1 import renderer_pb2, renderer_pb2_grpc
+from ditto_client.v1 import renderer_pb2, renderer_pb2_grpc
 
 AVATAR_TTL_S = 30 * 24 * 3600
 

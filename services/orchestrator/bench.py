@@ -55,7 +55,7 @@ def _speech(seconds: float, seed: int, rate: int = 16000) -> bytes:
 async def _session(stub, avatar_id: str, seed: int) -> SessionResult:
     import grpc
 
-    from ditto.v1 import avatar_pb2, common_pb2
+    from ditto_client.v1 import avatar_pb2, common_pb2
 
     pcm = _speech(SECONDS, seed)
     step = 16000 * CHUNK_MS // 1000 * 2
@@ -96,7 +96,7 @@ async def _load(address: str) -> dict:
     import grpc
 
     from ditto import rpc
-    from ditto.v1 import avatar_pb2, avatar_pb2_grpc
+    from ditto_client.v1 import avatar_pb2, avatar_pb2_grpc
 
     async with grpc.aio.insecure_channel(address, options=rpc.channel_options()) as channel:
         stub = avatar_pb2_grpc.AvatarStub(channel)

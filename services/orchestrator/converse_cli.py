@@ -28,8 +28,8 @@ def _run(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm import tqdm
 
-    from ditto.client import AvatarClient, emotion_control
-    from ditto.v1 import avatar_pb2, common_pb2
+    from ditto_client import AvatarClient, emotion_control
+    from ditto_client.v1 import avatar_pb2, common_pb2
     from services.audio_encoder.formats import decode_file
     from services.renderer.encode import Mp4Writer
 

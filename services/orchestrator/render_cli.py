@@ -36,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _controls(args: argparse.Namespace):
-    from ditto.v1 import common_pb2
+    from ditto_client.v1 import common_pb2
 
     c = common_pb2.MotionControls()
     if args.pitch is not None:
@@ -55,7 +55,7 @@ def _controls(args: argparse.Namespace):
 
 
 def _crop(args: argparse.Namespace):
-    from ditto.v1 import common_pb2
+    from ditto_client.v1 import common_pb2
 
     crop = common_pb2.CropOptions()
     if args.crop:
@@ -73,10 +73,10 @@ async def render(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ditto import telemetry
-    from ditto.client import emotion_control
+    from ditto_client import emotion_control
     from ditto.config import TelemetrySettings, load_settings
     from ditto.synthetic import BANNER, is_synthetic, profile_of, resolve_weights
-    from ditto.v1 import avatar_pb2, renderer_pb2
+    from ditto_client.v1 import avatar_pb2, renderer_pb2
     from services.orchestrator.config import OrchestratorSettings
     from services.orchestrator.render_job import RenderJobError, run_render
     from services.orchestrator.stack import EmbeddedStack

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ditto.bus import Bus, MemoryBus
 from ditto.bus.worker import SlotWorker, WorkerSettings
-from ditto.v1 import renderer_pb2
+from ditto_client.v1 import renderer_pb2
 from services.orchestrator.avatars import Registrar, RegistrationError
 from services.orchestrator.config import OrchestratorSettings
 from services.orchestrator.service import Orchestrator

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ditto import codec, rpc
-from ditto.v1 import audio_encoder_pb2, audio_encoder_pb2_grpc, common_pb2
+from ditto_client.v1 import audio_encoder_pb2, audio_encoder_pb2_grpc, common_pb2
 from services.audio_encoder import server
 from services.audio_encoder.encoder import StreamingEncoder
 from services.audio_encoder.formats import InputFormat

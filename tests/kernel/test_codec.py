@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from ditto import codec
-from ditto.v1 import common_pb2
+from ditto_client.v1 import common_pb2
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "int64", "uint8", "int32", "float64", "int16", "bool"])

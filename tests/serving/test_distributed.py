@@ -31,7 +31,7 @@ import redis
 from serving_helpers import chunks, config, embedded_service, frames_of, portrait_png, requests, speech_pcm16
 
 from ditto import rpc
-from ditto.v1 import avatar_pb2, avatar_pb2_grpc
+from ditto_client.v1 import avatar_pb2, avatar_pb2_grpc
 from services.orchestrator.cluster import LocalCluster, Proc, free_port, start_redis
 from services.stages import STAGES
 

@@ -21,7 +21,7 @@ from serving_helpers import (
     tenants_file,
 )
 
-from ditto.v1 import avatar_pb2, common_pb2
+from ditto_client.v1 import avatar_pb2, common_pb2
 from services.orchestrator.tenants import TenantDirectory
 
 
@@ -303,7 +303,7 @@ async def test_credits_stop_reading_a_client_that_is_ahead():
 async def test_render_rpc_returns_an_mp4_with_video_and_audio(tmp_path):
     import av
 
-    from ditto.v1 import avatar_pb2 as pb
+    from ditto_client.v1 import avatar_pb2 as pb
 
     async with embedded_service() as (stub, _):
         avatar = await _register(stub)

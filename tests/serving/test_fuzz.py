@@ -19,7 +19,7 @@ from serving_helpers import chunks, config, frames_of, portrait_png, requests, s
 from ditto import rpc
 from ditto.config import load_settings
 from ditto.synthetic import ensure_synthetic
-from ditto.v1 import avatar_pb2, avatar_pb2_grpc, common_pb2
+from ditto_client.v1 import avatar_pb2, avatar_pb2_grpc, common_pb2
 from services.orchestrator.config import OrchestratorSettings
 from services.orchestrator.service import AvatarService
 from services.orchestrator.stack import EmbeddedStack

@@ -8,7 +8,7 @@ import asyncio
 import grpc
 from serving_helpers import config, embedded_service, portrait_png
 
-from ditto.v1 import avatar_pb2
+from ditto_client.v1 import avatar_pb2
 
 
 async def _avatar(stub) -> str:

@@ -1,6 +1,6 @@
 """Python client SDK for the public `ditto.v1.Avatar` API, asyncio and blocking.
 
-    from ditto.client import AvatarClient
+    from ditto_client import AvatarClient
     with AvatarClient("127.0.0.1:50051", api_key="...") as client:
         avatar = client.register_avatar("portrait.png")
         for event in client.converse(avatar.avatar_id, pcm_chunks(), sample_rate_hz=16000):
@@ -22,8 +22,8 @@ from typing import Any, cast
 
 import grpc
 
-from ditto import rpc
-from ditto.v1 import avatar_pb2, avatar_pb2_grpc, common_pb2
+from ditto_client.channel import channel_options
+from ditto_client.v1 import avatar_pb2, avatar_pb2_grpc, common_pb2
 
 Media = bytes | str | Path
 
@@ -80,7 +80,7 @@ class AvatarClient:
     """Blocking client."""
 
     def __init__(self, address: str, api_key: str | None = None, channel: grpc.Channel | None = None) -> None:
-        self.channel = channel or grpc.insecure_channel(address, options=rpc.channel_options())
+        self.channel = channel or grpc.insecure_channel(address, options=channel_options())
         self.stub = avatar_pb2_grpc.AvatarStub(self.channel)
         self.metadata = (("x-api-key", api_key),) if api_key else ()
 
@@ -167,7 +167,7 @@ class ConverseStream:
 
 class AsyncAvatarClient:
     def __init__(self, address: str, api_key: str | None = None) -> None:
-        self.channel = grpc.aio.insecure_channel(address, options=rpc.channel_options())
+        self.channel = grpc.aio.insecure_channel(address, options=channel_options())
         self.stub = avatar_pb2_grpc.AvatarStub(self.channel)
         self.metadata = (("x-api-key", api_key),) if api_key else ()
 
