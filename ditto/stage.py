@@ -4,10 +4,10 @@ reporting a session error to the orchestrator."""
 from __future__ import annotations
 
 import grpc
+from ditto_client.v1 import bus_pb2, common_pb2
 
 from ditto import codec
 from ditto.bus.worker import Output, WorkItem, WorkResult
-from ditto_client.v1 import bus_pb2, common_pb2
 
 
 def session_spec(item: WorkItem) -> bus_pb2.SessionSpec:

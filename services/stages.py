@@ -34,6 +34,7 @@ def build_stage(name: str, weights_dir: Path, profile: str, bus: Bus, device: st
     device = _device(device)
     if name == "audio_encoder":
         from ditto_client.v1 import audio_encoder_pb2, audio_encoder_pb2_grpc
+
         from services.audio_encoder.hubert import open_onnx_backend
         from services.audio_encoder.server import AudioEncoderServicer, WindowBatcher
         from services.audio_encoder.worker import AudioStage
@@ -60,6 +61,7 @@ def build_stage(name: str, weights_dir: Path, profile: str, bus: Bus, device: st
                                     cache_dir / "motion" if cache_dir else None)
         generator = MotionGenerator(motion)
         from ditto_client.v1 import motion_generator_pb2, motion_generator_pb2_grpc
+
         from services.motion_generator.server import MotionGeneratorService, SessionBatcher
 
         services = [rpc.Service(motion_generator_pb2_grpc.add_MotionGeneratorServicer_to_server,
@@ -72,6 +74,7 @@ def build_stage(name: str, weights_dir: Path, profile: str, bus: Bus, device: st
         return BuiltStage(name, MotionStage(generator, clamp), services)
     if name == "renderer":
         from ditto_client.v1 import renderer_pb2, renderer_pb2_grpc
+
         from services.renderer.avatar.sessions import AuxModels
         from services.renderer.models import RendererModels
         from services.renderer.server import RendererCore, RendererServicer

@@ -1,7 +1,7 @@
 """Generate the gRPC stubs of protos/ditto/v1 into the client package (clients/python/ditto_client/v1).
 
-protoc writes `from ditto_client.v1 import x_pb2` (the .proto files' own path); the stubs live in `ditto_client.v1`, so the
-imports between them are made relative. (protoletariat does this rewrite too, but it pins protobuf < 6.)
+protoc writes `from ditto.v1 import x_pb2` (the .proto files' own path); the stubs live in `ditto_client.v1`,
+so the imports between them are made relative. (protoletariat does this rewrite too, but it pins protobuf < 6.)
 
     python -m tools.gen_protos            # write the stubs
     python -m tools.gen_protos --check    # exit 1 when the committed stubs differ from what the protos give

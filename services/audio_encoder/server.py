@@ -18,9 +18,9 @@ from collections.abc import AsyncIterator
 
 import grpc
 import numpy as np
+from ditto_client.v1 import audio_encoder_pb2, audio_encoder_pb2_grpc, common_pb2
 
 from ditto import codec, rpc
-from ditto_client.v1 import audio_encoder_pb2, audio_encoder_pb2_grpc, common_pb2
 from services.audio_encoder.encoder import StreamingEncoder
 from services.audio_encoder.formats import AudioError, InputFormat, SampleFormat
 from services.audio_encoder.hubert import HubertBackend

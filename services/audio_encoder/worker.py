@@ -12,10 +12,10 @@ from collections.abc import Sequence
 
 import grpc
 import numpy as np
+from ditto_client.v1 import bus_pb2, common_pb2
 
 from ditto import codec, stage
 from ditto.bus.worker import Output, WorkItem, WorkResult
-from ditto_client.v1 import bus_pb2, common_pb2
 from services.audio_encoder.encoder import StreamingEncoder, encode_many
 from services.audio_encoder.formats import AudioError, InputFormat
 from services.audio_encoder.hubert import HubertBackend

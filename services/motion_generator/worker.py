@@ -16,10 +16,10 @@ from typing import Any
 
 import grpc
 import numpy as np
+from ditto_client.v1 import bus_pb2, common_pb2
 
 from ditto import codec, stage
 from ditto.bus.worker import Output, WorkItem, WorkResult
-from ditto_client.v1 import bus_pb2, common_pb2
 from services.motion_generator.generator import KeypointBatch, MotionGenerator, MotionSession
 from services.motion_generator.protocol import avatar_from_proto, controls_from_proto, settings_from_proto
 

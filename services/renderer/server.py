@@ -26,9 +26,9 @@ from typing import Any
 import cv2
 import grpc
 import numpy as np
+from ditto_client.v1 import common_pb2, renderer_pb2, renderer_pb2_grpc
 
 from ditto import codec, rpc
-from ditto_client.v1 import common_pb2, renderer_pb2, renderer_pb2_grpc
 
 from .avatar.crop import CropSettings
 from .avatar.register import Avatar, MediaError, NoFaceError, load_cached, register_avatar

@@ -15,11 +15,11 @@ from typing import cast
 
 import grpc
 import numpy as np
+from ditto_client.v1 import bus_pb2, common_pb2, renderer_pb2
 
 from ditto import codec, stage
 from ditto.bus import Bus
 from ditto.bus.worker import Output, WorkItem, WorkResult
-from ditto_client.v1 import bus_pb2, common_pb2, renderer_pb2
 from services.renderer.avatar.register import MediaError, NoFaceError
 from services.renderer.server import RendererCore, RenderSession, crop_settings
 

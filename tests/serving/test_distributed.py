@@ -28,10 +28,10 @@ import grpc
 import numpy as np
 import pytest
 import redis
+from ditto_client.v1 import avatar_pb2, avatar_pb2_grpc
 from serving_helpers import chunks, config, embedded_service, frames_of, portrait_png, requests, speech_pcm16
 
 from ditto import rpc
-from ditto_client.v1 import avatar_pb2, avatar_pb2_grpc
 from services.orchestrator.cluster import LocalCluster, Proc, free_port, start_redis
 from services.stages import STAGES
 

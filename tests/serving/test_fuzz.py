@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
+from ditto_client.v1 import avatar_pb2, avatar_pb2_grpc, common_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from serving_helpers import chunks, config, frames_of, portrait_png, requests, speech_pcm16
@@ -19,7 +20,6 @@ from serving_helpers import chunks, config, frames_of, portrait_png, requests, s
 from ditto import rpc
 from ditto.config import load_settings
 from ditto.synthetic import ensure_synthetic
-from ditto_client.v1 import avatar_pb2, avatar_pb2_grpc, common_pb2
 from services.orchestrator.config import OrchestratorSettings
 from services.orchestrator.service import AvatarService
 from services.orchestrator.stack import EmbeddedStack

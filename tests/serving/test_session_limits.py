@@ -6,9 +6,8 @@ from __future__ import annotations
 import asyncio
 
 import grpc
-from serving_helpers import config, embedded_service, portrait_png
-
 from ditto_client.v1 import avatar_pb2
+from serving_helpers import config, embedded_service, portrait_png
 
 
 async def _avatar(stub) -> str:
