@@ -27,7 +27,9 @@ test: setup
 
 lint: setup
 	$(PY) -m ruff check .
-	$(PY) -m mypy ditto services
+	$(PY) -m mypy ditto ditto_app ditto_training services clients/python/ditto_client
+	$(VENV)/bin/lint-imports
+	$(PY) -m tools.gen_protos --check
 
 bench: setup
 	$(PY) -m tools.bench
@@ -35,10 +37,10 @@ bench: setup
 demo: setup
 	@command -v espeak-ng >/dev/null 2>&1 || apt-get install -y -qq espeak-ng >/dev/null 2>&1 || \
 		echo "espeak-ng is not installed (apt-get install espeak-ng): the demo uses a synthetic voice"
-	$(PY) -m ditto.cli demo
+	$(PY) -m ditto_app.cli demo
 
 up: setup
-	$(PY) -m ditto.cli up
+	$(PY) -m ditto_app.cli up
 
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache

@@ -88,7 +88,7 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 600) -> subpro
 
     e = dict(os.environ)
     e.update(env or {})
-    return subprocess.run([sys.executable, "-m", "ditto.cli", *args], cwd=ROOT, env=e, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "ditto_app.cli", *args], cwd=ROOT, env=e, capture_output=True,
                           text=True, timeout=timeout)
 
 

@@ -95,10 +95,10 @@ def decode_chunk(data: bytes | bytearray | memoryview | np.ndarray, fmt: InputFo
                 f"float audio peaks at {peak:g}, far outside the nominal [-1, 1] range: is it PCM16 declared as "
                 "float32? Scale float samples to [-1, 1]"
             )
-    return _mixdown(x)
+    return mixdown(x)
 
 
-def _mixdown(x: np.ndarray) -> np.ndarray:
+def mixdown(x: np.ndarray) -> np.ndarray:
     """[n, C] -> [n], the plain channel mean. Summed channel by channel so every sample's value depends only on
     that sample frame, never on how many frames came in the same chunk."""
     mono = x[:, 0].copy()

@@ -2,7 +2,7 @@
 realtime pace (200 ms chunks sent when they would be spoken) and receiving the video. Per concurrency level it
 reports first-frame latency percentiles (first audio chunk sent -> first frame received) and the frame rate each
 session is delivered at, for the embedded server (`ditto serve`, one process, in-memory bus) and for the distributed
-stack (services.orchestrator.cluster.LocalCluster: Redis, one worker process per stage, an orchestrator), so the
+stack (ditto_app.cluster.LocalCluster: Redis, one worker process per stage, an orchestrator), so the
 latency the distributed path adds shows. Tiny profile with synthetic weights: it measures the serving machinery
 (transport, pacing, batching across sessions), not model speed. `tools/bench.py` (`make bench`) calls `run`.
 """
@@ -122,7 +122,7 @@ async def _load(address: str) -> dict:
 
 def _start_embedded(port: int, log: Path) -> subprocess.Popen:
     f = open(log, "wb")  # noqa: SIM115 - lives as long as the process
-    proc = subprocess.Popen([sys.executable, "-m", "ditto.cli", "serve", "--weights", "synthetic", "--profile", "tiny",
+    proc = subprocess.Popen([sys.executable, "-m", "ditto_app.cli", "serve", "--weights", "synthetic", "--profile", "tiny",
                              "--device", "cpu", "--port", str(port)], stdout=f, stderr=subprocess.STDOUT,
                             start_new_session=True, cwd=Path(__file__).resolve().parents[2])
     deadline = time.monotonic() + 180
@@ -135,8 +135,8 @@ def _start_embedded(port: int, log: Path) -> subprocess.Popen:
 
 
 def run(out_dir: Path) -> dict:
-    from ditto.synthetic import ensure_synthetic
-    from services.orchestrator.cluster import LocalCluster, free_port
+    from ditto_app.synthetic import ensure_synthetic
+    from ditto_app.cluster import LocalCluster, free_port
 
     ensure_synthetic("tiny")
     out_dir = Path(out_dir)

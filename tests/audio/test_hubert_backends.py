@@ -87,7 +87,7 @@ def test_onnxruntime_cuda_matches_cpu(tiny_onnx_batched, windows):
 
 
 def test_cli_exports_a_transformers_checkpoint_folder(tmp_path, monkeypatch, windows):
-    from services.audio_encoder.cli import resolve_onnx
+    from ditto_app.features_cli import resolve_onnx
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     model = random_hubert(HubertShape.tiny(), seed=7)

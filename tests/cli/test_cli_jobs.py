@@ -1,4 +1,4 @@
-"""The main job and the weights commands, run as a user runs them: `python -m ditto.cli ...` in a subprocess."""
+"""The main job and the weights commands, run as a user runs them: `python -m ditto_app.cli ...` in a subprocess."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def ditto(*args: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     e = dict(os.environ, **(env or {}))
-    return subprocess.run([sys.executable, "-m", "ditto.cli", *args], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "ditto_app.cli", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, env=e)
 
 
@@ -80,7 +80,7 @@ def test_weights_fetch_without_network_tells_how_to_place_files(tmp_path):
 
 
 def test_weights_check_accepts_a_complete_folder_and_names_a_truncated_file(tmp_path):
-    from ditto.synthetic import ensure_synthetic
+    from ditto_app.synthetic import ensure_synthetic
 
     root = ensure_synthetic("tiny")
     r = ditto("weights", "check", str(root))

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ditto.bus.memory import MemoryBus
-from ditto.synthetic import ensure_synthetic
+from ditto_app.synthetic import ensure_synthetic
 from ditto.weights import OFFICIAL_FILES, CheckpointError
 from services.motion_generator.backends import (
     BackendError,
@@ -22,7 +22,7 @@ from services.motion_generator.backends import (
 )
 from services.motion_generator.generator import KeypointBatch, MotionGenerator, SessionSettings
 from services.motion_generator.models import TorchBackend, save_checkpoint, synthetic_motion_decoder
-from services.stages import build_stage
+from ditto_app.stages import build_stage
 
 from .helpers import avatar, features
 

@@ -1,5 +1,5 @@
 """The distributed service end to end: Redis, one `ditto worker` process per stage and a `ditto serve --redis`
-orchestrator (services.orchestrator.cluster.LocalCluster) on loopback, driven over the public gRPC API.
+orchestrator (ditto_app.cluster.LocalCluster) on loopback, driven over the public gRPC API.
 
 It proves what the architecture promises across real processes: the same frames as the embedded service, no frame
 lost or duplicated when a worker is killed (SIGKILL) or stopped (SIGTERM) mid-session, a clear status and a clean
@@ -32,8 +32,8 @@ from ditto_client.v1 import avatar_pb2, avatar_pb2_grpc
 from serving_helpers import chunks, config, embedded_service, frames_of, portrait_png, requests, speech_pcm16
 
 from ditto import rpc
-from services.orchestrator.cluster import LocalCluster, Proc, free_port, start_redis
-from services.stages import STAGES
+from ditto_app.cluster import LocalCluster, Proc, free_port, start_redis
+from ditto_app.stages import STAGES
 
 pytestmark = pytest.mark.e2e
 
@@ -375,7 +375,7 @@ def test_converse_cli_writes_a_playable_mp4_with_every_frame(cluster, tmp_path):
     (tmp_path / "p.png").write_bytes(portrait_png())
     wavfile.write(tmp_path / "s.wav", 16000, np.frombuffer(speech_pcm16(seconds), "<i2"))
     out = tmp_path / "o.mp4"
-    res = subprocess.run([sys.executable, "-m", "ditto.cli", "converse", "--server", cluster.address, "--avatar",
+    res = subprocess.run([sys.executable, "-m", "ditto_app.cli", "converse", "--server", cluster.address, "--avatar",
                           str(tmp_path / "p.png"), "--audio", str(tmp_path / "s.wav"), "--out", str(out)],
                          capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[2])
     assert res.returncode == 0, res.stderr[-3000:]

@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from serving_helpers import chunks, embedded_service, portrait_png, speech_pcm16
 
 from ditto import rpc
-from services.orchestrator.cluster import free_port
+from ditto_app.cluster import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,7 +50,7 @@ def test_emotion_control_forms():
 def test_ditto_up_runs_the_stack_and_stops_cleanly(tmp_path):
     port = free_port()
     env = dict(os.environ, DITTO_BUS__PREFIX=f"ditto-up-test-{port}", PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "ditto.cli", "up", "--port", str(port), "--profile", "tiny",
+    proc = subprocess.Popen([sys.executable, "-m", "ditto_app.cli", "up", "--port", str(port), "--profile", "tiny",
                              "--slots", "2", "--quiet"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from ditto.cli import main as ditto
-from services.motion_generator.training.formats import (
+from ditto_app.cli import main as ditto
+from ditto_training.formats import (
     DATA_INFO_KEYS,
     DataError,
     DataInfo,
@@ -22,7 +22,7 @@ from services.motion_generator.training.formats import (
     flip_path,
     load_preload,
 )
-from services.motion_generator.training.trainer import checkpoint_epoch, evaluate, prune_checkpoints
+from ditto_training.trainer import checkpoint_epoch, evaluate, prune_checkpoints
 from tests.training.synthetic_videos import write_talking_video
 
 SECONDS = 3.6           # 90 frames: the 81 a clip needs plus a few starts
@@ -133,8 +133,8 @@ def trained(data) -> Path:
 def test_training_lowers_the_loss_and_writes_checkpoints_logs_and_plot(trained, data):
     from services.motion_generator.dit import MotionDecoder, MotionDiTConfig
     from services.motion_generator.models import load_motion_decoder
-    from services.motion_generator.training.dataset import ClipDataset, DatasetFlags
-    from services.motion_generator.training.losses import LossSettings
+    from ditto_training.dataset import ClipDataset, DatasetFlags
+    from ditto_training.losses import LossSettings
 
     ckpts = sorted((p for p in trained.glob("ckpts/train_*.pt") if checkpoint_epoch(p)),
                    key=lambda p: checkpoint_epoch(p) or -1)
@@ -198,7 +198,7 @@ def test_export_to_onnx_serves_the_motion_stage(trained, tmp_path):
     out = tmp_path / "lmdm.onnx"
     assert ditto(["train", "--export", str(trained / "ckpts" / f"train_{EPOCHS}.pt"), "--onnx", str(out),
                   "--profile", "tiny"]) == 0
-    from services.motion_generator.training.export import export_checkpoint
+    from ditto_training.export import export_checkpoint
 
     _, err = export_checkpoint(trained / "ckpts" / f"train_{EPOCHS}.pt", tmp_path / "again.onnx", "tiny")
     assert err < 1e-4
@@ -236,7 +236,7 @@ def test_checkpoint_pruning_keeps_milestones_and_the_last_five(tmp_path):
 @pytest.mark.gpu
 def test_tensorrt_engine_from_a_trained_checkpoint(trained, tmp_path):
     pytest.importorskip("tensorrt")
-    from services.motion_generator.training.export import build_tensorrt, export_checkpoint
+    from ditto_training.export import build_tensorrt, export_checkpoint
 
     onnx_path, _ = export_checkpoint(trained / "ckpts" / f"train_{EPOCHS}.pt", tmp_path / "m.onnx", "tiny", check=False)
     engine = build_tensorrt(onnx_path, tmp_path / "m.engine", max_batch=4)
@@ -282,9 +282,9 @@ class _MouthEmotion:
 
 
 def test_mesh_and_emotion_providers_plug_in(data, tmp_path):
-    from ditto.synthetic import resolve_weights
-    from services.motion_generator.training.extractors import Extractors
-    from services.motion_generator.training.prepare import PrepareSettings, is_prepared, prepare_video
+    from ditto_app.synthetic import resolve_weights
+    from ditto_training.extractors import Extractors
+    from ditto_training.prepare import PrepareSettings, is_prepared, prepare_video
 
     mesh = _LidMesh()
     ex = Extractors.load(resolve_weights("synthetic", "tiny"), "tiny", "cpu", emotion="neutral", mesh=mesh)

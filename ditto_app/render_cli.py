@@ -7,7 +7,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from ditto.cli import add_model_args
+from ditto_app.cli import add_model_args
 
 EMOTIONS = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise", "contempt"]
 
@@ -76,10 +76,10 @@ async def render(args: argparse.Namespace) -> int:
 
     from ditto import telemetry
     from ditto.config import TelemetrySettings, load_settings
-    from ditto.synthetic import BANNER, is_synthetic, profile_of, resolve_weights
+    from ditto_app.stack import EmbeddedStack
+    from ditto_app.synthetic import BANNER, is_synthetic, profile_of, resolve_weights
     from services.orchestrator.config import OrchestratorSettings
     from services.orchestrator.render_job import RenderJobError, run_render
-    from services.orchestrator.stack import EmbeddedStack
     from services.orchestrator.tenants import Tenant
 
     for path in (args.avatar, args.audio):

@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 
 import redis as redis_lib
 
-from services.stages import STAGES
+from ditto_app.stages import STAGES
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -117,7 +117,7 @@ class LocalCluster:
         if metrics_port:
             args = [*args, "--metrics-port", str(metrics_port)]
         f = open(log, "wb")  # noqa: SIM115 - lives as long as the process
-        popen = subprocess.Popen([sys.executable, "-m", "ditto.cli", *args], cwd=ROOT, env=self._env(),
+        popen = subprocess.Popen([sys.executable, "-m", "ditto_app.cli", *args], cwd=ROOT, env=self._env(),
                                  stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
         proc = Proc(name, popen, log, ready, metrics_port)
         self.procs[name] = proc
@@ -130,7 +130,7 @@ class LocalCluster:
     def start(self, timeout: float = 180) -> LocalCluster:
         self.ensure_redis()
         if self.weights == "synthetic":  # generate once here, not three times in parallel
-            from ditto.synthetic import ensure_synthetic
+            from ditto_app.synthetic import ensure_synthetic
 
             ensure_synthetic(self.profile)
         for stage in STAGES:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ditto.cli import add_model_args
+from ditto_app.cli import add_model_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,10 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ditto.synthetic import profile_of, resolve_weights
-
-    from .formats import DataError, DataInfo, build_preload, gather_data_list, save_preload
-    from .prepare import PrepareSettings, prepare_all, write_report
+    from ditto_app.synthetic import profile_of, resolve_weights
+    from ditto_training.formats import DataError, DataInfo, build_preload, gather_data_list, save_preload
+    from ditto_training.prepare import PrepareSettings, prepare_all, write_report
 
     try:
         if args.videos is not None:

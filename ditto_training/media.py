@@ -142,14 +142,14 @@ def read_frames(path: Path) -> Iterator[np.ndarray]:
 
 def extract_wav(video: Path, wav: Path) -> float:
     """The first audio stream -> mono 16 kHz PCM16 WAV (the reference runs ffmpeg -ar 16000 -ac 1); returns seconds."""
-    from services.audio_encoder.formats import AudioError, _mixdown, decode_file
+    from services.audio_encoder.formats import AudioError, decode_file, mixdown
     from services.audio_encoder.resample import StreamResampler
 
     try:
         decoded = decode_file(video)
     except AudioError as err:
         raise VideoError(f"{video}: {err}") from err
-    mono = _mixdown(decoded.samples.astype(np.float64))
+    mono = mixdown(decoded.samples.astype(np.float64))
     if decoded.sample_rate != SAMPLE_RATE:
         rs = StreamResampler(decoded.sample_rate, SAMPLE_RATE)
         mono = np.concatenate([rs.process(mono), rs.flush()])

@@ -14,11 +14,11 @@ from ditto_client.v1 import renderer_pb2
 
 from ditto.bus import Bus, MemoryBus
 from ditto.bus.worker import SlotWorker, WorkerSettings
+from ditto_app.stages import STAGES, BuiltStage, build_stage
 from services.orchestrator.avatars import Registrar, RegistrationError
 from services.orchestrator.config import OrchestratorSettings
 from services.orchestrator.service import Orchestrator
 from services.orchestrator.tenants import TenantDirectory
-from services.stages import STAGES, BuiltStage, build_stage
 
 
 class LocalRegistrar(Registrar):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..diffusion import NUM_TIMESTEPS, cosine_schedule
+from services.motion_generator.diffusion import NUM_TIMESTEPS, cosine_schedule
 
 # motion part -> (start, end) in the 265-d vector
 PARTS: dict[str, tuple[int, int]] = {"scale": (0, 1), "pitch": (1, 67), "yaw": (67, 133), "roll": (133, 199),

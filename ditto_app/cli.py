@@ -15,16 +15,16 @@ from collections.abc import Sequence
 
 # subcommand -> module with register(subparsers)
 COMMANDS: dict[str, str] = {
-    "render": "services.orchestrator.render_cli",
-    "serve": "services.orchestrator.serve_cli",
-    "up": "services.orchestrator.up_cli",
-    "converse": "services.orchestrator.converse_cli",
-    "features": "services.audio_encoder.cli",
-    "weights": "ditto.weights_cli",
-    "prepare": "services.motion_generator.training.prepare_cli",
-    "train": "services.motion_generator.training.train_cli",
-    "worker": "services.worker_cli",
-    "demo": "services.orchestrator.demo_cli",
+    "render": "ditto_app.render_cli",
+    "serve": "ditto_app.serve_cli",
+    "up": "ditto_app.up_cli",
+    "converse": "ditto_app.converse_cli",
+    "features": "ditto_app.features_cli",
+    "weights": "ditto_app.weights_cli",
+    "prepare": "ditto_app.prepare_cli",
+    "train": "ditto_app.train_cli",
+    "worker": "ditto_app.worker_cli",
+    "demo": "ditto_app.demo_cli",
 }
 
 

@@ -75,8 +75,8 @@ def _fetch(args: argparse.Namespace) -> int:
 
 def check_folder(path: Path, profile: str) -> list[str]:
     """Problems found in a weights folder (empty when it is complete and loads)."""
-    from ditto.synthetic import is_synthetic
     from ditto.weights import OFFICIAL_FILES, CheckpointError
+    from ditto_app.synthetic import is_synthetic
 
     problems: list[str] = []
     synthetic = is_synthetic(path)
@@ -114,7 +114,7 @@ def check_folder(path: Path, profile: str) -> list[str]:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from ditto.synthetic import profile_of
+    from ditto_app.synthetic import profile_of
 
     path: Path = args.path
     if not path.is_dir():
@@ -133,7 +133,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _synthetic(args: argparse.Namespace) -> int:
-    from ditto.synthetic import BANNER, ensure_synthetic
+    from ditto_app.synthetic import BANNER, ensure_synthetic
 
     root = ensure_synthetic(args.profile)
     print(BANNER)
@@ -144,8 +144,8 @@ def _synthetic(args: argparse.Namespace) -> int:
 def _build_engines(args: argparse.Namespace) -> int:
     """Build (or find cached) TensorRT engines for this GPU: the renderer networks, HuBERT and the MotionDiT. Safe to
     run from several pods at once on a shared cache volume: engines are written to a temporary file, then renamed."""
-    from ditto.synthetic import profile_of, resolve_weights
     from ditto.weights import OFFICIAL_FILES
+    from ditto_app.synthetic import profile_of, resolve_weights
 
     weights = resolve_weights(args.weights, args.profile)
     profile = profile_of(weights, args.profile)
@@ -161,7 +161,7 @@ def _build_engines(args: argparse.Namespace) -> int:
         from services.audio_encoder.hubert import TensorRTHubert
         from services.renderer.models import RendererModels
 
-        # the same sub-folders the stages read (services/stages.py): <cache>/renderer, <cache>/audio, <cache>/motion
+        # the same sub-folders the stages read (ditto_app/stages.py): <cache>/renderer, <cache>/audio, <cache>/motion
         RendererModels.load(weights, profile=profile, device="cuda", backend="tensorrt",
                             cache_dir=args.cache / "renderer")
         TensorRTHubert(weights / OFFICIAL_FILES["hubert"].path, "cuda", cache_dir=args.cache / "audio")

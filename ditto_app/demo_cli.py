@@ -68,7 +68,7 @@ def online(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ditto.cli import main as ditto_main
+    from ditto_app.cli import main as ditto_main
 
     folder = default_cache_dir() / "demo"
     folder.mkdir(parents=True, exist_ok=True)

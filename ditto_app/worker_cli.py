@@ -8,7 +8,7 @@ import argparse
 import asyncio
 import signal
 
-from ditto.cli import add_model_args
+from ditto_app.cli import add_model_args
 
 ADVERTISE_EVERY_S = 2.0  # how often a worker re-announces its gRPC address on the bus
 ADVERTISE_TTL_S = 10
@@ -32,8 +32,8 @@ async def run_worker(args: argparse.Namespace) -> int:
     from ditto.bus import RedisBus
     from ditto.bus.worker import SlotWorker, WorkerSettings
     from ditto.config import load_settings
-    from ditto.synthetic import profile_of, resolve_weights
-    from services.stages import build_stage
+    from ditto_app.stages import build_stage
+    from ditto_app.synthetic import profile_of, resolve_weights
 
     settings = load_settings()
     if args.redis:

@@ -3,7 +3,7 @@
     ditto train --use_sc --use_last_frame --use_last_frame_loss --use_emo --use_eye_open --use_eye_ball \\
         --audio_feat_dim 1103 --motion_feat_dim 265 --batch_size 1024 --epochs 500 --save_ckpt_freq 1 \\
         --data_preload --data_preload_pkl data/data_preload.pkl --experiment_dir runs --experiment_name mine
-    accelerate launch -m ditto.cli train ...            # several GPUs (HF Accelerate)
+    accelerate launch -m ditto_app.cli train ...            # several GPUs (HF Accelerate)
     ditto train --export runs/mine/ckpts/train_500.pt --onnx lmdm.onnx [--tensorrt lmdm.engine]
 
 A checkpoint `ckpts/train_{epoch}.pt` is what `--weights`-style loading of the motion stage reads
@@ -63,8 +63,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.export is not None:
         return _export(args)
-    from .formats import DataError
-    from .trainer import TrainOptions, train
+    from ditto_training.formats import DataError
+    from ditto_training.trainer import TrainOptions, train
 
     opt = TrainOptions(
         data_list_json=args.data_list_json, data_preload=args.data_preload, data_preload_pkl=args.data_preload_pkl,
@@ -90,8 +90,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from ditto.weights import CheckpointError
-
-    from .export import build_tensorrt, export_checkpoint
+    from ditto_training.export import build_tensorrt, export_checkpoint
 
     if args.onnx is None:
         print("error: --export needs --onnx OUT.onnx")

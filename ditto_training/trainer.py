@@ -4,8 +4,8 @@
   written as the weight of the *new* value (m <- (1 - 0.02) m + 0.02 g, and likewise 0.08 for the gradient
   difference and 0.01 for the squared term), the paper's convention, i.e. Adam-style betas of 0.98/0.92/0.99.
 - No LR schedule, EMA, gradient clipping or mixed precision (as the reference).
-- HF Accelerate for several GPUs (`accelerate launch -m ditto.cli train ...`); a plain single process when not launched
-  that way or when `accelerate` is missing.
+- HF Accelerate for several GPUs (`accelerate launch -m ditto_app.cli train ...`); a plain single process when not
+  launched that way or when `accelerate` is missing.
 - Each epoch writes `<experiment_dir>/<experiment_name>/ckpts/train_{epoch}.pt = {"model_state_dict": ...}` (what
   inference loads) plus `train_{epoch}.state.pt` (optimiser and counters, for resuming). Epochs that are multiples of
   `save_ckpt_freq` are kept; of the others the last 5 are kept.
@@ -26,7 +26,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from ..dit import MotionDecoder, MotionDiTConfig
+from services.motion_generator.dit import MotionDecoder, MotionDiTConfig
+
 from .dataset import ClipDataset, DatasetFlags
 from .formats import DataError
 from .losses import LossSettings, diffusion_loss
@@ -255,8 +256,7 @@ def _save(model: torch.nn.Module, optimizer: Any, ckpt_dir: Path, epoch: int, st
 def _resume(path: str, model: MotionDecoder, optimizer: Any) -> tuple[int, int]:
     """Load weights (strictly); with the matching .state.pt also the optimiser and counters."""
     from ditto.weights import read_state_dict
-
-    from ..models import load_state_into
+    from services.motion_generator.models import load_state_into
 
     load_state_into(model, read_state_dict(path, "model_state_dict"), path)
     model.train()

@@ -10,7 +10,7 @@ import argparse
 import asyncio
 import signal
 
-from ditto.cli import add_model_args
+from ditto_app.cli import add_model_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,11 +30,11 @@ async def serve(args: argparse.Namespace, ready: asyncio.Event | None = None) ->
     from ditto import rpc, telemetry
     from ditto.bus import RedisBus
     from ditto.config import load_settings
-    from ditto.synthetic import BANNER, is_synthetic, profile_of, resolve_weights
+    from ditto_app.stack import EmbeddedStack
+    from ditto_app.synthetic import BANNER, is_synthetic, profile_of, resolve_weights
     from services.orchestrator.avatars import GrpcRegistrar
     from services.orchestrator.config import OrchestratorSettings
     from services.orchestrator.service import AvatarService, Orchestrator
-    from services.orchestrator.stack import EmbeddedStack
 
     settings = load_settings(OrchestratorSettings)
     assert isinstance(settings, OrchestratorSettings)

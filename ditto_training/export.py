@@ -11,14 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..dit import MotionDecoder
+from services.motion_generator.dit import MotionDecoder
 
 
 def export_checkpoint(ckpt: str | Path, onnx_path: str | Path, profile: str = "full",
                       check: bool = True) -> tuple[Path, float]:
     """Export and (by default) run both graphs on one random input: (path, max |onnx - torch| over x_start)."""
-    from ..export import export_onnx
-    from ..models import OnnxBackend, TorchBackend, load_motion_decoder
+    from services.motion_generator.export import export_onnx
+    from services.motion_generator.models import OnnxBackend, TorchBackend, load_motion_decoder
 
     model = load_motion_decoder(ckpt, profile)
     path = export_onnx(model, onnx_path)
@@ -38,7 +38,7 @@ def export_checkpoint(ckpt: str | Path, onnx_path: str | Path, profile: str = "f
 def build_tensorrt(onnx_path: str | Path, engine_path: str | Path, max_batch: int = 64) -> Path:
     """fp32 TensorRT 10 engine of the one-step graph, batch profile 1 / max_batch / max_batch (the serving builder,
     `backends.build_engine`, written to engine_path)."""
-    from ..backends import build_engine
+    from services.motion_generator.backends import build_engine
 
     engine_path = Path(engine_path)
     data = build_engine(onnx_path, max_batch)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ditto.cli import add_model_args
+    from ditto_app.cli import add_model_args
 
     p = subparsers.add_parser("features", help="audio file -> [frames, 1024] HuBERT features (.npy), streamed",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -67,7 +67,7 @@ def build_stage(name: str, weights_dir: Path, profile: str, bus: Bus, device: st
         services = [rpc.Service(motion_generator_pb2_grpc.add_MotionGeneratorServicer_to_server,
                                 MotionGeneratorService(generator, SessionBatcher(generator)),
                                 rpc.service_name(motion_generator_pb2, "MotionGenerator"))]
-        from ditto.synthetic import is_synthetic
+        from ditto_app.synthetic import is_synthetic
         from services.motion_generator.worker import synthetic_motion_range
 
         clamp = synthetic_motion_range() if is_synthetic(weights_dir) else None

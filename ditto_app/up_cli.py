@@ -6,7 +6,7 @@ import argparse
 import signal
 import threading
 
-from ditto.cli import add_model_args
+from ditto_app.cli import add_model_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from services.orchestrator.cluster import LocalCluster, tail_logs
+    from ditto_app.cluster import LocalCluster, tail_logs
 
     cluster = LocalCluster(weights=args.weights, profile=args.profile, port=args.port, slots=args.slots,
                            device=args.device)
