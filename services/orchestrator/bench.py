@@ -135,8 +135,8 @@ def _start_embedded(port: int, log: Path) -> subprocess.Popen:
 
 
 def run(out_dir: Path) -> dict:
-    from ditto_app.synthetic import ensure_synthetic
     from ditto_app.cluster import LocalCluster, free_port
+    from ditto_app.synthetic import ensure_synthetic
 
     ensure_synthetic("tiny")
     out_dir = Path(out_dir)

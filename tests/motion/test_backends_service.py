@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from ditto.bus.memory import MemoryBus
-from ditto_app.synthetic import ensure_synthetic
 from ditto.weights import OFFICIAL_FILES, CheckpointError
+from ditto_app.stages import build_stage
+from ditto_app.synthetic import ensure_synthetic
 from services.motion_generator.backends import (
     BackendError,
     TensorRTBackend,
@@ -22,7 +23,6 @@ from services.motion_generator.backends import (
 )
 from services.motion_generator.generator import KeypointBatch, MotionGenerator, SessionSettings
 from services.motion_generator.models import TorchBackend, save_checkpoint, synthetic_motion_decoder
-from ditto_app.stages import build_stage
 
 from .helpers import avatar, features
 

@@ -14,10 +14,10 @@ from ditto_client.v1 import avatar_pb2, avatar_pb2_grpc, common_pb2
 
 from ditto import rpc
 from ditto.config import load_settings
+from ditto_app.stack import EmbeddedStack
 from ditto_app.synthetic import ensure_synthetic
 from services.orchestrator.config import OrchestratorSettings
 from services.orchestrator.service import AvatarService
-from ditto_app.stack import EmbeddedStack
 from services.orchestrator.tenants import TenantDirectory, hash_key
 
 

@@ -19,10 +19,10 @@ from serving_helpers import chunks, config, frames_of, portrait_png, requests, s
 
 from ditto import rpc
 from ditto.config import load_settings
+from ditto_app.stack import EmbeddedStack
 from ditto_app.synthetic import ensure_synthetic
 from services.orchestrator.config import OrchestratorSettings
 from services.orchestrator.service import AvatarService
-from ditto_app.stack import EmbeddedStack
 
 CLIENT_ERRORS = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION,
                  grpc.StatusCode.NOT_FOUND, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED}

@@ -131,10 +131,10 @@ def trained(data) -> Path:
 
 
 def test_training_lowers_the_loss_and_writes_checkpoints_logs_and_plot(trained, data):
-    from services.motion_generator.dit import MotionDecoder, MotionDiTConfig
-    from services.motion_generator.models import load_motion_decoder
     from ditto_training.dataset import ClipDataset, DatasetFlags
     from ditto_training.losses import LossSettings
+    from services.motion_generator.dit import MotionDecoder, MotionDiTConfig
+    from services.motion_generator.models import load_motion_decoder
 
     ckpts = sorted((p for p in trained.glob("ckpts/train_*.pt") if checkpoint_epoch(p)),
                    key=lambda p: checkpoint_epoch(p) or -1)
