@@ -124,7 +124,8 @@ def _start_embedded(port: int, log: Path) -> subprocess.Popen:
     f = open(log, "wb")  # noqa: SIM115 - lives as long as the process
     proc = subprocess.Popen([sys.executable, "-m", "ditto_app.cli", "serve", "--weights", "synthetic",
                              "--profile", "tiny", "--device", "cpu", "--port", str(port)],
-                            stdout=f, stderr=subprocess.STDOUT, start_new_session=True, cwd=Path(__file__).resolve().parents[2])
+                            stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
+                            cwd=Path(__file__).resolve().parents[2])
     deadline = time.monotonic() + 180
     while b"READY orchestrator" not in log.read_bytes():
         if proc.poll() is not None or time.monotonic() > deadline:
