@@ -7,7 +7,8 @@ PROTOS := $(wildcard protos/ditto/v1/*.proto)
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
+	@tools/need-system-package redis-server redis-server "the tests start a throwaway Redis server"
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: on CPU machines this is the local CPU wheel (no CUDA downloads)
@@ -35,8 +36,8 @@ bench: setup
 	$(PY) -m tools.bench
 
 demo: setup
-	@command -v espeak-ng >/dev/null 2>&1 || apt-get install -y -qq espeak-ng >/dev/null 2>&1 || \
-		echo "espeak-ng is not installed (apt-get install espeak-ng): the demo uses a synthetic voice"
+	@tools/need-system-package espeak-ng espeak-ng "the demo speaks its text with it" || \
+		echo "continuing without espeak-ng: the demo uses a synthetic voice"
 	$(PY) -m ditto_app.cli demo
 
 up: setup

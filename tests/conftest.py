@@ -1,4 +1,4 @@
-"""Shared fixtures: the golden folder, a real Redis, GPU detection."""
+"""Shared fixtures: the parity data, a real Redis, GPU detection."""
 
 from __future__ import annotations
 
@@ -13,15 +13,23 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# The public parity data ships with the repository (tests/golden/README.md); DITTO_GOLDEN_DIR points elsewhere.
+GOLDEN_IN_REPO = ROOT / "tests" / "golden"
+
+
 def golden_dir() -> Path:
-    return Path(os.environ.get("DITTO_GOLDEN_DIR", ROOT.parent / "shared" / "golden")).resolve()
+    return Path(os.environ.get("DITTO_GOLDEN_DIR") or GOLDEN_IN_REPO).resolve()
 
 
 def golden_case(name: str) -> tuple[dict, dict[str, np.ndarray], Path]:
-    """(case.json, io.npz arrays, folder) of a golden case; skips when the folder lacks it."""
+    """(case.json, io.npz arrays, folder) of a golden case. A case missing from the repository's own data is a
+    failure; it is a skip only when DITTO_GOLDEN_DIR names another folder on purpose."""
     folder = golden_dir() / name
     if not (folder / "case.json").is_file():
-        pytest.skip(f"golden case {name} not present in {golden_dir()}")
+        if os.environ.get("DITTO_GOLDEN_DIR"):
+            pytest.skip(f"golden case {name} is not in DITTO_GOLDEN_DIR={golden_dir()} (unset it to use tests/golden)")
+        pytest.fail(f"golden case {name} is missing from {GOLDEN_IN_REPO}: the parity data ships with the "
+                    "repository; restore it with `git checkout -- tests/golden`")
     case = json.loads((folder / "case.json").read_text())
     with np.load(folder / "io.npz", allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
@@ -55,16 +63,24 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> str:
-    """A real Redis server (REDIS_URL, default 127.0.0.1:6379). Fails, not skips, when none answers: CI starts one."""
+def redis_url(request) -> str:
+    """A real Redis server. With REDIS_URL set, that one (it must answer); otherwise a throwaway `redis-server` on a
+    free port, started for this test session and stopped after it (pytest-redis), so the tests never write to a Redis
+    the user runs."""
     import redis
 
-    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    url = os.environ.get("REDIS_URL")
+    if not url:
+        if not request.config.getini("redis_exec"):
+            pytest.fail("no redis-server on PATH: install it (Debian/Ubuntu: apt-get install redis-server; "
+                        "`make setup` does this as root) or set REDIS_URL to a Redis you run")
+        proc = request.getfixturevalue("redis_proc")
+        return f"redis://{proc.host}:{proc.port}/0"
     client = redis.Redis.from_url(url)
     try:
         client.ping()
     except redis.ConnectionError as err:
-        pytest.fail(f"no Redis at {url} ({err}); start one: redis-server --daemonize yes --save ''")
+        pytest.fail(f"REDIS_URL is set but no Redis answers there ({err}); start it or unset REDIS_URL")
     finally:
         client.close()
     return url
