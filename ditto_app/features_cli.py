@@ -3,7 +3,8 @@
     ditto features --audio speech.m4a --out speech.npy [--chunk-ms 200] [--weights DIR|synthetic] [--profile full]
 
 The file is decoded with PyAV and fed to a StreamingEncoder in chunks of N ms at its own rate and channel count,
-exactly as a client would stream it; every N gives the same [frames, 1024] array.
+exactly as a client would stream it; every N gives the same [frames, 1024] array, with exactly the frames the
+service would send for this audio (ceil(16 kHz samples / 640)).
 """
 
 from __future__ import annotations
@@ -91,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
         for chunk in decoded.chunks(args.chunk_ms):
             feats.append(enc.push(chunk))
             bar.update(round(chunk.shape[0] / decoded.sample_rate, 4))
-        feats.append(enc.end())
+        # exactly the frames the service sends for this audio: ceil(16 kHz samples / 640)
+        feats.append(enc.trim_final(enc.end()))
     out = np.concatenate(feats)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     np.save(args.out, out)

@@ -24,6 +24,7 @@ from services.audio_encoder.windows import FEATURE_DIM, WINDOW, WindowStream, fe
 
 Audio = bytes | bytearray | memoryview | np.ndarray
 STATE_VERSION = 1
+SAMPLES_PER_FRAME = 640  # 16 kHz / 25 fps
 
 
 class StreamingEncoder:
@@ -75,6 +76,17 @@ class StreamingEncoder:
         if self.backend is None:
             raise RuntimeError("this encoder has no backend; use encode_many() with a shared backend")
         return self.features(self.backend.encode_windows(windows))
+
+    def real_frames(self) -> int:
+        """The frames the audio itself covers: ceil(16 kHz samples / 640), the reference's num_f. The zero-padded
+        last window yields a few more, which a session does not show."""
+        return -(-self.resampler.output_length(self.resampler.consumed) // SAMPLES_PER_FRAME)
+
+    def trim_final(self, final: np.ndarray) -> np.ndarray:
+        """The features of the end-of-audio push (from `end()` or `encode_many(..., None)`), cut so that the stream
+        ends with exactly `real_frames()`: what the service sends and what `ditto features` writes."""
+        first = self.frames_out - len(final)
+        return final[:max(0, self.real_frames() - first)]
 
     # -- state ---------------------------------------------------------------------------------------------------
 
