@@ -137,8 +137,35 @@ class LocalCluster:
             self.start_worker(stage)
         self._spawn("orchestrator", ["serve", "--redis", self.redis_url, "--port", str(self.port)],
                     "READY orchestrator")
+        deadline = time.monotonic() + timeout
         self.wait_ready(timeout)
+        self.wait_serving(max(1.0, deadline - time.monotonic()))
         return self
+
+    def wait_serving(self, timeout: float = 60) -> None:
+        """Until the orchestrator's gRPC health says SERVING: every stage has a live worker holding its slots."""
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        deadline = time.monotonic() + timeout
+        status = "no answer"
+        with grpc.insecure_channel(self.address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                try:
+                    reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+                except grpc.RpcError as err:
+                    status = err.code().name
+                orch = self.procs.get("orchestrator")
+                if orch is not None and orch.popen.poll() is not None:
+                    raise RuntimeError(f"orchestrator exited with {orch.popen.returncode}:\n"
+                                       f"{orch.log.read_text()[-3000:]}")
+                time.sleep(0.2)
+        raise TimeoutError(f"the orchestrator at {self.address} is not SERVING after {timeout:.0f}s ({status}): "
+                           f"a stage has no live worker; see the logs in {self.log_dir}")
 
     def wait_ready(self, timeout: float = 180, names: list[str] | None = None) -> None:
         deadline = time.monotonic() + timeout

@@ -66,16 +66,44 @@ async def serve(args: argparse.Namespace, ready: asyncio.Event | None = None) ->
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log.info("serving", address=f"{host}:{server.port}", mode="orchestrator" if args.redis else "embedded")
+    health = None
+    if args.redis:  # NOT_SERVING until every stage has a live worker
+        await server.set_serving(False, ["", service.name])
+        health = asyncio.create_task(report_stage_health(orch, server, [service.name], log))
     print(f"READY orchestrator grpc={host}:{server.port}", flush=True)
     if ready:
         ready.set()
     await stop.wait()
+    if health:
+        health.cancel()
     await server.set_serving(False)
     await orch.stop()
     await server.stop(3)
     if stack:
         await stack.stop()
     return 0
+
+
+HEALTH_EVERY_S = 0.5
+
+
+async def report_stage_health(orch, server, names: list[str], log) -> None:
+    """gRPC health of a distributed orchestrator: SERVING only while every stage has a live worker (a slot held),
+    so a load balancer, a readiness probe and `ditto up` wait for a stack that can really start sessions."""
+    serving: bool | None = None
+    while True:
+        try:
+            missing = await orch.placer.missing_stages()
+        except Exception as err:  # Redis away: sessions cannot start either
+            missing = [f"session store ({type(err).__name__})"]
+        if serving != (not missing):
+            serving = not missing
+            await server.set_serving(serving, ["", *names])
+            if missing:
+                log.warning("not serving: waiting for workers", missing=missing)
+            else:
+                log.info("serving: every stage has a live worker")
+        await asyncio.sleep(HEALTH_EVERY_S)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -49,6 +49,10 @@ class Placer:
             counts[slot] = counts.get(slot, 0) + 1
         return counts
 
+    async def missing_stages(self) -> list[str]:
+        """The stages no live worker serves now (no slot of theirs is held): sessions cannot start until it is []."""
+        return [stage for stage in STAGES if not await self.held_slots(stage)]
+
     async def place(self, session_id: str) -> Placement:
         chosen: dict[str, int] = {}
         for stage in STAGES:

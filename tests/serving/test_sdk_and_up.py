@@ -47,9 +47,9 @@ def test_emotion_control_forms():
 
 
 @pytest.mark.e2e
-def test_ditto_up_runs_the_stack_and_stops_cleanly(tmp_path):
+def test_ditto_up_runs_the_stack_and_stops_cleanly(tmp_path, redis_url):
     port = free_port()
-    env = dict(os.environ, DITTO_BUS__PREFIX=f"ditto-up-test-{port}", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, DITTO_BUS__PREFIX=f"ditto-up-test-{port}", PYTHONUNBUFFERED="1", REDIS_URL=redis_url)
     proc = subprocess.Popen([sys.executable, "-m", "ditto_app.cli", "up", "--port", str(port), "--profile", "tiny",
                              "--slots", "2", "--quiet"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)

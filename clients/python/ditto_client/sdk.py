@@ -16,6 +16,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -26,6 +28,61 @@ from ditto_client.channel import channel_options
 from ditto_client.v1 import avatar_pb2, avatar_pb2_grpc, common_pb2
 
 Media = bytes | str | Path
+
+# How long a new session waits, by default, for a server that says "no capacity now, retry after N ms" (right after
+# the stack starts, while workers restart, or when every slot is full). 0 = give up at the first refusal.
+DEFAULT_RETRY_FOR_S = 30.0
+
+
+def retry_hint_ms(trailing_metadata: Any) -> int | None:
+    """The server's `retry-after-ms` trailer: present only on refusals it wants retried (no capacity right now)."""
+    for key, value in trailing_metadata or ():
+        if key == "retry-after-ms":
+            try:
+                return max(0, int(value))
+            except ValueError:
+                return None
+    return None
+
+
+class _AdmissionGate:
+    """One attempt's answer to its config: the request thread waits here before it sends any audio."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.admitted = False
+
+    def open(self, admitted: bool) -> None:
+        self.admitted = admitted
+        self._event.set()
+
+    def wait(self) -> bool:
+        self._event.wait()
+        return self.admitted
+
+
+def _held_requests(cfg: avatar_pb2.SessionConfig, audio_chunks: Iterable[Any], end: bool,
+                   gate: _AdmissionGate) -> Iterator[avatar_pb2.ConverseRequest]:
+    """The config, then (only once the session is admitted) the audio and the end of audio. A refused attempt sends
+    nothing but its config, so a retry starts from the first chunk."""
+    yield avatar_pb2.ConverseRequest(config=cfg)
+    if not gate.wait():
+        return
+    for chunk in audio_chunks:
+        if isinstance(chunk, avatar_pb2.ConverseRequest):
+            yield chunk
+        else:
+            yield avatar_pb2.ConverseRequest(audio=avatar_pb2.AudioChunk(data=chunk))
+    if end:
+        yield avatar_pb2.ConverseRequest(end_of_audio=avatar_pb2.EndOfAudio())
+
+
+def _wait_before_retry(hint_ms: int | None, deadline: float) -> bool:
+    """Sleep for the server's hint and say True, or say False when there is no hint or it would pass the deadline."""
+    if hint_ms is None or time.monotonic() + hint_ms / 1000 > deadline:
+        return False
+    time.sleep(hint_ms / 1000)
+    return True
 
 
 def _media(media: Media) -> tuple[bytes, str]:
@@ -79,10 +136,12 @@ def emotion_control(emotion: Any) -> common_pb2.EmotionControl:
 class AvatarClient:
     """Blocking client."""
 
-    def __init__(self, address: str, api_key: str | None = None, channel: grpc.Channel | None = None) -> None:
+    def __init__(self, address: str, api_key: str | None = None, channel: grpc.Channel | None = None,
+                 retry_for_s: float = DEFAULT_RETRY_FOR_S) -> None:
         self.channel = channel or grpc.insecure_channel(address, options=channel_options())
         self.stub = avatar_pb2_grpc.AvatarStub(self.channel)
         self.metadata = (("x-api-key", api_key),) if api_key else ()
+        self.retry_for_s = retry_for_s
 
     def __enter__(self) -> AvatarClient:
         return self
@@ -100,20 +159,37 @@ class AvatarClient:
         return self.stub.RegisterAvatar(req, metadata=self.metadata, timeout=timeout)
 
     def converse(self, avatar_id: str, audio_chunks: Iterable[bytes], config: avatar_pb2.SessionConfig | None = None,
-                 end: bool = True, **config_kw: Any) -> Iterator[avatar_pb2.ConverseResponse]:
+                 end: bool = True, retry_for_s: float | None = None,
+                 **config_kw: Any) -> Iterator[avatar_pb2.ConverseResponse]:
+        """Open a session, stream `audio_chunks` (bytes or ConverseRequests), yield what the server sends. A refusal
+        with a retry hint (no capacity right now) is retried after the hinted time, for up to `retry_for_s` seconds
+        (default: the client's); the audio is held back until the session is admitted, so nothing of it is lost."""
         cfg = config or session_config(avatar_id, **config_kw)
-
-        def requests() -> Iterator[avatar_pb2.ConverseRequest]:
-            yield avatar_pb2.ConverseRequest(config=cfg)
-            for chunk in audio_chunks:
-                if isinstance(chunk, avatar_pb2.ConverseRequest):
-                    yield chunk
-                else:
-                    yield avatar_pb2.ConverseRequest(audio=avatar_pb2.AudioChunk(data=chunk))
-            if end:
-                yield avatar_pb2.ConverseRequest(end_of_audio=avatar_pb2.EndOfAudio())
-
-        yield from self.stub.Converse(requests(), metadata=self.metadata)
+        deadline = time.monotonic() + (self.retry_for_s if retry_for_s is None else retry_for_s)
+        while True:
+            gate = _AdmissionGate()
+            requests = _held_requests(cfg, audio_chunks, end, gate)
+            call = self.stub.Converse(requests, metadata=self.metadata)
+            try:
+                first = next(call)
+                if first.WhichOneof("kind") == "final" and first.final.status.code != 0:
+                    for _ in call:  # a refusal: the FinalStatus comes first, then the call's error status
+                        pass
+            except grpc.RpcError as err:
+                gate.open(admitted=False)
+                if _wait_before_retry(retry_hint_ms(err.trailing_metadata()), deadline):  # type: ignore[attr-defined]
+                    continue
+                raise
+            except StopIteration:
+                gate.open(admitted=False)
+                return
+            gate.open(admitted=True)
+            try:
+                yield first
+                yield from call
+            finally:
+                call.cancel()  # the caller stopped reading: end the session on the server too
+            return
 
     def render(self, avatar_id: str, audio: Media, out: str | Path | None = None, **kw: Any) -> bytes:
         data, name = _media(audio)
@@ -131,10 +207,12 @@ class AvatarClient:
 class ConverseStream:
     """A live session: send audio and controls while iterating over what the server sends back."""
 
-    def __init__(self, call: Any, queue: asyncio.Queue) -> None:
+    def __init__(self, call: Any, queue: asyncio.Queue, first: avatar_pb2.ConverseResponse | None = None) -> None:
         self._call = call
         self._queue = queue
-        self.started: avatar_pb2.SessionStarted | None = None
+        self._first = first
+        self.started: avatar_pb2.SessionStarted | None = (
+            first.started if first is not None and first.WhichOneof("kind") == "started" else None)
 
     async def send_audio(self, data: bytes, controls: Iterable[common_pb2.TimedControl] = ()) -> None:
         await self._queue.put(avatar_pb2.ConverseRequest(audio=avatar_pb2.AudioChunk(data=data, controls=controls)))
@@ -161,15 +239,19 @@ class ConverseStream:
         return self._iter()
 
     async def _iter(self) -> AsyncIterator[avatar_pb2.ConverseResponse]:
+        if self._first is not None:
+            first, self._first = self._first, None
+            yield first
         async for msg in self._call:
             yield msg
 
 
 class AsyncAvatarClient:
-    def __init__(self, address: str, api_key: str | None = None) -> None:
+    def __init__(self, address: str, api_key: str | None = None, retry_for_s: float = DEFAULT_RETRY_FOR_S) -> None:
         self.channel = grpc.aio.insecure_channel(address, options=channel_options())
         self.stub = avatar_pb2_grpc.AvatarStub(self.channel)
         self.metadata = (("x-api-key", api_key),) if api_key else ()
+        self.retry_for_s = retry_for_s
 
     async def __aenter__(self) -> AsyncAvatarClient:
         return self
@@ -187,19 +269,33 @@ class AsyncAvatarClient:
         return await self.stub.RegisterAvatar(req, metadata=self.metadata, timeout=timeout)
 
     async def open_session(self, avatar_id: str, config: avatar_pb2.SessionConfig | None = None,
-                           **config_kw: Any) -> ConverseStream:
-        queue: asyncio.Queue = asyncio.Queue()
-        await queue.put(avatar_pb2.ConverseRequest(config=config or session_config(avatar_id, **config_kw)))
-
-        async def requests() -> AsyncIterator[avatar_pb2.ConverseRequest]:
-            while True:
-                item = await queue.get()
-                if item is None:
-                    return
-                yield item
-
-        call = self.stub.Converse(requests(), metadata=self.metadata)
-        return ConverseStream(call, queue)
+                           retry_for_s: float | None = None, **config_kw: Any) -> ConverseStream:
+        """Open a session and return once the server has admitted it (`stream.started` is its SessionStarted; the
+        stream yields it first too). A refusal with a retry hint is retried after the hinted time, for up to
+        `retry_for_s` seconds (default: the client's); any other refusal raises grpc.aio.AioRpcError."""
+        cfg = config or session_config(avatar_id, **config_kw)
+        deadline = time.monotonic() + (self.retry_for_s if retry_for_s is None else retry_for_s)
+        while True:
+            queue: asyncio.Queue = asyncio.Queue()
+            await queue.put(avatar_pb2.ConverseRequest(config=cfg))
+            call = self.stub.Converse(_drain(queue), metadata=self.metadata)
+            try:
+                first = await call.read()
+            except grpc.aio.AioRpcError as err:
+                hint, error = retry_hint_ms(err.trailing_metadata()), err
+            else:
+                if first is not grpc.aio.EOF and not (first.WhichOneof("kind") == "final"
+                                                      and first.final.status.code != 0):
+                    return ConverseStream(call, queue, first)
+                await queue.put(None)
+                code, trailers, details = await call.code(), await call.trailing_metadata(), await call.details()
+                hint = retry_hint_ms(trailers)
+                error = grpc.aio.AioRpcError(code, await call.initial_metadata(), trailers, details)
+            await queue.put(None)
+            call.cancel()
+            if hint is None or time.monotonic() + hint / 1000 > deadline:
+                raise error
+            await asyncio.sleep(hint / 1000)
 
     async def render(self, avatar_id: str, audio: Media, **kw: Any) -> bytes:
         data, name = _media(audio)
@@ -209,3 +305,12 @@ class AsyncAvatarClient:
             if msg.WhichOneof("kind") == "mp4_chunk":
                 chunks.append(msg.mp4_chunk)
         return b"".join(chunks)
+
+
+async def _drain(queue: asyncio.Queue) -> AsyncIterator[avatar_pb2.ConverseRequest]:
+    """The request stream of a live session: what the ConverseStream puts on its queue, until None."""
+    while True:
+        item = await queue.get()
+        if item is None:
+            return
+        yield item
