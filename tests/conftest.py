@@ -108,7 +108,27 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 600) -> subpro
                           text=True, timeout=timeout)
 
 
+def _import_hypothesis_eagerly() -> None:
+    """Hypothesis imports some of its own modules lazily, deep inside a running test. Being a pytest plugin, its
+    modules go through pytest's assertion rewriter, which then parses them with a deep stack; on CPython 3.11.7 that
+    can fail with "SystemError: AST constructor recursion depth mismatch". Importing them all here, at a shallow
+    stack, makes that impossible (hypothesis.extra needs optional packages and is left out)."""
+    import importlib
+    import pkgutil
+
+    import hypothesis
+
+    for mod in pkgutil.walk_packages(hypothesis.__path__, "hypothesis."):
+        if mod.name.startswith("hypothesis.extra"):
+            continue
+        try:
+            importlib.import_module(mod.name)
+        except ImportError:
+            continue
+
+
 def pytest_configure(config):
+    _import_hypothesis_eagerly()
     # Structured logs at warning level in the test process (the default structlog config prints debug lines).
     from ditto import telemetry
     from ditto.config import TelemetrySettings

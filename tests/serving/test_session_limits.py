@@ -55,12 +55,24 @@ async def test_maximum_duration_ends_the_session():
 
 
 async def test_no_idle_timeout_while_the_last_frames_drain_after_end_of_audio():
+    import time
+
     from serving_helpers import chunks, collect, frames_of, requests, speech_pcm16
 
     async with embedded_service() as (stub, _):
         avatar_id = await _avatar(stub)
-        # 3 s of audio sent at once, then silence from the client: rendering takes longer than the 1 s idle timeout
+        # 3 s of audio sent at once, then silence from the client: the frames are paced to realtime, so they keep
+        # coming for about 3 s after the client's last message, longer than the 1 s idle timeout
+        sent_all = 0.0
+
+        def timed(reqs):
+            nonlocal sent_all
+            yield from reqs
+            sent_all = time.monotonic()
+
         out, code, details = await asyncio.wait_for(
-            collect(stub, requests(config(avatar_id, idle_timeout_s=1), chunks(speech_pcm16(3.0)))), 120)
+            collect(stub, timed(requests(config(avatar_id, idle_timeout_s=1), chunks(speech_pcm16(3.0))))), 120)
+        drained_for = time.monotonic() - sent_all
         assert code == grpc.StatusCode.OK, details
         assert len(frames_of(out)) == 75
+        assert drained_for > 1.0, f"the frames drained in {drained_for:.2f} s: the idle timeout was never at stake"
