@@ -127,8 +127,12 @@ def _import_hypothesis_eagerly() -> None:
             continue
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _hypothesis_imported_up_front() -> None:
+    _import_hypothesis_eagerly()  # before the first test, at a shallow stack (not at plugin initialisation)
+
+
 def pytest_configure(config):
-    _import_hypothesis_eagerly()
     # Structured logs at warning level in the test process (the default structlog config prints debug lines).
     from ditto import telemetry
     from ditto.config import TelemetrySettings

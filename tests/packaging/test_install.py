@@ -1,0 +1,112 @@
+"""What a user gets from `pip install` without make: the small client package in an empty virtualenv (no torch)
+talks to a real `ditto serve`; the main package's wheel carries every layer and the generated stubs; the committed
+stubs match the protos."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import venv
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.e2e
+
+
+def test_committed_stubs_match_the_protos():
+    res = subprocess.run([sys.executable, "-m", "tools.gen_protos", "--check"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+
+
+def _portrait_png() -> bytes:
+    import cv2
+    from skimage import data
+
+    return cv2.imencode(".png", cv2.resize(data.astronaut()[:, :, ::-1], (160, 128)))[1].tobytes()
+
+
+@pytest.fixture
+def served(tmp_path):
+    """`ditto serve` (tiny profile, synthetic weights) in its own process, as a user runs it."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "ditto_app.cli", "serve", "--weights", "synthetic",
+                                 "--profile", "tiny", "--device", "cpu", "--port", str(port)], cwd=ROOT,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        import time
+
+        deadline = time.monotonic() + 300
+        while b"READY orchestrator" not in log.read_bytes():
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.1)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(60)
+
+
+def test_the_client_package_alone_converses_with_a_real_server(tmp_path, served):
+    env_dir = tmp_path / "client-venv"
+    venv.EnvBuilder(with_pip=True, clear=True).create(env_dir)
+    py = env_dir / "bin" / "python"
+    res = subprocess.run([str(py), "-m", "pip", "install", "-q", str(ROOT / "clients" / "python")],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    (tmp_path / "portrait.png").write_bytes(_portrait_png())
+    script = textwrap.dedent(f"""
+        import importlib.util, math, struct
+        from ditto_client import AvatarClient
+        from ditto_client.v1 import avatar_pb2
+        for heavy in ("torch", "numpy", "ditto", "services"):
+            assert importlib.util.find_spec(heavy) is None, heavy + " must not come with the client"
+        rate = 16000
+        pcm = b"".join(struct.pack("<h", int(8000 * math.sin(2 * math.pi * 220 * i / rate)
+                                             * (0.5 + 0.5 * math.sin(2 * math.pi * 4 * i / rate))))
+                       for i in range(int(0.8 * rate)))
+        chunks = [pcm[i:i + 6400] for i in range(0, len(pcm), 6400)]
+        with AvatarClient({served!r}) as client:
+            avatar = client.register_avatar({str(tmp_path / 'portrait.png')!r})
+            kinds = [m.WhichOneof("kind") for m in client.converse(
+                avatar.avatar_id, chunks, idle_policy=avatar_pb2.IDLE_POLICY_FREEZE)]
+        print(kinds.count("frame"), kinds[0], kinds[-1])
+    """)
+    res = subprocess.run([str(py), "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.split() == ["20", "started", "final"]
+
+
+def test_the_main_wheel_carries_every_layer_and_imports_outside_the_checkout(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                          str(tmp_path / "dist"), str(ROOT)], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    (wheel,) = (tmp_path / "dist").glob("ditto_service-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for needed in ("ditto/bus/worker.py", "ditto_app/cli.py", "ditto_training/trainer.py",
+                   "services/orchestrator/service.py", "services/renderer/networks/decoder.py"):
+        assert needed in names, f"{needed} missing from the wheel"
+    meta = next(n for n in names if n.endswith(".dist-info/METADATA"))
+    assert "Requires-Dist: ditto-client==0.1.0" in zipfile.ZipFile(wheel).read(meta).decode()
+    target = tmp_path / "site"
+    res = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
+                          str(wheel)], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    check = ("import ditto.client, ditto_app, ditto_app.cli; ditto_app.cli.build_parser(); "
+             "print(ditto_app.__file__)")
+    res = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, PYTHONPATH=str(target)))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().startswith(str(target)), res.stdout
