@@ -1,6 +1,6 @@
 """Keypoint math shared by the motion generator and the renderer (LivePortrait equation 2).
 
-Spec: docs/spec-motion.md section 5.6. Every function takes a leading batch axis and exists twice: for numpy
+See docs/model.md §4.5. Every function takes a leading batch axis and exists twice: for numpy
 (float32, the reference's numpy path) and for torch (`*_torch`, used inside networks and on the GPU).
 
 - `bin66_to_degree`: 66 pose-bin logits -> degrees (`sum softmax(l)_i * i * 3 - 97.5`, range +-97.5).

@@ -24,7 +24,7 @@ Container = Literal["plain", "retarget_shoulder", "model_state_dict"]
 @dataclass(frozen=True)
 class OfficialFile:
     path: str              # relative to the weights folder
-    container: Container | None  # for .pth files: how the state_dict is wrapped (golden README section 5)
+    container: Container | None  # for .pth files: how the state_dict is wrapped (docs/model.md §8)
     approx_bytes: int      # published size, for completeness checks and progress bars
     required: bool = True  # False: optional auxiliary model with a fallback
 

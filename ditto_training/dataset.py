@@ -1,4 +1,4 @@
-"""The clip dataset (the reference's Stage2Dataset v2, method.md 4.2).
+"""The clip dataset (the reference's Stage2Dataset v2, docs/model.md §10).
 
 A sample is one 80-frame clip of one video, starting at frame f (1 <= f <= n - 80):
 

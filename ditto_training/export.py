@@ -1,7 +1,7 @@
 """A trained checkpoint -> the motion stage's one-step ONNX graph (and a TensorRT fp32 engine on a GPU machine).
 
 The ONNX graph is `services.motion_generator.export.export_onnx` (inputs x/cond_frame/cond/time_cond, outputs
-pred_noise/x_start, guidance weight 2 inside; method.md 4.5), so `open_backend(<file>.onnx)` serves it. The engine
+pred_noise/x_start, guidance weight 2 inside; docs/model.md §3.4), so `open_backend(<file>.onnx)` serves it. The engine
 is built as the reference builds the LMDM engine: fp32 (no TF32), dynamic batch.
 """
 

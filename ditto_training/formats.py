@@ -1,4 +1,4 @@
-"""The training data files, in the reference's formats (method.md 4.1), so either implementation reads the other's.
+"""The training data files, in the reference's formats (docs/model.md §10), so either implementation reads the other's.
 
 - `data_info.json`: parallel lists of absolute paths, one entry per video, keyed `<what>_list` (`DATA_INFO_KEYS`).
   Flipped outputs live beside the normal ones in a folder with a `_flip` suffix (`flip_path`).

@@ -1,4 +1,4 @@
-"""The training objective (method.md 4.3): x0-prediction diffusion with classifier-free-guidance dropout, and L2
+"""The training objective (docs/model.md §10): x0-prediction diffusion with classifier-free-guidance dropout, and L2
 losses per motion part on positions (P), velocities (V), accelerations (A), plus the last-frame term (L).
 
     t ~ U{0..999}, noise ~ N(0, I), x_t = sqrt(a_t) x0 + sqrt(1 - a_t) noise       (cosine schedule)

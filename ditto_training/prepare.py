@@ -1,4 +1,4 @@
-"""Training data preparation (method.md 4.1): videos -> per-video feature files -> data_list.json -> preload pickle.
+"""Training data preparation (docs/model.md §10): videos -> per-video feature files -> data_list.json -> preload pickle.
 
 Per video (`prepare_video`), each output written atomically, so an interrupted run resumes where it stopped:
 

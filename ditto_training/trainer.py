@@ -1,4 +1,4 @@
-"""Training the MotionDiT on prepared clips (method.md 4.3-4.5).
+"""Training the MotionDiT on prepared clips (docs/model.md §10).
 
 - Adan optimiser (`adan-pytorch`): lr 1e-4, betas (0.02, 0.08, 0.01), eps 1e-8, weight decay 0.02. Adan's betas are
   written as the weight of the *new* value (m <- (1 - 0.02) m + 0.02 g, and likewise 0.08 for the gradient

@@ -37,7 +37,7 @@ def golden_case(name: str) -> tuple[dict, dict[str, np.ndarray], Path]:
 
 
 def scaled_error(got: np.ndarray, ref: np.ndarray) -> float:
-    """max|got - ref| / max(1, max|ref|), the golden README's metric."""
+    """max|got - ref| / max(1, max|ref|), the metric of tests/golden/README.md."""
     got = np.asarray(got, dtype=np.float64)
     ref = np.asarray(ref, dtype=np.float64)
     assert got.shape == ref.shape, f"shape {got.shape} != reference {ref.shape}"

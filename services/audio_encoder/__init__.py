@@ -1,4 +1,4 @@
-"""Stage 1, the audio encoder: speech of unknown length -> 25 fps HuBERT features [n, 1024] (method.md 1.3).
+"""Stage 1, the audio encoder: speech of unknown length -> 25 fps HuBERT features [n, 1024] (docs/model.md §2).
 
 - `formats`: chunk validation and decoding (PCM16 / float32, any rate 8-192 kHz, 1-8 channels), whole files via PyAV.
 - `resample`: a chunk-size-invariant streaming polyphase FIR resampler to 16 kHz.

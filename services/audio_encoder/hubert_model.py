@@ -1,6 +1,6 @@
 """The HuBERT network (transformers `HubertModel`) and its ONNX export with the reference's names and shapes.
 
-Ditto's audio model is a HuBERT-Large-sized encoder (1024-d, method.md section 1.3) shipped only as ONNX: input
+Ditto's audio model is a HuBERT-Large-sized encoder (1024-d, docs/model.md §2.3) shipped only as ONNX: input
 `input_values` float32 [1, N] at 16 kHz, output `encoding_out` [T, 1024] with no batch axis, T = (N - 400) // 320 + 1.
 This module builds that shape from a local checkpoint folder (config.json + weights, as `save_pretrained` writes) or
 with random weights, and exports it the same way. `batch_axis=True` exports our own batched variant instead:

@@ -1,4 +1,4 @@
-"""The streaming HuBERT window state machine (spec-motion.md section 6.1, the reference's online convention).
+"""The streaming HuBERT window state machine (docs/model.md §2.2, the reference's online convention).
 
 16 kHz audio of unknown length is left-padded with 1920 zeros (3 past frames of 640 samples). Window k is
 `padded[3200k, 3200k + 6480)`: it is emitted as soon as its last sample has arrived, and at the end of the stream

@@ -1,6 +1,6 @@
 """The per-frame condition vector of the MotionDiT (1103 = audio 1024 | emotion 8 | eye open 2 | eye ball 6 | sc 63).
 
-Spec: docs/spec-motion.md section 4. Frame indices are session frame indices (negative for the silence pre-fill of
+See docs/model.md §3.2. Frame indices are session frame indices (negative for the silence pre-fill of
 the streaming mode; they clamp to 0). Emotion is one label, a mixture of labels, a per-frame sequence (cycled by
 frame index) or probabilities; it can be replaced while a session runs (`emotion_rows` per call).
 """

@@ -1,6 +1,6 @@
 """Diffusion schedule and DDIM sampler around the guided one-step MotionDiT call.
 
-Spec: docs/spec-motion.md sections 1.10 and 2. The sampler is written once, in numpy, around a `OneStep` callable
+See docs/model.md §3.4-3.5. The sampler is written once, in numpy, around a `OneStep` callable
 (torch module, ONNX Runtime session or TensorRT engine), so every backend samples with the same arithmetic.
 Everything is batched: row b of x / cond_frame / cond is one window of one session.
 """

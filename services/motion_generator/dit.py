@@ -1,7 +1,7 @@
 """MotionDecoder: the MotionDiT of Ditto (LMDM), predicting clean motion x0 from noisy motion and conditions.
 
-Spec: docs/spec-motion.md section 1 (state_dict keys and order in 1.2, rotary in 1.3, forward in 1.9, guidance in
-1.10). Built as DiT models.py does it: small blocks, one config dataclass, shapes in comments.
+See docs/model.md §3.3 (network, rotary positions, state_dict keys) and §3.4 (guidance). Built as DiT models.py
+does it: small blocks, one config dataclass, shapes in comments.
 
     x [B,80,265] | cond_frame [B,265] --concat--> input_projection --> h [B,80,d]
     cond [B,80,1103] --> cond_projection --> 2 x EncoderLayer --> c [B,80,d]      (null_cond_embed when dropped)
@@ -23,13 +23,13 @@ from torch import nn
 
 @dataclass(frozen=True)
 class MotionDiTConfig:
-    nfeats: int = 265            # motion vector (spec 3.1)
+    nfeats: int = 265            # motion vector (docs/model.md §3.1)
     seq_len: int = 80            # frames per window
     latent_dim: int = 512
     ff_size: int = 1024
     num_layers: int = 8
     num_heads: int = 8
-    cond_dim: int = 1103         # per-frame condition (spec 4)
+    cond_dim: int = 1103         # per-frame condition (docs/model.md §3.2)
     cond_layers: int = 2
     num_time_tokens: int = 2
     guidance_weight: float = 2.0

@@ -199,7 +199,7 @@ class MotionSession:
     @property
     def look_ahead_frames(self) -> int:
         """Feature frames beyond a frame needed before it is emitted (worst case in a block)."""
-        return self.stream.p.fuse + self.stream.p.valid - 1         # 19 for overlap 70 (spec 3.5)
+        return self.stream.p.fuse + self.stream.p.valid - 1         # 19 for overlap 70 (docs/model.md §3.6)
 
     # -- steps driven by the generator ---------------------------------------------------------------------------
 

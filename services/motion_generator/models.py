@@ -2,7 +2,7 @@
 
 - `load_motion_decoder(path, profile)`: the official `lmdm_v0.4_hubert.pth` as published, or any checkpoint our
   training writes (same container: a dict with 'model_state_dict'); errors name the file and the key.
-- `GuidedOneStep`: the inference graph (spec 1.10), the module we export to ONNX.
+- `GuidedOneStep`: the inference graph (docs/model.md §3.4), the module we export to ONNX.
 - `TorchBackend` / `OnnxBackend`: numpy in, numpy out `one_step(x, cond_frame, cond, t) -> (pred_noise, x_start)`,
   the callable the numpy DDIM sampler drives.
 - `open_backend(weights, profile)`: `.pth`/`.pt` -> PyTorch, `.onnx` -> ONNX Runtime (chosen by extension, as the

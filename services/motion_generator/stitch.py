@@ -1,7 +1,7 @@
 """Motion stitch: generated 265-d motion + source motion + controls -> source and driving keypoints [21,3].
 
-Spec: docs/spec-motion.md section 5. The output is the driving keypoints BEFORE the stitching MLP (the renderer
-applies it). One deliberate difference from the reference (golden README section 9): `alpha_pitch/yaw/roll` are
+See docs/model.md §4. The output is the driving keypoints BEFORE the stitching MLP (the renderer
+applies it). One deliberate difference from the reference (docs/model.md §9): `alpha_pitch/yaw/roll` are
 always a gain on the angle in degrees; the reference scales the 66 logits when no `delta_*` is given.
 
 Controls per frame (a dict; `overall` holds defaults merged into every frame):
@@ -25,7 +25,7 @@ import numpy as np
 
 from ditto.keypoints import bin66_to_degree, transform_keypoints
 
-# 265-d motion layout (spec 3.1): key -> (start, stop)
+# 265-d motion layout (docs/model.md §3.1): key -> (start, stop)
 MOTION_SLICES: dict[str, tuple[int, int]] = {
     "scale": (0, 1), "pitch": (1, 67), "yaw": (67, 133), "roll": (133, 199), "t": (199, 202), "exp": (202, 265),
 }
@@ -67,7 +67,7 @@ def info_to_motion(info: Mapping[str, np.ndarray]) -> np.ndarray:
 
 def blink_schedule(n: int, blink_len: int, open_n: int | Sequence[int], draw: Callable[[], int] | None = None) -> \
         np.ndarray:
-    """The reference's fixed-length schedule (spec 5.4): template row per frame, 0 on open-eye frames.
+    """The reference's fixed-length schedule (docs/model.md §4.2): template row per frame, 0 on open-eye frames.
     open_n -1: no blinks; k > 0: every gap k; a list: gaps cycle; 0: gaps from `draw()` (60..100 frames)."""
     idx = np.zeros(n, np.int64)
     if not isinstance(open_n, Sequence) and open_n < 0:

@@ -1,6 +1,6 @@
 """Audio-to-motion windowing: 80-frame windows, linear fusion, pose smoothing, conditioning-frame update.
 
-Spec: docs/spec-motion.md section 3. `MotionStream` is the online state machine for audio of unknown length; it
+See docs/model.md §3.6. `MotionStream` is the online state machine for audio of unknown length; it
 does not run the model itself: `next_window()` says which window is ready, the caller samples it (possibly batched
 with other sessions' windows) and hands the motion back to `complete()`, which returns the frames that became final.
 
@@ -58,7 +58,7 @@ def smooth(res: np.ndarray, s: int, e: int, k: int) -> None:
 
 
 def fuse_window(res: np.ndarray | None, pred: np.ndarray, p: StreamParams) -> tuple[np.ndarray, int, int]:
-    """One window step (spec 3.3 steps 2-4) -> (new res, smoothing start, smoothing end) with smoothing applied."""
+    """One window step (docs/model.md §3.6) -> (new res, smoothing start, smoothing end) with smoothing applied."""
     pred = np.asarray(pred, np.float32)
     if res is None:
         res = pred.copy()
@@ -230,8 +230,8 @@ class MotionStream:
 
 def offline_motion(sample: Callable[[np.ndarray, np.ndarray], np.ndarray], cond: np.ndarray,
                    source_motion: np.ndarray, params: StreamParams) -> np.ndarray:
-    """Whole-utterance mode (spec 3.4): cond [n,1103] -> motion [n,265]. `sample(kp_cond [265], cond [80,1103])`
-    returns one window's motion [80,265]."""
+    """The reference's offline mode (docs/model.md §3.7): cond [n,1103] -> motion [n,265].
+    `sample(kp_cond [265], cond [80,1103])` returns one window's motion [80,265]."""
     p = StreamParams(params.overlap, params.smooth_k, params.fix_kp_cond, params.fix_kp_cond_dim, online=False)
     cond = np.asarray(cond, np.float32)
     n = len(cond)

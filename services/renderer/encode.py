@@ -1,4 +1,4 @@
-"""Frame encoders (raw RGB, JPEG, H.264 access units) and an MP4 writer with the original audio (method.md 1.11).
+"""Frame encoders (raw RGB, JPEG, H.264 access units) and an MP4 writer with the original audio (docs/model.md §7.4).
 
 - `RawEncoder`: the pixels as they are (RGB or RGBA, C order).
 - `JpegEncoder`: one JPEG per frame (OpenCV, quality 1..100). RGBA frames are encoded as PNG, since JPEG has no

@@ -36,7 +36,7 @@ class NetworkIO:
     outputs: tuple[str, ...]
 
 
-# Input/output names of the reference's exported graphs (method.md 1.8, spec-renderer.md 9).
+# Input/output names of the reference's exported graphs (docs/model.md §5.7).
 NETWORK_IO: dict[str, NetworkIO] = {
     "appearance_extractor": NetworkIO(("image",), ("pred",)),
     "motion_extractor": NetworkIO(("image",), MOTION_OUTPUTS),

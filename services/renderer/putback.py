@@ -1,5 +1,5 @@
 """Paste-back: the 512x512 render is warped into the source frame with M_c2o and feather-blended
-(spec-motion 7.3 and 7.4, method.md 1.10).
+(docs/model.md §7.1-7.2).
 
 `out = uint8(trunc(clip(m * render_w + (1 - m) * frame, 0, 255)))` in float32, one rounding per operation, with
 the mask and render warped by OpenCV 4.10's bilinear `warpAffine`. Two implementations of that warp:
@@ -73,7 +73,7 @@ def _round_even(x: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class WarpTable:
     """OpenCV 4.10 bilinear `warpAffine` (INTER_BITS 5, constant 0 border) of a [h, w] source into a box of the
-    destination, as gather indices and weights (spec-motion 7.4, "exact reproduction")."""
+    destination, as gather indices and weights (docs/model.md §7.2)."""
 
     box: tuple[int, int, int, int]  # destination rows y0:y1, cols x0:x1
     index: np.ndarray               # [4, bh, bw] int64 flat source indices of the 4 neighbours (0 where outside)

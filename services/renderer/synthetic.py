@@ -1,6 +1,6 @@
 """Synthetic renderer checkpoints: the five `.pth` files in the official layout, with golden-init v1 weights.
 
-Same shapes and container formats as the release (golden README section 5), no real face: for tests, demos and
+Same shapes and container formats as the release (docs/model.md §8), no real face: for tests, demos and
 benchmarks where the official weights are absent.
 """
 

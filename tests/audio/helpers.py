@@ -1,4 +1,4 @@
-"""Shared pieces of the audio tests: the golden README's fake HuBERT and a small random HuBERT export."""
+"""Shared pieces of the audio tests: the fake HuBERT of the hubert_windows case and a small random HuBERT export."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 
 
 class FakeHubert:
-    """golden/README.md section 8.1: enc[t] = float32(float64(x[0, 320t:320t+400]) @ W + b), output [T, D]."""
+    """hubert_windows/case.json fake_session: enc[t] = float32(float64(x[0, 320t:320t+400]) @ W + b), output [T, D]."""
 
     def __init__(self, W: np.ndarray, b: np.ndarray) -> None:
         self.W, self.b = W.astype(np.float64), b.astype(np.float64)

@@ -1,4 +1,4 @@
-"""Golden case hubert_windows (golden/README.md sections 8 and 9): our streaming windows must reproduce the
+"""Golden case hubert_windows (tests/golden/README.md, docs/model.md §9): our streaming windows must reproduce the
 reference's ONLINE array with the fake HuBERT; the whole-file path must equal the streaming path."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Golden parity of motion stitch (motion_stitch case) and the blink schedules.
 
 Frames 10-14 carry `alpha_pitch` without `delta_pitch`: the reference scales the 66 logits there, the project applies
-every alpha as a gain on the angle (golden README section 9). Those frames are checked against the angle-gain
+every alpha as a gain on the angle (docs/model.md §9). Those frames are checked against the angle-gain
 definition, derived from the stored pre-transform values; every other frame is compared as stored."""
 
 from __future__ import annotations

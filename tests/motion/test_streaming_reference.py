@@ -1,4 +1,4 @@
-"""The streaming state machine against a literal transcription of the reference's online worker (spec 3.3-3.5),
+"""The streaming state machine against a literal transcription of the reference's online worker (docs/model.md §3.7),
 driven by a deterministic stand-in sampler that depends on every input (features, frame indices, kp_cond), so a
 wrong window, fusion, smoothing, kp_cond update or reset shows up. The project emits the same values for the frames
 the reference emits; it also emits the frames the reference loses (O < 40 start) and drops frames from padding."""
@@ -19,7 +19,7 @@ def fake_sample(kp_cond: np.ndarray, feats: np.ndarray, cond_start: int) -> np.n
 
 def reference_online(feats: np.ndarray, O: int, src: np.ndarray, fix_kp_cond: int = 1,
                      dims: tuple[int, int] | None = (0, 202), chunk: int = 5) -> tuple[np.ndarray, np.ndarray]:
-    """-> (emitted frames [m,265], d0). Transcribed from spec 3.5 (no trimming: it does not change values)."""
+    """-> (emitted frames [m,265], d0). Transcribed from the reference (no trimming: it does not change values)."""
     V = 80 - O
     F = min(O, V)
     feat = np.zeros((O, feats.shape[1]), np.float32)

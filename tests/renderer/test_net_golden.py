@@ -1,4 +1,4 @@
-"""Golden parity of the five renderer networks at the official sizes (golden README sections 4-7).
+"""Golden parity of the five renderer networks at the official sizes (tests/golden/README.md).
 
 Weights: golden-init v1 with each case's seed; one fp32 forward each under torch.no_grad().
 """
@@ -23,7 +23,7 @@ CASES = {
     "warp_network": "warp_network",
     "decoder": "decoder",
 }
-TOLERANCE = {"stitch_network": 1e-5}        # scaled max error; 1e-4 for the others (golden README section 6)
+TOLERANCE = {"stitch_network": 1e-5}        # scaled max error; 1e-4 for the others (tests/golden/README.md)
 
 
 def _network(case_name: str) -> torch.nn.Module:

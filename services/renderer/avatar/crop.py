@@ -1,4 +1,4 @@
-"""Landmarks -> square, roll-corrected crop (spec-motion section 7.1).
+"""Landmarks -> square, roll-corrected crop (docs/model.md §6.3).
 
 The reference computes this geometry in float32 under numpy 2 promotion rules (a Python float times a float32 is a
 float32), with the angle, its cosine and sine as float64 Python values. We keep exactly that arithmetic so that the
@@ -27,7 +27,7 @@ class CropSettings:
     """How the source portrait is cropped. Defaults are the reference's (`crop_scale`, `crop_vy_ratio`, ...)."""
 
     scale: float = 2.3
-    vx_ratio: float = 0.0   # accepted for completeness; the reference ignores it (spec 7.1 step 4), and so do we
+    vx_ratio: float = 0.0   # accepted for completeness; the reference ignores it (docs/model.md §6.3), and so do we
     vy_ratio: float = -0.125
     rotate: bool = True
     box: tuple[float, float, float, float] | None = None  # explicit face box (x0, y0, x1, y1) in source pixels

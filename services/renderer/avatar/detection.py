@@ -1,4 +1,4 @@
-"""SCRFD face detection (InsightFace det_10g) pre- and post-processing (method.md 1.9, golden `scrfd_decode`).
+"""SCRFD face detection (InsightFace det_10g) pre- and post-processing (docs/model.md §6.2, golden `scrfd_decode`).
 
 The session is anything with ONNX Runtime's `run(None, feed)` interface returning the nine raw outputs in the
 order scores (strides 8, 16, 32), boxes (same strides), keypoints (same strides).

@@ -1,4 +1,4 @@
-"""Eye state of the source: openness [2] and eye-ball offset [6] from the 478-point face mesh (spec-motion 8).
+"""Eye state of the source: openness [2] and eye-ball offset [6] from the 478-point face mesh (docs/model.md §6.4).
 
 The mesh itself (MediaPipe FaceMesh with irises) is an optional auxiliary model. `MeshProvider` runs it when
 available; without it the features fall back to `DEFAULT_EYE_OPEN` / `DEFAULT_EYE_BALL` (eyes open, looking

@@ -1,4 +1,4 @@
-"""Facial landmark models: InsightFace 2d106det (first frame) and the 203-point model (method.md 1.9).
+"""Facial landmark models: InsightFace 2d106det (first frame) and the 203-point model (docs/model.md §6.2).
 
 Both wrap a session with ONNX Runtime's `run(None, feed)` interface; only their pre- and post-processing lives
 here (golden cases `landmark106_io` and `landmark203_io`).

@@ -1,4 +1,4 @@
-"""The 478-point face mesh from the official ONNX pair `blaze_face.onnx` + `face_mesh.onnx` (method.md 1.9).
+"""The 478-point face mesh from the official ONNX pair `blaze_face.onnx` + `face_mesh.onnx` (docs/model.md §6.4).
 
 This is the MediaPipe face-landmarker pipeline without MediaPipe:
 

@@ -1,5 +1,4 @@
-"""Avatar registration: source media -> everything the motion stage and the renderer need (method.md 1.9,
-spec-motion 7.1, 7.2, 7.5 and 8).
+"""Avatar registration: source media -> everything the motion stage and the renderer need (docs/model.md §6).
 
 Per source frame: find the face (detector + 106 landmarks on the first frame, the previous frame's 203 landmarks
 after that), 203 landmarks, the 512 roll-corrected crop and its `M_c2o`, the 256 extractor input, the motion
@@ -54,7 +53,7 @@ class NoFaceError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# source loading (spec-motion 7.2)
+# source loading (docs/model.md §6.1)
 
 
 def limit_size(frame: np.ndarray, max_size: int = 1920) -> np.ndarray:
@@ -113,7 +112,7 @@ def _decode_video(media: bytes, filename: str | None, max_frames: int) -> list[n
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# video helpers (spec-motion 7.5)
+# video helpers (docs/model.md §6.5)
 
 
 def mirror_index(i: int, n: int) -> int:

@@ -1,4 +1,4 @@
-"""The five LivePortrait-derived renderer networks of Ditto, one per file (spec: docs/spec-renderer.md).
+"""The five LivePortrait-derived renderer networks of Ditto, one per file (docs/model.md §5).
 
 | short | class | file |
 |---|---|---|

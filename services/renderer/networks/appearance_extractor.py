@@ -1,4 +1,4 @@
-"""AppearanceFeatureExtractor (F): source image -> 3-D appearance feature volume (spec section 3).
+"""AppearanceFeatureExtractor (F): source image -> 3-D appearance feature volume (docs/model.md §5.2).
 
 Runs once per avatar. 2-D encoder (SameBlock2d, two DownBlock2d, 1x1 conv), a reshape of channels into
 (channels, depth), then pre-activation 3-D residual blocks.

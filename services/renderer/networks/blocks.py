@@ -1,8 +1,8 @@
-"""Building blocks shared by the renderer networks (spec: docs/spec-renderer.md section 2).
+"""Building blocks shared by the renderer networks (docs/model.md §5).
 
 Attribute names are part of the checkpoint format: they produce the official state_dict keys, so they are kept
-exactly (`conv`, `norm`, `conv1`, `mlp_shared`, `weight_orig`, ...), including registration order where the spec
-says it differs from execution order.
+exactly (`conv`, `norm`, `conv1`, `mlp_shared`, `weight_orig`, ...), including registration order where it
+differs from execution order.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 # ---------------------------------------------------------------------------------------------------------------
-# 2-D and 3-D conv blocks (section 2.1). Every norm is BatchNorm with running statistics (eval mode only).
+# 2-D and 3-D conv blocks (docs/model.md §5.2, §5.5). Every norm is BatchNorm with running statistics (eval mode only).
 
 
 class SameBlock2d(nn.Module):
@@ -89,7 +89,7 @@ class ResBlock3d(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Hourglass: the 3-D U-Net of the dense motion network (section 2.2).
+# Hourglass: the 3-D U-Net of the dense motion network (docs/model.md §5.5).
 
 
 class HourglassEncoder(nn.Module):
@@ -148,7 +148,7 @@ class Hourglass(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Coordinate grid and keypoint Gaussians (section 2.3).
+# Coordinate grid and keypoint Gaussians (docs/model.md §5.5).
 
 
 def identity_grid(spatial_size: tuple[int, int, int], like: torch.Tensor) -> torch.Tensor:
@@ -176,7 +176,7 @@ def keypoint_gaussian(kp: torch.Tensor, spatial_size: tuple[int, int, int], vari
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# SPADE parts (sections 2.4 and 2.5), used only by the decoder.
+# SPADE parts (docs/model.md §5.6), used only by the decoder.
 
 
 class SpectralNormConv2d(nn.Module):
@@ -267,7 +267,7 @@ class SPADEResnetBlock(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# ConvNeXt-V2 parts (section 2.6), used only by the motion extractor.
+# ConvNeXt-V2 parts (docs/model.md §5.3), used only by the motion extractor.
 
 
 class LayerNormChannelsFirst(nn.Module):
@@ -319,7 +319,7 @@ class ConvNeXtV2Block(nn.Module):
 
 
 def count_entries(module: nn.Module) -> dict[str, Any]:
-    """Size figures of spec section 11: entries, parameter tensors, elements, parameters."""
+    """Size figures of docs/model.md §5.1: entries, parameter tensors, elements, parameters."""
     sd = module.state_dict()
     return {
         "entries": len(sd),

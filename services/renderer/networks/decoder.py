@@ -1,4 +1,4 @@
-"""SPADEDecoder (G): warped feature map -> RGB image (spec section 7).
+"""SPADEDecoder (G): warped feature map -> RGB image (docs/model.md §5.6).
 
 A 3x3 conv widens the 256-channel feature to 512, six SPADE residual blocks refine it at 64x64, two more upsample
 it to 256x256 (each SPADE is conditioned on the original decoder input, nearest-resized), and a 3x3 conv with a

@@ -1,4 +1,4 @@
-"""MotionExtractor (M): image -> canonical keypoints, head pose bins, translation, expression, scale (spec section 4).
+"""MotionExtractor (M): image -> canonical keypoints, pose bins, translation, expression, scale (docs/model.md §5.3).
 
 A ConvNeXt-V2 backbone (tiny: depths 3,3,9,3, dims 96..768) with seven linear heads on the pooled feature. All
 keys carry the `detector.` prefix of the official module.

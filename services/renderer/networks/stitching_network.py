@@ -1,6 +1,6 @@
 """StitchingNetwork (S): an MLP that corrects the driving keypoints so the head stays attached to the shoulders.
 
-Spec: docs/spec-renderer.md section 5. Input [source | driving] keypoints flattened to 126 values, output 65 deltas:
+See docs/model.md §5.4. Input [source | driving] keypoints flattened to 126 values, output 65 deltas:
 63 per-keypoint offsets plus one (tx, ty) shift shared by all keypoints. Unlike upstream LivePortrait, Ditto's forward
 applies the deltas and returns the stitched driving keypoints.
 """

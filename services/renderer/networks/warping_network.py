@@ -1,6 +1,6 @@
 """WarpingNetwork (W) with its DenseMotionNetwork: warps the appearance volume from source to driving pose.
 
-Spec: docs/spec-renderer.md section 6. Dense motion turns 21 keypoint pairs into 22 motion hypotheses (identity plus
+See docs/model.md §5.5. Dense motion turns 21 keypoint pairs into 22 motion hypotheses (identity plus
 one rigid shift per keypoint), lets a 3-D hourglass weigh them per voxel (softmax mask) and predicts an occlusion map.
 The weighted deformation resamples the source volume, which a 2-D head compresses to 256 channels.
 
