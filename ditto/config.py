@@ -75,6 +75,8 @@ class Settings(BaseSettings):
     model: ModelSettings = Field(default_factory=ModelSettings)
     grpc_host: str = "127.0.0.1"
     grpc_port: int = Field(0, ge=0, le=65535, description="0 = any free port")
+    advertise_host: str | None = Field(None, description="the host other processes dial for this worker's gRPC API "
+                                                         "(default: the bind address, or this machine's address)")
     worker_id: str = Field(default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}")
     max_message_bytes: int = Field(32 * 1024 * 1024, ge=1024)
 
