@@ -29,7 +29,6 @@ class BusSettings(BaseModel):
     prefix: str = "ditto"
     slots: int = Field(64, ge=1, le=4096, description="stream slots per stage")
     lease_ttl_ms: int = Field(3000, ge=200, description="slot lease lifetime; renewed every ttl/3")
-    claim_idle_ms: int = Field(1000, ge=0, description="pending entries idle this long are claimed by a new holder")
     block_ms: int = Field(200, ge=1, description="longest blocking read")
     state_ttl_s: int = Field(3600, ge=1, description="lifetime of checkpointed session state")
 
@@ -56,13 +55,6 @@ class ModelSettings(BaseModel):
         if v not in ("auto", "cpu") and not v.startswith("cuda"):
             raise ValueError("device must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
         return v
-
-    def resolved_device(self) -> str:
-        if self.device != "auto":
-            return self.device
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 class Settings(BaseSettings):

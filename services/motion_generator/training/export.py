@@ -11,8 +11,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..dit import MotionDecoder
-
 
 def export_checkpoint(ckpt: str | Path, onnx_path: str | Path, profile: str = "full",
                       check: bool = True) -> tuple[Path, float]:
@@ -43,8 +41,3 @@ def build_tensorrt(onnx_path: str | Path, engine_path: str | Path, max_batch: in
     from ..backends import build_engine
 
     return write_bytes_atomic(engine_path, build_engine(onnx_path, max_batch))
-
-
-def describe(model: MotionDecoder) -> str:
-    n = sum(p.numel() for p in model.parameters())
-    return f"MotionDecoder {model.cfg.latent_dim}-d x {model.cfg.num_layers} layers, {n / 1e6:.2f} M parameters"

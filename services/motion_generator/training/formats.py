@@ -42,7 +42,6 @@ DATA_INFO_KEYS: dict[str, tuple[str, str]] = {
     "eye_ball_npy_list": ("eye_ball_npy", ".npy"),
     "emo_npy_list": ("emo_npy", ".npy"),
 }
-FLIPPED_KEYS = ("LP_pkl_list", "LP_npy_list", "MP_lmk_npy_list", "eye_open_npy_list", "eye_ball_npy_list")
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi")
 
 

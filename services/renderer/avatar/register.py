@@ -19,7 +19,7 @@ import io
 import json
 import logging
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -280,8 +280,7 @@ def _extract(models: Any, inputs: np.ndarray) -> tuple[dict[str, np.ndarray], li
 
 
 def register_avatar(media: bytes, filename: str | None, crop: CropSettings, models: Any, aux: AuxModels | None = None,
-                    cache_dir: Path | None = None, tenant: str = "",
-                    on_progress: Callable[[str], None] | None = None) -> Avatar:
+                    cache_dir: Path | None = None, tenant: str = "") -> Avatar:
     """Register an image or a short video. Raises MediaError (unreadable bytes) or NoFaceError."""
     aux = aux or AuxModels.none()
     avatar_id = avatar_key(media, crop, models, aux, tenant)
