@@ -27,7 +27,7 @@ test: setup
 
 lint: setup
 	$(PY) -m ruff check .
-	$(PY) -m mypy ditto services
+	$(PY) -m mypy ditto services tools
 
 bench: setup
 	$(PY) -m tools.bench
