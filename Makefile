@@ -28,7 +28,7 @@ test: setup
 
 lint: setup
 	$(PY) -m ruff check .
-	$(PY) -m mypy ditto ditto_app ditto_training services clients/python/ditto_client
+	$(PY) -m mypy ditto ditto_app ditto_training services tools clients/python/ditto_client
 	$(VENV)/bin/lint-imports
 	$(PY) -m tools.gen_protos --check
 

@@ -1,17 +1,12 @@
-"""Tensor codec: numpy / torch arrays <-> bytes and <-> `ditto.v1.Tensor`, keeping dtype and shape.
-
-Two encodings of the same thing:
-- `ditto.v1.Tensor` (dtype enum, shape, raw little-endian C-order bytes) for protobuf messages, and
-- a self-describing frame for plain byte channels: b"DT1" | dtype code (1 byte) | ndim (1 byte) | ndim x int64 |
-  raw bytes.
+"""Tensor codec: numpy / torch arrays <-> `ditto.v1.Tensor` (dtype enum, shape, raw little-endian C-order bytes),
+keeping dtype and shape; named tensors; a session state dict <-> bytes (`pack` / `unpack`).
 
 Decoding never copies: the array is a read-only view on the received buffer. Encoding copies exactly once (into
-the outgoing bytes), and not at all for the raw-bytes part when the caller passes a memoryview sink.
+the outgoing bytes).
 """
 
 from __future__ import annotations
 
-import struct
 from typing import Any
 
 import numpy as np
@@ -28,10 +23,6 @@ _NP_BY_CODE: dict[int, np.dtype] = {
     common_pb2.DTYPE_BOOL: np.dtype("?"),
 }
 _CODE_BY_KIND: dict[str, int] = {dt.str.lstrip("<|"): code for code, dt in _NP_BY_CODE.items()}
-
-_MAGIC = b"DT1"
-_HEADER = struct.Struct("<3sBB")
-
 
 class CodecError(ValueError):
     """A tensor could not be encoded or decoded; the message says why."""
@@ -93,45 +84,6 @@ def from_proto(msg: common_pb2.Tensor) -> np.ndarray:
     shape = tuple(int(d) for d in msg.shape)
     _check_size(shape, dtype, len(msg.data))
     return np.frombuffer(msg.data, dtype=dtype).reshape(shape)
-
-
-def encode(array: Any) -> bytes:
-    arr = _little_endian_contiguous(as_numpy(array))
-    code = dtype_code(arr.dtype)
-    if arr.ndim > 255:
-        raise CodecError("more than 255 dimensions")
-    header = _HEADER.pack(_MAGIC, code, arr.ndim) + struct.pack(f"<{arr.ndim}q", *arr.shape)
-    return b"".join((header, arr.data.cast("B") if arr.size else b""))
-
-
-def decode(buf: bytes | bytearray | memoryview) -> np.ndarray:
-    """Read-only numpy view on `buf` (no copy)."""
-    view = memoryview(buf)
-    if len(view) < _HEADER.size:
-        raise CodecError(f"tensor frame too short ({len(view)} bytes)")
-    magic, code, ndim = _HEADER.unpack_from(view, 0)
-    if magic != _MAGIC:
-        raise CodecError("not a tensor frame (bad magic)")
-    dtype = numpy_dtype(code)
-    off = _HEADER.size
-    if len(view) < off + 8 * ndim:
-        raise CodecError("tensor frame truncated in its shape")
-    shape = struct.unpack_from(f"<{ndim}q", view, off)
-    off += 8 * ndim
-    _check_size(shape, dtype, len(view) - off)
-    return np.frombuffer(view[off:], dtype=dtype).reshape(shape)
-
-
-def to_torch(array: np.ndarray, device: str | None = None, copy: bool = False) -> Any:
-    """torch tensor sharing memory with `array` where possible (read-only inputs are copied once, as torch
-    cannot wrap read-only memory)."""
-    import torch
-
-    arr = array
-    if copy or not arr.flags.writeable:
-        arr = arr.copy()
-    t = torch.from_numpy(arr)
-    return t.to(device) if device else t
 
 
 def named(tensors: dict[str, Any]) -> list[common_pb2.NamedTensor]:

@@ -29,7 +29,6 @@ class BusSettings(BaseModel):
     prefix: str = "ditto"
     slots: int = Field(64, ge=1, le=4096, description="stream slots per stage")
     lease_ttl_ms: int = Field(3000, ge=200, description="slot lease lifetime; renewed every ttl/3")
-    claim_idle_ms: int = Field(1000, ge=0, description="pending entries idle this long are claimed by a new holder")
     block_ms: int = Field(200, ge=1, description="longest blocking read")
     state_ttl_s: int = Field(3600, ge=1, description="lifetime of checkpointed session state")
 
@@ -57,13 +56,6 @@ class ModelSettings(BaseModel):
             raise ValueError("device must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
         return v
 
-    def resolved_device(self) -> str:
-        if self.device != "auto":
-            return self.device
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-
 
 class Settings(BaseSettings):
     """Settings common to every process."""
@@ -75,6 +67,8 @@ class Settings(BaseSettings):
     model: ModelSettings = Field(default_factory=ModelSettings)
     grpc_host: str = "127.0.0.1"
     grpc_port: int = Field(0, ge=0, le=65535, description="0 = any free port")
+    advertise_host: str | None = Field(None, description="the host other processes dial for this worker's gRPC API "
+                                                         "(default: the bind address, or this machine's address)")
     worker_id: str = Field(default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}")
     max_message_bytes: int = Field(32 * 1024 * 1024, ge=1024)
 

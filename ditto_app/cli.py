@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 from collections.abc import Sequence
 
@@ -29,16 +28,18 @@ COMMANDS: dict[str, str] = {
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
-    """The options every model-running command takes. Defaults come from the same environment variables as the
-    services' settings (DITTO_MODEL__WEIGHTS, DITTO_MODEL__PROFILE, DITTO_MODEL__DEVICE)."""
-    env = os.environ
-    parser.add_argument("--weights", default=env.get("DITTO_MODEL__WEIGHTS", "synthetic"),
+    """The options every model-running command takes. Defaults come from the services' typed settings
+    (DITTO_MODEL__WEIGHTS, DITTO_MODEL__PROFILE, DITTO_MODEL__DEVICE)."""
+    from ditto.config import load_settings
+
+    model = load_settings().model
+    parser.add_argument("--weights", default=model.weights,
                         help="folder with the official Ditto checkpoints, or 'synthetic' for generated weights "
                              "(default: %(default)s)")
-    parser.add_argument("--profile", choices=("full", "tiny"), default=env.get("DITTO_MODEL__PROFILE", "full"),
+    parser.add_argument("--profile", choices=("full", "tiny"), default=model.profile,
                         help="network widths: 'full' = the official architecture, 'tiny' = narrow, for tests "
                              "(default: %(default)s)")
-    parser.add_argument("--device", default=env.get("DITTO_MODEL__DEVICE", "auto"),
+    parser.add_argument("--device", default=model.device,
                         help="auto, cpu, cuda or cuda:N (default: %(default)s)")
 
 

@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 
 import redis as redis_lib
 
+from ditto.config import load_settings
 from ditto_app.stages import STAGES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,7 +76,7 @@ class Proc:
 class LocalCluster:
     weights: str = "synthetic"
     profile: str = "tiny"
-    redis_url: str = field(default_factory=lambda: os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    redis_url: str = field(default_factory=lambda: load_settings().bus.redis_url)
     prefix: str = "ditto"
     port: int = 0
     slots: int = 8

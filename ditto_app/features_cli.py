@@ -35,8 +35,7 @@ def resolve_onnx(weights: str, profile: str) -> Path:
     - a folder in the official layout: its `ditto_pytorch/aux_models/hubert_streaming_fix_kv.onnx`;
     - a transformers HuBERT checkpoint folder (config.json + weights): exported once into the cache with the
       reference's names and shapes."""
-    import hashlib
-
+    from ditto.accel import cached_export, digest
     from ditto.config import default_cache_dir
     from services.audio_encoder.synthetic import hubert_path, write_synthetic
 
@@ -54,12 +53,10 @@ def resolve_onnx(weights: str, profile: str) -> Path:
 
     stamp = "|".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sorted(folder.iterdir())
                      if p.is_file())
-    key = hashlib.sha1(f"{folder.resolve()}|{stamp}".encode()).hexdigest()[:12]
-    path = default_cache_dir() / f"hubert-export-{key}" / "hubert.onnx"
+    path = default_cache_dir() / f"hubert-export-{digest(folder.resolve(), stamp)[:12]}" / "hubert.onnx"
     if not path.is_file():
         print(f"exporting the HuBERT checkpoint in {folder} to {path} ...", file=sys.stderr)
-        export_onnx(load_hubert_folder(folder), path)
-    return path
+    return cached_export(path, lambda tmp: export_onnx(load_hubert_folder(folder), tmp))
 
 
 def resolve_device(device: str) -> str:

@@ -151,13 +151,10 @@ def _build_engines(args: argparse.Namespace) -> int:
     profile = profile_of(weights, args.profile)
     args.cache.mkdir(parents=True, exist_ok=True)
     try:
-        from services.renderer.backends import import_tensorrt
+        from ditto.accel import import_tensorrt, require_cuda
 
         import_tensorrt()
-        import torch
-
-        if not torch.cuda.is_available():
-            raise RuntimeError("no CUDA device: TensorRT engines are built on the GPU they will run on")
+        require_cuda("building TensorRT engines (they are built on the GPU they will run on)")
         from services.audio_encoder.hubert import TensorRTHubert
         from services.renderer.models import RendererModels
 

@@ -53,7 +53,7 @@ async def run_worker(args: argparse.Namespace) -> int:
     port = args.port if args.port is not None else settings.grpc_port
     server = await rpc.start_server(built.services, settings.grpc_host, port, settings.max_message_bytes)
     owner = settings.worker_id
-    address = f"{advertised_host(settings.grpc_host)}:{server.port}"
+    address = f"{advertised_host(settings.grpc_host, settings.advertise_host)}:{server.port}"
     await bus.set_state(bus.key(args.stage, "addr", owner), address.encode(), ADVERTISE_TTL_S)
     worker = SlotWorker(bus, built.handler, owner, WorkerSettings(
         slots=settings.bus.slots, lease_ttl_ms=settings.bus.lease_ttl_ms, block_ms=settings.bus.block_ms))
@@ -92,14 +92,13 @@ async def run_worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def advertised_host(bind_host: str) -> str:
-    """The host other processes should dial: $DITTO_ADVERTISE_HOST, else the bind address, else (when bound to all
-    interfaces) this machine's own address, which in Kubernetes is the pod IP."""
-    import os
+def advertised_host(bind_host: str, advertise_host: str | None = None) -> str:
+    """The host other processes should dial: `advertise_host` (DITTO_ADVERTISE_HOST), else the bind address, else
+    (when bound to all interfaces) this machine's own address, which in Kubernetes is the pod IP."""
     import socket
 
-    if os.environ.get("DITTO_ADVERTISE_HOST"):
-        return os.environ["DITTO_ADVERTISE_HOST"]
+    if advertise_host:
+        return advertise_host
     if bind_host not in ("0.0.0.0", "::", "[::]"):
         return bind_host
     try:

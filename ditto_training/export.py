@@ -11,8 +11,6 @@ from pathlib import Path
 
 import numpy as np
 
-from services.motion_generator.dit import MotionDecoder
-
 
 def export_checkpoint(ckpt: str | Path, onnx_path: str | Path, profile: str = "full",
                       check: bool = True) -> tuple[Path, float]:
@@ -38,15 +36,7 @@ def export_checkpoint(ckpt: str | Path, onnx_path: str | Path, profile: str = "f
 def build_tensorrt(onnx_path: str | Path, engine_path: str | Path, max_batch: int = 64) -> Path:
     """fp32 TensorRT 10 engine of the one-step graph, batch profile 1 / max_batch / max_batch (the serving builder,
     `backends.build_engine`, written to engine_path)."""
+    from ditto.accel import write_bytes_atomic
     from services.motion_generator.backends import build_engine
 
-    engine_path = Path(engine_path)
-    data = build_engine(onnx_path, max_batch)
-    engine_path.parent.mkdir(parents=True, exist_ok=True)
-    engine_path.write_bytes(data)
-    return engine_path
-
-
-def describe(model: MotionDecoder) -> str:
-    n = sum(p.numel() for p in model.parameters())
-    return f"MotionDecoder {model.cfg.latent_dim}-d x {model.cfg.num_layers} layers, {n / 1e6:.2f} M parameters"
+    return write_bytes_atomic(engine_path, build_engine(onnx_path, max_batch))

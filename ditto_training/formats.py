@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from ditto.accel import atomic_path, write_bytes_atomic
+
 SEQ_FRAMES = 80
 MIN_FRAMES = SEQ_FRAMES + 1            # one clip plus the conditioning frame before it
 MOTION_DIM = 265                      # [scale-1, pitch 66, yaw 66, roll 66, t 3, exp 63]
@@ -40,7 +42,6 @@ DATA_INFO_KEYS: dict[str, tuple[str, str]] = {
     "eye_ball_npy_list": ("eye_ball_npy", ".npy"),
     "emo_npy_list": ("emo_npy", ".npy"),
 }
-FLIPPED_KEYS = ("LP_pkl_list", "LP_npy_list", "MP_lmk_npy_list", "eye_open_npy_list", "eye_ball_npy_list")
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi")
 
 
@@ -145,24 +146,15 @@ def write_lp(infos: Sequence[dict[str, np.ndarray]], pkl_path: Path, npy_path: P
     rows = np.stack([lp_row(i) for i in infos]).astype(np.float32)
     if rows.shape[1] != LP_DIM:
         raise DataError(f"motion rows have {rows.shape[1]} values, expected {LP_DIM}")
-    atomic_write(pkl_path, pickle.dumps(list(infos), protocol=4))
+    write_bytes_atomic(pkl_path, pickle.dumps(list(infos), protocol=4))
     save_npy(npy_path, rows)
     return rows
 
 
 def save_npy(path: Path, array: np.ndarray) -> None:
     """np.save through a temporary file, so an interrupted run never leaves a truncated array behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial.npy")
-    np.save(tmp, array)
-    tmp.replace(path)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        np.save(tmp, array)
 
 
 def load_array(path: str | Path, what: str) -> np.ndarray:
@@ -267,7 +259,7 @@ def build_preload(items: Sequence[dict[str, Any]], **flags: Any) -> list[Any]:
 
 def save_preload(preload: list[Any], path: str | Path) -> Path:
     path = Path(path)
-    atomic_write(path, pickle.dumps(preload, protocol=4))
+    write_bytes_atomic(path, pickle.dumps(preload, protocol=4))
     return path
 
 

@@ -5,6 +5,7 @@ Frames are streamed, never held for a whole video: a 150 s 1080p clip is 3750 fr
 
 from __future__ import annotations
 
+import os
 import wave
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+from ditto.accel import atomic_path, partial_path
 
 FPS = 25
 CROP_SIZE = 512
@@ -97,7 +100,7 @@ class Mp4Writer:
 
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = path.with_name(path.stem + ".partial" + path.suffix)
+        self.tmp = partial_path(path)
         self.container = av.open(str(self.tmp), mode="w")
         self.stream = self.container.add_stream("libx264", rate=FPS)
         self.stream.width = self.stream.height = size
@@ -122,7 +125,7 @@ class Mp4Writer:
         if self.frames == 0:
             self.tmp.unlink(missing_ok=True)
             raise VideoError(f"{self.path}: no frames to write")
-        self.tmp.replace(self.path)
+        os.replace(self.tmp, self.path)
 
     def abort(self) -> None:
         try:
@@ -154,12 +157,9 @@ def extract_wav(video: Path, wav: Path) -> float:
         rs = StreamResampler(decoded.sample_rate, SAMPLE_RATE)
         mono = np.concatenate([rs.process(mono), rs.flush()])
     pcm = (np.clip(mono, -1.0, 1.0) * 32767.0).round().astype("<i2")
-    wav.parent.mkdir(parents=True, exist_ok=True)
-    tmp = wav.with_name(wav.stem + ".partial.wav")
-    with wave.open(str(tmp), "wb") as w:
+    with atomic_path(wav) as tmp, wave.open(str(tmp), "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
         w.setframerate(SAMPLE_RATE)
         w.writeframes(pcm.tobytes())
-    tmp.replace(wav)
     return len(pcm) / SAMPLE_RATE

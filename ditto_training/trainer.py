@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from ditto.accel import atomic_path
 from services.motion_generator.dit import MotionDecoder, MotionDiTConfig
 
 from .dataset import ClipDataset, DatasetFlags
@@ -244,12 +245,10 @@ def train(opt: TrainOptions, progress: bool = True) -> TrainResult:
 
 def _save(model: torch.nn.Module, optimizer: Any, ckpt_dir: Path, epoch: int, step: int) -> Path:
     path = ckpt_dir / f"train_{epoch}.pt"
-    tmp = path.with_name(path.name + ".partial")
-    torch.save({"model_state_dict": model.state_dict()}, tmp)
-    tmp.replace(path)
-    state = ckpt_dir / f"train_{epoch}.state.pt"
-    torch.save({"optimizer": optimizer.state_dict(), "epoch": epoch, "step": step}, state.with_suffix(".partial"))
-    state.with_suffix(".partial").replace(state)
+    with atomic_path(path) as tmp:
+        torch.save({"model_state_dict": model.state_dict()}, tmp)
+    with atomic_path(ckpt_dir / f"train_{epoch}.state.pt") as tmp:
+        torch.save({"optimizer": optimizer.state_dict(), "epoch": epoch, "step": step}, tmp)
     return path
 
 

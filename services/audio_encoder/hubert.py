@@ -9,13 +9,13 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
+from ditto.accel import BackendError, EngineSpec, TensorRTEngine, import_tensorrt, require_cuda
 from services.audio_encoder.hubert_model import INPUT_NAME, OUTPUT_NAME
 from services.audio_encoder.windows import WINDOW
 
@@ -27,10 +27,6 @@ class HubertBackend(Protocol):
     max_batch: int
 
     def encode_windows(self, windows: np.ndarray) -> np.ndarray: ...
-
-
-class BackendError(RuntimeError):
-    """A backend cannot be created or run here (missing library, no GPU, wrong model file); the message says why."""
 
 
 def check_windows(windows: np.ndarray) -> np.ndarray:
@@ -116,7 +112,8 @@ class OnnxHubert:
 
 
 class TensorRTHubert:
-    """A TensorRT 10 fp32 engine built from a HuBERT ONNX file (either layout) and cached as `<onnx>.<key>.engine`.
+    """A TensorRT 10 fp32 engine built from a HuBERT ONNX file (either layout), cached as `<stem>-<key>.engine` in
+    cache_dir (default: beside the ONNX file); see `ditto.accel.TensorRTEngine`.
 
     Shape profile as the reference's converter for the official layout: [1, 3240] / [1, 6480] / [1, 12960];
     for the batched layout: batch 1 / max_batch / max_batch at 6480 samples. I/O lives in torch CUDA tensors.
@@ -124,82 +121,30 @@ class TensorRTHubert:
 
     def __init__(self, onnx_path: str | Path, device: str = "cuda", max_batch: int = DEFAULT_MAX_BATCH,
                  cache_dir: str | Path | None = None) -> None:
-        try:
-            import tensorrt as trt
-        except ImportError as err:
-            raise BackendError("TensorRT is not installed: pip install 'tensorrt>=10,<11' (the [gpu] extra), or use "
-                               "the onnxruntime backend") from err
+        import_tensorrt("the HuBERT backend 'tensorrt'")
+        require_cuda("the HuBERT backend 'tensorrt'")
+        import onnx
         import torch
 
-        if not torch.cuda.is_available():
-            raise BackendError("the TensorRT backend needs a CUDA GPU, and none is visible")
-        self.trt, self.torch = trt, torch
-        self.device = torch.device(device if device.startswith("cuda") else "cuda")
+        self.torch = torch
         self.onnx_path = Path(onnx_path)
-        self.logger = trt.Logger(trt.Logger.WARNING)
-        import onnx
-
         graph = onnx.load(str(self.onnx_path), load_external_data=False).graph
         out = next(o for o in graph.output if o.name == OUTPUT_NAME)
         self.batched = len(out.type.tensor_type.shape.dim) == 3
         self.max_batch = max_batch if self.batched else 1
-        engine_path = self._engine_path(cache_dir)
-        if engine_path.is_file():
-            serialized = engine_path.read_bytes()
+        if self.batched:
+            spec = EngineSpec(tf32=False, workspace_bytes=4 << 30,
+                              shapes={INPUT_NAME: ((1, WINDOW), (self.max_batch, WINDOW), (self.max_batch, WINDOW))})
         else:
-            serialized = self._build()
-            engine_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = engine_path.with_name(engine_path.name + ".partial")
-            tmp.write_bytes(serialized)
-            tmp.replace(engine_path)
-        with torch.cuda.device(self.device):
-            self.engine = trt.Runtime(self.logger).deserialize_cuda_engine(serialized)
-            if self.engine is None:
-                raise BackendError(f"{engine_path}: TensorRT cannot deserialize the engine; delete it to rebuild")
-            self.context = self.engine.create_execution_context()
+            spec = EngineSpec(tf32=False, workspace_bytes=4 << 30,
+                              shapes={INPUT_NAME: ((1, WINDOW // 2), (1, WINDOW), (1, 2 * WINDOW))})
+        self.engine = TensorRTEngine(self.onnx_path, device if device.startswith("cuda") else "cuda",
+                                     cache_dir or self.onnx_path.parent, spec)
         self.name = "tensorrt-fp32"
 
-    def _engine_path(self, cache_dir: str | Path | None) -> Path:
-        st = self.onnx_path.stat()
-        gpu = self.torch.cuda.get_device_name(self.device)
-        key = hashlib.sha1(f"{st.st_size}:{st.st_mtime_ns}:{gpu}:{self.trt.__version__}:{self.max_batch}".encode())
-        folder = Path(cache_dir) if cache_dir else self.onnx_path.parent
-        return folder / f"{self.onnx_path.stem}.{key.hexdigest()[:12]}.engine"
-
-    def _build(self) -> bytes:
-        trt = self.trt
-        builder = trt.Builder(self.logger)
-        network = builder.create_network(0)  # TensorRT 10: networks are always explicit-batch
-        parser = trt.OnnxParser(network, self.logger)
-        if not parser.parse_from_file(str(self.onnx_path)):
-            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-            raise BackendError(f"{self.onnx_path}: TensorRT cannot parse the ONNX graph: {errors}")
-        config = builder.create_builder_config()
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, 4 << 30)
-        config.clear_flag(trt.BuilderFlag.TF32)  # fp32 as the reference: no TF32 matmuls either
-        profile = builder.create_optimization_profile()
-        if self.batched:
-            profile.set_shape(INPUT_NAME, (1, WINDOW), (self.max_batch, WINDOW), (self.max_batch, WINDOW))
-        else:
-            profile.set_shape(INPUT_NAME, (1, WINDOW // 2), (1, WINDOW), (1, 2 * WINDOW))
-        config.add_optimization_profile(profile)
-        serialized = builder.build_serialized_network(network, config)
-        if serialized is None:
-            raise BackendError(f"{self.onnx_path}: TensorRT failed to build an engine (see the log above)")
-        return bytes(serialized)
-
     def _run(self, batch: np.ndarray) -> np.ndarray:
-        torch = self.torch
-        x = torch.from_numpy(batch).to(self.device)
-        self.context.set_input_shape(INPUT_NAME, tuple(x.shape))
-        out = torch.empty(tuple(self.context.get_tensor_shape(OUTPUT_NAME)), dtype=torch.float32, device=self.device)
-        self.context.set_tensor_address(INPUT_NAME, x.data_ptr())
-        self.context.set_tensor_address(OUTPUT_NAME, out.data_ptr())
-        stream = torch.cuda.current_stream(self.device)
-        if not self.context.execute_async_v3(stream.cuda_stream):
-            raise BackendError("TensorRT execution failed")
-        stream.synchronize()
-        return out.cpu().numpy()
+        out = self.engine.run({INPUT_NAME: self.torch.from_numpy(batch)}, [OUTPUT_NAME])[OUTPUT_NAME]
+        return out.float().cpu().numpy()           # .cpu() waits for the launch
 
     def encode_windows(self, windows: np.ndarray) -> np.ndarray:
         w = check_windows(windows)

@@ -116,11 +116,9 @@ def export_onnx(model: Any, path: str | Path, batch_axis: bool = False, opset: i
         axes = {INPUT_NAME: {0: "batch", 1: "samples"}, OUTPUT_NAME: {0: "batch", 1: "frames"}}
     else:
         axes = {INPUT_NAME: {1: "samples"}, OUTPUT_NAME: {0: "frames"}}
-    tmp = path.with_name(path.name + ".partial")
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about Python control flow on shapes: shapes are symbolic
         # The TorchScript exporter: it handles HubertModel's dynamic sample axis directly and quickly.
-        torch.onnx.export(wrapper, (example,), str(tmp), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+        torch.onnx.export(wrapper, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                           dynamic_axes=axes, opset_version=opset, dynamo=False)
-    tmp.replace(path)  # a crash mid-export never leaves a truncated model under the final name
     return path

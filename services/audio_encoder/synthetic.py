@@ -20,10 +20,8 @@ def write_synthetic(root: Path, profile: str, seed: int = 0, batch_axis: bool = 
     """Write `<root>/ditto_pytorch/aux_models/hubert_streaming_fix_kv.onnx` for `profile`; returns its path.
 
     An existing file is kept (the export is deterministic for a given profile and seed)."""
+    from ditto.accel import cached_export
     from services.audio_encoder.hubert_model import HubertShape, export_onnx, random_hubert
 
-    path = hubert_path(root)
-    if path.is_file():
-        return path
-    model = random_hubert(HubertShape.profile(profile), seed)
-    return export_onnx(model, path, batch_axis=batch_axis)
+    return cached_export(hubert_path(root), lambda tmp: export_onnx(random_hubert(HubertShape.profile(profile), seed),
+                                                                    tmp, batch_axis=batch_axis))

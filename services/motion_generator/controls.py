@@ -67,15 +67,6 @@ class ControlTimeline:
     def set_frame(self, frame: int, ctrl: Mapping[str, Any]) -> None:
         self.frames.setdefault(int(frame), {}).update(check_controls(ctrl))
 
-    def fade_in(self, n: int, start: int = 0) -> None:
-        for i in range(n):
-            self.set_frame(start + i, {"fade_alpha": i / n})
-
-    def fade_out(self, last_frame: int, n: int) -> None:
-        """Fade to rest so that `last_frame` is fully faded (the reference's ramp)."""
-        for i in range(max(last_frame - n, 0), last_frame + 1):
-            self.set_frame(i, {"fade_alpha": max((last_frame - i) / n, 0.0)})
-
     def at(self, frame: int) -> dict[str, Any]:
         out = dict(self.overall)
         for start, end, ctrl in self.spans:

@@ -79,14 +79,6 @@ def step_constants(steps: int, eta: float = 1.0) -> StepConstants:
     return StepConstants(pairs, np.array(s_list, f32), np.array(sig_list, f32), np.array(c_list, f32))
 
 
-def pred_noise_from_x0(x: np.ndarray, x_start: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """pred_noise = A[t]*x - x_start/Bc[t] with the float32 schedule arrays (numpy twin of the graph's output)."""
-    sch = cosine_schedule()
-    a = sch.sqrt_recip1m[t][:, None, None]
-    bc = sch.sqrt_recipm1[t][:, None, None]
-    return (a * x - x_start / bc).astype(np.float32)
-
-
 @dataclass
 class SampleTrace:
     """Per-step model inputs and outputs, for debugging against the reference."""

@@ -16,7 +16,6 @@ Controls per frame (a dict; `overall` holds defaults merged into every frame):
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -322,19 +321,3 @@ class MotionStitch:
 
         x_s_kp = self.source_keypoints(src_idx) if st.is_image else transform_keypoints(x_s)
         return x_s_kp, transform_keypoints(x_d), x_d
-
-
-def fade_alphas(n_frames: int, fade_in: int = -1, fade_out: int = -1) -> dict[int, float]:
-    """Reference fade ramps for a clip of n frames: frame -> fade_alpha (fade-out wins where they overlap)."""
-    out: dict[int, float] = {}
-    if fade_in > 0:
-        for i in range(min(fade_in, n_frames)):
-            out[i] = i / fade_in
-    if fade_out > 0:
-        for i in range(max(n_frames - fade_out - 1, 0), n_frames):
-            out[i] = max((n_frames - 1 - i) / fade_out, 0.0)
-    return out
-
-
-def deepcopy_info(info: Mapping[str, np.ndarray]) -> Info:
-    return copy.deepcopy(dict(info))

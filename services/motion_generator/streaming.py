@@ -123,10 +123,6 @@ class MotionStream:
     def end(self) -> None:
         self.ended = True
 
-    @property
-    def real_frames(self) -> int:
-        return self.n_feat - self.pre
-
     # -- windows -------------------------------------------------------------------------------------------------
 
     def next_window(self) -> Window | None:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ditto.bus import Bus
 
@@ -28,6 +28,24 @@ class Tenant:
     id: str
     max_sessions: int = 16
     session_minutes: float = 0.0  # 0 = unlimited
+
+
+class TenantEntry(BaseModel):
+    """One tenant of the tenants file."""
+
+    model_config = ConfigDict(coerce_numbers_to_str=True)
+
+    id: str
+    api_key_sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$", description="SHA-256 of the key, 64 hex characters")
+    max_sessions: int = 16
+    session_minutes: float = 0.0
+
+    def tenant(self) -> Tenant:
+        return Tenant(self.id, self.max_sessions, self.session_minutes)
+
+
+class TenantsFile(BaseModel):
+    tenants: list[TenantEntry]
 
 
 class AuthError(Exception):
@@ -50,16 +68,10 @@ class TenantDirectory:
         if path is None:
             return cls()
         try:
-            doc = json.loads(Path(path).read_text())
-            by_hash = {}
-            for t in doc["tenants"]:
-                h = str(t["api_key_sha256"]).lower()
-                if len(h) != 64:
-                    raise ValueError(f"tenant {t.get('id')}: api_key_sha256 must be 64 hex characters")
-                by_hash[h] = Tenant(str(t["id"]), int(t.get("max_sessions", 16)), float(t.get("session_minutes", 0)))
-        except (OSError, ValueError, KeyError, TypeError) as err:
+            doc = TenantsFile.model_validate_json(Path(path).read_bytes())
+        except (OSError, ValidationError) as err:
             raise SystemExit(f"cannot read tenants file {path}: {err}") from err
-        return cls(by_hash)
+        return cls({t.api_key_sha256.lower(): t.tenant() for t in doc.tenants})
 
     def authenticate(self, metadata: tuple | list | None) -> Tenant:
         if self.open_mode:

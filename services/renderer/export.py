@@ -14,13 +14,14 @@ import io
 import json
 import logging
 import warnings
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from ditto.accel import cached_export
 
 from .networks.grid_sample import GridSampleMode
 from .networks.motion_extractor import MOTION_OUTPUTS
@@ -126,9 +127,7 @@ def export_network(name: str, module: nn.Module, path: str | Path, grid_sample: 
         dim = value.type.tensor_type.shape.dim[0]
         dim.ClearField("dim_value")
         dim.dim_param = "batch"
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    onnx.save(model, str(tmp))
-    tmp.replace(path)                      # atomic: a reader never sees a half-written graph
+    onnx.save(model, str(path))
     return path
 
 
@@ -162,15 +161,5 @@ def export_cached(name: str, module: nn.Module, cache_dir: str | Path,
     """Export into `cache_dir/onnx/`, reusing a previous export of the same weights and mode."""
     mode = grid_sample if name == "warp_network" else "native"
     path = Path(cache_dir) / "onnx" / f"{name}-{weights_digest(module)[:16]}-{mode}.onnx"
-    if not path.is_file():
-        export_network(name, module, path, mode)
-    return path
+    return cached_export(path, lambda tmp: export_network(name, module, tmp, mode))
 
-
-def export_all(networks: Mapping[str, nn.Module], out_dir: str | Path,
-               grid_sample: GridSampleMode = "decomposed") -> dict[str, Path]:
-    """Export every network to `out_dir/<name>.onnx` (the reference's file names)."""
-    out = Path(out_dir)
-    return {name: export_network(name, module, out / f"{name}.onnx",
-                                 grid_sample if name == "warp_network" else "native")
-            for name, module in networks.items()}

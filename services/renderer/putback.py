@@ -13,12 +13,12 @@ which is exactly what the full-frame formula gives there.
 from __future__ import annotations
 
 import enum
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 import cv2
 import numpy as np
+from cachetools import LRUCache
 
 F32 = np.float32
 
@@ -156,8 +156,9 @@ class PutBack:
 
     def __init__(self, mask: np.ndarray | None = None, cache_size: int = 256):
         self.mask = (feather_mask() if mask is None else np.asarray(mask, dtype=F32))[..., None]  # [512, 512, 1]
-        self._cache: OrderedDict[tuple[bytes, int, int], tuple[tuple[int, int, int, int], np.ndarray]] = OrderedDict()
-        self._tables: OrderedDict[tuple[bytes, int, int], WarpTable] = OrderedDict()
+        self._cache: LRUCache[tuple[bytes, int, int], tuple[tuple[int, int, int, int], np.ndarray]] = LRUCache(
+            cache_size)
+        self._tables: LRUCache[tuple[bytes, int, int], WarpTable] = LRUCache(cache_size)
         self.cache_size = cache_size
 
     def warped_mask(self, m_c2o: np.ndarray, width: int, height: int) -> tuple[tuple[int, int, int, int], np.ndarray]:
@@ -171,8 +172,6 @@ class PutBack:
             y0, y1, x0, x1 = box
             hit = box, np.clip(full[y0:y1, x0:x1], 0, 1)[..., None]
             self._cache[key] = hit
-            if len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
         return hit
 
     def table(self, m_c2o: np.ndarray, width: int, height: int) -> WarpTable:
@@ -181,8 +180,6 @@ class PutBack:
         table = self._tables.get(key)
         if table is None:
             table = self._tables[key] = WarpTable.build(m, self.mask.shape[:2], (height, width))
-            if len(self._tables) > self.cache_size:
-                self._tables.popitem(last=False)
         return table
 
     def __call__(self, frame: np.ndarray, render: np.ndarray, m_c2o: np.ndarray,

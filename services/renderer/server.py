@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 import cv2
 import grpc
 import numpy as np
+from cachetools import LRUCache
 from ditto_client.v1 import common_pb2, renderer_pb2, renderer_pb2_grpc
 
 from ditto import codec, rpc
@@ -88,7 +88,7 @@ class RendererCore:
         self.stitch = stitch  # False when the keypoints arrive already stitched
         self.putback = PutBack()
         self.max_avatars = max_avatars
-        self._avatars: OrderedDict[str, Avatar] = OrderedDict()
+        self._avatars: LRUCache[str, Avatar] = LRUCache(max_avatars)   # the most recently used avatars
 
     # -- avatars ------------------------------------------------------------------------------------------------
 
@@ -105,15 +105,10 @@ class RendererCore:
             avatar = load_cached(avatar_id, self.cache_dir, self.models)
             if avatar is not None:
                 self._remember(avatar)
-        if avatar is not None:
-            self._avatars.move_to_end(avatar_id)
         return avatar
 
     def _remember(self, avatar: Avatar) -> None:
         self._avatars[avatar.avatar_id] = avatar
-        self._avatars.move_to_end(avatar.avatar_id)
-        while len(self._avatars) > self.max_avatars:
-            self._avatars.popitem(last=False)
 
     # -- rendering ----------------------------------------------------------------------------------------------
 

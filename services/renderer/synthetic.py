@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ditto.accel import atomic_path
 from ditto.weights import OFFICIAL_FILES, golden_state_dict, resolve
 
 from .models import build_networks
@@ -29,7 +30,5 @@ def write_synthetic(root: Path, profile: str, seed: int = 0) -> None:
         else:
             raise AssertionError(f"unexpected container {container!r} for renderer network {name}")
         path = resolve(root, name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(obj, tmp)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            torch.save(obj, tmp)

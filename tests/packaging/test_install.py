@@ -63,7 +63,12 @@ def test_the_client_package_alone_converses_with_a_real_server(tmp_path, served)
     env_dir = tmp_path / "client-venv"
     venv.EnvBuilder(with_pip=True, clear=True).create(env_dir)
     py = env_dir / "bin" / "python"
-    res = subprocess.run([str(py), "-m", "pip", "install", "-q", str(ROOT / "clients" / "python")],
+    import shutil
+
+    client_src = tmp_path / "client-src"  # a copy: pip builds in place, and no build/ should land in the checkout
+    shutil.copytree(ROOT / "clients" / "python", client_src,
+                    ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    res = subprocess.run([str(py), "-m", "pip", "install", "-q", str(client_src)],
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
     (tmp_path / "portrait.png").write_bytes(_portrait_png())

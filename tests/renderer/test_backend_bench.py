@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from services.renderer import bench
+from tools.bench import renderer as bench
 
 
 def test_bench_writes_rows_for_every_network(tmp_path) -> None:

@@ -141,3 +141,26 @@ async def test_bad_requests_get_clear_status_and_server_survives(server):
     # still serving
     ok = [r async for r in stub.RenderFrames(stream(cfg(reg.avatar_id), kp_req(keypoints(info, 1)), END))]
     assert ok[-1].final.code == 0 and len(ok) == 2
+
+
+def test_the_core_keeps_only_the_most_recently_used_avatars():
+    from services.renderer.avatar.crop import CropSettings
+
+    core = RendererCore(tiny_models(), max_avatars=2)         # no cache folder: an evicted avatar is gone
+    ids = [core.register(png(face_image(seed=s)), "a.png", CropSettings())[0].avatar_id for s in (1, 2)]
+    assert core.avatar(ids[0]) is not None                     # now the most recently used
+    third = core.register(png(face_image(seed=3)), "a.png", CropSettings())[0].avatar_id
+    assert len({*ids, third}) == 3
+    assert core.avatar(ids[1]) is None                         # the least recently used went
+    assert core.avatar(ids[0]) is not None and core.avatar(third) is not None
+
+
+def test_paste_back_caches_are_bounded():
+    from services.renderer.putback import PutBack
+
+    pb = PutBack(cache_size=2)
+    for shift in range(5):
+        m = np.array([[2.0, 0, shift], [0, 2.0, 0]], np.float32)
+        pb.warped_mask(m, 640, 480)
+        pb.table(m, 640, 480)
+    assert len(pb._cache) == 2 and len(pb._tables) == 2

@@ -18,7 +18,7 @@ import io
 import json
 import logging
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ditto.accel import atomic_dir
 from ditto.codec import as_numpy
 from ditto.keypoints import transform_keypoints
 
@@ -278,8 +279,7 @@ def _extract(models: Any, inputs: np.ndarray) -> tuple[dict[str, np.ndarray], li
 
 
 def register_avatar(media: bytes, filename: str | None, crop: CropSettings, models: Any, aux: AuxModels | None = None,
-                    cache_dir: Path | None = None, tenant: str = "",
-                    on_progress: Callable[[str], None] | None = None) -> Avatar:
+                    cache_dir: Path | None = None, tenant: str = "") -> Avatar:
     """Register an image or a short video. Raises MediaError (unreadable bytes) or NoFaceError."""
     aux = aux or AuxModels.none()
     avatar_id = avatar_key(media, crop, models, aux, tenant)
@@ -328,25 +328,18 @@ def register_avatar(media: bytes, filename: str | None, crop: CropSettings, mode
 def save_cached(avatar: Avatar, media: bytes, filename: str | None, crop: CropSettings, cache_dir: Path) -> None:
     import torch
 
-    folder = Path(cache_dir) / avatar.avatar_id
-    tmp = folder.with_name(folder.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    (tmp / "media.bin").write_bytes(media)
     arrays: dict[str, Any] = dict(avatar.motion_info())
     arrays["M_c2o"] = avatar.M_c2o
     if avatar.lmk203 is not None:
         arrays["lmk203"] = avatar.lmk203
-    np.savez(tmp / "info.npz", **arrays)  # type: ignore[arg-type]
-    torch.save(torch.cat([t.detach().cpu() for t in avatar.f_s]), tmp / "f_s.pt")
     meta = {"version": CACHE_VERSION, "filename": filename, "is_video": avatar.is_video,
             "max_size": crop.max_size, "max_frames": crop.max_frames, "notes": avatar.notes}
-    (tmp / "meta.json").write_text(json.dumps(meta))
-    if folder.exists():  # a concurrent registration won; keep its files
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-        return
-    tmp.rename(folder)
+    # a concurrent registration of the same avatar may publish first; then its files are kept
+    with atomic_dir(Path(cache_dir) / avatar.avatar_id) as tmp:
+        (tmp / "media.bin").write_bytes(media)
+        np.savez(tmp / "info.npz", **arrays)  # type: ignore[arg-type]
+        torch.save(torch.cat([t.detach().cpu() for t in avatar.f_s]), tmp / "f_s.pt")
+        (tmp / "meta.json").write_text(json.dumps(meta))
 
 
 def load_cached(avatar_id: str, cache_dir: Path, models: Any) -> Avatar | None:

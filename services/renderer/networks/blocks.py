@@ -7,8 +7,6 @@ differs from execution order.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -316,14 +314,3 @@ class ConvNeXtV2Block(nn.Module):
         h = self.dwconv(x).permute(0, 2, 3, 1)                     # [N, H, W, C]
         h = self.pwconv2(self.grn(self.act(self.pwconv1(self.norm(h)))))
         return x + h.permute(0, 3, 1, 2)
-
-
-def count_entries(module: nn.Module) -> dict[str, Any]:
-    """Size figures of docs/model.md §5.1: entries, parameter tensors, elements, parameters."""
-    sd = module.state_dict()
-    return {
-        "entries": len(sd),
-        "parameter_tensors": sum(1 for _ in module.parameters()),
-        "elements": sum(v.numel() for v in sd.values()),
-        "parameters": sum(p.numel() for p in module.parameters()),
-    }

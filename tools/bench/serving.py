@@ -4,7 +4,8 @@ reports first-frame latency percentiles (first audio chunk sent -> first frame r
 session is delivered at, for the embedded server (`ditto serve`, one process, in-memory bus) and for the distributed
 stack (ditto_app.cluster.LocalCluster: Redis, one worker process per stage, an orchestrator), so the
 latency the distributed path adds shows. Tiny profile with synthetic weights: it measures the serving machinery
-(transport, pacing, batching across sessions), not model speed. `tools/bench.py` (`make bench`) calls `run`.
+(transport, pacing, batching across sessions), not model speed. `python -m tools.bench` (`make bench`) calls
+`run`.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""`make bench`: run every stage's benchmark and the serving benchmark; write JSON per part under bench/results/
-and one readable table, bench/results/SUMMARY.md, naming the machine each number came from."""
+"""`make bench` (`python -m tools.bench [--only PART ...]`): run every stage's benchmark and the serving benchmark;
+write JSON per part under bench/results/ and one readable table, bench/results/SUMMARY.md, naming the machine each
+number came from."""
 
 from __future__ import annotations
 
@@ -12,18 +13,19 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 PARTS = {
-    "audio": "services.audio_encoder.bench",
-    "motion": "services.motion_generator.bench",
-    "renderer": "services.renderer.bench",
-    "serving": "services.orchestrator.bench",
+    "audio": "tools.bench.audio",
+    "motion": "tools.bench.motion",
+    "renderer": "tools.bench.renderer",
+    "serving": "tools.bench.serving",
 }
 
 
-def machine() -> dict:
-    info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
-            "processor": platform.processor() or platform.machine()}
+def machine() -> dict[str, Any]:
+    info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
+                            "cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()}
     try:
         import torch
 
@@ -58,7 +60,7 @@ def _rows(name: str, result: object, prefix: str = "") -> list[tuple[str, str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(prog="python -m tools.bench", description="run the benchmarks (make bench)")
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
     ap.add_argument("--only", nargs="*", choices=sorted(PARTS), default=None)
     args = ap.parse_args(argv)

@@ -37,7 +37,7 @@ def _timed(fn: Callable[[], Any], device: torch.device, iterations: int) -> floa
 
 def run(out_dir: Path, profile: str = "full", device: str = "auto", backend: str = "torch",
         batches: tuple[int, ...] = BATCHES, iterations: int = 3, budget_s: float = 150.0) -> dict:
-    from .models import RendererModels
+    from services.renderer.models import RendererModels
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -83,7 +83,8 @@ def run(out_dir: Path, profile: str = "full", device: str = "auto", backend: str
                 seconds, reps = _timed(partial(call, x), dev, iterations), iterations
             per_frame_s = seconds / b
             rows.append({"network": name, "batch": b, "ms_per_frame": round(1000 * per_frame_s, 3),
-                         "fps": round(1 / per_frame_s, 2), "ms_per_batch": round(1000 * seconds, 2),
+                         # 4 significant digits, so slow rows (below 1 fps) keep fps x ms = 1000
+                         "fps": float(f"{1 / per_frame_s:.4g}"), "ms_per_batch": round(1000 * seconds, 2),
                          "iterations": reps})
     result = {
         "stage": "renderer",
