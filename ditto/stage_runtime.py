@@ -167,6 +167,11 @@ class MicroBatcher(Generic[ItemT, ResultT]):
             return []
         return await self._submit(list(items), urgent=True, wait_for_room=True)
 
+    @property
+    def waiting(self) -> int:
+        """Submissions queued for a step (at most `max_queued`)."""
+        return (self._queue.qsize() if self._queue is not None else 0) + (1 if self._carry else 0)
+
     async def close(self) -> None:
         """Stop: callers still waiting get BatcherClosed; later calls too."""
         self._closed = True
@@ -320,14 +325,14 @@ class SessionStageHandler(Generic[SessionT, InputT, ResultT]):
         steps: list[tuple[int, InputT]] = []
         for i, item in enumerate(items):
             try:
-                session, step_input = await self._entry(item, results[i])
+                session, wanted = await self._entry(item, results[i])
             except self.session_stage.input_errors as err:
                 self._reject(results[i], err)
                 continue
             if session is not None:
                 live[i] = session
-            if step_input is not None:
-                steps.append((i, step_input))
+            if wanted:
+                steps.append((i, wanted[0]))
         if steps:
             try:
                 outcomes = await self.batcher.run_group([(live[i], x) for i, x in steps])
@@ -346,33 +351,32 @@ class SessionStageHandler(Generic[SessionT, InputT, ResultT]):
                 self.cache.keep(items[i].entry.session_id, state, session)
         return results
 
-    async def _entry(self, item: WorkItem, result: WorkResult) -> tuple[SessionT | None, InputT | None]:
-        """Dispatch one entry: the session it leaves live (None: none), and its step input (None: no step)."""
+    async def _entry(self, item: WorkItem, result: WorkResult) -> tuple[SessionT | None, tuple[InputT, ...]]:
+        """Dispatch one entry: the session it leaves live (None: none), and its step input (empty: no step)."""
         stage, entry = self.session_stage, item.entry
         if entry.kind == bus_pb2.ENTRY_KIND_START:
             session, outputs = await stage.open(session_spec(entry), entry)
             result.outputs.extend(outputs)
-            return session, None
+            return session, ()
         if not item.state:
             # START never seen here, or its checkpoint expired: the session cannot go on at this stage
             if entry.kind != bus_pb2.ENTRY_KIND_CLOSE:
                 result.outputs.append(session_error(
                     grpc.StatusCode.ABORTED, f"the {stage.label} lost this session's state; start a new session"))
             result.close = True
-            return None, None
+            return None, ()
         if entry.kind == bus_pb2.ENTRY_KIND_CLOSE:
             self.cache.forget(entry.session_id)
             if stage.passthrough:
                 result.outputs.append(forward(entry, stage.passthrough))
             result.close = True
-            return None, None
-        session = self.cache.take(entry.session_id, item.state)
-        if session is None:
-            session = await stage.restore(item.state)
+            return None, ()
+        cached = self.cache.take(entry.session_id, item.state)
+        session = cached if cached is not None else await stage.restore(item.state)
         if entry.kind == bus_pb2.ENTRY_KIND_DATA:
-            return session, stage.data(session, entry)
+            return session, (stage.data(session, entry),)
         if entry.kind == bus_pb2.ENTRY_KIND_END:
-            return session, stage.end(session, entry)
+            return session, (stage.end(session, entry),)
         if entry.kind == bus_pb2.ENTRY_KIND_INTERRUPT:
             session, outputs = await stage.interrupt(session, entry)
             result.outputs.extend(outputs)
@@ -380,7 +384,7 @@ class SessionStageHandler(Generic[SessionT, InputT, ResultT]):
             result.outputs.extend(stage.control(session, entry))
         elif stage.passthrough:  # a kind newer than this stage: on, in order
             result.outputs.append(forward(entry, stage.passthrough))
-        return session, None
+        return session, ()
 
     def _reject(self, result: WorkResult, err: Exception) -> None:
         """The session's input was bad: end it with the stage's status and a message naming the stage."""

@@ -18,7 +18,7 @@ STAGES = ("audio_encoder", "motion_generator", "renderer")
 @dataclass
 class BuiltStage:
     name: str
-    handler: SessionStageHandler  # the bus handler; its batcher is the one the gRPC services use too
+    handler: SessionStageHandler[Any, Any, Any]  # the bus handler; its batcher is the one the gRPC services use too
     services: list[rpc.Service] = field(default_factory=list)
 
     @property
@@ -54,8 +54,8 @@ def build_stage(name: str, weights_dir: Path, profile: str, bus: Bus, device: st
         else:
             hubert = open_onnx_backend(onnx_path, "onnxruntime" if backend == "onnxruntime" else "auto", device)
         audio = AudioEncoderStage(hubert)
-        handler = SessionStageHandler(audio, MicroBatcher(audio.step, audio.label, max_batch=16))
-        return BuiltStage(name, handler, [audio_server.service(audio, handler.batcher)])
+        audio_handler = SessionStageHandler(audio, MicroBatcher(audio.step, audio.label, max_batch=16))
+        return BuiltStage(name, audio_handler, [audio_server.service(audio, audio_handler.batcher)])
     if name == "motion_generator":
         from ditto.synthetic import is_synthetic
         from services.motion_generator import server as motion_server
@@ -68,9 +68,10 @@ def build_stage(name: str, weights_dir: Path, profile: str, bus: Bus, device: st
                                     cache_dir / "motion" if cache_dir else None)
         generator = MotionGenerator(motion)
         clamp = synthetic_motion_range() if is_synthetic(weights_dir) else None
-        stage = MotionStage(generator, clamp)
-        handler = SessionStageHandler(stage, MicroBatcher(stage.step, stage.label, max_batch=generator.max_batch))
-        return BuiltStage(name, handler, [motion_server.service(stage, handler.batcher)])
+        motion_stage = MotionStage(generator, clamp)
+        motion_handler = SessionStageHandler(motion_stage, MicroBatcher(motion_stage.step, motion_stage.label,
+                                                                        max_batch=generator.max_batch))
+        return BuiltStage(name, motion_handler, [motion_server.service(motion_stage, motion_handler.batcher)])
     if name == "renderer":
         from services.renderer import server as renderer_server
         from services.renderer.avatar.sessions import AuxModels
@@ -82,6 +83,6 @@ def build_stage(name: str, weights_dir: Path, profile: str, bus: Bus, device: st
                                      cache_dir=cache_dir / "renderer" if cache_dir else None)
         aux = AuxModels.load(weights_dir, device)
         core = renderer_server.RendererCore(models, aux, cache_dir / "avatars" if cache_dir else None)
-        handler = SessionStageHandler(RendererStage(core, bus), renderer_server.render_batcher(core))
-        return BuiltStage(name, handler, [renderer_server.service(core, handler.batcher)])
+        render_handler = SessionStageHandler(RendererStage(core, bus), renderer_server.render_batcher(core))
+        return BuiltStage(name, render_handler, [renderer_server.service(core, render_handler.batcher)])
     raise ValueError(f"unknown stage {name!r}; one of {', '.join(STAGES)}")

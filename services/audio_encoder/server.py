@@ -62,17 +62,24 @@ class AudioEncoderServicer(audio_encoder_pb2_grpc.AudioEncoderServicer):
             if kind != "audio":
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                     f"unexpected {kind or 'empty'} message: send audio chunks, then end")
-            feats = await run_for_call(self.batcher, (enc, AudioInput(request.audio)), context)
-            if isinstance(feats, AudioError):
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                    f"bad audio chunk after frame {enc.frames_out}: {feats}")
+            feats = await self._features(enc, request.audio, context)
             if len(feats):
                 yield _features_message(enc.frames_out - len(feats), feats)
         # end of audio (EndOfStream, or the client half-closed without one): flush the last windows
-        feats = await run_for_call(self.batcher, (enc, AudioInput(None)), context)
+        feats = await self._features(enc, None, context)
         if len(feats):
             yield _features_message(enc.frames_out - len(feats), feats)
         yield audio_encoder_pb2.EncodeResponse(final=common_pb2.Status(code=0, message="ok"))
+
+    async def _features(self, enc: StreamingEncoder, pcm: bytes | None, context: grpc.aio.ServicerContext
+                        ) -> np.ndarray:
+        """The features a chunk (None: the end) completes, through the stage's batcher."""
+        feats = await run_for_call(self.batcher, (enc, AudioInput(pcm)), context)
+        if isinstance(feats, AudioError):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad audio chunk after frame {enc.frames_out}: "
+                                                                  f"{feats}")
+            raise feats  # unreachable: abort raises
+        return feats
 
 
 def service(stage: AudioEncoderStage, batcher: AudioBatcher) -> rpc.Service:

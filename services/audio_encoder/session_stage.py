@@ -57,7 +57,7 @@ AudioResult = np.ndarray | AudioError
 class AudioEncoderStage:
     name = "audio_encoder"
     label = "audio encoder"
-    passthrough = NEXT
+    passthrough: str | None = NEXT
     input_errors: tuple[type[Exception], ...] = (AudioError,)
     input_error_code = grpc.StatusCode.INVALID_ARGUMENT
 

@@ -62,7 +62,7 @@ def ease_to_rest(x_s: np.ndarray, x_last: np.ndarray, n: int) -> np.ndarray:
 class MotionStage:
     name = "motion_generator"
     label = "motion stage"
-    passthrough = NEXT
+    passthrough: str | None = NEXT
     input_errors: tuple[type[Exception], ...] = (ValueError, KeyError)
     input_error_code = grpc.StatusCode.INVALID_ARGUMENT
 

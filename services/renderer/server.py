@@ -194,8 +194,8 @@ class RendererCore:
     def step(self, batch: Sequence[tuple[RenderSession, RenderInput]]) -> list[RenderResult]:
         """One render step over many sessions: their keypoint frames through the networks together, then each
         session's frames encoded (an encoding failure belongs to its session only); an end input flushes."""
-        jobs = [(s, x) for s, x in batch if x.x_s is not None]
-        images = iter(self.render_many([(s, x.x_s, x.x_d, x.source_index) for s, x in jobs]))
+        images = iter(self.render_many([(s, x.x_s, x.x_d, x.source_index) for s, x in batch
+                                        if x.x_s is not None and x.x_d is not None]))
         out: list[RenderResult] = []
         for session, x in batch:
             if x.x_s is None:

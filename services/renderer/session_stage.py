@@ -36,7 +36,7 @@ from services.renderer.server import (
 class RendererStage:
     name = "renderer"
     label = "renderer"
-    passthrough = None  # the last stage: what it does not consume ends here
+    passthrough: str | None = None  # the last stage: what it does not consume ends here
     input_errors: tuple[type[Exception], ...] = (LookupError, ValueError, MediaError, NoFaceError)
     input_error_code = grpc.StatusCode.FAILED_PRECONDITION
 
