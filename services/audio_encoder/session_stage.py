@@ -10,6 +10,7 @@ stage's window buffer starts with.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -63,7 +64,8 @@ class AudioEncoderStage:
 
     def __init__(self, backend: HubertBackend) -> None:
         self.backend = backend
-        self._prefill: dict[int, np.ndarray] = {}
+        # one answer per overlap (the orchestrator allows 0..79 frames)
+        self.silence_features = functools.lru_cache(maxsize=80)(self._silence_features)
 
     def new_session(self, fmt: common_pb2.AudioFormat) -> StreamingEncoder:
         return StreamingEncoder(None, input_format(fmt))
@@ -72,15 +74,13 @@ class AudioEncoderStage:
         return encode_many(self.backend, [(enc, x.pcm) for enc, x in batch])
 
     # ---- the bus ----
-    def silence_features(self, frames: int) -> np.ndarray:
+    def _silence_features(self, frames: int) -> np.ndarray:
         """Features of `frames` x 640 zero samples: what the motion stage's window buffer starts with (the
         reference pre-fills it with HuBERT's answer to silence, not with zeros)."""
-        if frames not in self._prefill:
-            enc = StreamingEncoder(self.backend, InputFormat("float32le", 16000, 1))
-            zeros = np.zeros(frames * SAMPLES_PER_FRAME, np.float32)
-            feats = np.concatenate([enc.push(zeros), enc.end()])[:frames]
-            self._prefill[frames] = np.ascontiguousarray(feats, dtype=np.float32)
-        return self._prefill[frames]
+        enc = StreamingEncoder(self.backend, InputFormat("float32le", 16000, 1))
+        zeros = np.zeros(frames * SAMPLES_PER_FRAME, np.float32)
+        feats = np.concatenate([enc.push(zeros), enc.end()])[:frames]
+        return np.ascontiguousarray(feats, dtype=np.float32)
 
     async def _with_prefill(self, entry: bus_pb2.StreamEntry, overlap: int) -> Output:
         out = forward(entry, NEXT)
