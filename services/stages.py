@@ -9,7 +9,7 @@ from typing import Any
 
 from ditto import rpc
 from ditto.bus import Bus
-from ditto.stage_runtime import MicroBatcher, SessionStageHandler
+from ditto.stage_runtime import SessionStageHandler
 from ditto.weights import OFFICIAL_FILES
 
 STAGES = ("audio_encoder", "motion_generator", "renderer")
@@ -54,7 +54,7 @@ def build_stage(name: str, weights_dir: Path, profile: str, bus: Bus, device: st
         else:
             hubert = open_onnx_backend(onnx_path, "onnxruntime" if backend == "onnxruntime" else "auto", device)
         audio = AudioEncoderStage(hubert)
-        audio_handler = SessionStageHandler(audio, MicroBatcher(audio.step, audio.label, max_batch=16))
+        audio_handler = SessionStageHandler(audio, max_batch=16)
         return BuiltStage(name, audio_handler, [audio_server.service(audio, audio_handler.batcher)])
     if name == "motion_generator":
         from ditto.synthetic import is_synthetic
@@ -69,8 +69,7 @@ def build_stage(name: str, weights_dir: Path, profile: str, bus: Bus, device: st
         generator = MotionGenerator(motion)
         clamp = synthetic_motion_range() if is_synthetic(weights_dir) else None
         motion_stage = MotionStage(generator, clamp)
-        motion_handler = SessionStageHandler(motion_stage, MicroBatcher(motion_stage.step, motion_stage.label,
-                                                                        max_batch=generator.max_batch))
+        motion_handler = SessionStageHandler(motion_stage, max_batch=generator.max_batch)
         return BuiltStage(name, motion_handler, [motion_server.service(motion_stage, motion_handler.batcher)])
     if name == "renderer":
         from services.renderer import server as renderer_server
@@ -83,6 +82,6 @@ def build_stage(name: str, weights_dir: Path, profile: str, bus: Bus, device: st
                                      cache_dir=cache_dir / "renderer" if cache_dir else None)
         aux = AuxModels.load(weights_dir, device)
         core = renderer_server.RendererCore(models, aux, cache_dir / "avatars" if cache_dir else None)
-        render_handler = SessionStageHandler(RendererStage(core, bus), renderer_server.render_batcher(core))
+        render_handler = SessionStageHandler(RendererStage(core, bus), max_batch=64)
         return BuiltStage(name, render_handler, [renderer_server.service(core, render_handler.batcher)])
     raise ValueError(f"unknown stage {name!r}; one of {', '.join(STAGES)}")

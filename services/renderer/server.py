@@ -323,12 +323,8 @@ def service(core: RendererCore, batcher: RenderBatcher) -> rpc.Service:
                        rpc.service_name(renderer_pb2, "Renderer"))
 
 
-def render_batcher(core: RendererCore, max_batch: int = 64, max_wait_ms: float = 5.0) -> RenderBatcher:
-    """The batcher every render of `core` goes through: RenderFrames calls and the bus sessions together."""
-    return MicroBatcher(core.step, "renderer", max_batch, max_wait_ms)
-
-
 async def serve(core: RendererCore, host: str = "127.0.0.1", port: int = 0,
                 max_message_bytes: int = rpc.DEFAULT_MAX_MESSAGE) -> rpc.RunningServer:
     """Start the Renderer service with health checking and reflection."""
-    return await rpc.start_server([service(core, render_batcher(core))], host, port, max_message_bytes)
+    batcher: RenderBatcher = MicroBatcher(core.step, "renderer", max_batch=64)
+    return await rpc.start_server([service(core, batcher)], host, port, max_message_bytes)
