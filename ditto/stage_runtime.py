@@ -312,7 +312,7 @@ class SessionStageHandler(Generic[SessionT, InputT, ResultT]):
     session, in; one `WorkResult` per entry out, with the session's new checkpoint."""
 
     def __init__(self, session_stage: SessionStage[SessionT, InputT, ResultT],
-                 batcher: MicroBatcher[tuple[SessionT, InputT], ResultT] | None = None, max_batch: int = 16,
+                 batcher: MicroBatcher[tuple[SessionT, InputT], ResultT] | None = None, *, max_batch: int = 16,
                  cached_sessions: int = DEFAULT_CACHED_SESSIONS) -> None:
         self.session_stage = session_stage
         self.stage = session_stage.name  # what SlotWorker names streams and checkpoints by

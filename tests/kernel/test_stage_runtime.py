@@ -115,7 +115,8 @@ async def _run(entries: list[bus_pb2.StreamEntry], outputs: int, cached_sessions
     return what each session sent to the next stage and to the orchestrator."""
     bus = MemoryBus("test")
     stage = stage or AdderStage()
-    handler = SessionStageHandler(stage, MicroBatcher(stage.step, stage.label, max_batch=8), cached_sessions)
+    handler = SessionStageHandler(stage, MicroBatcher(stage.step, stage.label, max_batch=8),
+                                  cached_sessions=cached_sessions)
     stream = bus.slot_stream(STAGE, 0)
     await bus.ensure_group(stream, STAGE)
     for e in entries:
