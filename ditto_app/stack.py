@@ -62,7 +62,7 @@ class EmbeddedStack:
                                                block_ms=20))
             self.workers.append(worker)
             self._tasks.append(asyncio.create_task(worker.run()))
-        registrar = LocalRegistrar(self.stages["renderer"].handler.core)
+        registrar = LocalRegistrar(self.stages["renderer"].session_stage.core)
         self.orch = Orchestrator(self.settings, self.bus, registrar, self.tenants)
         await self.orch.start()
         # wait until every stage holds its slots, so the first session is admitted
@@ -79,4 +79,6 @@ class EmbeddedStack:
             await w.stop()
         for t in self._tasks:
             t.cancel()
+        for built in self.stages.values():
+            await built.close()
         await self.bus.close()

@@ -9,6 +9,7 @@ from typing import Any
 
 from ditto import rpc
 from ditto.bus import Bus
+from ditto.stage_runtime import SessionStageHandler
 from ditto.weights import OFFICIAL_FILES
 
 STAGES = ("audio_encoder", "motion_generator", "renderer")
@@ -17,8 +18,15 @@ STAGES = ("audio_encoder", "motion_generator", "renderer")
 @dataclass
 class BuiltStage:
     name: str
-    handler: Any
+    handler: SessionStageHandler[Any, Any, Any]  # the bus handler; its batcher is the one the gRPC services use too
     services: list[rpc.Service] = field(default_factory=list)
+
+    @property
+    def session_stage(self) -> Any:
+        return self.handler.session_stage
+
+    async def close(self) -> None:
+        await self.handler.batcher.close()
 
 
 def _device(device: str) -> str:
@@ -33,11 +41,9 @@ def build_stage(name: str, weights_dir: Path, profile: str, bus: Bus, device: st
                 backend: str = "auto", cache_dir: Path | None = None) -> BuiltStage:
     device = _device(device)
     if name == "audio_encoder":
-        from ditto_client.v1 import audio_encoder_pb2, audio_encoder_pb2_grpc
-
+        from services.audio_encoder import server as audio_server
         from services.audio_encoder.hubert import open_onnx_backend
-        from services.audio_encoder.server import AudioEncoderServicer, WindowBatcher
-        from services.audio_encoder.worker import AudioStage
+        from services.audio_encoder.session_stage import AudioEncoderStage
 
         onnx_path = weights_dir / OFFICIAL_FILES["hubert"].path
         if backend == "tensorrt":
@@ -47,45 +53,35 @@ def build_stage(name: str, weights_dir: Path, profile: str, bus: Bus, device: st
             hubert: Any = TensorRTHubert(onnx_path, device, cache_dir=(cache_dir / "audio") if cache_dir else None)
         else:
             hubert = open_onnx_backend(onnx_path, "onnxruntime" if backend == "onnxruntime" else "auto", device)
-        svc = rpc.Service(audio_encoder_pb2_grpc.add_AudioEncoderServicer_to_server,
-                          AudioEncoderServicer(WindowBatcher(hubert)),
-                          rpc.service_name(audio_encoder_pb2, "AudioEncoder"))
-        return BuiltStage(name, AudioStage(hubert), [svc])
+        audio = AudioEncoderStage(hubert)
+        audio_handler = SessionStageHandler(audio, max_batch=16)
+        return BuiltStage(name, audio_handler, [audio_server.service(audio, audio_handler.batcher)])
     if name == "motion_generator":
+        from ditto_app.synthetic import is_synthetic
+        from services.motion_generator import server as motion_server
         from services.motion_generator.backends import open_stage_backend
         from services.motion_generator.generator import MotionGenerator
-        from services.motion_generator.worker import MotionStage
+        from services.motion_generator.session_stage import MotionStage, synthetic_motion_range
 
         # torch for 'auto'; ONNX Runtime and TensorRT run our own ONNX export, cached with the engines in cache_dir
         motion = open_stage_backend(weights_dir / OFFICIAL_FILES["lmdm"].path, profile, device, backend,
                                     cache_dir / "motion" if cache_dir else None)
         generator = MotionGenerator(motion)
-        from ditto_client.v1 import motion_generator_pb2, motion_generator_pb2_grpc
-
-        from services.motion_generator.server import MotionGeneratorService, SessionBatcher
-
-        services = [rpc.Service(motion_generator_pb2_grpc.add_MotionGeneratorServicer_to_server,
-                                MotionGeneratorService(generator, SessionBatcher(generator)),
-                                rpc.service_name(motion_generator_pb2, "MotionGenerator"))]
-        from ditto_app.synthetic import is_synthetic
-        from services.motion_generator.worker import synthetic_motion_range
-
         clamp = synthetic_motion_range() if is_synthetic(weights_dir) else None
-        return BuiltStage(name, MotionStage(generator, clamp), services)
+        motion_stage = MotionStage(generator, clamp)
+        motion_handler = SessionStageHandler(motion_stage, max_batch=generator.max_batch)
+        return BuiltStage(name, motion_handler, [motion_server.service(motion_stage, motion_handler.batcher)])
     if name == "renderer":
-        from ditto_client.v1 import renderer_pb2, renderer_pb2_grpc
-
+        from services.renderer import server as renderer_server
         from services.renderer.avatar.sessions import AuxModels
         from services.renderer.models import RendererModels
-        from services.renderer.server import RendererCore, RendererServicer
-        from services.renderer.worker import RendererStage
+        from services.renderer.session_stage import RendererStage
 
         rbackend: Any = backend if backend in ("torch", "onnxruntime", "tensorrt") else "torch"
         models = RendererModels.load(weights_dir, profile=profile, device=device, backend=rbackend,
                                      cache_dir=cache_dir / "renderer" if cache_dir else None)
         aux = AuxModels.load(weights_dir, device)
-        core = RendererCore(models, aux, cache_dir / "avatars" if cache_dir else None)
-        svc = rpc.Service(renderer_pb2_grpc.add_RendererServicer_to_server, RendererServicer(core),
-                          rpc.service_name(renderer_pb2, "Renderer"))
-        return BuiltStage(name, RendererStage(core, bus), [svc])
+        core = renderer_server.RendererCore(models, aux, cache_dir / "avatars" if cache_dir else None)
+        render_handler = SessionStageHandler(RendererStage(core, bus), max_batch=64)
+        return BuiltStage(name, render_handler, [renderer_server.service(core, render_handler.batcher)])
     raise ValueError(f"unknown stage {name!r}; one of {', '.join(STAGES)}")

@@ -87,6 +87,7 @@ async def run_worker(args: argparse.Namespace) -> int:
     except Exception as err:  # Redis away: the address key expires on its own
         log.warning("cannot withdraw address", error=str(err))
     await server.stop(2)
+    await built.close()
     await bus.close()
     log.info("stopped", stage=args.stage, processed=worker.processed)
     return 0

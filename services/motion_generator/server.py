@@ -6,13 +6,13 @@ from the session start, contiguous), `TimedControl`s at any time, and `EndOfStre
 `GenerateStarted`, `KeypointFrames` whenever frames become final (x_d before the stitching network), and a final OK
 `Status` after the end. Bad input ends that call with INVALID_ARGUMENT and a message; every other call goes on.
 
-All concurrent calls share one model: a `SessionBatcher` runs the windows that are ready in different sessions as one
-batched forward per diffusion step.
+All concurrent calls and the bus sessions of this worker share one model: their windows go through the stage's
+`ditto.stage_runtime.MicroBatcher`, so windows ready in different sessions run as one batched forward. When its queue
+is full a call ends with RESOURCE_EXHAUSTED.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
@@ -20,57 +20,12 @@ import numpy as np
 from ditto_client.v1 import common_pb2, motion_generator_pb2, motion_generator_pb2_grpc
 
 from ditto import codec, rpc
-from services.motion_generator.generator import KeypointBatch, MotionGenerator, MotionSession
-from services.motion_generator.protocol import avatar_from_proto, controls_from_proto, settings_from_proto
+from ditto.stage_runtime import MicroBatcher, run_for_call
+from services.motion_generator.generator import KeypointBatch, MotionGenerator
+from services.motion_generator.protocol import avatar_from_proto, controls_from_proto
+from services.motion_generator.session_stage import LiveMotion, MotionInput, MotionStage
 
-
-class SessionBatcher:
-    """Callers await `run(session)`; one task gathers the sessions with a ready window (waiting at most
-    `max_wait_ms` for more) and steps them together with `MotionGenerator.step_many`, off the event loop."""
-
-    def __init__(self, generator: MotionGenerator, max_wait_ms: float = 5.0) -> None:
-        self.generator, self.max_wait = generator, max_wait_ms / 1000.0
-        self._queue: asyncio.Queue[tuple[MotionSession, asyncio.Future[KeypointBatch]]] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
-        self.batch_sizes: list[int] = []
-
-    async def run(self, session: MotionSession) -> KeypointBatch:
-        """Run every window the session can run now; the frames that became final."""
-        loop = asyncio.get_running_loop()
-        if self._task is None or self._task.done():
-            self._task = loop.create_task(self._loop())
-        parts = []
-        first = session.next_frame
-        while session.stream.next_window() is not None:
-            fut: asyncio.Future[KeypointBatch] = loop.create_future()
-            await self._queue.put((session, fut))
-            parts.append(await fut)
-        return KeypointBatch.concat(parts, first)
-
-    async def _loop(self) -> None:
-        while True:
-            items = [await self._queue.get()]
-            deadline = asyncio.get_running_loop().time() + self.max_wait
-            while len(items) < self.generator.max_batch:
-                timeout = deadline - asyncio.get_running_loop().time()
-                if timeout <= 0:
-                    break
-                try:
-                    items.append(await asyncio.wait_for(self._queue.get(), timeout))
-                except TimeoutError:
-                    break
-            sessions = [s for s, _ in items]
-            self.batch_sizes.append(len(sessions))
-            try:
-                out = await asyncio.to_thread(self.generator.step_many, sessions)
-            except Exception as err:  # a model failure fails these calls, not the server
-                for _, fut in items:
-                    if not fut.done():
-                        fut.set_exception(err)
-                continue
-            for (_, fut), batch in zip(items, out, strict=True):
-                if not fut.done():
-                    fut.set_result(batch)
+MotionBatcher = MicroBatcher[tuple[LiveMotion, MotionInput], KeypointBatch]
 
 
 def frames_message(batch: KeypointBatch, idle: bool = False) -> motion_generator_pb2.GenerateResponse:
@@ -82,30 +37,33 @@ def frames_message(batch: KeypointBatch, idle: bool = False) -> motion_generator
 
 
 class MotionGeneratorService(motion_generator_pb2_grpc.MotionGeneratorServicer):
-    def __init__(self, generator: MotionGenerator, batcher: SessionBatcher) -> None:
-        self.generator, self.batcher = generator, batcher
+    def __init__(self, stage: MotionStage, batcher: MotionBatcher) -> None:
+        self.stage, self.batcher = stage, batcher
 
-    async def Generate(self, request_iterator: AsyncIterator[motion_generator_pb2.GenerateRequest],
+    async def Generate(self, request_iterator: AsyncIterator[motion_generator_pb2.GenerateRequest],  # noqa: N802
                        context: grpc.aio.ServicerContext) -> AsyncIterator[motion_generator_pb2.GenerateResponse]:
-        session: MotionSession | None = None
+        live: LiveMotion | None = None
         received = 0
         async for req in request_iterator:
             kind = req.WhichOneof("event")
             try:
                 if kind == "config":
-                    if session is not None:
+                    if live is not None:
                         raise ValueError("a second MotionConfig; send the config once, first")
                     c = req.config
                     if not c.HasField("avatar") or not c.avatar.tensors:
                         raise ValueError("MotionConfig.avatar is empty: send the avatar's motion info "
                                          "(scale, pitch, yaw, roll, t, exp, kp, eye_open, eye_ball)")
-                    settings = settings_from_proto(c.sampling_steps, c.overlap, c.seed, c.emotion, c.controls)
-                    session = self.generator.session(avatar_from_proto(c.avatar), settings, c.avatar.avatar_id)
+                    live = LiveMotion(self.stage.new_session(avatar_from_proto(c.avatar), c.sampling_steps,
+                                                             c.overlap, c.seed, c.emotion, c.controls,
+                                                             session_id=c.avatar.avatar_id))
                     yield motion_generator_pb2.GenerateResponse(started=motion_generator_pb2.GenerateStarted(
-                        look_ahead_frames=session.look_ahead_frames, backend=self.generator.backend.name))
+                        look_ahead_frames=live.session.look_ahead_frames,
+                        backend=self.stage.generator.backend.name))
                     continue
-                if session is None:
+                if live is None:
                     raise ValueError(f"the first message must be a MotionConfig, got {kind}")
+                session = live.session
                 if kind == "features":
                     if req.features.first_frame != received:
                         raise ValueError(f"feature chunk starts at frame {req.features.first_frame}, expected "
@@ -117,7 +75,7 @@ class MotionGeneratorService(motion_generator_pb2_grpc.MotionGeneratorServicer):
                         raise ValueError("features contain NaN or infinite values")
                     received += len(feats)
                     session.stream.push(feats)
-                    batch = await self.batcher.run(session)
+                    batch = await run_for_call(self.batcher, (live, MotionInput()), context)
                     if len(batch):
                         yield frames_message(batch, req.features.idle)
                 elif kind == "control":
@@ -126,8 +84,7 @@ class MotionGeneratorService(motion_generator_pb2_grpc.MotionGeneratorServicer):
                     session.control(ctrl, int(tc.start_frame), int(tc.end_frame) or None)
                 elif kind == "end":
                     session.stream.end()
-                    batch = await self.batcher.run(session)
-                    batch = KeypointBatch.concat([batch, session.flush()], batch.first_frame)
+                    batch = await run_for_call(self.batcher, (live, MotionInput(end=True)), context)
                     if len(batch):
                         yield frames_message(batch)
                     yield motion_generator_pb2.GenerateResponse(final=common_pb2.Status(code=0, message="OK"))
@@ -136,15 +93,17 @@ class MotionGeneratorService(motion_generator_pb2_grpc.MotionGeneratorServicer):
                     raise ValueError("empty GenerateRequest (set one of config, features, control, end)")
             except (ValueError, codec.CodecError) as err:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"motion generator: {err}")
-        if session is None:
+        if live is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "motion generator: no MotionConfig received")
 
 
+def service(stage: MotionStage, batcher: MotionBatcher) -> rpc.Service:
+    return rpc.Service(motion_generator_pb2_grpc.add_MotionGeneratorServicer_to_server, MotionGeneratorService(
+        stage, batcher), rpc.service_name(motion_generator_pb2, "MotionGenerator"))
+
+
 async def start(generator: MotionGenerator, host: str = "127.0.0.1", port: int = 0,
-                max_wait_ms: float = 5.0) -> tuple[rpc.RunningServer, SessionBatcher]:
-    batcher = SessionBatcher(generator, max_wait_ms)
-    service = MotionGeneratorService(generator, batcher)
-    running = await rpc.start_server([rpc.Service(motion_generator_pb2_grpc.add_MotionGeneratorServicer_to_server,
-                                                  service, rpc.service_name(motion_generator_pb2, "MotionGenerator"))],
-                                     host, port)
-    return running, batcher
+                max_wait_ms: float = 5.0) -> tuple[rpc.RunningServer, MotionBatcher]:
+    stage = MotionStage(generator)
+    batcher: MotionBatcher = MicroBatcher(stage.step, stage.label, generator.max_batch, max_wait_ms)
+    return await rpc.start_server([service(stage, batcher)], host, port), batcher

@@ -9,17 +9,10 @@ import grpc
 from ditto_client.v1 import renderer_pb2, renderer_pb2_grpc
 
 from ditto import rpc
+from ditto.avatar_keys import info_key, source_key
 from ditto.bus import Bus
 
 AVATAR_TTL_S = 30 * 24 * 3600
-
-
-def source_key(bus: Bus, tenant: str, avatar_id: str) -> str:
-    return bus.key("avatar", tenant, avatar_id, "source")
-
-
-def info_key(bus: Bus, tenant: str, avatar_id: str) -> str:
-    return bus.key("avatar", tenant, avatar_id, "info")
 
 
 class RegistrationError(Exception):

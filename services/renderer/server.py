@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +26,10 @@ import cv2
 import grpc
 import numpy as np
 from cachetools import LRUCache
-from ditto_client.v1 import common_pb2, renderer_pb2, renderer_pb2_grpc
+from ditto_client.v1 import bus_pb2, common_pb2, renderer_pb2, renderer_pb2_grpc
 
 from ditto import codec, rpc
+from ditto.stage_runtime import MicroBatcher, run_for_call
 
 from .avatar.crop import CropSettings
 from .avatar.register import Avatar, MediaError, NoFaceError, load_cached, register_avatar
@@ -67,7 +68,7 @@ def crop_settings(msg: common_pb2.CropOptions) -> CropSettings:
 
 @dataclass
 class RenderSession:
-    """One RenderFrames call: its avatar, paste options and encoder."""
+    """One rendered stream (a RenderFrames call or a bus session's epoch): its avatar, paste options and encoder."""
 
     avatar: Avatar
     paste: PasteOptions
@@ -75,6 +76,32 @@ class RenderSession:
     width: int
     height: int
     frames_out: int = 0
+    spec: bus_pb2.SessionSpec | None = None  # the bus session it renders (None: a RenderFrames call)
+
+
+@dataclass
+class RenderInput:
+    """One session's part of a render step: keypoint frames, or (x_s None) the end of the stream."""
+
+    x_s: np.ndarray | None
+    x_d: np.ndarray | None = None
+    source_index: list[int] = field(default_factory=list)
+    first_frame: int = 0
+    idle: bool = False
+
+
+@dataclass
+class RenderedFrames:
+    """A render step's answer for one session: its encoded frames, in order."""
+
+    frames: list[bytes]
+    width: int = 0
+    height: int = 0
+
+
+# what a render step gives each session: its frames, or why they could not be encoded
+RenderResult = RenderedFrames | EncodeError
+RenderBatcher = MicroBatcher[tuple[RenderSession, RenderInput], RenderResult]
 
 
 class RendererCore:
@@ -159,6 +186,28 @@ class RendererCore:
                                                session.paste))
         return out
 
+    def step(self, batch: Sequence[tuple[RenderSession, RenderInput]]) -> list[RenderResult]:
+        """One render step over many sessions: their keypoint frames through the networks together, then each
+        session's frames encoded (an encoding failure belongs to its session only); an end input flushes."""
+        images = iter(self.render_many([(s, x.x_s, x.x_d, x.source_index) for s, x in batch
+                                        if x.x_s is not None and x.x_d is not None]))
+        out: list[RenderResult] = []
+        for session, x in batch:
+            if x.x_s is None:
+                session.encoder.flush()
+                out.append(RenderedFrames([]))
+                continue
+            imgs = next(images)
+            try:
+                frames = [session.encoder.encode(img) for img in imgs]
+            except EncodeError as err:
+                out.append(err)
+                continue
+            session.frames_out += len(frames)
+            h, w = imgs[0].shape[:2] if imgs else (session.height, session.width)
+            out.append(RenderedFrames(frames, w, h))
+        return out
+
 
 def registration_response(core: RendererCore, request: renderer_pb2.RegisterSourceRequest
                           ) -> renderer_pb2.RegisterSourceResponse:
@@ -173,8 +222,8 @@ def registration_response(core: RendererCore, request: renderer_pb2.RegisterSour
 
 
 class RendererServicer(renderer_pb2_grpc.RendererServicer):
-    def __init__(self, core: RendererCore):
-        self.core = core
+    def __init__(self, core: RendererCore, batcher: RenderBatcher):
+        self.core, self.batcher = core, batcher
 
     async def RegisterAvatar(self, request: renderer_pb2.RegisterSourceRequest,  # noqa: N802 (gRPC name)
                              context: grpc.aio.ServicerContext) -> renderer_pb2.RegisterSourceResponse:
@@ -200,23 +249,22 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
             elif kind == "keypoints":
                 x_s, x_d, index = await self._check_keypoints(session, request.keypoints, context)
                 try:
-                    images = await asyncio.to_thread(self.core.render, session, x_s, x_d, index)
-                    payloads = [session.encoder.encode(img) for img in images]
-                except (ValueError, EncodeError) as err:
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"cannot render these keypoints: {err}")
-                    raise
-                h, w = images[0].shape[:2]
-                for i, data in enumerate(payloads):
+                    rendered = await run_for_call(self.batcher, (session, RenderInput(x_s, x_d, index)), context)
+                except ValueError as err:
+                    rendered = EncodeError(str(err))
+                if isinstance(rendered, EncodeError):
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"cannot render these keypoints: {rendered}")
+                    raise rendered
+                for i, data in enumerate(rendered.frames):
                     yield renderer_pb2.RenderFramesResponse(frame=renderer_pb2.RenderedFrame(
-                        index=request.keypoints.first_frame + i, data=data, width=w, height=h,
-                        encoding=int(session.encoder.encoding)))  # type: ignore[arg-type]
-                session.frames_out += len(payloads)
+                        index=request.keypoints.first_frame + i, data=data, width=rendered.width,
+                        height=rendered.height, encoding=int(session.encoder.encoding)))  # type: ignore[arg-type]
             elif kind == "end":
                 break
         if session is None:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "the stream ended before any RenderConfig")
             return
-        session.encoder.flush()
+        await run_for_call(self.batcher, (session, RenderInput(None)), context)
         yield renderer_pb2.RenderFramesResponse(final=common_pb2.Status(
             code=0, message=f"rendered {session.frames_out} frames"))
 
@@ -265,9 +313,13 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
         return x_s.astype(np.float32), x_d.astype(np.float32), index
 
 
+def service(core: RendererCore, batcher: RenderBatcher) -> rpc.Service:
+    return rpc.Service(renderer_pb2_grpc.add_RendererServicer_to_server, RendererServicer(core, batcher),
+                       rpc.service_name(renderer_pb2, "Renderer"))
+
+
 async def serve(core: RendererCore, host: str = "127.0.0.1", port: int = 0,
                 max_message_bytes: int = rpc.DEFAULT_MAX_MESSAGE) -> rpc.RunningServer:
     """Start the Renderer service with health checking and reflection."""
-    service = rpc.Service(renderer_pb2_grpc.add_RendererServicer_to_server, RendererServicer(core),
-                          rpc.service_name(renderer_pb2, "Renderer"))
-    return await rpc.start_server([service], host, port, max_message_bytes)
+    batcher: RenderBatcher = MicroBatcher(core.step, "renderer", max_batch=64)
+    return await rpc.start_server([service(core, batcher)], host, port, max_message_bytes)

@@ -1,9 +1,11 @@
 """The AudioEncoder gRPC service on loopback with a real ONNX Runtime backend: streamed features equal the direct
-encoder's, concurrent sessions share batches, bad audio ends only its own call with INVALID_ARGUMENT."""
+encoder's, concurrent sessions share batches, bad audio ends only its own call with INVALID_ARGUMENT, an overloaded
+batcher refuses a call with RESOURCE_EXHAUSTED and serves on."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import grpc
 import numpy as np
@@ -11,10 +13,12 @@ import pytest
 from ditto_client.v1 import audio_encoder_pb2, audio_encoder_pb2_grpc, common_pb2
 
 from ditto import codec, rpc
+from ditto.stage_runtime import MicroBatcher
 from services.audio_encoder import server
 from services.audio_encoder.encoder import StreamingEncoder
 from services.audio_encoder.formats import InputFormat
 from services.audio_encoder.hubert import OnnxHubert
+from services.audio_encoder.session_stage import AudioEncoderStage
 
 
 @pytest.fixture(scope="module")
@@ -100,5 +104,46 @@ async def test_bad_audio_is_invalid_argument_and_server_goes_on(backend):
                                                                     1000))
             assert final.code == 0 and sum(len(c) for _, c in chunks) == 5 * 3
     finally:
+        await batcher.close()
+        await running.stop(None)
+
+
+async def test_a_full_batcher_refuses_a_call_with_resource_exhausted_and_serves_the_others(backend):
+    """The stage's batcher holds at most `max_queued` chunks waiting: while a step runs and one chunk waits, a third
+    call is refused at once (with a retry-after-ms trailer), and the two admitted calls and later ones complete."""
+    stage = AudioEncoderStage(backend)
+    entered, gate = threading.Event(), threading.Event()
+
+    def gated_step(batch):  # the real step, held until the test has filled the queue behind it
+        entered.set()
+        assert gate.wait(30), "the test never opened the gate"
+        return stage.step(batch)
+
+    batcher = MicroBatcher(gated_step, stage.label, max_batch=1, max_wait_ms=0, max_queued=1)
+    running = await rpc.start_server([server.service(stage, batcher)], "127.0.0.1", 0)
+    try:
+        async with grpc.aio.insecure_channel(running.address) as channel:
+            stub = audio_encoder_pb2_grpc.AudioEncoderStub(channel)
+            fmt = common_pb2.AudioFormat()
+            admitted = [asyncio.create_task(_collect(stub, _requests(fmt, _pcm(0.4, 16000, k), 12800)))
+                        for k in range(2)]
+            deadline = asyncio.get_running_loop().time() + 20
+            while not (entered.is_set() and batcher.waiting == 1):
+                assert asyncio.get_running_loop().time() < deadline, "the two calls never filled the batcher"
+                await asyncio.sleep(0.005)
+            call = stub.Encode(_requests(fmt, _pcm(0.4, 16000, 9), 12800))
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                async for _ in call:
+                    pass
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "retry" in err.value.details()
+            assert ("retry-after-ms", "100") in tuple(err.value.trailing_metadata() or ())
+            gate.set()
+            for task in admitted:
+                _, chunks, final = await task
+                assert final.code == 0 and sum(len(c) for _, c in chunks) == 5 * 3
+            _, chunks, final = await _collect(stub, _requests(fmt, _pcm(0.4, 16000, 3), 1000))
+            assert final.code == 0 and sum(len(c) for _, c in chunks) == 5 * 3
+    finally:
+        gate.set()
         await batcher.close()
         await running.stop(None)

@@ -50,11 +50,11 @@ def stage_frames(generator: MotionGenerator, n_features: int = 70) -> KeypointBa
 def test_onnxruntime_stage_matches_torch_stage_and_caches_its_export(weights, cache) -> None:
     torch_stage = build_stage("motion_generator", weights, "tiny", MemoryBus(), "cpu", "torch", cache)
     ort_stage = build_stage("motion_generator", weights, "tiny", MemoryBus(), "cpu", "onnxruntime", cache)
-    assert torch_stage.handler.generator.backend.name == "torch"
-    assert ort_stage.handler.generator.backend.name == "onnxruntime"
+    assert torch_stage.session_stage.generator.backend.name == "torch"
+    assert ort_stage.session_stage.generator.backend.name == "onnxruntime"
 
-    ref = stage_frames(torch_stage.handler.generator)
-    got = stage_frames(ort_stage.handler.generator)
+    ref = stage_frames(torch_stage.session_stage.generator)
+    got = stage_frames(ort_stage.session_stage.generator)
     assert len(ref) == len(got) > 0
     np.testing.assert_array_equal(got.source_index, ref.source_index)
     for name in ("motion", "x_d", "x_s"):
@@ -67,7 +67,7 @@ def test_onnxruntime_stage_matches_torch_stage_and_caches_its_export(weights, ca
     assert len(exported) == 1 and exported[0].name.startswith("lmdm-tiny-")
     stamp = exported[0].stat().st_mtime_ns
     again = build_stage("motion_generator", weights, "tiny", MemoryBus(), "cpu", "onnxruntime", cache)
-    assert again.handler.generator.backend.name == "onnxruntime"
+    assert again.session_stage.generator.backend.name == "onnxruntime"
     assert sorted((cache / "motion").glob("*.onnx")) == exported
     assert exported[0].stat().st_mtime_ns == stamp
     assert not list((cache / "motion").glob(".*partial*"))
@@ -128,8 +128,8 @@ def test_tensorrt_matches_torch_and_caches_its_engine(weights, tmp_path) -> None
 
     # the stage on TensorRT gives the torch stage's frames
     trt_stage = build_stage("motion_generator", weights, "tiny", MemoryBus(), "cuda", "tensorrt", tmp_path)
-    assert trt_stage.handler.generator.backend.name == "tensorrt"
-    got = stage_frames(trt_stage.handler.generator)
+    assert trt_stage.session_stage.generator.backend.name == "tensorrt"
+    got = stage_frames(trt_stage.session_stage.generator)
     want = stage_frames(MotionGenerator(ref))
     err = np.max(np.abs(got.motion - want.motion)) / max(1.0, float(np.abs(want.motion).max()))
     assert err <= 1e-3
