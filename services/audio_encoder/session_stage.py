@@ -21,12 +21,11 @@ from ditto_client.v1 import bus_pb2, common_pb2
 from ditto import codec
 from ditto.bus.worker import Output
 from ditto.stage_runtime import forward, session_spec
-from services.audio_encoder.encoder import StreamingEncoder, encode_many
+from services.audio_encoder.encoder import SAMPLES_PER_FRAME, StreamingEncoder, encode_many
 from services.audio_encoder.formats import AudioError, InputFormat, SampleFormat
 from services.audio_encoder.hubert import HubertBackend
 
 NEXT = "motion_generator"
-SAMPLES_PER_FRAME = 640  # 16 kHz / 25 fps
 DEFAULT_OVERLAP = 70
 _SAMPLE_FORMATS: dict[int, SampleFormat] = {
     common_pb2.SAMPLE_FORMAT_UNSPECIFIED: "pcm_s16le",
@@ -48,7 +47,6 @@ class AudioInput:
 
     pcm: bytes | None
     idle: bool = False        # the orchestrator's idle silence, not the client's speech
-    limit: int | None = None  # at the end on the bus: the stream's real frame count (features beyond are padding)
 
 
 # a step's answer for one session: its new features [n, 1024], or why its chunk was refused
@@ -105,17 +103,15 @@ class AudioEncoderStage:
         return AudioInput(codec.unnamed(entry.tensors)["pcm"].tobytes(), meta.idle)
 
     def end(self, session: StreamingEncoder, entry: bus_pb2.StreamEntry) -> AudioInput:
-        # the stream ends with exactly the real frames: ceil(16 kHz samples / 640), as the reference's num_f; the
-        # zero-padded last window would otherwise add a few
-        real = -(-session.resampler.output_length(session.resampler.consumed) // SAMPLES_PER_FRAME)
-        return AudioInput(None, limit=real)
+        return AudioInput(None)
 
     def emit(self, session: StreamingEncoder, entry: bus_pb2.StreamEntry, step_input: AudioInput,
              result: AudioResult) -> list[Output]:
         if isinstance(result, AudioError):
             raise result
         first = session.frames_out - len(result)
-        feats = result if step_input.limit is None else result[:max(0, step_input.limit - first)]
+        # the stream ends with exactly the real frames (what `ditto features` writes too): ceil(16 kHz samples / 640)
+        feats = session.trim_final(result) if step_input.pcm is None else result
         outputs = []
         if len(feats):
             chunk = common_pb2.FeatureChunk(first_frame=first, idle=step_input.idle)
