@@ -88,3 +88,48 @@ def private_redis() -> Iterator[PrivateRedis]:
         yield r
     finally:
         r.stop()
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Orchestrator:
+    """`ditto serve` as its own process, orchestrator only (DITTO_BUS__KIND=redis, REDIS_URL from the environment,
+    never the command line), its log in a file."""
+
+    def __init__(self, log: Path, env: dict[str, str], timeout: float = 120) -> None:
+        import os
+
+        self.log = log
+        e = dict(os.environ)
+        e.update({"DITTO_BUS__KIND": "redis", "PYTHONUNBUFFERED": "1", "DITTO_TELEMETRY__LOG_LEVEL": "info",
+                  "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "clients" / "python")])})
+        e.update(env)
+        self.args = [sys.executable, "-m", "ditto.cli", "serve", "--port", "0"]
+        with open(log, "wb") as f:
+            self.proc = subprocess.Popen(self.args, cwd=ROOT, env=e, stdout=f, stderr=subprocess.STDOUT)
+        self.port = 0
+        deadline = time.monotonic() + timeout
+        while not self.port:
+            text = log.read_text(errors="replace")
+            for line in text.splitlines():
+                if line.startswith("READY orchestrator grpc="):
+                    self.port = int(line.rsplit(":", 1)[1])
+            if self.proc.poll() is not None and not self.port:
+                raise RuntimeError(f"ditto serve exited with {self.proc.returncode}:\n{text[-3000:]}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise TimeoutError(f"ditto serve not ready in {timeout} s:\n{text[-3000:]}")
+            time.sleep(0.1)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def cmdline(self) -> str:
+        return Path(f"/proc/{self.proc.pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+    def kill(self, sig: int = 9) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(30)
