@@ -32,6 +32,12 @@ class BusSettings(BaseModel):
     claim_idle_ms: int = Field(1000, ge=0, description="pending entries idle this long are claimed by a new holder")
     block_ms: int = Field(200, ge=1, description="longest blocking read")
     state_ttl_s: int = Field(3600, ge=1, description="lifetime of checkpointed session state")
+    reclaim_every_s: float = Field(1.0, gt=0, description="how often a worker re-checks its slots for pending "
+                                   "entries nobody works on")
+    max_retries: int = Field(6, ge=0, description="transient bus errors on one entry before its session ends "
+                             "(UNAVAILABLE)")
+    gap_timeout_s: float = Field(10.0, gt=0, description="how long a worker waits for a missing sequence number "
+                                 "before the session ends (DATA_LOSS)")
 
 
 class TlsSettings(BaseModel):

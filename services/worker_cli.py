@@ -56,8 +56,7 @@ async def run_worker(args: argparse.Namespace) -> int:
     address = f"{advertised_host(settings.grpc_host)}:{server.port}"
     addresses = bus.key(args.stage, "addrs")  # live-member set of the stage's gRPC addresses (read by registration)
     await bus.touch_member(addresses, address, ADVERTISE_TTL_S * 1000)
-    worker = SlotWorker(bus, built.handler, owner, WorkerSettings(
-        slots=settings.bus.slots, lease_ttl_ms=settings.bus.lease_ttl_ms, block_ms=settings.bus.block_ms))
+    worker = SlotWorker(bus, built.handler, owner, WorkerSettings.from_bus(settings.bus))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -32,6 +32,7 @@ from ditto_client.v1 import bus_pb2, common_pb2
 
 from ditto import codec, telemetry
 from ditto.bus.base import Bus, BusError, Commit, Delivery, LeaseLost
+from ditto.config import BusSettings
 
 log = telemetry.get_logger("ditto.worker")
 
@@ -107,6 +108,15 @@ class WorkerSettings:
     max_retries: int = 6            # then the session ends with UNAVAILABLE instead of waiting forever
     gap_timeout_s: float = 10.0     # a missing sequence number waited for this long ends the session (DATA_LOSS)
     frames_ttl_ms: int = 60_000     # TTL given to an output stream to an orchestrator if the append recreated it
+
+    @classmethod
+    def from_bus(cls, bus: BusSettings, **overrides: Any) -> WorkerSettings:
+        """The worker's settings from the process's typed bus settings (DITTO_BUS__*)."""
+        values: dict[str, Any] = {"slots": bus.slots, "lease_ttl_ms": bus.lease_ttl_ms, "block_ms": bus.block_ms,
+                                  "reclaim_every_s": bus.reclaim_every_s, "max_retries": bus.max_retries,
+                                  "gap_timeout_s": bus.gap_timeout_s}
+        values.update(overrides)
+        return cls(**values)
 
 
 @dataclass
