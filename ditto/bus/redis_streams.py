@@ -313,7 +313,8 @@ class RedisBus(Bus):
         keys = [r.sessions_key, r.used_key]
         for st in r.stages:
             keys += [st.held_key, st.load_key]
-        args = [r.session_id, r.max_sessions, r.max_seconds, r.slots, r.per_slot, r.ttl_ms, random.randrange(1 << 30)]
+        args: list[str | int | float] = [r.session_id, r.max_sessions, r.max_seconds, r.slots, r.per_slot, r.ttl_ms,
+                                         random.randrange(1 << 30)]
         res = [_s(v) for v in await self._call(self._admit(keys=keys, args=args))]
         if res[0]:
             stage = r.stages[int(res[1]) - 1].stage if int(res[1]) > 0 else ""

@@ -352,8 +352,9 @@ class SlotWorker:
             if not items:
                 continue
             _batch.labels(self.stage).observe(len(items))
+            results: list[WorkResult | None]
             try:
-                results = await self.handler.process(items)
+                results = list(await self.handler.process(items))
             except BusError as err:
                 # Transient (Redis away or failing over): nothing of the batch is committed. Each item alone again,
                 # so only the sessions whose entry still fails wait (and retry it later, in order, with their later
