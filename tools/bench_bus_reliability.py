@@ -53,6 +53,13 @@ class RunningSum:
         return out
 
 
+def _quiet() -> None:
+    from ditto import telemetry
+    from ditto.config import TelemetrySettings
+
+    telemetry.setup(TelemetrySettings(log_level="warning", log_format="console"), "ditto-bench")
+
+
 async def _worker_main(url: str, prefix: str, owner: str, slots: int, delay: float) -> None:
     from ditto.bus import RedisBus
     from ditto.bus.worker import SlotWorker, WorkerSettings
@@ -254,6 +261,7 @@ def _fill(client, n: int) -> None:
 
 
 def run(out_dir: Path | None = None) -> dict:
+    _quiet()
     results: dict = {}
     redis = _Redis()
     try:
@@ -280,6 +288,7 @@ if __name__ == "__main__":
     ap.add_argument("--worker", nargs=5, metavar=("URL", "PREFIX", "OWNER", "SLOTS", "DELAY"))
     a = ap.parse_args()
     if a.worker:
+        _quiet()
         url, prefix, owner, slots, delay = a.worker
         asyncio.run(_worker_main(url, prefix, owner, int(slots), float(delay)))
     else:
