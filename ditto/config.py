@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, FilePath, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Profile = Literal["full", "tiny"]
@@ -31,6 +31,34 @@ class BusSettings(BaseModel):
     lease_ttl_ms: int = Field(3000, ge=200, description="slot lease lifetime; renewed every ttl/3")
     block_ms: int = Field(200, ge=1, description="longest blocking read")
     state_ttl_s: int = Field(3600, ge=1, description="lifetime of checkpointed session state")
+    reclaim_every_s: float = Field(1.0, gt=0, description="how often a worker re-checks its slots for pending "
+                                   "entries nobody works on")
+    max_retries: int = Field(6, ge=0, description="transient bus errors on one entry before its session ends "
+                             "(UNAVAILABLE)")
+    gap_timeout_s: float = Field(10.0, gt=0, description="how long a worker waits for a missing sequence number "
+                                 "before the session ends (DATA_LOSS)")
+
+
+class TlsSettings(BaseModel):
+    """TLS on a public gRPC port: PEM files (in Kubernetes, a mounted `kubernetes.io/tls` Secret). With
+    `client_ca_file`, clients must present a certificate signed by that CA (mutual TLS)."""
+
+    cert_file: FilePath | None = Field(None, description="server certificate chain (PEM)")
+    key_file: FilePath | None = Field(None, description="server private key (PEM)")
+    client_ca_file: FilePath | None = Field(None, description="CA that client certificates must chain to; "
+                                                              "set = client certificates required")
+
+    @model_validator(mode="after")
+    def _complete(self) -> TlsSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("give both cert_file and key_file (or neither, for plaintext)")
+        if self.client_ca_file is not None and self.cert_file is None:
+            raise ValueError("client_ca_file needs cert_file and key_file: client certificates are checked over TLS")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None
 
 
 class TelemetrySettings(BaseModel):

@@ -14,6 +14,8 @@ from ditto_client.channel import DEFAULT_MAX_MESSAGE, channel_options  # noqa: F
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from ditto.config import TlsSettings
+
 
 @dataclass
 class Service:
@@ -45,10 +47,23 @@ class RunningServer:
         await self.server.stop(grace)
 
 
+def server_credentials(tls: TlsSettings) -> grpc.ServerCredentials | None:
+    """TLS credentials from the settings' PEM files (None = plaintext). With a client CA, client certificates are
+    required and checked against it."""
+    if not tls.enabled:
+        return None
+    assert tls.cert_file is not None and tls.key_file is not None
+    root = tls.client_ca_file.read_bytes() if tls.client_ca_file else None
+    return grpc.ssl_server_credentials([(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
+                                       root_certificates=root, require_client_auth=root is not None)
+
+
 async def start_server(services: list[Service], host: str = "127.0.0.1", port: int = 0,
                        max_message_bytes: int = DEFAULT_MAX_MESSAGE,
-                       interceptors: list[Any] | None = None) -> RunningServer:
-    """Start an asyncio gRPC server with the given services plus grpc.health.v1 and reflection, all SERVING."""
+                       interceptors: list[Any] | None = None,
+                       credentials: grpc.ServerCredentials | None = None) -> RunningServer:
+    """Start an asyncio gRPC server with the given services plus grpc.health.v1 and reflection, all SERVING;
+    over TLS when `credentials` are given."""
     server = grpc.aio.server(options=channel_options(max_message_bytes), interceptors=interceptors or [])
     for s in services:
         s.add(s.servicer, server)
@@ -56,7 +71,10 @@ async def start_server(services: list[Service], host: str = "127.0.0.1", port: i
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [s.name for s in services]
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    if credentials is not None:
+        bound = server.add_secure_port(f"{host}:{port}", credentials)
+    else:
+        bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise RuntimeError(f"cannot bind gRPC server to {host}:{port}")
     await server.start()

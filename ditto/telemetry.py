@@ -20,6 +20,7 @@ from opentelemetry import propagate, trace
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from ditto.config import TelemetrySettings
+from ditto.redaction import redact_event
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 _configured = False
@@ -45,6 +46,7 @@ def setup(settings: TelemetrySettings | None = None, service_name: str | None = 
             _add_trace_ids,
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,
+            redact_event,  # after the traceback is text: a Redis error inside it may name the URL
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),

@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 import redis as redis_lib
 
 from ditto.config import load_settings
+from ditto.redaction import redact_url
 from ditto_app.stages import STAGES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -108,7 +109,7 @@ class LocalCluster:
             return
         u = urlparse(self.redis_url)
         if u.hostname not in ("127.0.0.1", "localhost", "::1"):
-            raise SystemExit(f"no Redis answers at {self.redis_url}")
+            raise SystemExit(f"no Redis answers at {redact_url(self.redis_url)}")
         self.redis_proc = start_redis(u.port or 6379)
 
     def _spawn(self, name: str, args: list[str], ready: str) -> Proc:
@@ -136,8 +137,9 @@ class LocalCluster:
             ensure_synthetic(self.profile)
         for stage in STAGES:
             self.start_worker(stage)
-        self._spawn("orchestrator", ["serve", "--redis", self.redis_url, "--port", str(self.port)],
-                    "READY orchestrator")
+        # distributed by DITTO_BUS__KIND=redis and REDIS_URL in its environment: no URL (maybe with a password) on
+        # the command line, where any local user could read it
+        self._spawn("orchestrator", ["serve", "--port", str(self.port)], "READY orchestrator")
         deadline = time.monotonic() + timeout
         self.wait_ready(timeout)
         self.wait_serving(max(1.0, deadline - time.monotonic()))

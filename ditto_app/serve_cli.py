@@ -18,7 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     p.add_argument("--host", default=None, help="bind address (default: $DITTO_GRPC_HOST or 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="default: $DITTO_GRPC_PORT or 50051")
-    p.add_argument("--redis", default=None, help="run as orchestrator only, over this Redis (workers run apart)")
+    p.add_argument("--redis", default=None, help="run as orchestrator only, over this Redis (workers run apart). "
+                   "Prefer DITTO_BUS__KIND=redis with REDIS_URL in the environment: a URL with a password does not "
+                   "belong on a command line")
     p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime", "tensorrt"))
     p.add_argument("--metrics-port", type=int, default=None)
     p.set_defaults(handler=_run)
@@ -35,6 +37,7 @@ async def serve(args: argparse.Namespace, ready: asyncio.Event | None = None) ->
     from services.orchestrator.avatars import GrpcRegistrar
     from services.orchestrator.config import OrchestratorSettings
     from services.orchestrator.service import AvatarService, Orchestrator
+    from services.orchestrator.tenants import TenantDirectory
 
     settings = load_settings(OrchestratorSettings)
     assert isinstance(settings, OrchestratorSettings)
@@ -42,11 +45,16 @@ async def serve(args: argparse.Namespace, ready: asyncio.Event | None = None) ->
         settings.telemetry.metrics_port = args.metrics_port
     telemetry.setup(settings.telemetry, "ditto-orchestrator")
     log = telemetry.get_logger("ditto.serve")
+    # A bad tenants file stops the start before anything heavy is built (an empty one never means "open").
+    tenants = TenantDirectory.from_file(settings.api_keys_file)
     stack = None
     if args.redis:
         settings.bus.kind = "redis"
-        bus = RedisBus(args.redis, settings.bus.prefix, settings.bus.state_ttl_s)
-        orch = Orchestrator(settings, bus, GrpcRegistrar(bus, settings.renderer_address))
+        settings.bus.redis_url = args.redis
+    distributed = settings.bus.kind == "redis"
+    if distributed:
+        bus = RedisBus(settings.bus.redis_url, settings.bus.prefix, settings.bus.state_ttl_s)
+        orch = Orchestrator(settings, bus, GrpcRegistrar(bus, settings.renderer_address), tenants)
         await orch.start()
     else:
         weights = resolve_weights(args.weights, args.profile, settings.model.cache_dir)
@@ -54,20 +62,23 @@ async def serve(args: argparse.Namespace, ready: asyncio.Event | None = None) ->
             print(BANNER, flush=True)
         device = args.device if args.device != "auto" else settings.model.device
         stack = EmbeddedStack(weights, profile_of(weights, args.profile), settings, device,
-                              args.backend if args.backend != "auto" else settings.model.backend)
+                              args.backend if args.backend != "auto" else settings.model.backend, tenants=tenants)
         orch = await stack.start()
     service = rpc.Service(avatar_pb2_grpc.add_AvatarServicer_to_server, AvatarService(orch),
                           rpc.service_name(avatar_pb2, "Avatar"))
     host = args.host or settings.grpc_host
     port = args.port if args.port is not None else (settings.grpc_port or 50051)
-    server = await rpc.start_server([service], host, port, settings.max_message_bytes)
+    server = await rpc.start_server([service], host, port, settings.max_message_bytes,
+                                    credentials=rpc.server_credentials(settings.tls))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log.info("serving", address=f"{host}:{server.port}", mode="orchestrator" if args.redis else "embedded")
+    log.info("serving", address=f"{host}:{server.port}", mode="orchestrator" if distributed else "embedded",
+             redis=bus.url if distributed else None, tls=settings.tls.enabled,
+             client_certificates=settings.tls.client_ca_file is not None)
     health = None
-    if args.redis:  # NOT_SERVING until every stage has a live worker
+    if distributed:  # NOT_SERVING until every stage has a live worker
         await server.set_serving(False, ["", service.name])
         health = asyncio.create_task(report_stage_health(orch, server, [service.name], log))
     print(f"READY orchestrator grpc={host}:{server.port}", flush=True)

@@ -58,8 +58,7 @@ class EmbeddedStack:
             self.stages[name] = await asyncio.to_thread(build_stage, name, self.weights, self.profile, self.bus,
                                                         self.device, self.backend, self.settings.model.cache_dir)
             worker = SlotWorker(self.bus, self.stages[name].handler, f"embedded-{name}",
-                                WorkerSettings(slots=slots, lease_ttl_ms=self.settings.bus.lease_ttl_ms,
-                                               block_ms=20))
+                                WorkerSettings.from_bus(self.settings.bus, slots=slots, block_ms=20))
             self.workers.append(worker)
             self._tasks.append(asyncio.create_task(worker.run()))
         registrar = LocalRegistrar(self.stages["renderer"].session_stage.core)

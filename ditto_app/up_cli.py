@@ -6,6 +6,7 @@ import argparse
 import signal
 import threading
 
+from ditto.redaction import redact_url
 from ditto_app.cli import add_model_args
 
 
@@ -28,7 +29,7 @@ def _run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         cluster.start()
-        print(f"\nditto is up: gRPC ditto.v1.Avatar at {cluster.address} (Redis {cluster.redis_url})\n"
+        print(f"\nditto is up: gRPC ditto.v1.Avatar at {cluster.address} (Redis {redact_url(cluster.redis_url)})\n"
               f"try: ditto converse --server {cluster.address} --avatar PORTRAIT --audio SPEECH --out out.mp4\n"
               "Ctrl-C stops everything.\n", flush=True)
         if not args.quiet:

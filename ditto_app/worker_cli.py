@@ -54,9 +54,9 @@ async def run_worker(args: argparse.Namespace) -> int:
     server = await rpc.start_server(built.services, settings.grpc_host, port, settings.max_message_bytes)
     owner = settings.worker_id
     address = f"{advertised_host(settings.grpc_host, settings.advertise_host)}:{server.port}"
-    await bus.set_state(bus.key(args.stage, "addr", owner), address.encode(), ADVERTISE_TTL_S)
-    worker = SlotWorker(bus, built.handler, owner, WorkerSettings(
-        slots=settings.bus.slots, lease_ttl_ms=settings.bus.lease_ttl_ms, block_ms=settings.bus.block_ms))
+    addresses = bus.key(args.stage, "addrs")  # live-member set of the stage's gRPC addresses (read by registration)
+    await bus.touch_member(addresses, address, ADVERTISE_TTL_S * 1000)
+    worker = SlotWorker(bus, built.handler, owner, WorkerSettings.from_bus(settings.bus))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -68,13 +68,14 @@ async def run_worker(args: argparse.Namespace) -> int:
         while True:
             await asyncio.sleep(ADVERTISE_EVERY_S)
             try:
-                await bus.set_state(bus.key(args.stage, "addr", owner), address.encode(), ADVERTISE_TTL_S)
+                await bus.touch_member(addresses, address, ADVERTISE_TTL_S * 1000)
             except Exception as err:  # Redis away: the worker loop reports and retries
                 log.warning("cannot advertise address", error=str(err))
 
     task = asyncio.create_task(worker.run())
     ad = asyncio.create_task(advertise())
-    log.info("worker ready", stage=args.stage, grpc=address, weights=str(weights), profile=profile, owner=owner)
+    log.info("worker ready", stage=args.stage, grpc=address, redis=bus.url, weights=str(weights), profile=profile,
+             owner=owner)
     print(f"READY {args.stage} grpc={address}", flush=True)
     await stop.wait()
     log.info("stopping: finishing work in flight and handing slots over", stage=args.stage)
@@ -83,7 +84,7 @@ async def run_worker(args: argparse.Namespace) -> int:
     await worker.stop()
     await task
     try:
-        await bus.set_state(bus.key(args.stage, "addr", owner), None)
+        await bus.remove_member(addresses, address)
     except Exception as err:  # Redis away: the address key expires on its own
         log.warning("cannot withdraw address", error=str(err))
     await server.stop(2)

@@ -1,6 +1,6 @@
 """The bus between stages: Redis Streams across processes, or in memory inside one."""
 
-from ditto.bus.base import Bus, BusError, Commit, Delivery, LeaseLost
+from ditto.bus.base import Admission, AdmissionRequest, Bus, BusError, Commit, Delivery, LeaseLost, StageSlots
 from ditto.bus.memory import MemoryBus
 from ditto.bus.redis_streams import RedisBus
 from ditto.config import BusSettings
@@ -12,4 +12,5 @@ def make_bus(settings: BusSettings) -> Bus:
     return MemoryBus(settings.prefix, settings.state_ttl_s)
 
 
-__all__ = ["Bus", "BusError", "Commit", "Delivery", "LeaseLost", "MemoryBus", "RedisBus", "make_bus"]
+__all__ = ["Admission", "AdmissionRequest", "Bus", "BusError", "Commit", "Delivery", "LeaseLost", "MemoryBus",
+           "RedisBus", "StageSlots", "make_bus"]

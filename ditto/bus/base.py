@@ -29,6 +29,43 @@ class LeaseLost(BusError):
 
 
 @dataclass(frozen=True)
+class StageSlots:
+    """Where admission looks for one stage's capacity: `held_key`, the live-member set of slots a worker holds, and
+    `load_key`, the live-member set of placements (members `"<slot>:<session>"`)."""
+
+    stage: str
+    held_key: str
+    load_key: str
+
+
+@dataclass(frozen=True)
+class AdmissionRequest:
+    """One session asking in: the tenant's live sessions below `max_sessions`, its used seconds below `max_seconds`
+    (0 = no limit) and, per stage, a held slot with fewer than `per_slot` placements (least loaded first)."""
+
+    session_id: str
+    sessions_key: str
+    max_sessions: int
+    used_key: str
+    max_seconds: float
+    stages: tuple[StageSlots, ...]
+    slots: int
+    per_slot: int
+    ttl_ms: int
+
+
+@dataclass(frozen=True)
+class Admission:
+    """The answer. `refused` is "" (admitted), "sessions" or "seconds" (tenant quota), "no_worker" or "full"
+    (capacity, with `stage`); `count` is the tenant's open sessions, or the stage's held slots when full."""
+
+    refused: str = ""
+    stage: str = ""
+    count: int = 0
+    slots: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Delivery:
     stream: str
     entry_id: str
@@ -43,6 +80,9 @@ class Commit:
     outputs: list[tuple[str, bus_pb2.StreamEntry]] = field(default_factory=list)
     state: dict[str, bytes | None] = field(default_factory=dict)
     acks: list[tuple[str, str]] = field(default_factory=list)  # (stream, entry_id)
+    # Output streams that must not outlive their reader (a replica's frames stream): if the stream has no TTL when
+    # the commit appends to it (it was gone and the append created it again), it gets this one (milliseconds).
+    output_ttl_ms: dict[str, int] = field(default_factory=dict)
 
 
 class Bus(abc.ABC):
@@ -137,7 +177,37 @@ class Bus(abc.ABC):
 
     @abc.abstractmethod
     async def scan_keys(self, pattern: str) -> list[str]:
-        """Live lease and state keys matching a glob pattern (presence records, placements, quotas)."""
+        """Live lease and state keys matching a glob pattern. Its cost grows with every key in the store: for tools
+        and tests only, never on a request path or in a worker loop (use the live-member sets below)."""
+
+    # ---- live-member sets: presence records whose cost does not grow with unrelated keys ----
+    # A set of members, each with its own expiry (a sorted set scored by expiry time on Redis, server clock). The
+    # set itself expires with its last member.
+    @abc.abstractmethod
+    async def touch_member(self, key: str, member: str, ttl_ms: int) -> None:
+        """Add `member` or extend its life to now + ttl_ms."""
+
+    @abc.abstractmethod
+    async def remove_member(self, key: str, member: str) -> None:
+        ...
+
+    @abc.abstractmethod
+    async def live_members(self, key: str) -> list[str]:
+        """Members not yet expired, sorted (expired ones are dropped on the way)."""
+
+    @abc.abstractmethod
+    async def reap_members(self, key: str) -> list[str]:
+        """Remove and return the expired members, sorted (what a dead process left behind)."""
+
+    @abc.abstractmethod
+    async def expire_stream(self, stream: str, ttl_ms: int) -> bool:
+        """Give a stream a TTL (refreshed by calling again). False when the stream does not exist."""
+
+    @abc.abstractmethod
+    async def admit(self, request: AdmissionRequest) -> Admission:
+        """Quota check and placement in one atomic step: when admitted, the session is already counted in
+        `sessions_key` and placed in every stage's `load_key` (members live `ttl_ms`), so N simultaneous requests
+        for a tenant limited to M < N admit exactly M."""
 
     async def ping(self) -> bool:
         return True

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import itertools
+import random
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 
 from ditto_client.v1 import bus_pb2
 
-from ditto.bus.base import Bus, Commit, Delivery, LeaseLost
+from ditto.bus.base import Admission, AdmissionRequest, Bus, Commit, Delivery, LeaseLost
 
 
 @dataclass
@@ -34,6 +35,7 @@ class _Stream:
     entries: OrderedDict[str, bytes] = field(default_factory=OrderedDict)  # id -> serialised entry
     seq_of: dict[str, int] = field(default_factory=dict)
     groups: dict[str, _Group] = field(default_factory=dict)
+    expires_at: float | None = None  # monotonic deadline; None = no TTL
 
 
 class MemoryBus(Bus):
@@ -42,11 +44,18 @@ class MemoryBus(Bus):
         self._streams: dict[str, _Stream] = {}
         self._leases: dict[str, tuple[str, float]] = {}
         self._state: dict[str, tuple[bytes, float]] = {}
+        self._members: dict[str, dict[str, float]] = {}  # key -> member -> monotonic expiry
         self._counter = itertools.count(1)
         self._changed = asyncio.Condition()
 
     def _stream(self, name: str) -> _Stream:
-        return self._streams.setdefault(name, _Stream())
+        s = self._streams.get(name)
+        if s is not None and s.expires_at is not None and s.expires_at <= time.monotonic():
+            del self._streams[name]  # expired like a Redis key: entries and groups are gone
+            s = None
+        if s is None:
+            s = self._streams[name] = _Stream()
+        return s
 
     async def ensure_group(self, stream: str, group: str) -> None:
         self._stream(stream).groups.setdefault(group, _Group())
@@ -134,6 +143,9 @@ class MemoryBus(Bus):
             raise LeaseLost(f"lease {lease[0]} is no longer held by {lease[1]}")
         for stream, entry in commit.outputs:
             self._append(stream, entry)
+            ttl_ms = commit.output_ttl_ms.get(stream)
+            if ttl_ms and self._streams[stream].expires_at is None:
+                self._streams[stream].expires_at = time.monotonic() + ttl_ms / 1000
         expires = time.monotonic() + self.state_ttl_s
         for key, value in commit.state.items():
             if value is None:
@@ -160,6 +172,70 @@ class MemoryBus(Bus):
 
     async def delete_stream(self, stream: str) -> None:
         self._streams.pop(stream, None)
+
+    async def expire_stream(self, stream: str, ttl_ms: int) -> bool:
+        s = self._streams.get(stream)
+        if s is None or (s.expires_at is not None and s.expires_at <= time.monotonic()):
+            self._streams.pop(stream, None)
+            return False
+        s.expires_at = time.monotonic() + ttl_ms / 1000
+        return True
+
+    # ---- live-member sets ----
+    def _live(self, key: str) -> dict[str, float]:
+        members = self._members.get(key, {})
+        now = time.monotonic()
+        for m in [m for m, exp in members.items() if exp <= now]:
+            del members[m]
+        return members
+
+    async def touch_member(self, key: str, member: str, ttl_ms: int) -> None:
+        self._members.setdefault(key, {})[member] = time.monotonic() + ttl_ms / 1000
+
+    async def remove_member(self, key: str, member: str) -> None:
+        self._members.get(key, {}).pop(member, None)
+
+    async def live_members(self, key: str) -> list[str]:
+        return sorted(self._live(key))
+
+    async def reap_members(self, key: str) -> list[str]:
+        members = self._members.get(key, {})
+        now = time.monotonic()
+        dead = sorted(m for m, exp in members.items() if exp <= now)
+        for m in dead:
+            del members[m]
+        return dead
+
+    async def admit(self, request: AdmissionRequest) -> Admission:
+        # No await inside: the check and the writes happen in one step of the event loop, so it is atomic.
+        r = request
+        sessions = self._live(r.sessions_key)
+        if len(sessions) >= r.max_sessions:
+            return Admission("sessions", count=len(sessions))
+        if r.max_seconds > 0:
+            held_used = self._state.get(r.used_key)
+            used = int(held_used[0]) if held_used and held_used[1] > time.monotonic() else 0
+            if used >= r.max_seconds:
+                return Admission("seconds", count=used)
+        chosen: dict[str, int] = {}
+        for st in r.stages:
+            held = sorted(int(m) for m in self._live(st.held_key) if int(m) < r.slots)
+            if not held:
+                return Admission("no_worker", st.stage)
+            load: dict[int, int] = {}
+            for m in self._live(st.load_key):
+                slot = int(m.split(":", 1)[0])
+                load[slot] = load.get(slot, 0) + 1
+            free = [k for k in held if load.get(k, 0) < r.per_slot]
+            if not free:
+                return Admission("full", st.stage, len(held))
+            least = min(load.get(k, 0) for k in free)
+            chosen[st.stage] = random.choice([k for k in free if load.get(k, 0) == least])
+        expiry = time.monotonic() + r.ttl_ms / 1000
+        self._members.setdefault(r.sessions_key, {})[r.session_id] = expiry
+        for st in r.stages:
+            self._members.setdefault(st.load_key, {})[f"{chosen[st.stage]}:{r.session_id}"] = expiry
+        return Admission(slots=chosen)
 
     def _lease_holder(self, key: str) -> str | None:
         held = self._leases.get(key)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from typing import Any
 
@@ -9,12 +10,14 @@ import redis.asyncio as aioredis
 from ditto_client.v1 import bus_pb2
 from redis.exceptions import RedisError, ResponseError
 
-from ditto.bus.base import Bus, BusError, Commit, Delivery, LeaseLost
+from ditto.bus.base import Admission, AdmissionRequest, Bus, BusError, Commit, Delivery, LeaseLost
+from ditto.redaction import redact, redact_url, remember_url
 
 _FIELD = b"e"
 
 # KEYS: [lease?] + output streams + state keys + ack streams.
-# ARGV: owner, n_out, n_state, n_ack, ttl, has_lease, then payloads, (flag, value) per state, (group, id) per ack.
+# ARGV: owner, n_out, n_state, n_ack, ttl, has_lease, then (payload, ttl_ms if none) per output, (flag, value) per
+# state, (group, id) per ack.
 _COMMIT = """
 local owner = ARGV[1]
 local n_out, n_state, n_ack = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -24,7 +27,12 @@ if ARGV[6] == '1' then
   if redis.call('GET', KEYS[1]) ~= owner then return redis.error_reply('LEASE_LOST') end
   k = 2
 end
-for i = 1, n_out do redis.call('XADD', KEYS[k], '*', 'e', ARGV[a]); k = k + 1; a = a + 1 end
+for i = 1, n_out do
+  redis.call('XADD', KEYS[k], '*', 'e', ARGV[a])
+  local out_ttl = tonumber(ARGV[a + 1])
+  if out_ttl > 0 and redis.call('PTTL', KEYS[k]) == -1 then redis.call('PEXPIRE', KEYS[k], out_ttl) end
+  k = k + 1; a = a + 2
+end
 for i = 1, n_state do
   if ARGV[a] == '1' then redis.call('SET', KEYS[k], ARGV[a + 1], 'EX', ttl) else redis.call('DEL', KEYS[k]) end
   k = k + 1; a = a + 2
@@ -44,6 +52,76 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end
 """
 
+# Live-member sets: a sorted set scored by expiry time (the server's clock, so hosts need not agree on time); the
+# key itself lives as long as its longest-lived member.
+_NOW = "local t = redis.call('TIME'); local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)"
+_TOUCH = _NOW + """
+local ttl = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
+return 1
+"""
+_LIVE = _NOW + """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+return redis.call('ZRANGE', KEYS[1], 0, -1)
+"""
+_REAP = _NOW + """
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+if #dead > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now) end
+return dead
+"""
+# KEYS: sessions, used, then (held, load) per stage. ARGV: session, max_sessions, max_seconds, slots, per_slot,
+# ttl_ms, seed, then the stage names. Returns {"", slot...} when admitted, else {reason, stage index, count}.
+_ADMIT = _NOW + """
+local sid, max_sessions, max_seconds = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local slots, per_slot, ttl, seed = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local n = (#KEYS - 2) / 2
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local active = redis.call('ZCARD', KEYS[1])
+if active >= max_sessions then return {'sessions', '0', tostring(active)} end
+if max_seconds > 0 then
+  local used = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if used >= max_seconds then return {'seconds', '0', tostring(used)} end
+end
+local chosen = {}
+for i = 1, n do
+  local held_key, load_key = KEYS[1 + 2 * i], KEYS[2 + 2 * i]
+  redis.call('ZREMRANGEBYSCORE', held_key, '-inf', now)
+  redis.call('ZREMRANGEBYSCORE', load_key, '-inf', now)
+  local held = {}
+  for _, m in ipairs(redis.call('ZRANGE', held_key, 0, -1)) do
+    if tonumber(m) < slots then table.insert(held, tonumber(m)) end
+  end
+  if #held == 0 then return {'no_worker', tostring(i), '0'} end
+  local load = {}
+  for _, m in ipairs(redis.call('ZRANGE', load_key, 0, -1)) do
+    local slot = tonumber(string.match(m, '^(%d+):'))
+    if slot then load[slot] = (load[slot] or 0) + 1 end
+  end
+  table.sort(held)
+  local least, ties = nil, {}
+  for _, slot in ipairs(held) do
+    local l = load[slot] or 0
+    if l < per_slot then
+      if least == nil or l < least then least = l; ties = {slot} elseif l == least then table.insert(ties, slot) end
+    end
+  end
+  if least == nil then return {'full', tostring(i), tostring(#held)} end
+  chosen[i] = ties[(seed % #ties) + 1]
+end
+local function add(key, member)
+  redis.call('ZADD', key, now + ttl, member)
+  if redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, ttl) end
+end
+add(KEYS[1], sid)
+local out = {''}
+for i = 1, n do
+  add(KEYS[2 + 2 * i], chosen[i] .. ':' .. sid)
+  table.insert(out, tostring(chosen[i]))
+end
+return out
+"""
+
 
 def _s(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
@@ -53,18 +131,26 @@ class RedisBus(Bus):
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", prefix: str = "ditto", state_ttl_s: int = 3600,
                  client: aioredis.Redis | None = None) -> None:
         super().__init__(prefix, state_ttl_s)
-        self.url = url
+        remember_url(url)
+        self.url = redact_url(url)  # the only form of the URL this object keeps for messages
         self.r = client or aioredis.Redis.from_url(url, socket_connect_timeout=2, health_check_interval=10)
         self._commit = self.r.register_script(_COMMIT)
         self._renew = self.r.register_script(_RENEW)
         self._release = self.r.register_script(_RELEASE)
+        self._touch = self.r.register_script(_TOUCH)
+        self._live = self.r.register_script(_LIVE)
+        self._reap = self.r.register_script(_REAP)
+        self._admit = self.r.register_script(_ADMIT)
         self._groups: set[tuple[str, str]] = set()
+
+    def _error(self, err: BaseException) -> BusError:
+        return BusError(redact(f"Redis at {self.url}: {err}"))
 
     async def _call(self, coro: Any) -> Any:
         try:
             return await coro
         except RedisError as err:
-            raise BusError(f"Redis at {self.url}: {err}") from err
+            raise self._error(err) from err
 
     async def ping(self) -> bool:
         try:
@@ -79,9 +165,9 @@ class RedisBus(Bus):
             await self.r.xgroup_create(stream, group, id="0", mkstream=True)
         except ResponseError as err:
             if "BUSYGROUP" not in str(err):
-                raise BusError(f"cannot create group {group} on {stream}: {err}") from err
+                raise BusError(redact(f"cannot create group {group} on {stream}: {err}")) from err
         except RedisError as err:
-            raise BusError(f"Redis at {self.url}: {err}") from err
+            raise self._error(err) from err
         self._groups.add((stream, group))
 
     async def publish(self, stream: str, entry: bus_pb2.StreamEntry) -> str:
@@ -111,9 +197,9 @@ class RedisBus(Bus):
             if "NOGROUP" in str(err):  # stream deleted under us: recreate on the next call
                 self._groups.clear()
                 return []
-            raise BusError(str(err)) from err
+            raise self._error(err) from err
         except RedisError as err:
-            raise BusError(f"Redis at {self.url}: {err}") from err
+            raise self._error(err) from err
         out: list[Delivery] = []
         rows: Any = res or []
         for stream, items in rows:
@@ -147,7 +233,7 @@ class RedisBus(Bus):
             keys.append(lease[0])
         for stream, entry in commit.outputs:
             keys.append(stream)
-            argv.append(entry.SerializeToString())
+            argv.extend([entry.SerializeToString(), commit.output_ttl_ms.get(stream, 0)])
         for key, value in commit.state.items():
             keys.append(key)
             argv.extend([b"1", value] if value is not None else [b"0", b""])
@@ -162,9 +248,9 @@ class RedisBus(Bus):
         except ResponseError as err:
             if "LEASE_LOST" in str(err):
                 raise LeaseLost(f"lease {lease[0] if lease else ''} is no longer held by {owner}") from err
-            raise BusError(str(err)) from err
+            raise self._error(err) from err
         except RedisError as err:
-            raise BusError(f"Redis at {self.url}: {err}") from err
+            raise self._error(err) from err
 
     async def pending_count(self, stream: str, group: str) -> int:
         try:
@@ -172,7 +258,7 @@ class RedisBus(Bus):
         except ResponseError:
             return 0
         except RedisError as err:
-            raise BusError(str(err)) from err
+            raise self._error(err) from err
         return int(info["pending"])
 
     async def backlog(self, stream: str, group: str) -> int:
@@ -205,7 +291,35 @@ class RedisBus(Bus):
         try:
             return [_s(k) async for k in self.r.scan_iter(match=pattern, count=500)]
         except RedisError as err:
-            raise BusError(f"Redis at {self.url}: {err}") from err
+            raise self._error(err) from err
+
+    async def touch_member(self, key: str, member: str, ttl_ms: int) -> None:
+        await self._call(self._touch(keys=[key], args=[member, ttl_ms]))
+
+    async def remove_member(self, key: str, member: str) -> None:
+        await self._call(self.r.zrem(key, member))
+
+    async def live_members(self, key: str) -> list[str]:
+        return sorted(_s(m) for m in await self._call(self._live(keys=[key])))
+
+    async def reap_members(self, key: str) -> list[str]:
+        return sorted(_s(m) for m in await self._call(self._reap(keys=[key])))
+
+    async def expire_stream(self, stream: str, ttl_ms: int) -> bool:
+        return bool(await self._call(self.r.pexpire(stream, ttl_ms)))
+
+    async def admit(self, request: AdmissionRequest) -> Admission:
+        r = request
+        keys = [r.sessions_key, r.used_key]
+        for st in r.stages:
+            keys += [st.held_key, st.load_key]
+        args: list[str | int | float] = [r.session_id, r.max_sessions, r.max_seconds, r.slots, r.per_slot, r.ttl_ms,
+                                         random.randrange(1 << 30)]
+        res = [_s(v) for v in await self._call(self._admit(keys=keys, args=args))]
+        if res[0]:
+            stage = r.stages[int(res[1]) - 1].stage if int(res[1]) > 0 else ""
+            return Admission(res[0], stage, int(res[2]))
+        return Admission(slots={st.stage: int(v) for st, v in zip(r.stages, res[1:], strict=True)})
 
     async def get_state(self, key: str) -> bytes | None:
         return await self._call(self.r.get(key))

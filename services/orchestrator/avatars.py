@@ -37,12 +37,7 @@ class GrpcRegistrar(Registrar):
     async def _addresses(self) -> list[str]:
         if self.address:
             return [self.address]
-        out = []
-        for key in await self.bus.scan_keys(self.bus.key("renderer", "addr", "*")):
-            v = await self.bus.get_state(key)
-            if v:
-                out.append(v.decode())
-        return out
+        return await self.bus.live_members(self.bus.key("renderer", "addrs"))
 
     async def register(self, request: renderer_pb2.RegisterSourceRequest) -> renderer_pb2.RegisterSourceResponse:
         addresses = await self._addresses()

@@ -6,11 +6,13 @@ from pathlib import Path
 
 from pydantic import Field
 
-from ditto.config import Settings
+from ditto.config import Settings, TlsSettings
 
 
 class OrchestratorSettings(Settings):
     orchestrator_id: str = Field("", description="stable id of this replica; default: worker_id")
+    tls: TlsSettings = Field(default_factory=TlsSettings, description="TLS on the public port "
+                             "(DITTO_TLS__CERT_FILE, DITTO_TLS__KEY_FILE, DITTO_TLS__CLIENT_CA_FILE)")
     api_keys_file: Path | None = Field(None, description="JSON tenants file with hashed API keys; none = open dev mode")
     renderer_address: str = Field("", description="host:port of a renderer for avatar registration; empty = discover")
     credits_s: float = Field(2.0, gt=0, description="audio seconds a session may have in flight beyond look-ahead")
@@ -21,6 +23,8 @@ class OrchestratorSettings(Settings):
     max_chunk_ms: int = Field(1000, ge=20, description="longest audio chunk accepted in one message")
     max_avatar_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     max_render_audio_s: int = Field(600, ge=1, description="longest audio of one Render job")
+    frames_stream_ttl_s: int = Field(60, ge=4, description="TTL of this replica's frames stream in Redis, refreshed "
+                                     "every ttl/4 while it runs: what a killed replica leaves is gone after it")
     lag_report_every_s: float = Field(1.0, gt=0)
     default_sampling_steps: int = Field(10, ge=1, le=1000)
     default_overlap: int = Field(70, ge=0, le=79)

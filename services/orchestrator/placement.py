@@ -1,13 +1,14 @@
 """Placement and admission: each session gets one slot per stage, on a slot a live worker holds, least loaded
 first. A slot serves at most `sessions_per_slot` sessions; when no slot has room the session is refused with
-RESOURCE_EXHAUSTED and a retry hint. Placements are presence keys with a TTL refreshed by the session."""
+RESOURCE_EXHAUSTED and a retry hint. Placements are live members with a TTL refreshed by the session."""
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 
 from ditto.bus import Bus
+from ditto.bus.base import Admission, StageSlots
+from ditto.bus.worker import held_slots_key
 
 STAGES = ("audio_encoder", "motion_generator", "renderer")
 PLACEMENT_TTL_S = 15
@@ -30,22 +31,30 @@ class Placement:
 
 
 class Placer:
+    """Placements live in one live-member set per stage (`<prefix>:placement:<stage>`, members `"<slot>:<session>"`)
+    and the slots workers hold in another (`<prefix>:<stage>:held`): admission reads those two sets, so its cost does
+    not grow with unrelated keys in the store. The choice itself happens inside `Bus.admit`, atomically with the
+    tenant's quota check."""
+
     def __init__(self, bus: Bus, slots: int, sessions_per_slot: int) -> None:
         self.bus = bus
         self.slots = slots
         self.sessions_per_slot = sessions_per_slot
 
-    def _key(self, stage: str, slot: int | str, session_id: str) -> str:
-        return self.bus.key("placement", stage, str(slot), session_id)
+    def load_key(self, stage: str) -> str:
+        return self.bus.key("placement", stage)
+
+    def stage_slots(self) -> tuple[StageSlots, ...]:
+        return tuple(StageSlots(stage, held_slots_key(self.bus, stage), self.load_key(stage)) for stage in STAGES)
 
     async def held_slots(self, stage: str) -> list[int]:
-        keys = await self.bus.scan_keys(self.bus.key(stage, "lease", "*"))
-        return sorted(int(k.rsplit(":", 1)[1]) for k in keys if int(k.rsplit(":", 1)[1]) < self.slots)
+        members = await self.bus.live_members(held_slots_key(self.bus, stage))
+        return sorted(int(m) for m in members if int(m) < self.slots)
 
     async def load(self, stage: str) -> dict[int, int]:
         counts: dict[int, int] = {}
-        for k in await self.bus.scan_keys(self.bus.key("placement", stage, "*")):
-            slot = int(k.split(":")[-2])
+        for m in await self.bus.live_members(self.load_key(stage)):
+            slot = int(m.split(":", 1)[0])
             counts[slot] = counts.get(slot, 0) + 1
         return counts
 
@@ -53,27 +62,17 @@ class Placer:
         """The stages no live worker serves now (no slot of theirs is held): sessions cannot start until it is []."""
         return [stage for stage in STAGES if not await self.held_slots(stage)]
 
-    async def place(self, session_id: str) -> Placement:
-        chosen: dict[str, int] = {}
-        for stage in STAGES:
-            held = await self.held_slots(stage)
-            if not held:
-                raise NoCapacity(f"no {stage} worker is running; start one (ditto worker --stage {stage})", 2000)
-            load = await self.load(stage)
-            free = [s for s in held if load.get(s, 0) < self.sessions_per_slot]
-            if not free:
-                raise NoCapacity(f"all {len(held)} {stage} slots are full ({self.sessions_per_slot} sessions each); "
-                                 "retry later or add workers", 1000)
-            least = min(load.get(s, 0) for s in free)
-            chosen[stage] = random.choice([s for s in free if load.get(s, 0) == least])
-        placement = Placement(chosen)
-        await self.touch(session_id, placement)
-        return placement
+    def refusal(self, admission: Admission) -> NoCapacity:
+        stage = admission.stage
+        if admission.refused == "no_worker":
+            return NoCapacity(f"no {stage} worker is running; start one (ditto worker --stage {stage})", 2000)
+        return NoCapacity(f"all {admission.count} {stage} slots are full ({self.sessions_per_slot} sessions each); "
+                          "retry later or add workers", 1000)
 
     async def touch(self, session_id: str, placement: Placement) -> None:
         for stage, slot in placement.slots.items():
-            await self.bus.set_state(self._key(stage, slot, session_id), b"1", PLACEMENT_TTL_S)
+            await self.bus.touch_member(self.load_key(stage), f"{slot}:{session_id}", PLACEMENT_TTL_S * 1000)
 
     async def release(self, session_id: str, placement: Placement) -> None:
         for stage, slot in placement.slots.items():
-            await self.bus.set_state(self._key(stage, slot, session_id), None)
+            await self.bus.remove_member(self.load_key(stage), f"{slot}:{session_id}")

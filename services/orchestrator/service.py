@@ -15,11 +15,13 @@ from ditto_client.v1 import avatar_pb2, avatar_pb2_grpc, common_pb2, renderer_pb
 
 from ditto import telemetry
 from ditto.bus import Bus, BusError, Commit
+from ditto.bus.base import AdmissionRequest
+from ditto.redaction import redact
 from services.orchestrator.avatars import AvatarRegistry, Registrar, RegistrationError
 from services.orchestrator.config import OrchestratorSettings
-from services.orchestrator.placement import NoCapacity, Placer
+from services.orchestrator.placement import NoCapacity, Placement, Placer
 from services.orchestrator.session import Session, SessionError, validate_config
-from services.orchestrator.tenants import AuthError, Quotas, Tenant, TenantDirectory
+from services.orchestrator.tenants import SESSION_KEY_TTL_S, AuthError, Quotas, Tenant, TenantDirectory
 
 log = telemetry.get_logger("ditto.orchestrator")
 _refused = telemetry.counter("ditto_sessions_refused_total", "Sessions refused at admission", ("reason",))
@@ -36,18 +38,54 @@ class Orchestrator:
         self.avatars = AvatarRegistry(bus, registrar)
         self.sessions: dict[str, Session] = {}
         self.frames_stream = bus.key("frames", settings.replica_id())
+        self.replicas_key = bus.key("orchestrators")
         self._dispatcher: asyncio.Task | None = None
+        self._keeper: asyncio.Task | None = None
 
     async def start(self) -> None:
+        # A replica that died without stopping (SIGKILL, node loss) left its frames stream behind: its heartbeat
+        # stopped, so its member in the replicas set expired. Delete those streams, and this replica id's own
+        # stream of an earlier life (the sessions that read it are gone); the TTL covers whatever this misses.
+        for dead in await self.bus.reap_members(self.replicas_key):
+            await self.bus.delete_stream(self.bus.key("frames", dead))
+            log.info("deleted the frames stream of a dead replica", replica=dead)
+        await self.bus.delete_stream(self.frames_stream)
         await self.bus.ensure_group(self.frames_stream, "orchestrator")
+        await self._keep_frames_stream()
         self._dispatcher = asyncio.create_task(self._dispatch_frames())
+        self._keeper = asyncio.create_task(self._heartbeat())
+
+    async def _keep_frames_stream(self) -> None:
+        """This replica is alive: refresh its member and its frames stream's TTL (the stream disappears within
+        `frames_stream_ttl_s` of a crash)."""
+        ttl_ms = self.settings.frames_stream_ttl_s * 1000
+        await self.bus.touch_member(self.replicas_key, self.settings.replica_id(), ttl_ms)
+        if not await self.bus.expire_stream(self.frames_stream, ttl_ms):
+            # gone (Redis restarted empty, or the TTL ran out while Redis was away): create it and its group again
+            await self.bus.delete_stream(self.frames_stream)
+            await self.bus.ensure_group(self.frames_stream, "orchestrator")
+            await self.bus.expire_stream(self.frames_stream, ttl_ms)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.frames_stream_ttl_s / 4)
+            try:
+                await self._keep_frames_stream()
+            except BusError as err:
+                log.warning("cannot refresh the frames stream", error=str(err))
 
     async def stop(self) -> None:
         for s in list(self.sessions.values()):
             await s.fail(grpc.StatusCode.UNAVAILABLE, "the server is shutting down; reconnect")
             await s.close()
-        if self._dispatcher:
-            self._dispatcher.cancel()
+        for task in (self._dispatcher, self._keeper):
+            if task:
+                task.cancel()
+        try:
+            await self.bus.remove_member(self.replicas_key, self.settings.replica_id())
+            await self.bus.delete_stream(self.frames_stream)
+        except BusError as err:  # Redis away: the TTL removes the stream
+            log.warning("frames stream left to expire", error=str(err))
 
     async def _dispatch_frames(self) -> None:
         """Route the renderer's output entries to their sessions; acknowledge (and so delete) them at once."""
@@ -78,17 +116,20 @@ class Orchestrator:
             raise SessionError(grpc.StatusCode.NOT_FOUND,
                                f"avatar '{config.avatar_id}' is not registered for this tenant; call RegisterAvatar")
         session_id = uuid.uuid4().hex
-        try:
-            await self.quotas.admit(tenant, session_id)
-        except AuthError:
+        # One atomic step: the tenant's quota is checked and the session counted and placed together, so concurrent
+        # calls can never both take the last place.
+        admission = await self.bus.admit(AdmissionRequest(
+            session_id=session_id, sessions_key=self.quotas.sessions_key(tenant.id), max_sessions=tenant.max_sessions,
+            used_key=self.quotas.used_key(tenant.id), max_seconds=tenant.session_minutes * 60,
+            stages=self.placer.stage_slots(), slots=self.placer.slots, per_slot=self.placer.sessions_per_slot,
+            ttl_ms=SESSION_KEY_TTL_S * 1000))
+        if admission.refused in ("sessions", "seconds"):
             _refused.labels("quota").inc()
-            raise
-        try:
-            placement = await self.placer.place(session_id)
-        except NoCapacity:
+            raise self.quotas.refusal(tenant, admission)
+        if admission.refused:
             _refused.labels("capacity").inc()
-            await self.quotas.release(tenant.id, session_id, 0)
-            raise
+            raise self.placer.refusal(admission)
+        placement = Placement(admission.slots)
         remaining = await self.quotas.remaining_s(tenant)
         session = Session(self, tenant, config, avatar, placement, offline=offline, session_id=session_id)
         session.max_duration_s = min(session.max_duration_s, remaining)
@@ -101,6 +142,11 @@ class Orchestrator:
     async def close_session(self, session: Session) -> None:
         await session.close()
         self.sessions.pop(session.session_id, None)
+
+
+def _unavailable(what: str, err: BaseException) -> str:
+    """The client's message when Redis is away: what failed and what to do, never the URL's credentials."""
+    return redact(f"{what} (Redis) unavailable: {err}; retry in a few seconds")
 
 
 def _trailing_retry(context: grpc.aio.ServicerContext, ms: int) -> None:
@@ -142,7 +188,7 @@ class AvatarService(avatar_pb2_grpc.AvatarServicer):
         except (AuthError, SessionError, RegistrationError) as err:
             await context.abort(err.code, str(err))
         except BusError as err:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"avatar store unavailable: {err}")
+            await context.abort(grpc.StatusCode.UNAVAILABLE, _unavailable("avatar store", err))
 
     async def GetAvatar(self, request, context):
         try:
@@ -150,6 +196,8 @@ class AvatarService(avatar_pb2_grpc.AvatarServicer):
             info = await self.orch.avatars.get(tenant.id, request.avatar_id)
         except AuthError as err:
             await context.abort(err.code, str(err))
+        except BusError as err:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, _unavailable("avatar store", err))
         if info is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no avatar '{request.avatar_id}' for this tenant")
         return avatar_pb2.RegisterAvatarResponse(avatar_id=info.avatar_id, width=info.width, height=info.height,
@@ -161,6 +209,8 @@ class AvatarService(avatar_pb2_grpc.AvatarServicer):
             ok = await self.orch.avatars.delete(tenant.id, request.avatar_id)
         except AuthError as err:
             await context.abort(err.code, str(err))
+        except BusError as err:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, _unavailable("avatar store", err))
         if not ok:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no avatar '{request.avatar_id}' for this tenant")
         return avatar_pb2.DeleteAvatarResponse()
@@ -213,7 +263,7 @@ class AvatarService(avatar_pb2_grpc.AvatarServicer):
             yield _refusal(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
                            f"{err} (retry after {err.retry_after_ms} ms)")
         except BusError as err:
-            yield _refusal(context, grpc.StatusCode.UNAVAILABLE, f"session store unavailable: {err}")
+            yield _refusal(context, grpc.StatusCode.UNAVAILABLE, _unavailable("session store", err))
         finally:
             if reader:
                 reader.cancel()
@@ -233,5 +283,5 @@ class AvatarService(avatar_pb2_grpc.AvatarServicer):
             _trailing_retry(context, err.retry_after_ms)
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{err} (retry after {err.retry_after_ms} ms)")
         except BusError as err:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"session store unavailable: {err}")
+            await context.abort(grpc.StatusCode.UNAVAILABLE, _unavailable("session store", err))
 

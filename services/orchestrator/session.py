@@ -20,6 +20,7 @@ from ditto_client.v1 import avatar_pb2, bus_pb2, common_pb2, renderer_pb2
 
 from ditto import codec, telemetry
 from ditto.bus.worker import epoch_key
+from ditto.redaction import redact
 
 if TYPE_CHECKING:
     from services.orchestrator.placement import Placement
@@ -297,7 +298,8 @@ class Session:
             raise
         except Exception as err:  # the bus went away, or a bug: end this session cleanly, keep the server
             log.exception("session reader failed", session=self.session_id)
-            await self.fail(grpc.StatusCode.UNAVAILABLE, f"session store unavailable: {err}; start a new session")
+            await self.fail(grpc.StatusCode.UNAVAILABLE,
+                            redact(f"session store unavailable: {err}; start a new session"))
 
     # ---- frames side ----
     def on_entry(self, entry: bus_pb2.StreamEntry) -> None:
@@ -408,7 +410,8 @@ class Session:
             await self.fail(err.code, str(err))
         except Exception as err:
             log.exception("session housekeeping failed", session=self.session_id)
-            await self.fail(grpc.StatusCode.UNAVAILABLE, f"session store unavailable: {err}; start a new session")
+            await self.fail(grpc.StatusCode.UNAVAILABLE,
+                            redact(f"session store unavailable: {err}; start a new session"))
 
     # ---- ending ----
     async def finish(self, code: grpc.StatusCode, message: str) -> None:

@@ -3,7 +3,8 @@
 Tenants file (`DITTO_API_KEYS_FILE`, mounted from a Kubernetes Secret):
     {"tenants": [{"id": "acme", "api_key_sha256": "<hex>", "max_sessions": 8, "session_minutes": 6000}]}
 Make a key's hash with `python -m services.orchestrator.tenants hash KEY`. Without a file the orchestrator runs in
-open development mode: every caller is tenant "default" with the default quotas.
+open development mode: every caller is tenant "default" with the default quotas. A configured file that is empty,
+malformed or lists no tenant stops the start.
 """
 
 from __future__ import annotations
@@ -11,14 +12,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ditto.bus import Bus
+from ditto.bus.base import Admission
 
 SESSION_KEY_TTL_S = 15
 
@@ -35,10 +36,10 @@ class TenantEntry(BaseModel):
 
     model_config = ConfigDict(coerce_numbers_to_str=True)
 
-    id: str
+    id: str = Field(min_length=1)
     api_key_sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$", description="SHA-256 of the key, 64 hex characters")
-    max_sessions: int = 16
-    session_minutes: float = 0.0
+    max_sessions: int = Field(16, ge=1)
+    session_minutes: float = Field(0.0, ge=0)
 
     def tenant(self) -> Tenant:
         return Tenant(self.id, self.max_sessions, self.session_minutes)
@@ -46,6 +47,17 @@ class TenantEntry(BaseModel):
 
 class TenantsFile(BaseModel):
     tenants: list[TenantEntry]
+
+    @field_validator("tenants")
+    @classmethod
+    def _some_and_unique(cls, tenants: list[TenantEntry]) -> list[TenantEntry]:
+        if not tenants:
+            raise ValueError('the "tenants" list is empty; add a tenant, or unset DITTO_API_KEYS_FILE to run in open '
+                             "development mode")
+        ids, hashes = [t.id for t in tenants], [t.api_key_sha256.lower() for t in tenants]
+        if len(set(ids)) != len(ids) or len(set(hashes)) != len(hashes):
+            raise ValueError("two tenants share an id or an API key")
+        return tenants
 
 
 class AuthError(Exception):
@@ -65,12 +77,14 @@ class TenantDirectory:
 
     @classmethod
     def from_file(cls, path: Path | None) -> TenantDirectory:
+        """Open mode only when no file is configured: a file that is missing, unreadable, malformed or lists no
+        tenant stops the start (an empty list must never silently mean "everyone is let in")."""
         if path is None:
             return cls()
         try:
             doc = TenantsFile.model_validate_json(Path(path).read_bytes())
         except (OSError, ValidationError) as err:
-            raise SystemExit(f"cannot read tenants file {path}: {err}") from err
+            raise SystemExit(f"cannot use tenants file {path} (DITTO_API_KEYS_FILE): {err}") from err
         return cls({t.api_key_sha256.lower(): t.tenant() for t in doc.tenants})
 
     def authenticate(self, metadata: tuple | list | None) -> Tenant:
@@ -92,48 +106,43 @@ class TenantDirectory:
 
 
 class Quotas:
-    """Live sessions are presence keys with a TTL refreshed by the session; a crashed replica's sessions expire."""
+    """A tenant's live sessions are members of one live-member set (`<prefix>:tenant:<id>:sessions`) refreshed by
+    each session; a crashed replica's sessions expire. The check and the count happen in `Bus.admit`, atomically."""
 
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
 
-    def _session_key(self, tenant: str, session_id: str) -> str:
-        return self.bus.key("tenant", tenant, "session", session_id)
+    def sessions_key(self, tenant: str) -> str:
+        return self.bus.key("tenant", tenant, "sessions")
 
-    def _used_key(self, tenant: str) -> str:
+    def used_key(self, tenant: str) -> str:
         return self.bus.key("tenant", tenant, "seconds_used")
 
     async def active(self, tenant: str) -> list[str]:
-        keys = await self.bus.scan_keys(self._session_key(tenant, "*"))
-        return [k.rsplit(":", 1)[1] for k in keys]
+        return await self.bus.live_members(self.sessions_key(tenant))
 
-    async def admit(self, tenant: Tenant, session_id: str) -> None:
-        """Raises AuthError(RESOURCE_EXHAUSTED) when the tenant is at quota."""
-        active = await self.active(tenant.id)
-        if len(active) >= tenant.max_sessions:
-            raise AuthError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                            f"tenant {tenant.id} has {len(active)} of {tenant.max_sessions} sessions open; "
-                            "end one or retry later")
-        if tenant.session_minutes:
-            used = int((await self.bus.get_state(self._used_key(tenant.id))) or b"0")
-            if used >= tenant.session_minutes * 60:
-                raise AuthError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                f"tenant {tenant.id} used its {tenant.session_minutes:g} session minutes")
-        await self.touch(tenant.id, session_id)
+    @staticmethod
+    def refusal(tenant: Tenant, admission: Admission) -> AuthError:
+        if admission.refused == "sessions":
+            return AuthError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                             f"tenant {tenant.id} has {admission.count} of {tenant.max_sessions} sessions open; "
+                             "end one or retry later")
+        return AuthError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                         f"tenant {tenant.id} used its {tenant.session_minutes:g} session minutes")
 
     async def remaining_s(self, tenant: Tenant) -> float:
         if not tenant.session_minutes:
             return float("inf")
-        used = int((await self.bus.get_state(self._used_key(tenant.id))) or b"0")
+        used = int((await self.bus.get_state(self.used_key(tenant.id))) or b"0")
         return max(0.0, tenant.session_minutes * 60 - used)
 
     async def touch(self, tenant: str, session_id: str) -> None:
-        await self.bus.set_state(self._session_key(tenant, session_id), str(time.time()).encode(), SESSION_KEY_TTL_S)
+        await self.bus.touch_member(self.sessions_key(tenant), session_id, SESSION_KEY_TTL_S * 1000)
 
     async def release(self, tenant: str, session_id: str, seconds: float) -> None:
-        await self.bus.set_state(self._session_key(tenant, session_id), None)
+        await self.bus.remove_member(self.sessions_key(tenant), session_id)
         if seconds > 0:
-            await self.bus.incr(self._used_key(tenant), int(round(seconds)), ttl_s=400 * 24 * 3600)
+            await self.bus.incr(self.used_key(tenant), int(round(seconds)), ttl_s=400 * 24 * 3600)
 
 
 def main(argv: list[str]) -> int:

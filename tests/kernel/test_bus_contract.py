@@ -320,3 +320,76 @@ async def test_consumer_lost_mid_work_another_completes(bus, redis_url, unique_p
 
 async def _noop() -> None:
     return None
+
+
+# ---- live-member sets, stream TTLs, atomic admission: the same contract on both buses ----
+
+async def test_live_members_expire_one_by_one_and_can_be_reaped(bus):
+    key = bus.key("members")
+    await bus.touch_member(key, "short", 150)
+    await bus.touch_member(key, "long", 60_000)
+    assert await bus.live_members(key) == ["long", "short"]
+    deadline = time.monotonic() + 5
+    while "short" in await bus.live_members(key):
+        assert time.monotonic() < deadline, "a member outlived its TTL"
+        await asyncio.sleep(0.05)
+    assert await bus.live_members(key) == ["long"]
+    await bus.touch_member(key, "dead", 1)
+    await asyncio.sleep(0.05)
+    assert await bus.reap_members(key) == ["dead"]
+    assert await bus.reap_members(key) == []
+    await bus.remove_member(key, "long")
+    assert await bus.live_members(key) == []
+
+
+async def test_stream_ttl_removes_a_stream_and_commit_gives_a_recreated_stream_one(bus):
+    s = bus.key("frames", "replica")
+    assert not await bus.expire_stream(s, 1000), "no stream yet: nothing to expire"
+    await bus.ensure_group(s, "g")
+    await bus.publish(s, entry("a", 0))
+    assert await bus.expire_stream(s, 150)
+    deadline = time.monotonic() + 5
+    while await bus.stream_length(s):
+        assert time.monotonic() < deadline, "the stream outlived its TTL"
+        await asyncio.sleep(0.05)
+    # A producer appending to the expired stream creates it again; with output_ttl_ms it does not live forever.
+    await bus.commit("stage", Commit(outputs=[(s, entry("a", 1))], output_ttl_ms={s: 150}))
+    assert await bus.stream_length(s) == 1
+    deadline = time.monotonic() + 5
+    while await bus.stream_length(s):
+        assert time.monotonic() < deadline, "a stream recreated by a commit has no TTL"
+        await asyncio.sleep(0.05)
+
+
+def _admission(bus, session: str, max_sessions: int = 2, per_slot: int = 4):
+    from ditto.bus.base import AdmissionRequest, StageSlots
+
+    stages = tuple(StageSlots(st, bus.key(st, "held"), bus.key("placement", st)) for st in ("a", "b"))
+    return AdmissionRequest(session, bus.key("tenant", "t", "sessions"), max_sessions, bus.key("tenant", "t", "used"),
+                            0, stages, 4, per_slot, 5000)
+
+
+async def test_admit_is_atomic_quota_and_placement_least_loaded(bus):
+    for st in ("a", "b"):
+        for slot in (0, 1):
+            await bus.touch_member(bus.key(st, "held"), str(slot), 60_000)
+    results = await asyncio.gather(*(bus.admit(_admission(bus, f"s{i}")) for i in range(10)))
+    admitted = [r for r in results if not r.refused]
+    assert len(admitted) == 2, f"{len(admitted)} of 10 simultaneous requests admitted for a limit of 2"
+    assert all(r.refused == "sessions" and r.count == 2 for r in results if r.refused)
+    # least loaded first: the two sessions went to different slots of each stage
+    assert {r.slots["a"] for r in admitted} == {0, 1} and {r.slots["b"] for r in admitted} == {0, 1}
+    assert sorted(await bus.live_members(bus.key("tenant", "t", "sessions"))) == sorted(
+        f"s{i}" for i, r in enumerate(results) if not r.refused)
+
+
+async def test_admit_refuses_without_a_worker_or_room_and_writes_nothing(bus):
+    r = await bus.admit(_admission(bus, "x"))
+    assert (r.refused, r.stage) == ("no_worker", "a")
+    for st in ("a", "b"):
+        await bus.touch_member(bus.key(st, "held"), "0", 60_000)
+    await bus.touch_member(bus.key("placement", "b"), "0:other", 60_000)
+    r = await bus.admit(_admission(bus, "y", max_sessions=5, per_slot=1))
+    assert (r.refused, r.stage, r.count) == ("full", "b", 1)
+    assert await bus.live_members(bus.key("tenant", "t", "sessions")) == []
+    assert await bus.live_members(bus.key("placement", "a")) == []

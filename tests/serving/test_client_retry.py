@@ -50,7 +50,7 @@ def half_a_stack(redis_url, tmp_path):
                            log_dir=tmp_path / "logs")
     cluster.ensure_redis()
     cluster.start_worker("renderer")
-    cluster._spawn("orchestrator", ["serve", "--redis", redis_url, "--port", str(cluster.port)],
+    cluster._spawn("orchestrator", ["serve", "--port", str(cluster.port)],
                    "READY orchestrator")
     try:
         cluster.wait_ready(180)

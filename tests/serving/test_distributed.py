@@ -94,9 +94,10 @@ def holder(cluster: LocalCluster, stage: str, session_id: str) -> Proc:
     """The worker process that holds the slot this session is placed on for `stage`."""
     r = redis_client(cluster)
     try:
-        keys = list(r.scan_iter(match=f"{cluster.prefix}:placement:{stage}:*:{session_id}"))
-        assert len(keys) == 1, f"session {session_id} has placements {keys} for {stage}"
-        slot = int(keys[0].split(":")[-2])
+        members = [m for m in r.zrange(f"{cluster.prefix}:placement:{stage}", 0, -1)
+                   if m.endswith(f":{session_id}")]
+        assert len(members) == 1, f"session {session_id} has placements {members} for {stage}"
+        slot = int(members[0].split(":", 1)[0])
         owner = r.get(f"{cluster.prefix}:{stage}:lease:{slot}")
     finally:
         r.close()

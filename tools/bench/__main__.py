@@ -20,6 +20,7 @@ PARTS = {
     "motion": "tools.bench.motion",
     "renderer": "tools.bench.renderer",
     "serving": "tools.bench.serving",
+    "bus_reliability": "tools.bench.bus_reliability",
 }
 
 

@@ -11,6 +11,9 @@
         stream = await client.open_session(avatar_id, sample_rate_hz=16000)
         await stream.send_audio(chunk); await stream.interrupt(); await stream.end_audio()
         async for event in stream: ...
+
+Over TLS: `AvatarClient(address, api_key, credentials=tls_credentials(root_cert="ca.pem"))` (add `client_cert=`
+and `client_key=` when the server verifies client certificates).
 """
 
 from __future__ import annotations
@@ -137,8 +140,12 @@ class AvatarClient:
     """Blocking client."""
 
     def __init__(self, address: str, api_key: str | None = None, channel: grpc.Channel | None = None,
-                 retry_for_s: float = DEFAULT_RETRY_FOR_S) -> None:
-        self.channel = channel or grpc.insecure_channel(address, options=channel_options())
+                 retry_for_s: float = DEFAULT_RETRY_FOR_S, credentials: grpc.ChannelCredentials | None = None
+                 ) -> None:
+        """`credentials` (e.g. `tls_credentials(root_cert="ca.pem")`) connect over TLS; default plaintext.
+        `retry_for_s`: how long a new session waits out the server's retry hints (0: not at all)."""
+        self.channel = channel or (grpc.secure_channel(address, credentials, options=channel_options()) if credentials
+                                   else grpc.insecure_channel(address, options=channel_options()))
         self.stub = avatar_pb2_grpc.AvatarStub(self.channel)
         self.metadata = (("x-api-key", api_key),) if api_key else ()
         self.retry_for_s = retry_for_s
@@ -247,8 +254,10 @@ class ConverseStream:
 
 
 class AsyncAvatarClient:
-    def __init__(self, address: str, api_key: str | None = None, retry_for_s: float = DEFAULT_RETRY_FOR_S) -> None:
-        self.channel = grpc.aio.insecure_channel(address, options=channel_options())
+    def __init__(self, address: str, api_key: str | None = None, retry_for_s: float = DEFAULT_RETRY_FOR_S,
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
+        self.channel = (grpc.aio.secure_channel(address, credentials, options=channel_options()) if credentials
+                        else grpc.aio.insecure_channel(address, options=channel_options()))
         self.stub = avatar_pb2_grpc.AvatarStub(self.channel)
         self.metadata = (("x-api-key", api_key),) if api_key else ()
         self.retry_for_s = retry_for_s
