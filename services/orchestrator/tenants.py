@@ -37,9 +37,17 @@ class TenantEntry(BaseModel):
     model_config = ConfigDict(coerce_numbers_to_str=True)
 
     id: str = Field(min_length=1)
-    api_key_sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$", description="SHA-256 of the key, 64 hex characters")
+    api_key_sha256: str = Field(description="SHA-256 of the key, 64 hex characters")
     max_sessions: int = Field(16, ge=1)
     session_minutes: float = Field(0.0, ge=0)
+
+    @field_validator("api_key_sha256")
+    @classmethod
+    def _sha256_hex(cls, value: str) -> str:
+        if len(value) != 64 or any(c not in "0123456789abcdefABCDEF" for c in value):
+            raise ValueError("api_key_sha256 must be 64 hex characters: the SHA-256 of the key "
+                             "(python -m services.orchestrator.tenants hash KEY)")
+        return value.lower()
 
     def tenant(self) -> Tenant:
         return Tenant(self.id, self.max_sessions, self.session_minutes)
@@ -56,7 +64,7 @@ class TenantsFile(BaseModel):
                              "development mode")
         ids, hashes = [t.id for t in tenants], [t.api_key_sha256.lower() for t in tenants]
         if len(set(ids)) != len(ids) or len(set(hashes)) != len(hashes):
-            raise ValueError("two tenants share an id or an API key")
+            raise ValueError("duplicate tenant id or API key")
         return tenants
 
 

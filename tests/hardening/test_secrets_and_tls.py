@@ -67,7 +67,7 @@ def test_an_empty_keys_file_stops_the_start_with_a_clear_error(tmp_path, redis_u
 
 @pytest.mark.parametrize("content, reason", [
     ("{}", "tenants"),
-    ("not json", "Expecting value"),
+    ("not json", "Invalid JSON"),
     (json.dumps({"tenants": [{"id": "a", "api_key_sha256": "zz"}]}), "64 hex"),
     (json.dumps({"tenants": [{"id": "a", "api_key_sha256": "0" * 64}, {"id": "b", "api_key_sha256": "0" * 64}]}),
      "duplicate"),
