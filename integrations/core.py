@@ -42,6 +42,7 @@ FPS = 25
 FRAME_SAMPLES = SESSION_RATE // FPS   # 640 samples = 40 ms = one video frame
 MAX_SEND_SAMPLES = SESSION_RATE // 5  # 200 ms per message, well under the server's max_chunk_ms
 IDLE_CHUNK_SAMPLES = MAX_SEND_SAMPLES
+KEEP_ALIVE_S = 5.0                    # well inside the server's idle timeout (30 s by default)
 
 log = telemetry.get_logger("ditto.integrations")
 
@@ -157,6 +158,7 @@ class AvatarBridge:
         self._open: _Segment | None = None
         self._last_frame_at = 0.0
         self._last_speech_at = time.monotonic()
+        self._last_sent_at = time.monotonic()
         self.frames_dropped = 0           # frames of interrupted epochs the server had already sent
         self._all_played = asyncio.Event()  # set while no speech waits to be shown
         self._all_played.set()
@@ -295,6 +297,7 @@ class AvatarBridge:
         if not len(samples) or self._stream is None:
             return
         data = samples.astype("<i2").tobytes()
+        self._last_sent_at = time.monotonic()
         self._sent += len(samples)
         if seg is not None:
             seg.sent += len(samples)
@@ -307,6 +310,11 @@ class AvatarBridge:
         lead = int(self.opts.idle_lead_s * SESSION_RATE)
         while self.face:
             await asyncio.sleep(0.04)
+            if self._stream is not None and time.monotonic() - self._last_sent_at > KEEP_ALIVE_S:
+                # the server is still rendering what it has (a slow machine, a long utterance sent at once): say
+                # we are here, or its idle timeout ends the session
+                self._last_sent_at = time.monotonic()
+                await self._stream.keep_alive()
             if self._open is not None or time.monotonic() - self._last_speech_at < self.opts.idle_after_s:
                 continue
             ahead = self._sent - self._played
