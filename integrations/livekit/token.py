@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime
+from typing import Final, Literal
 
 from livekit import api
 from livekit.agents.voice.room_io import ATTRIBUTE_PUBLISH_ON_BEHALF
 
-AVATAR_KIND = "agent"  # the avatar worker joins as an agent participant, as LiveKit's avatar plugins do
+# the avatar worker joins as an agent participant, as LiveKit's avatar plugins do
+AVATAR_KIND: Final[Literal["agent"]] = "agent"
 
 
 def mint_avatar_token(*, api_key: str, api_secret: str, room_name: str, avatar_identity: str,
