@@ -1,12 +1,14 @@
 """`make bench` part `agents`: the latency each voice-agent adapter adds over the plain SDK.
 
 One `ditto serve` (tiny profile, synthetic weights) in its own process; this process is the client. For each of 20
-rounds, three fresh sessions in turn speak the same 2 s of speech at realtime pace (100 ms pieces, like a streaming
-TTS): the plain SDK (`AsyncAvatarClient`, 16 kHz PCM), the LiveKit `DittoVideoGenerator` (24 kHz `rtc.AudioFrame`s)
-and the Pipecat `DittoVideoService` in a real pipeline (24 kHz `TTSAudioRawFrame`s). Each measures first audio in ->
-first frame that shows that speech out. The adapters' numbers include everything they do on top of the SDK
-(resampling, the idle feed, JPEG decoding, the cut of the speech per frame, Pipecat's frame queues). Called by
-tools/bench.py; needs the [livekit] and [pipecat] extras.
+rounds, three fresh sessions in turn (order rotated per round) speak the same 2 s of speech at realtime pace (100 ms
+pieces, like a streaming TTS): the plain SDK (`AsyncAvatarClient`, 16 kHz PCM), the LiveKit `DittoVideoGenerator`
+(24 kHz `rtc.AudioFrame`s) and the Pipecat `DittoVideoService` in a real pipeline (24 kHz `TTSAudioRawFrame`s). Each
+measures first audio in -> first frame that shows that speech out. `fresh`: the speech starts the session (the idle
+feed held off), so the difference is the adapters' own work (resampling, JPEG decoding, cutting the speech per frame,
+Pipecat's frame queues). `after_idle` (fewer runs): the face idles 3 s first, as in a real agent, so the speech also
+waits behind the silence in flight (`idle_lead_s`). Called by tools/bench.py; needs the [livekit] and [pipecat]
+extras.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from pathlib import Path
 import numpy as np
 
 ROUNDS = 20
+IDLE_ROUNDS = 5
+IDLE_S = 3.0
+FRESH = 60.0  # idle_after_s that keeps the idle feed off for a whole fresh run
 SECONDS = 2.0
 PIECE_MS = 100
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,13 +88,14 @@ async def _sdk(address: str, avatar_id: str, seed: int) -> float:
         return t_first - t0
 
 
-async def _livekit(address: str, avatar_id: str, seed: int) -> float:
+async def _livekit(address: str, avatar_id: str, seed: int, idle_s: float = 0.0) -> float:
     from livekit import rtc
 
     from integrations.core import AvatarBridge, BridgeOptions
     from integrations.livekit import DittoVideoGenerator
 
-    gen = DittoVideoGenerator(AvatarBridge(BridgeOptions(address, avatar_id, seed=7)))
+    gen = DittoVideoGenerator(AvatarBridge(BridgeOptions(address, avatar_id, seed=7,
+                                                         idle_after_s=FRESH if not idle_s else 0.4)))
     await gen.bridge.start()
     first = asyncio.get_running_loop().create_future()
 
@@ -101,6 +107,7 @@ async def _livekit(address: str, avatar_id: str, seed: int) -> float:
             last = item
 
     reader = asyncio.create_task(read())
+    await asyncio.sleep(idle_s)
 
     async def send(p: bytes) -> None:
         await gen.push_audio(rtc.AudioFrame(p, 24000, 1, len(p) // 2))
@@ -114,7 +121,7 @@ async def _livekit(address: str, avatar_id: str, seed: int) -> float:
     return t_first - t0
 
 
-async def _pipecat(address: str, avatar_id: str, seed: int) -> float:
+async def _pipecat(address: str, avatar_id: str, seed: int, idle_s: float = 0.0) -> float:
     from pipecat.frames.frames import OutputImageRawFrame, TTSAudioRawFrame
     from pipecat.pipeline.pipeline import Pipeline
     from pipecat.pipeline.worker import PipelineParams, PipelineWorker
@@ -133,7 +140,8 @@ async def _pipecat(address: str, avatar_id: str, seed: int) -> float:
                 first.set_result(time.monotonic())
             await self.push_frame(frame, direction)
 
-    worker = PipelineWorker(Pipeline([DittoVideoService(address=address, avatar_id=avatar_id, seed=7),
+    service = DittoVideoService(address=address, avatar_id=avatar_id, seed=7, idle_after_s=FRESH if not idle_s else 0.4)
+    worker = PipelineWorker(Pipeline([service,
                                       FirstSpeechImage()]), cancel_on_idle_timeout=False, params=PipelineParams())
     started = asyncio.Event()
 
@@ -145,6 +153,7 @@ async def _pipecat(address: str, avatar_id: str, seed: int) -> float:
     await runner.add_workers(worker)
     run = asyncio.create_task(runner.run())
     await started.wait()
+    await asyncio.sleep(idle_s)
 
     async def send(p: bytes) -> None:
         await worker.queue_frame(TTSAudioRawFrame(audio=p, sample_rate=24000, num_channels=1))
@@ -178,13 +187,21 @@ async def _measure(address: str, rounds: int) -> dict:
             samples[name].append(await runs[name](address, avatar.avatar_id, r))
         print(f"agents bench round {r + 1}/{rounds}: " + ", ".join(f"{k} {1000 * v[-1]:.0f} ms"
                                                                      for k, v in samples.items()), flush=True)
-    result = {k: _stats(v) for k, v in samples.items()}
-    base = result["sdk"]["p50"]
-    result["added_over_sdk_ms"] = {k: {"p50": round(result[k]["p50"] - base, 1),
-                                       "mean": round(result[k]["mean"] - result["sdk"]["mean"], 1),
-                                       "ratio_p50": round(result[k]["p50"] / base, 3)}
-                                   for k in ("livekit", "pipecat")}
-    return result
+    idle: dict[str, list[float]] = {"livekit": [], "pipecat": []}
+    for r in range(IDLE_ROUNDS):
+        idle["livekit"].append(await _livekit(address, avatar.avatar_id, r, IDLE_S))
+        idle["pipecat"].append(await _pipecat(address, avatar.avatar_id, r, IDLE_S))
+        print(f"agents bench after idle {r + 1}/{IDLE_ROUNDS}: " + ", ".join(f"{k} {1000 * v[-1]:.0f} ms"
+                                                                             for k, v in idle.items()), flush=True)
+    fresh = {k: _stats(v) for k, v in samples.items()}
+    after_idle = {k: _stats(v) for k, v in idle.items()}
+    base = fresh["sdk"]
+    return {"fresh": fresh, "after_idle": after_idle,
+            "added_over_sdk_ms": {
+                f"{k}_{when}": {"p50": round(d[k]["p50"] - base["p50"], 1),
+                                "mean": round(d[k]["mean"] - base["mean"], 1),
+                                "ratio_p50": round(d[k]["p50"] / base["p50"], 3)}
+                for when, d in (("fresh", fresh), ("after_idle", after_idle)) for k in ("livekit", "pipecat")}}
 
 
 def _portrait() -> bytes:
@@ -199,6 +216,10 @@ def run(out_dir: Path, rounds: int = ROUNDS) -> dict:
     from ditto.config import TelemetrySettings
 
     telemetry.setup(TelemetrySettings(log_level="warning", log_format="console"), "ditto-bench-agents")
+    from loguru import logger  # Pipecat's logger: its per-frame debug lines would drown the bench's output
+
+    logger.remove()
+    logger.add(sys.stderr, level="WARNING")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     log = Path(tempfile.mkdtemp(prefix="ditto-bench-agents-")) / "serve.log"
@@ -215,6 +236,7 @@ def run(out_dir: Path, rounds: int = ROUNDS) -> dict:
             time.sleep(0.1)
         result = {"setup": {"profile": "tiny", "weights": "synthetic", "device": "cpu", "speech_s": SECONDS,
                             "piece_ms": PIECE_MS, "pace": "realtime", "encoding": "JPEG",
+                            "idle_s_before_speech": IDLE_S, "idle_lead_s": 1.4,
                             "measure": "first audio in -> first frame showing it out", "cpus": os.cpu_count(),
                             "server_log": str(log)}}
         result.update(asyncio.run(_measure(f"127.0.0.1:{port}", rounds)))

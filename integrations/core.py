@@ -94,8 +94,9 @@ class BridgeOptions:
     sampling_steps: int = 0               # 0 = the server's default
     jpeg: bool = True                     # JPEG over the wire (decoded here); False = raw RGB (same host)
     # How far ahead of the last frame received the bridge keeps the timeline with silence while the agent is
-    # quiet. The server needs ~1.2 s of audio beyond a frame before it can leave (the motion window's look-ahead).
-    idle_lead_s: float = 1.6
+    # quiet: the server needs 1.2 s of audio beyond a frame before it can leave (the motion window's look-ahead), and
+    # feeds its own idle sessions 0.2 s beyond that. Speech that follows idle waits behind this much silence.
+    idle_lead_s: float = 1.4
     idle_after_s: float = 0.4             # quiet this long (or since start) before silence is fed
     start_timeout_s: float = 15.0         # how long start() waits for SessionStarted
     max_queued_items: int = 400           # frames + audio waiting for the consumer (~8 s); back-pressure beyond

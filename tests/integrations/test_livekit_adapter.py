@@ -249,6 +249,7 @@ async def _until_health(http, base: str, workers: int) -> None:
         await asyncio.sleep(0.05)
 
 
+@pytest.mark.e2e
 def test_cli_lists_and_runs_the_livekit_worker():
     out = subprocess.run([sys.executable, "-m", "ditto.cli", "--help"], cwd=ROOT, capture_output=True, text=True,
                          timeout=120)
