@@ -253,14 +253,18 @@ class AvatarBridge:
             self._note_played()
             await self._out.put(SegmentEnd())
 
-    async def drain(self, timeout_s: float) -> bool:
-        """Wait until every utterance received so far has been handed out (for a graceful end)."""
+    async def drain(self, stall_s: float = 10.0) -> bool:
+        """Wait until every utterance received so far has been handed out (for a graceful end). Gives up only when
+        no frame has come for `stall_s` (a slow server is still a server making progress)."""
         if self._open is not None:
             await self.end_segment()
-        try:
-            await asyncio.wait_for(self._all_played.wait(), timeout_s)
-        except TimeoutError:
-            return False
+        while not self._all_played.is_set():
+            try:
+                await asyncio.wait_for(self._all_played.wait(), 0.5)
+            except TimeoutError:
+                if time.monotonic() - self._last_frame_at > stall_s:
+                    log.warning("speech still queued at the end; the server sent no frame", stall_s=stall_s)
+                    return False
         return True
 
     def _note_played(self) -> None:

@@ -4,11 +4,27 @@ Agent side: `DittoAvatarSession` mints the avatar participant's token, asks our 
 for a worker in the room, and routes the agent's speech to it over the `lk.audio_stream` byte stream. Worker side:
 `run_avatar_worker` joins the room, turns the speech into one Converse session (`DittoVideoGenerator`) and publishes
 synchronized video and audio with LiveKit's `AvatarRunner`.
+
+The names are loaded on first use, so `integrations.livekit.cli` (and `ditto --help`) imports without the extra.
 """
 
-from integrations.livekit.avatar import DittoAvatarSession
-from integrations.livekit.token import AVATAR_KIND, mint_avatar_token
-from integrations.livekit.video import DittoVideoGenerator
-from integrations.livekit.worker import run_avatar_worker
+from __future__ import annotations
 
-__all__ = ["AVATAR_KIND", "DittoAvatarSession", "DittoVideoGenerator", "mint_avatar_token", "run_avatar_worker"]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "DittoAvatarSession": "integrations.livekit.avatar",
+    "AVATAR_KIND": "integrations.livekit.token",
+    "mint_avatar_token": "integrations.livekit.token",
+    "DittoVideoGenerator": "integrations.livekit.video",
+    "run_avatar_worker": "integrations.livekit.worker",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'integrations.livekit' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

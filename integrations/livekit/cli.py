@@ -22,6 +22,8 @@ def _run(args: argparse.Namespace) -> int:
     import signal
 
     try:
+        import livekit.agents  # noqa: F401 - fail here, with what to install, not in the first room
+
         from integrations.livekit.dispatcher import serve
         from integrations.livekit.settings import LiveKitWorkerSettings
     except ModuleNotFoundError as err:

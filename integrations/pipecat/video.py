@@ -39,7 +39,7 @@ FRAME_NS = 40_000_000  # one video frame, in Pipecat's nanosecond timestamps
 class DittoVideoService(FrameProcessor):
     def __init__(self, *, address: str, avatar_id: str, api_key: str | None = None, emotion: Any = None,
                  seed: int = 0, jpeg: bool = True, idle_lead_s: float | None = None,
-                 idle_after_s: float | None = None, end_drain_s: float = 30.0, **kwargs: Any) -> None:
+                 idle_after_s: float | None = None, end_stall_s: float = 10.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._options = BridgeOptions(address=address, avatar_id=avatar_id, api_key=api_key, emotion=emotion,
                                       seed=seed, jpeg=jpeg)
@@ -47,7 +47,7 @@ class DittoVideoService(FrameProcessor):
             self._options.idle_lead_s = idle_lead_s
         if idle_after_s is not None:
             self._options.idle_after_s = idle_after_s
-        self._end_drain_s = end_drain_s
+        self._end_stall_s = end_stall_s  # at EndFrame, wait for the last speech unless frames stop coming
         self._bridge: AvatarBridge | None = None
         self._out_task: asyncio.Task | None = None
 
@@ -63,7 +63,7 @@ class DittoVideoService(FrameProcessor):
             await self._open()
         elif isinstance(frame, EndFrame):
             if bridge is not None:
-                await bridge.drain(self._end_drain_s)
+                await bridge.drain(self._end_stall_s)
             await self._close()
             await self.push_frame(frame, direction)
         elif isinstance(frame, CancelFrame):

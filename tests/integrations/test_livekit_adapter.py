@@ -266,3 +266,22 @@ def test_cli_lists_and_runs_the_livekit_worker():
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
+
+
+WITHOUT_EXTRAS = """
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):  # an install without the [livekit] and [pipecat] extras
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in ("livekit", "pipecat"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, Block())
+from ditto.cli import build_parser, main
+assert "livekit-worker" in build_parser().format_help()
+sys.exit(main(["livekit-worker"]))
+"""
+
+
+def test_cli_without_the_extra_still_helps_and_says_what_to_install():
+    out = subprocess.run([sys.executable, "-c", WITHOUT_EXTRAS], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "pip install 'ditto-service[livekit]'" in out.stdout
