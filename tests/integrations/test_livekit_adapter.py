@@ -285,3 +285,22 @@ def test_cli_without_the_extra_still_helps_and_says_what_to_install():
     out = subprocess.run([sys.executable, "-c", WITHOUT_EXTRAS], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2, out.stderr[-2000:]
     assert "pip install 'ditto-service[livekit]'" in out.stdout
+
+
+async def test_avatar_session_that_cannot_start_leaves_the_agent_its_audio():
+    """A real AgentSession and a real (unconnected) Room: no worker can be had, so the agent's audio output stays
+    what it was and the reason is kept and logged."""
+    from livekit.agents import AgentSession
+
+    from integrations.livekit import DittoAvatarSession
+
+    session, room = AgentSession(), rtc.Room()
+    avatar = DittoAvatarSession(avatar_id="av", dispatcher_url="http://127.0.0.1:9", livekit_url="ws://127.0.0.1:9",
+                                api_key="APIkey", api_secret="s" * 32)
+    audio_before = session.output.audio
+    await avatar.start(session, room)
+    try:
+        assert not avatar.face and "before connecting" in avatar.error
+        assert session.output.audio is audio_before
+    finally:
+        await avatar.aclose()
