@@ -174,7 +174,8 @@ def _stats(xs: list[float]) -> dict:
             "mean": round(statistics.fmean(ms), 1), "min": round(ms[0], 1), "max": round(ms[-1], 1)}
 
 
-async def _measure(address: str, rounds: int) -> dict:
+async def _measure(address: str, rounds: int, idle_rounds: int) -> dict:
+    """Samples in seconds: {"fresh": {"sdk"|"livekit"|"pipecat": [...]}, "after_idle": {"livekit"|"pipecat": [...]}}."""
     from ditto_client import AsyncAvatarClient
 
     async with AsyncAvatarClient(address) as client:
@@ -188,20 +189,22 @@ async def _measure(address: str, rounds: int) -> dict:
         print(f"agents bench round {r + 1}/{rounds}: " + ", ".join(f"{k} {1000 * v[-1]:.0f} ms"
                                                                      for k, v in samples.items()), flush=True)
     idle: dict[str, list[float]] = {"livekit": [], "pipecat": []}
-    for r in range(IDLE_ROUNDS):
+    for r in range(idle_rounds):
         idle["livekit"].append(await _livekit(address, avatar.avatar_id, r, IDLE_S))
         idle["pipecat"].append(await _pipecat(address, avatar.avatar_id, r, IDLE_S))
-        print(f"agents bench after idle {r + 1}/{IDLE_ROUNDS}: " + ", ".join(f"{k} {1000 * v[-1]:.0f} ms"
+        print(f"agents bench after idle {r + 1}/{idle_rounds}: " + ", ".join(f"{k} {1000 * v[-1]:.0f} ms"
                                                                              for k, v in idle.items()), flush=True)
-    fresh = {k: _stats(v) for k, v in samples.items()}
-    after_idle = {k: _stats(v) for k, v in idle.items()}
+    return {"fresh": samples, "after_idle": idle}
+
+
+def _summary(fresh: dict, after_idle: dict) -> dict:
     base = fresh["sdk"]
     return {"fresh": fresh, "after_idle": after_idle,
             "added_over_sdk_ms": {
                 f"{k}_{when}": {"p50": round(d[k]["p50"] - base["p50"], 1),
                                 "mean": round(d[k]["mean"] - base["mean"], 1),
                                 "ratio_p50": round(d[k]["p50"] / base["p50"], 3)}
-                for when, d in (("fresh", fresh), ("after_idle", after_idle)) for k in ("livekit", "pipecat")}}
+                for when, d in (("fresh", fresh), ("after_idle", after_idle)) if d for k in ("livekit", "pipecat")}}
 
 
 def _portrait() -> bytes:
@@ -211,7 +214,8 @@ def _portrait() -> bytes:
     return cv2.imencode(".png", cv2.resize(data.astronaut()[:, :, ::-1], (160, 128)))[1].tobytes()
 
 
-def run(out_dir: Path, rounds: int = ROUNDS) -> dict:
+def run(out_dir: Path, rounds: int = ROUNDS, idle_rounds: int = IDLE_ROUNDS, only_after_idle: bool = False) -> dict:
+    """`only_after_idle`: measure the after-idle case again and keep the fresh numbers of the last agents.json."""
     from ditto import telemetry
     from ditto.config import TelemetrySettings
 
@@ -238,8 +242,16 @@ def run(out_dir: Path, rounds: int = ROUNDS) -> dict:
                             "piece_ms": PIECE_MS, "pace": "realtime", "encoding": "JPEG",
                             "idle_s_before_speech": IDLE_S, "idle_lead_s": 1.4,
                             "measure": "first audio in -> first frame showing it out", "cpus": os.cpu_count(),
-                            "server_log": str(log)}}
-        result.update(asyncio.run(_measure(f"127.0.0.1:{port}", rounds)))
+                            "server_log": str(log), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}}
+        samples = asyncio.run(_measure(f"127.0.0.1:{port}", 0 if only_after_idle else rounds, idle_rounds))
+        after_idle = {k: _stats(v) for k, v in samples["after_idle"].items() if v}
+        if only_after_idle:
+            previous = json.loads((out_dir / "agents.json").read_text())
+            fresh = previous["fresh"]
+            result["setup"]["fresh_measured"] = previous.get("fresh_measured", previous["setup"].get("date"))
+        else:
+            fresh = {k: _stats(v) for k, v in samples["fresh"].items()}
+        result.update(_summary(fresh, after_idle))
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -251,5 +263,12 @@ def run(out_dir: Path, rounds: int = ROUNDS) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(run(Path(sys.argv[1] if len(sys.argv) > 1 else "bench/results"),
-                         int(sys.argv[2]) if len(sys.argv) > 2 else ROUNDS), indent=2))
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path, default=Path("bench/results"))
+    ap.add_argument("--rounds", type=int, default=ROUNDS)
+    ap.add_argument("--idle-rounds", type=int, default=IDLE_ROUNDS)
+    ap.add_argument("--only-after-idle", action="store_true")
+    a = ap.parse_args()
+    print(json.dumps(run(a.out, a.rounds, a.idle_rounds, a.only_after_idle), indent=2))

@@ -322,13 +322,11 @@ class AvatarBridge:
                 await self._stream.keep_alive()
             if self._open is not None or time.monotonic() - self._last_speech_at < self.opts.idle_after_s:
                 continue
-            ahead = self._sent - self._played
-            # Without frames for a second, the server needs more audio than we thought: feed a little more (the
-            # server's credits bound how much it reads, so this cannot run away).
-            stalled = time.monotonic() - self._last_frame_at > 1.0 and ahead < 2 * lead
-            if ahead < lead or stalled:
+            # Measured from the last frame received, so never less than the server's own idle feed keeps (1.2 s of
+            # look-ahead + 0.2 s beyond the frames it has made): enough for frames to keep coming, and no more, since
+            # speech that follows waits behind this silence.
+            if self._sent - self._played < lead:
                 await self._send(None, np.zeros(IDLE_CHUNK_SAMPLES, np.int16))
-                self._last_frame_at = max(self._last_frame_at, time.monotonic() - 0.5)
 
     async def _read(self) -> None:
         assert self._stream is not None
