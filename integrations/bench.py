@@ -248,6 +248,8 @@ def run(out_dir: Path, rounds: int = ROUNDS, idle_rounds: int = IDLE_ROUNDS, onl
         if only_after_idle:
             previous = json.loads((out_dir / "agents.json").read_text())
             fresh = previous["fresh"]
+            if "machine" in previous:
+                result["machine"] = previous["machine"]
             result["setup"]["fresh_measured"] = previous.get("fresh_measured", previous["setup"].get("date"))
         else:
             fresh = {k: _stats(v) for k, v in samples["fresh"].items()}
