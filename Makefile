@@ -15,7 +15,10 @@ $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	$(PY) -m pip install -q torch==2.13.0
 	# the client package (generated stubs + SDK, no torch) first: the main package depends on it
 	$(PY) -m pip install -q -e ./clients/python
-	$(PY) -m pip install -q -e '.[dev]'
+	# dev tools and the voice-agent extras (their tests run in CI, never skipped)
+	$(PY) -m pip install -q -e '.[dev,livekit,pipecat]'
+	# pipecat-ai caps protobuf<7 in every release; its other requirements are the [pipecat] extra (see pyproject)
+	$(PY) -m pip install -q --no-deps pipecat-ai==1.14.0
 	touch $@
 
 # Stubs are generated, never edited, and committed (so `pip install` needs no build step): the client package's
@@ -28,7 +31,7 @@ test: setup
 
 lint: setup
 	$(PY) -m ruff check .
-	$(PY) -m mypy ditto ditto_app ditto_training services tools clients/python/ditto_client
+	$(PY) -m mypy ditto ditto_app ditto_training services tools integrations clients/python/ditto_client
 	$(VENV)/bin/lint-imports
 	$(PY) -m tools.gen_protos --check
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
 from ditto_client.v1 import common_pb2
 
 _NP_BY_CODE: dict[int, np.dtype] = {

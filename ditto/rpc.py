@@ -8,13 +8,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-
-# One definition of the channel options, shared with clients.
-from ditto_client.channel import DEFAULT_MAX_MESSAGE, channel_options  # noqa: F401
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ditto.config import TlsSettings
+
+# One definition of the channel options, shared with clients.
+from ditto_client.channel import DEFAULT_MAX_MESSAGE, channel_options  # noqa: F401
 
 
 @dataclass

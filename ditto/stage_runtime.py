@@ -30,11 +30,11 @@ from typing import Any, Generic, NoReturn, Protocol, TypeVar
 
 import cachetools
 import grpc
-from ditto_client.v1 import bus_pb2, common_pb2
 
 from ditto import codec, telemetry
 from ditto.bus.base import BusError
 from ditto.bus.worker import Output, WorkItem, WorkResult
+from ditto_client.v1 import bus_pb2, common_pb2
 
 log = telemetry.get_logger("ditto.stage_runtime")
 

@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "train": "ditto_app.train_cli",
     "worker": "ditto_app.worker_cli",
     "demo": "ditto_app.demo_cli",
+    "livekit-worker": "integrations.livekit.cli",
 }
 
 

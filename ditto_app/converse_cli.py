@@ -26,10 +26,10 @@ def _run(args: argparse.Namespace) -> int:
     import cv2
     import grpc
     import numpy as np
-    from ditto_client import AvatarClient, emotion_control
-    from ditto_client.v1 import avatar_pb2, common_pb2
     from tqdm import tqdm
 
+    from ditto_client import AvatarClient, emotion_control
+    from ditto_client.v1 import avatar_pb2, common_pb2
     from services.audio_encoder.formats import decode_file
     from services.renderer.encode import Mp4Writer
 

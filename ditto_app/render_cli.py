@@ -70,14 +70,14 @@ def _crop(args: argparse.Namespace):
 
 
 async def render(args: argparse.Namespace) -> int:
-    from ditto_client import emotion_control
-    from ditto_client.v1 import avatar_pb2, renderer_pb2
     from tqdm import tqdm
 
     from ditto import telemetry
     from ditto.config import TelemetrySettings, load_settings
     from ditto_app.stack import EmbeddedStack
     from ditto_app.synthetic import BANNER, is_synthetic, profile_of, resolve_weights
+    from ditto_client import emotion_control
+    from ditto_client.v1 import avatar_pb2, renderer_pb2
     from services.orchestrator.config import OrchestratorSettings
     from services.orchestrator.render_job import RenderJobError, run_render
     from services.orchestrator.tenants import Tenant

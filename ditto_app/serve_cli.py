@@ -27,13 +27,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 async def serve(args: argparse.Namespace, ready: asyncio.Event | None = None) -> int:
-    from ditto_client.v1 import avatar_pb2, avatar_pb2_grpc
-
     from ditto import rpc, telemetry
     from ditto.bus import RedisBus
     from ditto.config import load_settings
     from ditto_app.stack import EmbeddedStack
     from ditto_app.synthetic import BANNER, is_synthetic, profile_of, resolve_weights
+    from ditto_client.v1 import avatar_pb2, avatar_pb2_grpc
     from services.orchestrator.avatars import GrpcRegistrar
     from services.orchestrator.config import OrchestratorSettings
     from services.orchestrator.service import AvatarService, Orchestrator

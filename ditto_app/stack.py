@@ -10,11 +10,10 @@ import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ditto_client.v1 import renderer_pb2
-
 from ditto.bus import Bus, MemoryBus
 from ditto.bus.worker import SlotWorker, WorkerSettings
 from ditto_app.stages import STAGES, BuiltStage, build_stage
+from ditto_client.v1 import renderer_pb2
 from services.orchestrator.avatars import Registrar, RegistrationError
 from services.orchestrator.config import OrchestratorSettings
 from services.orchestrator.service import Orchestrator

@@ -12,9 +12,8 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ditto_client.v1 import bus_pb2
-
 from ditto.bus.base import Admission, AdmissionRequest, Bus, Commit, Delivery, LeaseLost
+from ditto_client.v1 import bus_pb2
 
 
 @dataclass

@@ -7,11 +7,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
-from ditto_client.v1 import bus_pb2
 from redis.exceptions import RedisError, ResponseError
 
 from ditto.bus.base import Admission, AdmissionRequest, Bus, BusError, Commit, Delivery, LeaseLost
 from ditto.redaction import redact, redact_url, remember_url
+from ditto_client.v1 import bus_pb2
 
 _FIELD = b"e"
 

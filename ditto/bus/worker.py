@@ -28,11 +28,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import grpc
-from ditto_client.v1 import bus_pb2, common_pb2
 
 from ditto import codec, telemetry
 from ditto.bus.base import Bus, BusError, Commit, Delivery, LeaseLost
 from ditto.config import BusSettings
+from ditto_client.v1 import bus_pb2, common_pb2
 
 log = telemetry.get_logger("ditto.worker")
 

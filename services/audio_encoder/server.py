@@ -18,10 +18,10 @@ from collections.abc import AsyncIterator
 
 import grpc
 import numpy as np
-from ditto_client.v1 import audio_encoder_pb2, audio_encoder_pb2_grpc, common_pb2
 
 from ditto import codec, rpc
 from ditto.stage_runtime import MicroBatcher, run_for_call
+from ditto_client.v1 import audio_encoder_pb2, audio_encoder_pb2_grpc, common_pb2
 from services.audio_encoder.encoder import StreamingEncoder
 from services.audio_encoder.formats import AudioError
 from services.audio_encoder.hubert import HubertBackend

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 
 import grpc
 import numpy as np
-from ditto_client.v1 import bus_pb2, common_pb2
 
 from ditto import codec
 from ditto.bus.worker import Output
 from ditto.stage_runtime import forward, session_spec
+from ditto_client.v1 import bus_pb2, common_pb2
 from services.audio_encoder.encoder import SAMPLES_PER_FRAME, StreamingEncoder, encode_many
 from services.audio_encoder.formats import AudioError, InputFormat, SampleFormat
 from services.audio_encoder.hubert import HubertBackend

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from ditto_client.v1 import common_pb2
 
 from ditto import codec
+from ditto_client.v1 import common_pb2
 from services.motion_generator.generator import AvatarMotion, SessionSettings
 
 _FLOAT_FIELDS = ("delta_pitch", "delta_yaw", "delta_roll", "alpha_pitch", "alpha_yaw", "alpha_roll", "vad_alpha",

@@ -17,10 +17,10 @@ from collections.abc import AsyncIterator
 
 import grpc
 import numpy as np
-from ditto_client.v1 import common_pb2, motion_generator_pb2, motion_generator_pb2_grpc
 
 from ditto import codec, rpc
 from ditto.stage_runtime import MicroBatcher, run_for_call
+from ditto_client.v1 import common_pb2, motion_generator_pb2, motion_generator_pb2_grpc
 from services.motion_generator.generator import KeypointBatch, MotionGenerator
 from services.motion_generator.protocol import avatar_from_proto, controls_from_proto
 from services.motion_generator.session_stage import LiveMotion, MotionInput, MotionStage

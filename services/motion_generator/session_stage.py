@@ -15,11 +15,11 @@ from typing import Any
 
 import grpc
 import numpy as np
-from ditto_client.v1 import bus_pb2, common_pb2
 
 from ditto import codec
 from ditto.bus.worker import Output
 from ditto.stage_runtime import forward
+from ditto_client.v1 import bus_pb2, common_pb2
 from services.motion_generator.generator import AvatarMotion, KeypointBatch, MotionGenerator, MotionSession
 from services.motion_generator.protocol import avatar_from_proto, controls_from_proto, settings_from_proto
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import abc
 
 import grpc
-from ditto_client.v1 import renderer_pb2, renderer_pb2_grpc
 
 from ditto import rpc
 from ditto.avatar_keys import info_key, source_key
 from ditto.bus import Bus
+from ditto_client.v1 import renderer_pb2, renderer_pb2_grpc
 
 AVATAR_TTL_S = 30 * 24 * 3600
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-from ditto_client.v1 import avatar_pb2, common_pb2
 
+from ditto_client.v1 import avatar_pb2, common_pb2
 from services.orchestrator.session import SessionError
 from services.orchestrator.tenants import Tenant
 

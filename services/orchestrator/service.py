@@ -11,12 +11,12 @@ import uuid
 from collections.abc import AsyncIterator
 
 import grpc
-from ditto_client.v1 import avatar_pb2, avatar_pb2_grpc, common_pb2, renderer_pb2
 
 from ditto import telemetry
 from ditto.bus import Bus, BusError, Commit
 from ditto.bus.base import AdmissionRequest
 from ditto.redaction import redact
+from ditto_client.v1 import avatar_pb2, avatar_pb2_grpc, common_pb2, renderer_pb2
 from services.orchestrator.avatars import AvatarRegistry, Registrar, RegistrationError
 from services.orchestrator.config import OrchestratorSettings
 from services.orchestrator.placement import NoCapacity, Placement, Placer

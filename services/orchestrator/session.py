@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
-from ditto_client.v1 import avatar_pb2, bus_pb2, common_pb2, renderer_pb2
 
 from ditto import codec, telemetry
 from ditto.bus.worker import epoch_key
 from ditto.redaction import redact
+from ditto_client.v1 import avatar_pb2, bus_pb2, common_pb2, renderer_pb2
 
 if TYPE_CHECKING:
     from services.orchestrator.placement import Placement

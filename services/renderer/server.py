@@ -26,10 +26,10 @@ import cv2
 import grpc
 import numpy as np
 from cachetools import LRUCache
-from ditto_client.v1 import bus_pb2, common_pb2, renderer_pb2, renderer_pb2_grpc
 
 from ditto import codec, rpc
 from ditto.stage_runtime import MicroBatcher, run_for_call
+from ditto_client.v1 import bus_pb2, common_pb2, renderer_pb2, renderer_pb2_grpc
 
 from .avatar.crop import CropSettings
 from .avatar.register import Avatar, MediaError, NoFaceError, load_cached, register_avatar

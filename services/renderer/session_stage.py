@@ -15,13 +15,13 @@ from typing import cast
 
 import grpc
 import numpy as np
-from ditto_client.v1 import bus_pb2, common_pb2, renderer_pb2
 
 from ditto import codec
 from ditto.avatar_keys import source_key
 from ditto.bus import Bus
 from ditto.bus.worker import Output
 from ditto.stage_runtime import FRAMES, forward
+from ditto_client.v1 import bus_pb2, common_pb2, renderer_pb2
 from services.renderer.avatar.register import Avatar, MediaError, NoFaceError
 from services.renderer.server import (
     RenderedFrames,

@@ -10,10 +10,10 @@ import threading
 import grpc
 import numpy as np
 import pytest
-from ditto_client.v1 import audio_encoder_pb2, audio_encoder_pb2_grpc, common_pb2
 
 from ditto import codec, rpc
 from ditto.stage_runtime import MicroBatcher
+from ditto_client.v1 import audio_encoder_pb2, audio_encoder_pb2_grpc, common_pb2
 from services.audio_encoder import server
 from services.audio_encoder.encoder import StreamingEncoder
 from services.audio_encoder.formats import InputFormat

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import grpc
+
 from ditto_client.v1 import avatar_pb2, avatar_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serving"))

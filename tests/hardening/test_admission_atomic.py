@@ -7,10 +7,10 @@ import asyncio
 
 import grpc
 import pytest
-from ditto_client.v1 import avatar_pb2
 from hardening_helpers import config, portrait_png, service_over, speech_pcm16, tenants_file
 
 from ditto.bus import MemoryBus, RedisBus
+from ditto_client.v1 import avatar_pb2
 from services.orchestrator.tenants import TenantDirectory
 
 KEY = (("x-api-key", "key-of-acme"),)

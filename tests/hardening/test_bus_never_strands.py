@@ -8,12 +8,12 @@ import time
 
 import grpc
 import numpy as np
-from ditto_client.v1 import bus_pb2, common_pb2
 from sum_stage import STAGE, RunningSum
 
 from ditto import codec
 from ditto.bus import Bus, BusError
 from ditto.bus.worker import SlotWorker, WorkerSettings
+from ditto_client.v1 import bus_pb2, common_pb2
 
 FAST = {"lease_ttl_ms": 1000, "block_ms": 20, "reclaim_every_s": 0.2, "retry_after_s": 0.05}
 

@@ -7,10 +7,10 @@ import asyncio
 import time
 
 from conftest import Orchestrator, PrivateRedis
-from ditto_client.v1 import avatar_pb2
 from hardening_helpers import config, portrait_png, service_over, speech_pcm16
 
 from ditto.bus import RedisBus
+from ditto_client.v1 import avatar_pb2
 
 UNRELATED_KEYS = 20_000
 

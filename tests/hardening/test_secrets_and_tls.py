@@ -14,10 +14,10 @@ from pathlib import Path
 import grpc
 import pytest
 from conftest import ROOT, Orchestrator, PrivateRedis
-from ditto_client import AvatarClient, tls_credentials
-from ditto_client.v1 import avatar_pb2
 from hardening_helpers import config
 
+from ditto_client import AvatarClient, tls_credentials
+from ditto_client.v1 import avatar_pb2
 from services.orchestrator.tenants import TenantDirectory
 
 PASSWORD = "Sup3r-Secret-Redis-Pa55word"

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ditto_client.v1 import bus_pb2
 from sum_stage import STAGE, RunningSum
 
 from ditto import codec
 from ditto.bus import Bus, Commit, LeaseLost, MemoryBus, RedisBus
 from ditto.bus.worker import SlotWorker, WorkerSettings, epoch_key
+from ditto_client.v1 import bus_pb2
 
 HERE = Path(__file__).parent
 

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 import torch
-from ditto_client.v1 import common_pb2
 
 from ditto import codec
+from ditto_client.v1 import common_pb2
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "int64", "uint8", "int32", "float64", "int16", "bool"])

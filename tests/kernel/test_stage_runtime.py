@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 import pytest
-from ditto_client.v1 import bus_pb2, common_pb2
 
 from ditto import codec
 from ditto.bus import MemoryBus
@@ -27,6 +26,7 @@ from ditto.stage_runtime import (
     SessionStageHandler,
     forward,
 )
+from ditto_client.v1 import bus_pb2, common_pb2
 
 STAGE = "adder"
 POISON = 666  # an input the step cannot handle: a fault of the stage, not of the session's input

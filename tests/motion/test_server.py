@@ -8,9 +8,9 @@ import asyncio
 import grpc
 import numpy as np
 import pytest
-from ditto_client.v1 import common_pb2, motion_generator_pb2, motion_generator_pb2_grpc
 
 from ditto import codec, rpc
+from ditto_client.v1 import common_pb2, motion_generator_pb2, motion_generator_pb2_grpc
 from services.motion_generator import server
 from services.motion_generator.generator import KeypointBatch, SessionSettings
 from tests.motion.helpers import avatar, features, tiny_generator

@@ -7,10 +7,10 @@ import cv2
 import grpc
 import numpy as np
 import pytest
-from ditto_client.v1 import common_pb2, renderer_pb2, renderer_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ditto import codec, rpc
+from ditto_client.v1 import common_pb2, renderer_pb2, renderer_pb2_grpc
 from services.renderer.avatar.register import MOTION_KEYS
 from services.renderer.server import RendererCore, serve
 from tests.renderer.renderer_models import face_image, tiny_models

@@ -10,12 +10,12 @@ from pathlib import Path
 import cv2
 import grpc
 import numpy as np
-from ditto_client.v1 import avatar_pb2, avatar_pb2_grpc, common_pb2
 
 from ditto import rpc
 from ditto.config import load_settings
 from ditto_app.stack import EmbeddedStack
 from ditto_app.synthetic import ensure_synthetic
+from ditto_client.v1 import avatar_pb2, avatar_pb2_grpc, common_pb2
 from services.orchestrator.config import OrchestratorSettings
 from services.orchestrator.service import AvatarService
 from services.orchestrator.tenants import TenantDirectory, hash_key

@@ -11,13 +11,13 @@ import uuid
 
 import grpc
 import pytest
-from ditto_client import AsyncAvatarClient, AvatarClient
-from ditto_client.v1 import avatar_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from serving_helpers import chunks, speech_pcm16
 
 from ditto import rpc
 from ditto_app.cluster import LocalCluster
+from ditto_client import AsyncAvatarClient, AvatarClient
+from ditto_client.v1 import avatar_pb2
 
 pytestmark = pytest.mark.e2e
 

@@ -28,12 +28,12 @@ import grpc
 import numpy as np
 import pytest
 import redis
-from ditto_client.v1 import avatar_pb2, avatar_pb2_grpc
 from serving_helpers import chunks, config, embedded_service, frames_of, portrait_png, requests, speech_pcm16
 
 from ditto import rpc
 from ditto_app.cluster import LocalCluster, Proc, free_port, start_redis
 from ditto_app.stages import STAGES
+from ditto_client.v1 import avatar_pb2, avatar_pb2_grpc
 
 pytestmark = pytest.mark.e2e
 

@@ -10,7 +10,6 @@ import time
 import grpc
 import numpy as np
 import pytest
-from ditto_client.v1 import avatar_pb2, common_pb2
 from serving_helpers import (
     chunks,
     collect,
@@ -23,6 +22,7 @@ from serving_helpers import (
     tenants_file,
 )
 
+from ditto_client.v1 import avatar_pb2, common_pb2
 from services.orchestrator.tenants import TenantDirectory
 
 
@@ -310,6 +310,7 @@ async def test_credits_stop_reading_a_client_that_is_ahead():
 
 async def test_render_rpc_returns_an_mp4_with_video_and_audio(tmp_path):
     import av
+
     from ditto_client.v1 import avatar_pb2 as pb
 
     async with embedded_service() as (stub, _):

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-from ditto_client.v1 import avatar_pb2, avatar_pb2_grpc, common_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from serving_helpers import chunks, config, frames_of, portrait_png, requests, speech_pcm16
@@ -21,6 +20,7 @@ from ditto import rpc
 from ditto.config import load_settings
 from ditto_app.stack import EmbeddedStack
 from ditto_app.synthetic import ensure_synthetic
+from ditto_client.v1 import avatar_pb2, avatar_pb2_grpc, common_pb2
 from services.orchestrator.config import OrchestratorSettings
 from services.orchestrator.service import AvatarService
 

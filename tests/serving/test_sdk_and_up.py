@@ -11,13 +11,13 @@ from pathlib import Path
 
 import grpc
 import pytest
-from ditto_client import AsyncAvatarClient, AvatarClient, emotion_control
-from ditto_client.v1 import avatar_pb2, common_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from serving_helpers import chunks, embedded_service, portrait_png, speech_pcm16
 
 from ditto import rpc
 from ditto_app.cluster import free_port
+from ditto_client import AsyncAvatarClient, AvatarClient, emotion_control
+from ditto_client.v1 import avatar_pb2, common_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 
 import grpc
-from ditto_client.v1 import avatar_pb2
 from serving_helpers import config, embedded_service, portrait_png
+
+from ditto_client.v1 import avatar_pb2
 
 
 async def _avatar(stub) -> str:

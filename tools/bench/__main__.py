@@ -21,6 +21,7 @@ PARTS = {
     "renderer": "tools.bench.renderer",
     "serving": "tools.bench.serving",
     "bus_reliability": "tools.bench.bus_reliability",
+    "agents": "tools.bench.agents",
 }
 
 
@@ -64,13 +65,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tools.bench", description="run the benchmarks (make bench)")
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
     ap.add_argument("--only", nargs="*", choices=sorted(PARTS), default=None)
+    ap.add_argument("--summary", action="store_true", help="only rewrite SUMMARY.md from the JSON files there")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     info = machine()
     summary = [f"# Benchmarks\n\nMachine: {json.dumps(info)}\nDate: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n"]
     failed = []
     for name, module in PARTS.items():
-        if args.only and name not in args.only:
+        if args.summary or (args.only and name not in args.only):
             continue
         print(f"== {name} ({module})", flush=True)
         t0 = time.time()

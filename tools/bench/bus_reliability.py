@@ -104,9 +104,8 @@ class _Redis:
 # ---- pending entries after worker kills ----
 
 def _entry(session: str, seq: int, x: int, out: str):
-    from ditto_client.v1 import bus_pb2
-
     from ditto import codec
+    from ditto_client.v1 import bus_pb2
 
     e = bus_pb2.StreamEntry(session_id=session, seq=seq, kind=bus_pb2.ENTRY_KIND_DATA)
     e.tensors.extend(codec.named({"x": np.array(x, dtype=np.int64)}))
@@ -208,13 +207,13 @@ async def _dead_consumer_300(url: str) -> dict:
 
 async def _time_to_started(url: str, sessions: int) -> list[float]:
     import grpc
-    from ditto_client.v1 import avatar_pb2, avatar_pb2_grpc, common_pb2
 
     from ditto import rpc
     from ditto.bus import RedisBus
     from ditto.config import load_settings
     from ditto_app.stack import EmbeddedStack
     from ditto_app.synthetic import ensure_synthetic
+    from ditto_client.v1 import avatar_pb2, avatar_pb2_grpc, common_pb2
     from services.orchestrator.config import OrchestratorSettings
     from services.orchestrator.service import AvatarService
 

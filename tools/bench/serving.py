@@ -55,6 +55,7 @@ def _speech(seconds: float, seed: int, rate: int = 16000) -> bytes:
 
 async def _session(stub, avatar_id: str, seed: int) -> SessionResult:
     import grpc
+
     from ditto_client.v1 import avatar_pb2, common_pb2
 
     pcm = _speech(SECONDS, seed)
@@ -94,9 +95,9 @@ async def _session(stub, avatar_id: str, seed: int) -> SessionResult:
 
 async def _load(address: str) -> dict:
     import grpc
-    from ditto_client.v1 import avatar_pb2, avatar_pb2_grpc
 
     from ditto import rpc
+    from ditto_client.v1 import avatar_pb2, avatar_pb2_grpc
 
     async with grpc.aio.insecure_channel(address, options=rpc.channel_options()) as channel:
         stub = avatar_pb2_grpc.AvatarStub(channel)
