@@ -175,7 +175,17 @@ class AvatarBridge:
                 encoding=common_pb2.FRAME_ENCODING_JPEG if o.jpeg else common_pb2.FRAME_ENCODING_RAW_RGB,
                 emotion=o.emotion, idle_policy=avatar_pb2.IDLE_POLICY_FREEZE, sampling_steps=o.sampling_steps,
                 seed=o.seed)
-            self._stream = await self._client.open_session(o.avatar_id, config=cfg)
+            # the SDK waits out "no capacity, retry after N ms" for up to start_timeout_s, then raises the refusal
+            self._stream = await asyncio.wait_for(
+                self._client.open_session(o.avatar_id, config=cfg, retry_for_s=o.start_timeout_s),
+                o.start_timeout_s)
+        except TimeoutError:
+            await self._lose_face(f"the Ditto server at {o.address} did not start a session within "
+                                  f"{o.start_timeout_s:.0f} s; check that it is up and not overloaded")
+            return False
+        except grpc.aio.AioRpcError as err:  # the server refused the session: say why, and what to do
+            await self._lose_face(explain(err.code(), err.details() or "", o))
+            return False
         except Exception as err:  # a malformed address, a bad emotion: no face, but the agent runs on
             await self._lose_face(f"cannot open a Ditto session: {err}")
             return False

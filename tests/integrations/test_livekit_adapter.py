@@ -251,11 +251,11 @@ async def _until_health(http, base: str, workers: int) -> None:
 
 @pytest.mark.e2e
 def test_cli_lists_and_runs_the_livekit_worker():
-    out = subprocess.run([sys.executable, "-m", "ditto.cli", "--help"], cwd=ROOT, capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "ditto_app.cli", "--help"], cwd=ROOT, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0 and "livekit-worker" in out.stdout
     env = dict(os.environ, DITTO_LIVEKIT_DITTO_ADDRESS="127.0.0.1:9", PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "ditto.cli", "livekit-worker", "--port", "0"], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "ditto_app.cli", "livekit-worker", "--port", "0"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         line = ""
@@ -275,7 +275,7 @@ class Block(importlib.abc.MetaPathFinder):  # an install without the [livekit] a
         if name.split(".")[0] in ("livekit", "pipecat"):
             raise ModuleNotFoundError(f"No module named {name!r}", name=name)
 sys.meta_path.insert(0, Block())
-from ditto.cli import build_parser, main
+from ditto_app.cli import build_parser, main
 assert "livekit-worker" in build_parser().format_help()
 sys.exit(main(["livekit-worker"]))
 """

@@ -229,7 +229,7 @@ def run(out_dir: Path, rounds: int = ROUNDS, idle_rounds: int = IDLE_ROUNDS, onl
     log = Path(tempfile.mkdtemp(prefix="ditto-bench-agents-")) / "serve.log"
     port = _free_port()
     with open(log, "wb") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "ditto.cli", "serve", "--weights", "synthetic", "--profile",
+        proc = subprocess.Popen([sys.executable, "-m", "ditto_app.cli", "serve", "--weights", "synthetic", "--profile",
                                  "tiny", "--device", "cpu", "--port", str(port)], stdout=f, stderr=subprocess.STDOUT,
                                 start_new_session=True, cwd=ROOT)
     try:

@@ -249,8 +249,15 @@ class ConverseStream:
         if self._first is not None:
             first, self._first = self._first, None
             yield first
-        async for msg in self._call:
+        while True:  # read(), not `async for`: grpc.aio forbids mixing the two on one call, and open_session read
+            msg = await self._call.read()
+            if msg is grpc.aio.EOF:
+                break
             yield msg
+        code = await self._call.code()
+        if code != grpc.StatusCode.OK:  # as `async for` would: the call's error status ends the iteration
+            raise grpc.aio.AioRpcError(code, await self._call.initial_metadata(), await self._call.trailing_metadata(),
+                                       await self._call.details())
 
 
 class AsyncAvatarClient:
