@@ -33,7 +33,8 @@ def test_pipecat_example_talks_with_a_face(tmp_path):
     env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'clients' / 'python'}")
     with open(log, "wb") as f:
         server = subprocess.Popen([sys.executable, "-m", "ditto_app.cli", "serve", "--weights", "synthetic",
-                                   "--profile", "tiny", "--device", "cpu", "--port", str(port)], cwd=ROOT, env=env, stdout=f,
+                                   "--profile", "tiny", "--device", "cpu", "--port", str(port)],
+                                  cwd=ROOT, env=env, stdout=f,
                                   stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 300
