@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "train": "services.motion_generator.training.train_cli",
     "worker": "services.worker_cli",
     "demo": "services.orchestrator.demo_cli",
+    "webrtc-gateway": "services.webrtc_gateway.cli",
 }
 
 
