@@ -193,21 +193,21 @@ class GatewaySession:
             self.stream = await self.client.open_session(o["avatar_id"], config=cfg)
             first = await asyncio.wait_for(self.stream.__aiter__().__anext__(), self.settings.open_timeout_s)
         except grpc.aio.AioRpcError as err:
-            await self._close_client()
+            await self._abandon()
             raise OfferError(HTTP_OF_GRPC.get(err.code(), 502), f"the avatar service refused the session: "
                                                                 f"{err.details()}") from None
         except (TimeoutError, StopAsyncIteration):
-            await self._close_client()
+            await self._abandon()
             raise OfferError(504, f"the avatar service at {self.settings.orchestrator} did not start the session in "
                                   f"{self.settings.open_timeout_s:.0f} s; try again") from None
         kind = first.WhichOneof("kind")
         if kind == "final":
-            await self._close_client()
+            await self._abandon()
             code = grpc_code(first.final.status.code)
             retry = 1.0 if code == grpc.StatusCode.RESOURCE_EXHAUSTED else None
             raise OfferError(HTTP_OF_GRPC.get(code, 502), first.final.status.message, retry)
         if kind != "started":
-            await self._close_client()
+            await self._abandon()
             raise OfferError(502, f"the avatar service answered '{kind}' before SessionStarted")
         self.started = first.started
 
@@ -397,6 +397,12 @@ class GatewaySession:
         _ended.labels(reason.split(":")[0]).inc()
         log.info("webrtc session ended", session=self.id, reason=reason, frames_sent=self.frames_sent,
                  sync=self.meter.summary())
+
+    async def _abandon(self) -> None:
+        """A refused start: end the call (and its request stream) before the channel."""
+        if self.stream is not None:
+            self.stream.cancel()
+        await self._close_client()
 
     async def _close_client(self) -> None:
         if self.client is not None:
