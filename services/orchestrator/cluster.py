@@ -85,6 +85,7 @@ class LocalCluster:
     log_dir: Path | None = None
     procs: dict[str, Proc] = field(default_factory=dict)
     redis_proc: subprocess.Popen | None = None
+    webrtc_port: int | None = None  # start the WebRTC gateway on this HTTP port (0 = any free port); None = not
 
     def __post_init__(self) -> None:
         self.port = self.port or free_port()
@@ -94,6 +95,10 @@ class LocalCluster:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def webrtc_url(self) -> str:
+        return f"http://127.0.0.1:{self.webrtc_port}" if self.webrtc_port else ""
 
     def _env(self) -> dict[str, str]:
         e = dict(os.environ)
@@ -137,6 +142,10 @@ class LocalCluster:
             self.start_worker(stage)
         self._spawn("orchestrator", ["serve", "--redis", self.redis_url, "--port", str(self.port)],
                     "READY orchestrator")
+        if self.webrtc_port is not None:  # a client of the orchestrator's public API, like any other
+            self.webrtc_port = self.webrtc_port or free_port()
+            self._spawn("webrtc-gateway", ["webrtc-gateway", "--port", str(self.webrtc_port), "--orchestrator",
+                                           self.address], "READY webrtc-gateway")
         self.wait_ready(timeout)
         return self
 

@@ -12,6 +12,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=None, help="HTTP port (default: $DITTO_WEBRTC_PORT or 8080)")
     p.add_argument("--orchestrator", default=None,
                    help="host:port of the Avatar API (default: $DITTO_WEBRTC_ORCHESTRATOR or 127.0.0.1:50051)")
+    p.add_argument("--metrics-port", type=int, default=None, help="Prometheus endpoint port (default: none)")
     p.set_defaults(handler=_run)
 
 
@@ -25,5 +26,7 @@ def _run(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port), ("orchestrator", args.orchestrator))
                  if v is not None}
     settings = load_gateway_settings(**overrides)
+    if args.metrics_port is not None:
+        settings.telemetry.metrics_port = args.metrics_port
     telemetry.setup(settings.telemetry, "ditto-webrtc-gateway")
     return asyncio.run(serve(settings))
