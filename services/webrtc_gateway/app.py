@@ -292,7 +292,7 @@ async def serve(settings: GatewaySettings, ready: asyncio.Event | None = None,
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1] if site._server and site._server.sockets else settings.port
+    port = runner.addresses[0][1] if runner.addresses else settings.port
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -249,7 +249,8 @@ class GatewaySession:
         self._tasks.append(asyncio.create_task(self._uplink()))
         self._tasks.append(asyncio.create_task(self._downlink()))
         _sessions.inc()
-        log.info("webrtc session started", session=self.id, service_session=self.started.session_id,
+        log.info("webrtc session started", session=self.id,
+                 service_session=self.started.session_id if self.started else "",
                  avatar=self.options["avatar_id"])
         return pc.localDescription.sdp
 
@@ -271,7 +272,8 @@ class GatewaySession:
                     silent_for = 0.0
                     if self.first_audio_at is None:
                         self.first_audio_at = time.monotonic()
-                    self.up.add(frame)
+                    if isinstance(frame, av.AudioFrame):
+                        self.up.add(frame)
                 except TimeoutError:
                     silent_for += SILENCE_FILL_S
                     if silent_for >= s.stall_timeout_s:

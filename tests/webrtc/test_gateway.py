@@ -245,3 +245,55 @@ async def test_frame_and_its_audio_leave_on_one_clock():
     assert [f.pts - frames[0].pts for f in frames] == [0, 3600, 7200]
     summary = meter.summary()
     assert summary["frames"] == 3 and summary["max_abs_ms"] < 40, summary
+
+
+async def test_portrait_upload_is_bounded_and_refusals_are_explained():
+    async with embedded_service(tenants=tenants()) as (stub, orch):
+        async with gateway(stub.address, max_avatar_bytes=256 * 1024, **LOOPBACK) as (url, app), \
+                aiohttp.ClientSession() as http:
+            key = {"x-api-key": KEY}
+            r = await http.post(f"{url}/avatars", data=b"\0" * (256 * 1024 + 1), headers=key)
+            assert r.status == 413 and "smaller image" in (await r.json())["error"]
+            r = await http.post(f"{url}/avatars", data=b"", headers=key)
+            assert r.status == 400
+            r = await http.post(f"{url}/avatars", data=b"not an image at all", headers=key)
+            assert r.status == 400, await r.text()
+            r = await http.post(f"{url}/avatars", data=portrait_png(), headers={"x-api-key": "wrong"})
+            assert r.status == 401
+            r = await http.post(f"{url}/avatars", data=portrait_png(), headers=key)
+            avatar = await r.json()
+            assert r.status == 200 and (avatar["width"], avatar["height"]) == (160, 128), avatar
+            r = await http.get(f"{url}/config")
+            assert "happy" in (await r.json())["emotions"]
+            r = await http.get(f"{url}/readyz")
+            assert r.status == 200
+        # a gateway whose orchestrator is gone is not ready, and says where it looked
+        async with gateway("127.0.0.1:1", **LOOPBACK) as (url, app), aiohttp.ClientSession() as http:
+            r = await http.get(f"{url}/readyz")
+            assert r.status == 503 and "127.0.0.1:1" in (await r.json())["error"]
+            r = await http.get(f"{url}/healthz")
+            assert r.status == 200
+
+
+def test_frames_beyond_the_backlog_are_dropped_so_latency_stays_bounded():
+    """Frames arriving faster than realtime (a burst after a stall) queue up to max_backlog_s, then are dropped,
+    each with its audio: the queue, and so the added latency, stays bounded and lips stay in sync."""
+    import cv2
+    from ditto_client.v1 import avatar_pb2, common_pb2
+
+    from services.webrtc_gateway.config import GatewaySettings
+    from services.webrtc_gateway.session import GatewaySession
+
+    async def burst() -> GatewaySession:
+        session = GatewaySession(GatewaySettings(max_backlog_s=0.2), None, {"avatar_id": "a"})
+        jpeg = cv2.imencode(".jpg", np.zeros((32, 32, 3), np.uint8))[1].tobytes()
+        for i in range(50):  # two seconds of frames at once
+            session._on_frame(avatar_pb2.VideoFrame(index=i, pts_ms=40 * i, data=jpeg, width=32, height=32,
+                                                    encoding=common_pb2.FRAME_ENCODING_JPEG))
+        return session
+
+    session = asyncio.run(burst())
+    queued = session.video._queue.qsize()
+    assert session.frames_received == 50 and queued + session.frames_dropped == 50
+    assert queued <= 0.2 / 0.04 + 2, queued
+    assert session.audio.backlog_samples() <= (0.2 + 0.08) * AUDIO_RATE
