@@ -17,6 +17,7 @@ unchanged; the gateway keeps only its hash, to check that later calls on a sessi
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 from collections import OrderedDict
 from pathlib import Path
@@ -62,6 +63,7 @@ class Gateway:
         self.sessions: dict[str, GatewaySession] = {}
         self.ended: OrderedDict[str, tuple[str, dict[str, Any]]] = OrderedDict()
         self.opening = 0
+        self._watchers: set[asyncio.Task] = set()
 
     def _forget(self, session: GatewaySession) -> None:
         if self.sessions.pop(session.id, None) is not None:
@@ -80,7 +82,7 @@ class Gateway:
         owner = session.key_digest if session else self.ended.get(sid, ("", {}))[0]
         if session is None and sid not in self.ended:
             raise OfferError(404, f"no session '{sid}' on this gateway; POST an offer to /whip to start one")
-        if owner != digest:
+        if not hmac.compare_digest(owner, digest):
             raise OfferError(403, "this session was started with another API key")
         if session is None:
             raise OfferError(409, f"session '{sid}' has ended; POST a new offer to /whip to start another")
@@ -125,7 +127,9 @@ class Gateway:
         finally:
             self.opening -= 1
         self.sessions[session.id] = session
-        asyncio.get_running_loop().create_task(self._watch(session))
+        watcher = asyncio.get_running_loop().create_task(self._watch(session))
+        self._watchers.add(watcher)
+        watcher.add_done_callback(self._watchers.discard)
         location = f"/whip/{session.id}"
         extra = {"width": session.started.width, "height": session.started.height} if session.started else {}
         if as_json:
@@ -179,7 +183,7 @@ class Gateway:
         sid = request.match_info["session"]
         if sid in self.ended and sid not in self.sessions:
             owner, stats = self.ended[sid]
-            if owner != key_digest(api_key_of(request)):
+            if not hmac.compare_digest(owner, key_digest(api_key_of(request))):
                 return error(403, "this session was started with another API key")
             return web.json_response(stats)
         try:

@@ -167,6 +167,7 @@ class GatewaySession:
         self._up_track: MediaStreamTrack | None = None
         self._up_seen = asyncio.Event()
         self.video_codec = ""
+        self._counted = False  # in the active-sessions gauge
 
     # ---- start ----
     async def open(self, offer_sdp: str) -> str:
@@ -249,6 +250,7 @@ class GatewaySession:
         self._tasks.append(asyncio.create_task(self._uplink()))
         self._tasks.append(asyncio.create_task(self._downlink()))
         _sessions.inc()
+        self._counted = True
         log.info("webrtc session started", session=self.id,
                  service_session=self.started.session_id if self.started else "",
                  avatar=self.options["avatar_id"])
@@ -323,6 +325,8 @@ class GatewaySession:
     def _on_frame(self, frame: avatar_pb2.VideoFrame) -> None:
         self.frames_received += 1
         epoch = frame.epoch
+        if epoch < self._epoch:
+            return  # already on its way before the interrupt: it is not said any more
         base = self._epoch_base_index.setdefault(epoch, frame.index)
         position_16k = self._epoch_start_16k.get(epoch, 0) + (frame.index - base) * FRAME_SAMPLES_16K
         now_pos = self.clock.position_now()
@@ -391,9 +395,10 @@ class GatewaySession:
             self.stream.cancel()  # the service frees the session and its quota now
         self.video.end()
         self.audio.stop()
+        if self._counted:
+            self._counted = False
+            _sessions.dec()
         if self.pc is not None:
-            if self.pc.connectionState not in ("closed",):
-                _sessions.dec()
             await self.pc.close()
         await self._close_client()
         _ended.labels(reason.split(":")[0]).inc()

@@ -297,3 +297,16 @@ def test_frames_beyond_the_backlog_are_dropped_so_latency_stays_bounded():
     assert session.frames_received == 50 and queued + session.frames_dropped == 50
     assert queued <= 0.2 / 0.04 + 2, queued
     assert session.audio.backlog_samples() <= (0.2 + 0.08) * AUDIO_RATE
+
+
+def test_invalid_settings_stop_the_gateway_naming_the_variable(monkeypatch):
+    from services.webrtc_gateway.config import load_gateway_settings
+
+    monkeypatch.setenv("DITTO_WEBRTC_MAX_SESSIONS", "0")
+    with pytest.raises(SystemExit, match="DITTO_WEBRTC_MAX_SESSIONS"):
+        load_gateway_settings()
+    monkeypatch.setenv("DITTO_WEBRTC_MAX_SESSIONS", "4")
+    monkeypatch.setenv("DITTO_WEBRTC_ICE_SERVERS", '[{"urls": ["turn:turn.example.com:3478"], "username": "u", '
+                                                   '"credential": "s3cret"}]')
+    settings = load_gateway_settings()
+    assert settings.max_sessions == 4 and "s3cret" not in repr(settings)  # the TURN secret stays out of logs
