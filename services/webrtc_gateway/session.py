@@ -120,6 +120,13 @@ def keep_candidates(sdp: str, addresses: list[str]) -> str:
     return "\r\n".join(lines) + "\r\n"
 
 
+def _percentiles(seconds: deque[float]) -> dict[str, float] | None:
+    if not seconds:
+        return None
+    a = np.asarray(seconds) * 1000
+    return {"p50": round(float(np.percentile(a, 50)), 2), "p90": round(float(np.percentile(a, 90)), 2)}
+
+
 def answer_video_codec(sdp: str) -> str:
     """The codec the answer sends video with (its first video codec)."""
     from aiortc.sdp import SessionDescription
@@ -161,6 +168,8 @@ class GatewaySession:
         self._epoch_base_index: dict[int, int] = {0: 0}
         self._latency_s: deque[float] = deque(maxlen=4096)
         self._frame_audio_at: dict[int, float] = {}
+        self._frame_in_at: dict[int, float] = {}  # when each frame came in from the service
+        self._hold_s: deque[float] = deque(maxlen=4096)  # frame in from the service -> frame out to the encoder
         self._sent_at: deque[float] = deque(maxlen=64)
         self._tasks: list[asyncio.Task] = []
         self._jpeg = av.CodecContext.create("mjpeg", "r")
@@ -324,6 +333,7 @@ class GatewaySession:
 
     def _on_frame(self, frame: avatar_pb2.VideoFrame) -> None:
         self.frames_received += 1
+        came_in = time.monotonic()
         epoch = frame.epoch
         if epoch < self._epoch:
             return  # already on its way before the interrupt: it is not said any more
@@ -344,6 +354,7 @@ class GatewaySession:
         arrived = self.up.arrival_of(position_16k)
         if arrived is not None:
             self._frame_audio_at[frame.index] = arrived
+        self._frame_in_at[frame.index] = came_in
         self.video.put(picture, self.clock.time_of(start), frame.index)
 
     def _frame_left(self, index: int, at: float) -> None:
@@ -355,8 +366,12 @@ class GatewaySession:
         if arrived is not None:
             self._latency_s.append(at - arrived)
             _added.observe(at - arrived)
-        while len(self._frame_audio_at) > 256:
-            self._frame_audio_at.pop(next(iter(self._frame_audio_at)))
+        came_in = self._frame_in_at.pop(index, None)
+        if came_in is not None:
+            self._hold_s.append(at - came_in)
+        for pending in (self._frame_audio_at, self._frame_in_at):
+            while len(pending) > 256:  # frames cleared by an interrupt never leave
+                pending.pop(next(iter(pending)))
         if self.meter.offsets_ms:
             _sync.observe(abs(self.meter.offsets_ms[-1]) / 1000)
 
@@ -433,6 +448,7 @@ class GatewaySession:
             "latency_ms": {"p50": round(float(np.percentile(lat, 50)), 1), "p90": round(float(np.percentile(lat, 90)),
                                                                                          1),
                            "last": round(float(lat[-1]), 1)} if lat is not None else None,
+            "hold_ms": _percentiles(self._hold_s),
             "av_sync": self.meter.summary(), "interrupts": self.interrupts,
             "video_codec": self.video_codec,
         }

@@ -115,6 +115,13 @@ def quota_is_free(address: str) -> bool:
 
 
 # CI (CI=true) installs chromium in .ci/run, so there a missing browser fails the test instead of skipping it
+def wait_for_free_quota(address: str, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not quota_is_free(address):
+        assert time.monotonic() < deadline, "the tenant's quota is still taken after hang-up"
+        time.sleep(0.2)
+
+
 @pytest.mark.skipif(shutil.which(CHROMIUM) is None and not os.environ.get("CI"),
                     reason="needs Debian's chromium (apt-get install chromium); .ci/run installs it")
 def test_page_talks_to_the_avatar_in_a_real_browser(stack, tmp_path):
@@ -174,11 +181,20 @@ def test_page_talks_to_the_avatar_in_a_real_browser(stack, tmp_path):
             page.wait_for_function("window.ditto.session === null && window.ditto.stats.state === 'ended'",
                                    timeout=30_000)
             assert page.evaluate("window.ditto.stats.end_reason") == "hang-up"
+            wait_for_free_quota(stack["grpc"])
+
+            # the second audio source: a file played into the session instead of the microphone
+            page.select_option("#source", "file")
+            page.set_input_files("#audioFile", str(wav))
+            page.click("#start")
+            page.wait_for_function("window.ditto.session !== null || window.ditto.error !== ''", timeout=60_000)
+            assert page.evaluate("window.ditto.error") == "", page.evaluate("window.ditto.error")
+            page.wait_for_function("window.ditto.frames >= 5", timeout=180_000)
+            page.click("#stop")
+            page.wait_for_function("window.ditto.session === null && window.ditto.stats.state === 'ended'",
+                                   timeout=30_000)
         finally:
             context.close()
-    deadline = time.monotonic() + 15
-    while not quota_is_free(stack["grpc"]):
-        assert time.monotonic() < deadline, "the tenant's quota is still taken after hang-up"
-        time.sleep(0.2)
+    wait_for_free_quota(stack["grpc"])
     log = (stack["logs"] / "gateway.log").read_text()
     assert API_KEY not in log, "the API key reached the gateway's log"
