@@ -33,6 +33,9 @@ class GatewaySettings(BaseSettings):
     stall_timeout_s: float = Field(10.0, gt=0, description="end a session after this long without audio packets "
                                                             "from the peer (a network stall)")
     chunk_ms: int = Field(80, ge=20, le=1000, description="audio sent to Converse per message")
+    max_pending_audio_s: float = Field(4.0, gt=0, description="audio sent but not yet turned into frames; past this "
+                                       "(a service slower than realtime) the peer's audio is dropped, not queued, "
+                                       "so memory stays bounded and an interrupt is not stuck behind old audio")
     max_backlog_s: float = Field(1.0, gt=0, description="frames (and their audio) queued beyond realtime are dropped "
                                                          "past this, so latency stays bounded and lips stay in sync")
     frame_encoding: Literal["jpeg", "raw"] = Field("jpeg", description="frames asked from the orchestrator")

@@ -47,6 +47,7 @@ _sync = telemetry.histogram("ditto_webrtc_av_offset_seconds", "Absolute audio-vi
 
 IDLE_POLICIES = {"alive": avatar_pb2.IDLE_POLICY_ALIVE, "freeze": avatar_pb2.IDLE_POLICY_FREEZE}
 ENCODINGS = {"jpeg": common_pb2.FRAME_ENCODING_JPEG, "raw": common_pb2.FRAME_ENCODING_RAW_RGB}
+FRAME_S = 0.04
 SILENCE_FILL_S = 0.2  # no packet for this long: send this much silence (below the service's own idle feed, 400 ms)
 
 
@@ -164,6 +165,8 @@ class GatewaySession:
         self.first_audio_at: float | None = None
         self.interrupts = 0
         self._epoch = 0
+        self._epoch_frames = 0  # frames of the current epoch received
+        self.audio_dropped_s = 0.0
         self._epoch_start_16k: dict[int, int] = {0: 0}
         self._epoch_base_index: dict[int, int] = {0: 0}
         self._latency_s: deque[float] = deque(maxlen=4096)
@@ -284,19 +287,29 @@ class GatewaySession:
                     if self.first_audio_at is None:
                         self.first_audio_at = time.monotonic()
                     if isinstance(frame, av.AudioFrame):
-                        self.up.add(frame)
+                        if self.pending_audio_s() > s.max_pending_audio_s:
+                            # the service is slower than realtime: drop what it cannot take (never sent, so the
+                            # timeline of sent audio, and with it lip sync, stays exact)
+                            self.audio_dropped_s += frame.samples / frame.sample_rate
+                        else:
+                            self.up.add(frame)
                 except TimeoutError:
                     silent_for += SILENCE_FILL_S
                     if silent_for >= s.stall_timeout_s:
                         await self.close("network stall")
                         return
-                    self.up.add_silence(SILENCE_FILL_S)
+                    if self.pending_audio_s() <= s.max_pending_audio_s:
+                        self.up.add_silence(SILENCE_FILL_S)
                 while (chunk := self.up.take_chunk(chunk_bytes)) is not None:
                     await self.stream.send_audio(chunk)
         except MediaStreamError:
             await self.close("peer audio ended")
         except asyncio.CancelledError:
             pass
+
+    def pending_audio_s(self) -> float:
+        """Audio of this epoch taken in but not yet back as frames (queued here, in flight, in the service)."""
+        return (self.up.received_16k - self._epoch_start_16k[self._epoch]) / 16000 - self._epoch_frames * FRAME_S
 
     # ---- down: frames and their audio to the peer ----
     async def _downlink(self) -> None:
@@ -337,6 +350,7 @@ class GatewaySession:
         epoch = frame.epoch
         if epoch < self._epoch:
             return  # already on its way before the interrupt: it is not said any more
+        self._epoch_frames += 1
         base = self._epoch_base_index.setdefault(epoch, frame.index)
         position_16k = self._epoch_start_16k.get(epoch, 0) + (frame.index - base) * FRAME_SAMPLES_16K
         now_pos = self.clock.position_now()
@@ -382,6 +396,7 @@ class GatewaySession:
         # the next epoch's frames stand for audio sent from now on; what is queued down is not said any more
         self._epoch += 1
         self._epoch_start_16k[self._epoch] = self.up.sent_16k
+        self._epoch_frames = 0
         await self.stream.interrupt()
         self.interrupts += 1
         self.video.clear()
@@ -442,7 +457,8 @@ class GatewaySession:
             "service_session_id": self.started.session_id if self.started else "",
             "width": self.started.width if self.started else 0, "height": self.started.height if self.started else 0,
             "frames_received": self.frames_received, "frames_sent": self.frames_sent,
-            "frames_dropped": self.frames_dropped, "fps": round(len(recent) / 2.0, 2),
+            "frames_dropped": self.frames_dropped, "audio_dropped_s": round(self.audio_dropped_s, 2),
+            "fps": round(len(recent) / 2.0, 2),
             "first_frame_ms": round((self.first_frame_at - self.first_audio_at) * 1000, 1)
             if self.first_frame_at and self.first_audio_at else None,
             "latency_ms": {"p50": round(float(np.percentile(lat, 50)), 1), "p90": round(float(np.percentile(lat, 90)),
