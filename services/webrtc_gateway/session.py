@@ -164,6 +164,7 @@ class GatewaySession:
         self.first_frame_at: float | None = None
         self.first_audio_at: float | None = None
         self.interrupts = 0
+        self.interrupts_acknowledged = 0  # the service's InterruptedEvent came back
         self._epoch = 0
         self._epoch_frames = 0  # frames of the current epoch received
         self.audio_dropped_s = 0.0
@@ -272,6 +273,9 @@ class GatewaySession:
     async def _uplink(self) -> None:
         s = self.settings
         chunk_bytes = 2 * 16000 * s.chunk_ms // 1000
+        # never below what the service needs before its first frame, or no frame would ever come back
+        look_ahead_s = (self.started.audio_look_ahead_ms / 1000) if self.started else 0.0
+        max_pending_s = max(s.max_pending_audio_s, look_ahead_s + 1.0)
         try:
             try:
                 await asyncio.wait_for(self._up_seen.wait(), s.stall_timeout_s)
@@ -287,7 +291,7 @@ class GatewaySession:
                     if self.first_audio_at is None:
                         self.first_audio_at = time.monotonic()
                     if isinstance(frame, av.AudioFrame):
-                        if self.pending_audio_s() > s.max_pending_audio_s:
+                        if self.pending_audio_s() > max_pending_s:
                             # the service is slower than realtime: drop what it cannot take (never sent, so the
                             # timeline of sent audio, and with it lip sync, stays exact)
                             self.audio_dropped_s += frame.samples / frame.sample_rate
@@ -298,7 +302,7 @@ class GatewaySession:
                     if silent_for >= s.stall_timeout_s:
                         await self.close("network stall")
                         return
-                    if self.pending_audio_s() <= s.max_pending_audio_s:
+                    if self.pending_audio_s() <= max_pending_s:
                         self.up.add_silence(SILENCE_FILL_S)
                 while (chunk := self.up.take_chunk(chunk_bytes)) is not None:
                     await self.stream.send_audio(chunk)
@@ -322,6 +326,7 @@ class GatewaySession:
                 elif kind == "event" and msg.event.WhichOneof("event") == "interrupted":
                     ev = msg.event.interrupted
                     self._epoch_base_index[ev.new_epoch] = ev.last_frame_index + 1
+                    self.interrupts_acknowledged += 1
                 elif kind == "final":
                     st = msg.final.status
                     self.final_status = (grpc_code(st.code).name, st.message)
@@ -466,5 +471,6 @@ class GatewaySession:
                            "last": round(float(lat[-1]), 1)} if lat is not None else None,
             "hold_ms": _percentiles(self._hold_s),
             "av_sync": self.meter.summary(), "interrupts": self.interrupts,
+            "interrupts_acknowledged": self.interrupts_acknowledged,
             "video_codec": self.video_codec,
         }

@@ -171,13 +171,14 @@ def test_page_talks_to_the_avatar_in_a_real_browser(stack, tmp_path):
             print(f"\nbrowser session: {json.dumps(stats)}\nplayback: {video}")
             assert sync["frames"] >= 10 and sync["p50_abs_ms"] <= 20, sync
 
-            # interrupt: the gateway passes it on, frames keep coming after it
-            frames_before = page.evaluate("window.ditto.frames")
+            # interrupt: the gateway passes it on, the service acknowledges it, frames of the new epoch follow
             page.click("#interrupt")
             page.wait_for_function("document.getElementById('status').textContent === 'interrupted'",
                                    timeout=30_000)
-            page.wait_for_function(f"window.ditto.frames >= {frames_before + 10}", timeout=120_000)
-            page.wait_for_function("window.ditto.stats && window.ditto.stats.interrupts === 1", timeout=10_000)
+            page.wait_for_function("window.ditto.stats && window.ditto.stats.interrupts_acknowledged === 1",
+                                   timeout=300_000)
+            frames_before = page.evaluate("window.ditto.frames")
+            page.wait_for_function(f"window.ditto.frames >= {frames_before + 3}", timeout=300_000)
 
             # hang up: the gateway ends the session, and the tenant's only session slot is free again
             page.click("#stop")

@@ -10,6 +10,7 @@ import time
 import aiohttp
 import numpy as np
 import pytest
+from aiortc.mediastreams import MediaStreamTrack as MediaStreamTrackBase
 from ditto_client import AsyncAvatarClient
 from webrtc_helpers import SpeechTrack, WebRTCClient, embedded_service, gateway, portrait_png
 
@@ -309,3 +310,43 @@ def test_invalid_settings_stop_the_gateway_naming_the_variable(monkeypatch):
                                                    '"credential": "s3cret"}]')
     settings = load_gateway_settings()
     assert settings.max_sessions == 4 and "s3cret" not in repr(settings)  # the TURN secret stays out of logs
+
+
+async def test_audio_the_service_cannot_take_is_dropped_not_queued():
+    """A service slower than realtime (no frames come back): the gateway queues at most max_pending_audio_s of
+    the peer's audio for it and drops the rest, so memory stays bounded and an interrupt waits behind little."""
+    import av
+    from ditto_client import ConverseStream
+    from ditto_client.v1 import avatar_pb2
+
+    from services.webrtc_gateway.config import GatewaySettings
+    from services.webrtc_gateway.session import GatewaySession
+
+    class TenSeconds(MediaStreamTrackBase):
+        kind = "audio"
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.sent = 0
+
+        async def recv(self):
+            if self.sent >= 500:  # 10 s in 20 ms packets, as fast as the gateway reads them, then quiet
+                await asyncio.Event().wait()
+            self.sent += 1
+            f = av.AudioFrame.from_ndarray(np.full((1, 960), 1000, np.int16), format="s16", layout="mono")
+            f.sample_rate = 48000
+            return f
+
+    session = GatewaySession(GatewaySettings(max_pending_audio_s=3.0), None, {"avatar_id": "a"})
+    session.started = avatar_pb2.SessionStarted(audio_look_ahead_ms=1200)
+    queue: asyncio.Queue = asyncio.Queue()
+    session.stream = ConverseStream(call=None, queue=queue)  # the SDK's request queue: what gRPC would carry
+    session._up_track = TenSeconds()
+    session._up_seen.set()
+    uplink = asyncio.create_task(session._uplink())
+    await wait_until(lambda: session._up_track.sent >= 500, 30, "the peer's 10 s read")
+    uplink.cancel()
+    queued_s = sum(len(queue.get_nowait().audio.data) for _ in range(queue.qsize())) / 32000
+    # at most the bound, less what waits to fill the next 80 ms chunk (and the resampler's few samples)
+    assert 3.0 - 0.08 - 0.01 <= queued_s <= 3.0 + 0.01, queued_s
+    assert abs(session.audio_dropped_s - (10.0 - queued_s)) < 0.1, session.audio_dropped_s
