@@ -32,6 +32,10 @@ class GatewaySettings(BaseSettings):
     open_timeout_s: float = Field(20.0, gt=0, description="longest wait for the orchestrator to start a session")
     stall_timeout_s: float = Field(10.0, gt=0, description="end a session after this long without audio packets "
                                                             "from the peer (a network stall)")
+    service_idle_timeout_s: int = Field(120, ge=1, description="the session's idle timeout at the service. The "
+                                        "gateway ends stalled sessions itself (stall_timeout_s); this only backs it "
+                                        "up, and is long because a busy service withholds reads (backpressure) "
+                                        "and would otherwise count that as client silence")
     chunk_ms: int = Field(80, ge=20, le=1000, description="audio sent to Converse per message")
     max_pending_audio_s: float = Field(4.0, gt=0, description="audio sent but not yet turned into frames; past this "
                                        "(a service slower than realtime) the peer's audio is dropped, not queued, "

@@ -201,7 +201,8 @@ class GatewaySession:
         cfg = session_config(
             o["avatar_id"], sample_rate_hz=16000, encoding=ENCODINGS[self.settings.frame_encoding],
             emotion=o.get("emotion") or None, idle_policy=IDLE_POLICIES[o.get("idle", "alive")],
-            seed=int(o.get("seed") or 0), sampling_steps=int(o.get("steps") or 0))
+            seed=int(o.get("seed") or 0), sampling_steps=int(o.get("steps") or 0),
+            idle_timeout_s=self.settings.service_idle_timeout_s)
         self.client = AsyncAvatarClient(self.settings.orchestrator, api_key=self.api_key)
         try:
             self.stream = await self.client.open_session(o["avatar_id"], config=cfg)
