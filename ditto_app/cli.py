@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "worker": "ditto_app.worker_cli",
     "demo": "ditto_app.demo_cli",
     "livekit-worker": "integrations.livekit.cli",
+    "webrtc-gateway": "services.webrtc_gateway.cli",
 }
 
 

@@ -87,6 +87,7 @@ class LocalCluster:
     log_dir: Path | None = None
     procs: dict[str, Proc] = field(default_factory=dict)
     redis_proc: subprocess.Popen | None = None
+    webrtc_port: int | None = None  # start the WebRTC gateway on this HTTP port (0 = any free port); None = not
 
     def __post_init__(self) -> None:
         self.port = self.port or free_port()
@@ -96,6 +97,10 @@ class LocalCluster:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def webrtc_url(self) -> str:
+        return f"http://127.0.0.1:{self.webrtc_port}" if self.webrtc_port else ""
 
     def _env(self) -> dict[str, str]:
         e = dict(os.environ)
@@ -140,6 +145,10 @@ class LocalCluster:
         # distributed by DITTO_BUS__KIND=redis and REDIS_URL in its environment: no URL (maybe with a password) on
         # the command line, where any local user could read it
         self._spawn("orchestrator", ["serve", "--port", str(self.port)], "READY orchestrator")
+        if self.webrtc_port is not None:  # a client of the orchestrator's public API, like any other
+            self.webrtc_port = self.webrtc_port or free_port()
+            self._spawn("webrtc-gateway", ["webrtc-gateway", "--port", str(self.webrtc_port), "--orchestrator",
+                                           self.address], "READY webrtc-gateway")
         deadline = time.monotonic() + timeout
         self.wait_ready(timeout)
         self.wait_serving(max(1.0, deadline - time.monotonic()))

@@ -21,6 +21,7 @@ DOCKERIGNORE = DEPLOY / "docker" / "Dockerfile.dockerignore"
 HEALTH_CHECK = DEPLOY / "docker" / "grpc_health_check.py"
 GPU_TARGETS = {"audio-encoder", "motion-generator", "renderer"}
 CPU_TARGETS = {"orchestrator", "worker-cpu"}
+WEB_TARGETS = {"webrtc-gateway"}  # HTTP services: health over HTTP, not gRPC
 
 
 @dataclass
@@ -87,13 +88,16 @@ def target_problems(stages: dict[str, Stage], name: str) -> list[str]:
     if not repo or tag in ("", "latest"):
         problems.append(f"{name}: base image {root!r} is not pinned to a tag")
     wanted = "nvcr.io/nvidia/" if name in GPU_TARGETS else "python:"
-    if not root.startswith(wanted) or (name in CPU_TARGETS and "slim" not in tag):
+    if not root.startswith(wanted) or (name in CPU_TARGETS | WEB_TARGETS and "slim" not in tag):
         problems.append(f"{name}: base image {root!r} is not {wanted}...")
     user = effective(stages, name, "USER")
     if user is None or not user.split(":")[0].isdigit() or int(user.split(":")[0]) == 0:
         problems.append(f"{name}: runs as {user!r}, not a numeric non-root user")
     health = effective(stages, name, "HEALTHCHECK")
-    if health is None or "grpc_health_check.py" not in health:
+    if name in WEB_TARGETS:
+        if health is None or "/healthz" not in health:
+            problems.append(f"{name}: no HEALTHCHECK over its HTTP /healthz")
+    elif health is None or "grpc_health_check.py" not in health:
         problems.append(f"{name}: no HEALTHCHECK over gRPC health")
     copied_from = {m for s in lineage for ins, rest in s.instructions if ins == "COPY"
                    for m in re.findall(r"--from=(\S+)", rest)}
@@ -110,7 +114,7 @@ def target_problems(stages: dict[str, Stage], name: str) -> list[str]:
 
 
 STAGES_OF_DOCKERFILE = parse(DOCKERFILE.read_text())
-TARGETS = sorted(GPU_TARGETS | CPU_TARGETS)
+TARGETS = sorted(GPU_TARGETS | CPU_TARGETS | WEB_TARGETS)
 
 
 def runtime_uid(name: str) -> int:

@@ -33,6 +33,8 @@ from ditto.config import STAGES, Settings, load_settings
 # Drain budget a stage worker needs after SIGTERM: finish the chunks in flight, acknowledge, checkpoint, release
 # the leases. A chunk is 200 ms of audio; 30 s is the budget the manifests promise to leave.
 DRAIN_BUDGET_S = 30
+# HTTP services (health over HTTP, not gRPC), each a client of the orchestrator's public API only
+GATEWAYS = {"webrtc-gateway"}
 # Secrets production creates out of band (never in git); deploy/README.md must say how.
 EXTERNAL_SECRETS = {"ditto-redis", "ditto-api-keys"}
 
@@ -74,6 +76,8 @@ def test_ditto_probes_use_grpc_health_on_the_served_port(overlay):
     objs = render(overlay)
     settings = settings_of(objs)
     for w in by_kind(objs, "Deployment").values():
+        if w["metadata"]["name"] in GATEWAYS:
+            continue
         (c,) = pod_spec(w)["containers"]
         ports = {p["name"]: p["containerPort"] for p in c["ports"]}
         assert ports["grpc"] == settings.grpc_port
@@ -81,6 +85,52 @@ def test_ditto_probes_use_grpc_health_on_the_served_port(overlay):
         assert w["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == str(ports["metrics"])
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             assert c[probe]["grpc"]["port"] == settings.grpc_port, f"{w['metadata']['name']} {probe}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_webrtc_gateway_probes_its_http_health_and_finds_the_orchestrator_service(overlay):
+    from services.webrtc_gateway.config import GatewaySettings
+
+    objs = render(overlay)
+    gateway = one(objs, "Deployment", "webrtc-gateway")
+    (c,) = pod_spec(gateway)["containers"]
+    env = {e["name"]: e["value"] for e in c["env"]}
+    settings = GatewaySettings(**{k[len("DITTO_WEBRTC_"):].lower(): v for k, v in env.items()
+                                  if k.startswith("DITTO_WEBRTC_") and "__" not in k})
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports["http"] == settings.port and settings.host == "0.0.0.0"
+    assert str(ports["metrics"]) == env["DITTO_WEBRTC_TELEMETRY__METRICS_PORT"]
+    assert gateway["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == str(ports["metrics"])
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"  # ready = the orchestrator answers
+    for probe in ("startupProbe", "livenessProbe"):
+        assert c[probe]["httpGet"] == {"path": "/healthz", "port": "http"}
+    host, _, port = settings.orchestrator.partition(":")
+    orchestrator = one(objs, "Service", host)
+    assert [p["port"] for p in orchestrator["spec"]["ports"] if p["name"] == "grpc"] == [int(port)]
+    assert "envFrom" not in c and not any("valueFrom" in e for e in c["env"]), "the gateway needs no secret"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_webrtc_gateway_may_reach_only_the_orchestrator(overlay):
+    objs = render(overlay)
+    labels = pod_labels(one(objs, "Deployment", "webrtc-gateway"))
+    orchestrator = pod_labels(one(objs, "Deployment", "orchestrator"))
+    egress = [p for p in by_kind(objs, "NetworkPolicy").values()
+              if "Egress" in p["spec"].get("policyTypes", []) and selects(p["spec"]["podSelector"].get(
+                  "matchLabels", {}), labels)]
+    assert egress, "no egress policy isolates the gateway"
+    for policy in egress:
+        for rule in policy["spec"]["egress"]:
+            (peer,) = rule["to"]
+            ports = {(p["port"], p["protocol"]) for p in rule["ports"]}
+            if "namespaceSelector" in peer:  # cluster DNS, to resolve the orchestrator's Service name
+                assert peer["podSelector"]["matchLabels"] == {"k8s-app": "kube-dns"}
+                assert ports <= {(53, "UDP"), (53, "TCP")}
+            else:
+                assert selects(peer["podSelector"]["matchLabels"], orchestrator)
+                assert not any(selects(peer["podSelector"]["matchLabels"], pod_labels(w))
+                               for w in workloads(objs) if w["metadata"]["name"] != "orchestrator")
+                assert ports == {(50051, "TCP")}
 
 
 @pytest.mark.parametrize("overlay", PROD_OVERLAYS)
@@ -161,7 +211,8 @@ def reachable_from_outside(objs: list[Obj], labels: dict[str, str], port: Obj) -
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_network_policies_open_only_the_orchestrator_grpc_port(overlay):
+def test_network_policies_open_only_the_public_ports(overlay):
+    """The orchestrator's gRPC API and the WebRTC gateway's signalling (HTTP, behind the platform's Ingress)."""
     objs = render(overlay)
     opened = set()
     for w in workloads(objs):
@@ -169,7 +220,7 @@ def test_network_policies_open_only_the_orchestrator_grpc_port(overlay):
             for port in c.get("ports", []):
                 if reachable_from_outside(objs, pod_labels(w), port):
                     opened.add((w["metadata"]["name"], port.get("name", port["containerPort"])))
-    assert opened == {("orchestrator", "grpc")}
+    assert opened == {("orchestrator", "grpc"), ("webrtc-gateway", "http")}
 
 
 def test_reachability_model_sees_an_open_pod():

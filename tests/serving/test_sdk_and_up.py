@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -48,10 +50,11 @@ def test_emotion_control_forms():
 
 @pytest.mark.e2e
 def test_ditto_up_runs_the_stack_and_stops_cleanly(tmp_path, redis_url):
-    port = free_port()
+    port, web_port = free_port(), free_port()
     env = dict(os.environ, DITTO_BUS__PREFIX=f"ditto-up-test-{port}", PYTHONUNBUFFERED="1", REDIS_URL=redis_url)
     proc = subprocess.Popen([sys.executable, "-m", "ditto_app.cli", "up", "--port", str(port), "--profile", "tiny",
-                             "--slots", "2", "--quiet"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                             "--slots", "2", "--quiet", "--webrtc-port", str(web_port)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 180
@@ -71,6 +74,11 @@ def test_ditto_up_runs_the_stack_and_stops_cleanly(tmp_path, redis_url):
             out = list(client.converse(avatar.avatar_id, chunks(speech_pcm16(0.8)),
                                        idle_policy=avatar_pb2.IDLE_POLICY_FREEZE))
         assert sum(1 for m in out if m.WhichOneof("kind") == "frame") == 20
+        # the WebRTC gateway came up with the stack, in front of its orchestrator
+        with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/readyz", timeout=10) as r:
+            assert r.status == 200 and json.loads(r.read())["status"] == "ready"
+        with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/", timeout=10) as r:
+            assert b"/static/app.js" in r.read()
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:

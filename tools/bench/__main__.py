@@ -22,6 +22,7 @@ PARTS = {
     "serving": "tools.bench.serving",
     "bus_reliability": "tools.bench.bus_reliability",
     "agents": "tools.bench.agents",
+    "webrtc": "tools.bench.webrtc",
 }
 
 
