@@ -4,6 +4,7 @@ from Redis or a log line that mentions the URL must not show it to a client, a l
 from __future__ import annotations
 
 import re
+from collections.abc import MutableMapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -45,7 +46,7 @@ def remember_url(url: str) -> None:
         _known.add(password)
 
 
-def redact_event(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+def redact_event(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """structlog processor: every string value of a log line, exceptions and tracebacks included, redacted."""
     for k, v in event.items():
         if isinstance(v, str):

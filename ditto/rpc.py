@@ -17,6 +17,15 @@ from ditto.config import TlsSettings
 from ditto_client.channel import DEFAULT_MAX_MESSAGE, channel_options  # noqa: F401
 
 
+def server_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE) -> list[tuple[str, Any]]:
+    """The channel options, plus accepting the clients' keep-alive pings: our clients ping every 20 s, also between
+    calls, and a server left at gRPC's defaults (one ping per 5 minutes without data) answers that with a
+    GOAWAY "too_many_pings" that kills their channel."""
+    return [*channel_options(max_message_bytes),
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+            ("grpc.http2.max_ping_strikes", 0)]
+
+
 @dataclass
 class Service:
     """One servicer: `add` is the generated `add_XServicer_to_server`, `name` the full service name
@@ -64,7 +73,7 @@ async def start_server(services: list[Service], host: str = "127.0.0.1", port: i
                        credentials: grpc.ServerCredentials | None = None) -> RunningServer:
     """Start an asyncio gRPC server with the given services plus grpc.health.v1 and reflection, all SERVING;
     over TLS when `credentials` are given."""
-    server = grpc.aio.server(options=channel_options(max_message_bytes), interceptors=interceptors or [])
+    server = grpc.aio.server(options=server_options(max_message_bytes), interceptors=interceptors or [])
     for s in services:
         s.add(s.servicer, server)
     health_servicer = health.aio.HealthServicer()
