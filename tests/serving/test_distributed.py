@@ -231,15 +231,17 @@ def test_sigkill_of_a_stage_worker_mid_session_loses_no_frame(stage, redis_url, 
         assert killed["proc"].popen.wait(10) == -signal.SIGKILL
         assert run.code == grpc.StatusCode.OK, run.details
         assert_same_frames(run.frames, reference)
-        assert run.longest_gap() < 10, f"the session stalled {run.longest_gap():.1f} s after the kill"
+        # recovery takes a lease period (1 s) plus a claim round on a quiet machine; the bound only has to tell
+        # "recovered" from "stuck until the session's own timeout", also on a loaded 2-core machine
+        assert run.longest_gap() < 60, f"the session stalled {run.longest_gap():.1f} s after the kill"
         survivor = next(p for p in c.procs.values() if p.name.startswith(stage) and p is not killed["proc"])
         assert set(lease_owners(c, stage).values()) == {survivor.owner}, "the survivor must hold every slot"
 
 
 def test_sigterm_drains_hands_slots_over_at_once_and_loses_no_frame(redis_url, reference, tmp_path):
-    # Leases of 10 s: a takeover well within that can only come from the worker handing its slots over itself.
+    # Leases of 120 s: a takeover well within that can only come from the worker handing its slots over itself.
     stage = "motion_generator"
-    with running(new_cluster(redis_url, tmp_path, lease_ms="10000")) as c:
+    with running(new_cluster(redis_url, tmp_path, lease_ms="120000")) as c:
         start_second_worker(c, stage)
         stopped: dict[str, object] = {}
 
@@ -268,7 +270,9 @@ def test_sigterm_drains_hands_slots_over_at_once_and_loses_no_frame(redis_url, r
         assert p.owner not in owners_at_exit.values(), "a stopped worker releases its leases, not lets them expire"
         assert run.code == grpc.StatusCode.OK, run.details
         assert_same_frames(run.frames, reference)
-        assert run.longest_gap() < 5, f"a stall of {run.longest_gap():.1f} s: the slots were not handed over at once"
+        # a stall as long as the lease would mean the slots were left to expire (the bound leaves room for a loaded
+        # machine: the hand-over itself takes well under a second)
+        assert run.longest_gap() < 60, f"a stall of {run.longest_gap():.1f} s: the slots were not handed over at once"
 
 
 RECOVERY_S = 15  # workers re-lease slots within a lease period and re-advertise their address every 2 s
