@@ -101,6 +101,10 @@ class SlotWorker:
         self._on_error = on_error
         self._last_rebalance = 0.0
         self.processed = 0
+        # Entries read but not yet handled, kept to the next batch: each batch takes one entry per session, so a
+        # session with a backlog cannot hold back the others (round robin across sessions, batch by batch).
+        self._ready: list[Delivery] = []
+        self._last_active: dict[int, float] = {}  # slot -> when it last had work (the idlest slots are handed over)
 
     # ---- lifecycle ----
     async def run(self) -> None:
@@ -150,7 +154,9 @@ class SlotWorker:
                 self.held.add(slot)
                 acquired.append(slot)
         while len(self.held) > share:
-            slot = max(self.held)
+            # Hand over the slot that has been idle longest (never used first): its sessions, if any, move with it,
+            # so giving back idle slots keeps the sessions already placed here where they are.
+            slot = min(self.held, key=lambda k: (self._last_active.get(k, float("-inf")), -k))
             self.held.discard(slot)
             await self.bus.release_lease(self.bus.lease_key(self.stage, slot), self.owner)
         _slots.labels(self.stage).set(len(self.held))
@@ -197,17 +203,22 @@ class SlotWorker:
             claimed = await self.bus.claim(stream, self.stage, self.owner, min_idle_ms=0)
             if claimed:
                 log.info("claimed pending entries", stage=self.stage, slot=slot, count=len(claimed))
-                await self._handle(claimed)
+                self._ready.extend(claimed)
         if not self.held:
+            self._ready.clear()  # every slot went away: their new holders claim these entries
             await asyncio.sleep(self.s.block_ms / 1000)
             return
-        streams = [self.bus.slot_stream(self.stage, k) for k in sorted(self.held)]
-        deliveries = await self.bus.read(self.stage, self.owner, streams, count=self.s.batch_entries,
-                                         block_ms=self.s.block_ms)
-        if deliveries:
-            await self._handle(deliveries)
+        if len(self._ready) < self.s.batch_entries:  # bounded: what is read ahead stays in Redis, not here
+            streams = [self.bus.slot_stream(self.stage, k) for k in sorted(self.held)]
+            self._ready += await self.bus.read(self.stage, self.owner, streams,
+                                               count=self.s.batch_entries - len(self._ready),
+                                               block_ms=0 if self._ready else self.s.block_ms)
+        if self._ready:
+            self._ready = await self._handle(self._ready)
 
-    async def _handle(self, deliveries: list[Delivery]) -> None:
+    async def _handle(self, deliveries: list[Delivery]) -> list[Delivery]:
+        """One batch: the next entry of every session that has one (stale entries are acknowledged on the way).
+        Returns the entries left for the next batches, in order."""
         by_session: dict[str, list[Delivery]] = {}
         for d in deliveries:
             by_session.setdefault(d.entry.session_id, []).append(d)
@@ -222,8 +233,8 @@ class SlotWorker:
             floor = await self.bus.get_state(epoch_key(self.bus, sid))
             floors[sid] = int(floor) if floor else 0
         queues = {sid: list(ds) for sid, ds in by_session.items()}
-        while any(queues.values()):
-            items: list[WorkItem] = []
+        items: list[WorkItem] = []
+        while not items and any(queues.values()):
             for sid, q in queues.items():
                 while q:
                     d = q.pop(0)
@@ -240,25 +251,26 @@ class SlotWorker:
                     if stale:
                         await self._ack_only(d)
                         continue
+                    self._last_active[self._slot_of(d.stream)] = time.monotonic()
                     items.append(WorkItem(d, cp.state if cp.ByteSize() else None, e.epoch > cp.epoch))
                     break
-            if not items:
-                continue
-            _batch.labels(self.stage).observe(len(items))
-            try:
-                results = await self.handler.process(items)
-            except BusError:
-                log.exception("handler lost the bus; entries left pending", stage=self.stage)
-                for it in items:
-                    queues[it.entry.session_id].clear()
-                continue
-            except Exception as err:  # a bug or a bad entry must not take the worker down, nor stall a session
-                log.exception("handler failed; retrying the batch one session at a time", stage=self.stage)
-                if self._on_error:
-                    self._on_error(err)
-                results = await self._one_by_one(items)
-            for item, result in zip(items, results, strict=True):
-                await self._commit(item, result, checkpoints)
+        if not items:
+            return []
+        _batch.labels(self.stage).observe(len(items))
+        try:
+            results = await self.handler.process(items)
+        except BusError:
+            log.exception("handler lost the bus; entries left pending", stage=self.stage)
+            # Left pending in the bus: this worker's slots are re-acquired and their entries claimed again.
+            return [d for sid, q in queues.items() if sid not in {it.entry.session_id for it in items} for d in q]
+        except Exception as err:  # a bug or a bad entry must not take the worker down, nor stall a session
+            log.exception("handler failed; retrying the batch one session at a time", stage=self.stage)
+            if self._on_error:
+                self._on_error(err)
+            results = await self._one_by_one(items)
+        for item, result in zip(items, results, strict=True):
+            await self._commit(item, result, checkpoints)
+        return [d for q in queues.values() for d in q]
 
     async def _one_by_one(self, items: list[WorkItem]) -> list[WorkResult]:
         """After a batch failed: each item alone, so one poisoned session ends (with INTERNAL and the reason)
