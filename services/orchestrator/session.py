@@ -20,6 +20,7 @@ from ditto_client.v1 import avatar_pb2, bus_pb2, common_pb2, renderer_pb2
 
 from ditto import codec, telemetry
 from ditto.bus.worker import epoch_key
+from ditto.look_ahead import audio_look_ahead_ms
 
 if TYPE_CHECKING:
     from services.orchestrator.placement import Placement
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
 
 FPS = 25
 FRAME_S = 1 / FPS
-LOOK_AHEAD_S = 1.2  # audio the motion stage needs before a frame can leave (overlap 70: 22 frames + encoder 80 ms)
 
 log = telemetry.get_logger("ditto.orchestrator")
 _first_frame = telemetry.histogram("ditto_first_frame_seconds", "First audio chunk to first frame sent", (),
@@ -148,6 +148,11 @@ class Session:
         self.max_chunk_bytes = int(self.bytes_per_second * s.max_chunk_ms / 1000)
         self.max_duration_s = float(min(self.config.max_duration_s or s.max_duration_s, s.max_duration_s))
         self.idle_timeout_s = float(self.config.idle_timeout_s or s.idle_timeout_s)
+        self.overlap = self.config.overlap or s.default_overlap
+        # Audio the stages need beyond a frame before it can be made (announced in SessionStarted; credits and the
+        # idle feed count on top of it).
+        self.look_ahead_ms = audio_look_ahead_ms(self.overlap)
+        self.look_ahead_s = self.look_ahead_ms / 1000
         self.final: tuple[grpc.StatusCode, str] | None = None
         self._t0: float | None = None
         self._paced_index0 = 0
@@ -179,7 +184,7 @@ class Session:
         spec = bus_pb2.SessionSpec(
             avatar_id=c.avatar_id, tenant_id=self.tenant.id, audio_format=c.audio_format, emotion=c.emotion,
             controls=c.controls, sampling_steps=c.sampling_steps or self.orch.settings.default_sampling_steps,
-            overlap=c.overlap or self.orch.settings.default_overlap, seed=c.seed, output=c.output,
+            overlap=self.overlap, seed=c.seed, output=c.output,
             offline=self.offline)
         spec.avatar.CopyFrom(self.avatar.motion_info)
         await self._publish(bus_pb2.ENTRY_KIND_START, spec.SerializeToString())
@@ -204,10 +209,10 @@ class Session:
         if self.config.audio_format.sample_format == common_pb2.SAMPLE_FORMAT_FLOAT32LE:
             if not np.all(np.isfinite(np.frombuffer(data, dtype="<f4"))):
                 raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, "audio chunk holds NaN or infinite samples")
-        while not self.offline and self._in_flight_s() > self.orch.settings.credits_s + LOOK_AHEAD_S:
+        while not self.offline and self._in_flight_s() > self.orch.settings.credits_s + self.look_ahead_s:
             self.credit.clear()
             await self.credit.wait()  # out of credits: stop reading the client until frames come back
-        while self.offline and self._in_flight_s() > 4 * (self.orch.settings.credits_s + LOOK_AHEAD_S):
+        while self.offline and self._in_flight_s() > 4 * (self.orch.settings.credits_s + self.look_ahead_s):
             self.credit.clear()
             await self.credit.wait()
         if not idle and self.first_audio_at is None:
@@ -254,7 +259,7 @@ class Session:
         self.epoch_base[self.epoch] = self.last_sent_index + 1
         self.counters = _EpochCounters()
         self._t0 = None  # pacing restarts with the next epoch's first frame
-        spec = bus_pb2.SessionSpec(overlap=self.config.overlap or self.orch.settings.default_overlap)
+        spec = bus_pb2.SessionSpec(overlap=self.overlap)
         await self._publish(bus_pb2.ENTRY_KIND_INTERRUPT, spec.SerializeToString())
         self.credit.set()
         await self.outgoing.put(avatar_pb2.ConverseResponse(event=avatar_pb2.SessionEvent(
@@ -400,7 +405,7 @@ class Session:
                     return
                 alive = self.config.idle_policy in (avatar_pb2.IDLE_POLICY_UNSPECIFIED, avatar_pb2.IDLE_POLICY_ALIVE)
                 if (alive and not self.ended_audio and now - self.last_audio_at > s.idle_feed_after_ms / 1000
-                        and self._in_flight_s() < LOOK_AHEAD_S + 0.2):
+                        and self._in_flight_s() < self.look_ahead_s + 0.2):
                     await self.audio(silence, idle=True)
         except asyncio.CancelledError:
             pass
