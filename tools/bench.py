@@ -17,6 +17,7 @@ PARTS = {
     "audio": "services.audio_encoder.bench",
     "motion": "services.motion_generator.bench",
     "renderer": "services.renderer.bench",
+    "postprocess": "services.renderer.bench_post",
     "serving": "services.orchestrator.bench",
 }
 

@@ -15,6 +15,7 @@ which is exactly what the full-frame formula gives there.
 from __future__ import annotations
 
 import enum
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -196,6 +197,7 @@ class PutBack:
         self._cache: OrderedDict[tuple[bytes, int, int], tuple[tuple[int, int, int, int], np.ndarray]] = OrderedDict()
         self._tables: OrderedDict[tuple[bytes, int, int], WarpTable] = OrderedDict()
         self._box_warps: OrderedDict[tuple[bytes, int, int], _BoxWarp] = OrderedDict()
+        self._local = threading.local()
         self.cache_size = cache_size
 
     def warped_mask(self, m_c2o: np.ndarray, width: int, height: int) -> tuple[tuple[int, int, int, int], np.ndarray]:
@@ -265,19 +267,29 @@ class PutBack:
         bw = self.box_warp(m, width, height)
         # OpenCV's fixed-point coordinates depend on the absolute destination index (a shifted matrix would round
         # differently), so the box is warped with the map warpAffine would use for those very pixels.
-        b = self._warp_box(render, bw)
-        # the reference's float32 blend, m * r + (1 - m) * f, one rounding per operation, in place
+        b, scratch = self._scratch(bw.mask3.shape)
+        self._warp_box(render, bw, b)
+        # the reference's float32 blend, m * r + (1 - m) * f, one rounding per operation, in reused buffers (fresh
+        # multi-megabyte arrays cost page faults on every frame)
         np.multiply(b, bw.mask3, out=b)
         region = out[y0:y1, x0:x1]
-        b += bw.inv3 * region.astype(F32)
+        np.multiply(region, bw.inv3, out=scratch)  # uint8 promoted to float32 exactly, as astype(F32)
+        np.add(b, scratch, out=b)
         np.clip(b, 0, 255, out=b)
         region[...] = b  # truncates toward zero, as astype(uint8)
         return out
 
+    def _scratch(self, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """Two float32 buffers of `shape`, this thread's own (render_many may run in several threads)."""
+        bufs = getattr(self._local, "bufs", None)
+        if bufs is None or bufs[0].shape != shape:
+            bufs = self._local.bufs = (np.empty(shape, F32), np.empty(shape, F32))
+        return bufs
+
     @staticmethod
-    def _warp_box(render: np.ndarray, bw: _BoxWarp) -> np.ndarray:
-        return cv2.remap(np.ascontiguousarray(render, dtype=F32), bw.xy, bw.frac, cv2.INTER_LINEAR,
-                         borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    def _warp_box(render: np.ndarray, bw: _BoxWarp, dst: np.ndarray | None = None) -> np.ndarray:
+        return np.asarray(cv2.remap(np.ascontiguousarray(render, dtype=F32), bw.xy, bw.frac, cv2.INTER_LINEAR,
+                                    dst=dst, borderMode=cv2.BORDER_CONSTANT, borderValue=(0.0, 0.0, 0.0, 0.0)))
 
     def blend_torch(self, frame: Any, render: Any, m_c2o: np.ndarray) -> Any:
         """GPU variant: frame uint8 [H, W, 3] and render float32 [512, 512, 3] torch tensors on one device; the
