@@ -63,11 +63,11 @@ def _speech(seconds: float, seed: int, rate: int = 16000) -> bytes:
 
 
 async def _session(stub, avatar_id: str, seed: int, burst_s: float = 0.0,
-                   started: asyncio.Event | None = None) -> SessionResult:
+                   started: asyncio.Event | None = None, seconds: float = SECONDS) -> SessionResult:
     import grpc
     from ditto_client.v1 import avatar_pb2, common_pb2
 
-    pcm = _speech(SECONDS, seed)
+    pcm = _speech(seconds, seed)
     step = 16000 * CHUNK_MS // 1000 * 2
     cfg = avatar_pb2.SessionConfig(
         avatar_id=avatar_id, seed=seed + 1, idle_policy=avatar_pb2.IDLE_POLICY_FREEZE,
@@ -101,7 +101,7 @@ async def _session(stub, avatar_id: str, seed: int, burst_s: float = 0.0,
     n = len(arrivals)
     span = arrivals[-1] - arrivals[0] if n > 1 else 0.0
     return SessionResult(first_frame_s=arrivals[0] - first_sent[0] if arrivals and first_sent else float("nan"),
-                         fps=(n - 1) / span if span > 0 else 0.0, frames=n, expected=int(np.ceil(SECONDS * 25)),
+                         fps=(n - 1) / span if span > 0 else 0.0, frames=n, expected=int(np.ceil(seconds * 25)),
                          code=code,
                          completion_s=arrivals[-1] - first_sent[0] if arrivals and first_sent else float("nan"))
 
@@ -239,10 +239,10 @@ def spread(logs: Path) -> dict:
     return out
 
 
-def _start_embedded(port: int, log: Path) -> subprocess.Popen:
+def _start_embedded(port: int, log: Path, profile: str = "tiny", device: str = "cpu") -> subprocess.Popen:
     f = open(log, "wb")  # noqa: SIM115 - lives as long as the process
-    proc = subprocess.Popen([sys.executable, "-m", "ditto.cli", "serve", "--weights", "synthetic", "--profile", "tiny",
-                             "--device", "cpu", "--port", str(port)], stdout=f, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen([sys.executable, "-m", "ditto.cli", "serve", "--weights", "synthetic", "--profile", profile,
+                             "--device", device, "--port", str(port)], stdout=f, stderr=subprocess.STDOUT,
                             start_new_session=True, cwd=Path(__file__).resolve().parents[2])
     deadline = time.monotonic() + 180
     while b"READY orchestrator" not in log.read_bytes():
