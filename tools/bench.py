@@ -18,6 +18,7 @@ PARTS = {
     "motion": "services.motion_generator.bench",
     "renderer": "services.renderer.bench",
     "postprocess": "services.renderer.bench_post",
+    "onnxruntime": "services.renderer.bench_ort",
     "serving": "services.orchestrator.bench",
 }
 
