@@ -60,18 +60,19 @@ def jpeg_encoders(quality: int = 90) -> dict[str, Callable[[np.ndarray], object]
     return {f"jpeg_{name}": JpegEncoder(quality, backend=name).encode for name in jpeg_backends()}
 
 
-def run(out_dir: Path) -> dict:
+def run(out_dir: Path, sizes: tuple[str, ...] = tuple(SIZES), reps: int = REPS) -> dict:
     from services.renderer.encode import H264Encoder, JpegEncoder, RawEncoder
     from services.renderer.putback import PutBack, blend
 
     cv2.setNumThreads(1)
     result: dict = {"setup": {"cpu_time": "process time, median of interleaved repetitions", "opencv_threads": 1,
-                              "reps": REPS, "face_box_px": {k: v[1] for k, v in SIZES.items()},
+                              "reps": reps, "face_box_px": {k: v[1] for k, v in SIZES.items()},
                               "jpeg_quality": 90, "node_cores": NODE_CORES, "fps": FPS,
                               "jpeg_default": JpegEncoder().backend}}
     rng = np.random.default_rng(0)
     render = rng.uniform(0, 255, (512, 512, 3)).astype(np.float32)
-    for name, (hw, side) in SIZES.items():
+    for name in sizes:
+        hw, side = SIZES[name]
         frame, m = _frame(hw), _matrix(hw, side)
         pb = PutBack()
         box, mask_w = pb.warped_mask(m, hw[1], hw[0])
@@ -91,7 +92,7 @@ def run(out_dir: Path) -> dict:
         fns: dict[str, Callable[[], object]] = {"paste_back_ms": functools.partial(pb, frame, render, m),
                                                 "paste_back_whole_frame_ms": whole_frame}
         fns.update({f"{k}_ms": functools.partial(e, pasted) for k, e in encoders.items()})
-        ms = _cpu_ms(fns)
+        ms = _cpu_ms(fns, reps)
         per_frame = {k: round(ms["paste_back_ms"] + ms[f"{k}_ms"], 3) for k in encoders}
         result[name] = {
             **ms,
