@@ -139,6 +139,7 @@ class Session:
         self.closed = False
         self.started_at = time.monotonic()
         self.last_client_msg = time.monotonic()
+        self.waiting_for_credit = False
         self.last_audio_at = 0.0
         self.first_audio_at: float | None = None
         self.first_input_sample = 0
@@ -210,11 +211,9 @@ class Session:
             if not np.all(np.isfinite(np.frombuffer(data, dtype="<f4"))):
                 raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, "audio chunk holds NaN or infinite samples")
         while not self.offline and self._in_flight_s() > self.orch.settings.credits_s + self.look_ahead_s:
-            self.credit.clear()
-            await self.credit.wait()  # out of credits: stop reading the client until frames come back
+            await self._wait_for_credit()  # out of credits: stop reading the client until frames come back
         while self.offline and self._in_flight_s() > 4 * (self.orch.settings.credits_s + self.look_ahead_s):
-            self.credit.clear()
-            await self.credit.wait()
+            await self._wait_for_credit()
         if not idle and self.first_audio_at is None:
             self.first_audio_at = time.monotonic()
         seconds = len(data) / self.bytes_per_second
@@ -266,6 +265,17 @@ class Session:
             interrupted=avatar_pb2.InterruptedEvent(last_frame_index=self.last_sent_index,
                                                     last_pts_ms=max(0, self.last_sent_index) * 40,
                                                     new_epoch=self.epoch))))
+
+    async def _wait_for_credit(self) -> None:
+        # While the server does not read, the client is not idle: a client that sends speech faster than realtime
+        # (text-to-speech) waits here, and its silence must not count toward the idle timeout.
+        self.credit.clear()
+        self.waiting_for_credit = True
+        try:
+            await self.credit.wait()
+        finally:
+            self.waiting_for_credit = False
+            self.last_client_msg = time.monotonic()
 
     async def end_of_audio(self) -> None:
         if not self.ended_audio:
@@ -398,7 +408,8 @@ class Session:
                                     f"session reached its maximum duration of {self.max_duration_s:.0f} s")
                     return
                 # after EndOfAudio the client has nothing more to say while the last frames drain: no idle timeout
-                if not self.ended_audio and now - self.last_client_msg > self.idle_timeout_s:
+                if (not self.ended_audio and not self.waiting_for_credit
+                        and now - self.last_client_msg > self.idle_timeout_s):
                     await self.fail(grpc.StatusCode.DEADLINE_EXCEEDED,
                                     f"no message from the client for {self.idle_timeout_s:.0f} s; send audio or "
                                     "KeepAlive to keep the session open")
