@@ -132,12 +132,23 @@ def run(out_dir: Path, profile: str = "full", reps: int = 3, budget_s: float = 9
             "max_abs_diff_vs_torch": max_diff,
         }
         print(f"  {name}: torch {1000 * t_torch:.1f} ms; {json.dumps(ratios)}", flush=True)
-    out_dir = Path(out_dir)
+        _save(Path(out_dir), result)  # after every network: the big ones take minutes on a small CPU
+    return _save(Path(out_dir), result)
+
+
+def _save(out_dir: Path, result: dict) -> dict:
+    """Write onnxruntime.json, keeping the networks of an earlier run that this one did not measure."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "onnxruntime.json").write_text(json.dumps(result, indent=1))
+    path = out_dir / "onnxruntime.json"
+    if path.is_file():
+        earlier = json.loads(path.read_text()).get("networks", {})
+        result["networks"] = {**{k: v for k, v in earlier.items() if k not in result["networks"]},
+                              **result["networks"]}
+    path.write_text(json.dumps(result, indent=1))
     return result
 
 
 if __name__ == "__main__":
     names = tuple(sys.argv[2:]) or ("appearance_extractor", "motion_extractor", "warp_network", "decoder")
-    print(json.dumps(run(Path(sys.argv[1] if len(sys.argv) > 1 else "bench/results"), networks=names), indent=1))
+    print(json.dumps(run(Path(sys.argv[1] if len(sys.argv) > 1 else "bench/results"), networks=names, reps=2,
+                         budget_s=60), indent=1))
