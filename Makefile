@@ -3,7 +3,7 @@ PY ?= .venv/bin/python
 VENV := .venv
 PROTOS := $(wildcard protos/ditto/v1/*.proto)
 
-.PHONY: setup protos test test-fast lint bench demo up clean
+.PHONY: setup protos test test-fast lint bench gpu-check demo up clean
 
 setup: $(VENV)/.installed
 
@@ -37,6 +37,11 @@ lint: setup
 
 bench: setup
 	$(PY) -m tools.bench
+
+# Everything that needs CUDA, within 8 minutes on one GPU: gpu tests, fp16 stage benchmarks, torch.compile and CUDA
+# graphs, serving capacity. Writes bench/results/gpu-*.json and gpu-summary.md (`--dry-run` checks it on a CPU).
+gpu-check: setup
+	$(PY) -m tools.gpu_check
 
 demo: setup
 	@tools/need-system-package espeak-ng espeak-ng "the demo speaks its text with it" || \

@@ -36,6 +36,7 @@ class StageSlots:
     stage: str
     held_key: str
     load_key: str
+    preference: tuple[int, ...] = ()  # slots to try first, in order (placement's choice); else the least loaded
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,8 @@ class Bus(abc.ABC):
     @abc.abstractmethod
     async def read(self, group: str, consumer: str, streams: Sequence[str], count: int = 64,
                    block_ms: int = 0) -> list[Delivery]:
-        """New entries (never delivered to the group) from the given streams, oldest first per stream.
+        """New entries (never delivered to the group) from the given streams, oldest first per stream, at most
+        `count` from each stream.
         Blocks up to block_ms when there are none (0 = don't block)."""
 
     @abc.abstractmethod

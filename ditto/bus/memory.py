@@ -89,15 +89,17 @@ class MemoryBus(Bus):
         for name in streams:
             s = self._stream(name)
             g = s.groups.setdefault(group, _Group())
+            taken = 0  # `count` is per stream, as in XREADGROUP: a busy first stream cannot starve the others
             for entry_id, raw in s.entries.items():
-                if len(out) >= count:
-                    return out
+                if taken >= count:
+                    break
                 seq = s.seq_of[entry_id]
                 if seq <= g.last_delivered:
                     continue
                 g.last_delivered = seq
                 g.pending[entry_id] = _Pending(consumer, now, 1)
                 out.append(self._delivery(name, entry_id, raw, 1))
+                taken += 1
         return out
 
     async def read(self, group: str, consumer: str, streams: Sequence[str], count: int = 64,
@@ -228,6 +230,10 @@ class MemoryBus(Bus):
             free = [k for k in held if load.get(k, 0) < r.per_slot]
             if not free:
                 return Admission("full", st.stage, len(held))
+            preferred = [k for k in st.preference if k in free]
+            if preferred:
+                chosen[st.stage] = preferred[0]
+                continue
             least = min(load.get(k, 0) for k in free)
             chosen[st.stage] = random.choice([k for k in free if load.get(k, 0) == least])
         expiry = time.monotonic() + r.ttl_ms / 1000

@@ -71,7 +71,8 @@ if #dead > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now) end
 return dead
 """
 # KEYS: sessions, used, then (held, load) per stage. ARGV: session, max_sessions, max_seconds, slots, per_slot,
-# ttl_ms, seed, then the stage names. Returns {"", slot...} when admitted, else {reason, stage index, count}.
+# ttl_ms, seed, then per stage its preferred slots ("3,0,5"; the first held one with room wins). Returns
+# {"", slot...} when admitted, else {reason, stage index, count}.
 _ADMIT = _NOW + """
 local sid, max_sessions, max_seconds = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local slots, per_slot, ttl, seed = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
@@ -99,15 +100,23 @@ for i = 1, n do
     if slot then load[slot] = (load[slot] or 0) + 1 end
   end
   table.sort(held)
-  local least, ties = nil, {}
-  for _, slot in ipairs(held) do
-    local l = load[slot] or 0
-    if l < per_slot then
-      if least == nil or l < least then least = l; ties = {slot} elseif l == least then table.insert(ties, slot) end
-    end
+  local is_held = {}
+  for _, slot in ipairs(held) do is_held[slot] = true end
+  for s in string.gmatch(ARGV[7 + i] or '', '%d+') do
+    local k = tonumber(s)
+    if is_held[k] and (load[k] or 0) < per_slot then chosen[i] = k; break end
   end
-  if least == nil then return {'full', tostring(i), tostring(#held)} end
-  chosen[i] = ties[(seed % #ties) + 1]
+  if chosen[i] == nil then
+    local least, ties = nil, {}
+    for _, slot in ipairs(held) do
+      local l = load[slot] or 0
+      if l < per_slot then
+        if least == nil or l < least then least = l; ties = {slot} elseif l == least then table.insert(ties, slot) end
+      end
+    end
+    if least == nil then return {'full', tostring(i), tostring(#held)} end
+    chosen[i] = ties[(seed % #ties) + 1]
+  end
 end
 local function add(key, member)
   redis.call('ZADD', key, now + ttl, member)
@@ -315,6 +324,7 @@ class RedisBus(Bus):
             keys += [st.held_key, st.load_key]
         args: list[str | int | float] = [r.session_id, r.max_sessions, r.max_seconds, r.slots, r.per_slot, r.ttl_ms,
                                          random.randrange(1 << 30)]
+        args += [",".join(str(k) for k in st.preference) for st in r.stages]
         res = [_s(v) for v in await self._call(self._admit(keys=keys, args=args))]
         if res[0]:
             stage = r.stages[int(res[1]) - 1].stage if int(res[1]) > 0 else ""

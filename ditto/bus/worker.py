@@ -148,6 +148,9 @@ class SlotWorker:
         self._retries: dict[tuple[str, int, int], int] = {}  # (session, epoch, seq) -> handler bus errors so far
         self._gaps: dict[str, tuple[int, int, float]] = {}  # session -> (epoch, missing seq, first seen)
         self.processed = 0
+        # Entries read but not yet handled, kept to the next batch: each batch takes one entry per session, so a
+        # session with a backlog cannot hold back the others (round robin across sessions, batch by batch).
+        self._last_active: dict[int, float] = {}  # slot -> when it last had work (the idlest slots are handed over)
 
     # ---- lifecycle ----
     async def run(self) -> None:
@@ -208,7 +211,9 @@ class SlotWorker:
                 acquired.append(slot)
                 await self._mark_held(slot)
         while len(self.held) > share:
-            await self._let_go(max(self.held))
+            # Hand over the slot that has been idle longest (never used first): its sessions, if any, move with it,
+            # so giving back idle slots keeps the sessions already placed here where they are.
+            await self._let_go(min(self.held, key=lambda k: (self._last_active.get(k, float("-inf")), -k)))
         _slots.labels(self.stage).set(len(self.held))
         return acquired
 
@@ -311,8 +316,8 @@ class SlotWorker:
             floor = await self.bus.get_state(epoch_key(self.bus, sid))
             floors[sid] = int(floor) if floor else 0
         queues = {sid: list(ds) for sid, ds in by_session.items()}
-        while any(queues.values()):
-            items: list[WorkItem] = []
+        items: list[WorkItem] = []
+        while not items and any(queues.values()):
             for sid, q in queues.items():
                 if sid in self._blocked:
                     q.clear()  # left pending behind the session's stuck entry; retried in order by _reclaim
@@ -347,6 +352,7 @@ class SlotWorker:
                         e = d.entry
                     else:
                         q.pop(0)
+                    self._last_active[self._slot_of(d.stream)] = time.monotonic()
                     items.append(WorkItem(d, cp.state if cp.ByteSize() else None, e.epoch > cp.epoch))
                     break
             if not items:

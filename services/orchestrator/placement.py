@@ -1,9 +1,18 @@
-"""Placement and admission: each session gets one slot per stage, on a slot a live worker holds, least loaded
-first. A slot serves at most `sessions_per_slot` sessions; when no slot has room the session is refused with
+"""Placement and admission: each session gets one slot per stage. Per stage the session goes to the live worker with
+the fewest sessions (a worker is the owner of the slot leases it holds), then to that worker's least-loaded slot.
+Picking the worker first is what spreads sessions evenly: picking the least-loaded *slot* with random ties puts
+sessions on workers in proportion to luck (3 to 1 over two workers is common). A worker that has just joined holds
+no sessions, so new sessions go to it first; sessions already placed keep their slot (workers hand over their
+idlest slots when they rebalance, see ditto.bus.worker). Ties are broken by name and slot number.
+
+The order of preference is computed here from a snapshot; the choice itself happens inside `Bus.admit`, atomically
+with the tenant's quota check: the first preferred slot that is still held and has room (else the least-loaded held
+slot). A slot serves at most `sessions_per_slot` sessions; when no slot has room the session is refused with
 RESOURCE_EXHAUSTED and a retry hint. Placements are live members with a TTL refreshed by the session."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from ditto.bus import Bus
@@ -30,22 +39,56 @@ class Placement:
         return r
 
 
+def slot_preference(owners: dict[int, str], load: dict[int, int], sessions_per_slot: int) -> list[int]:
+    """The slots with room, best first: workers by their number of sessions (then name), each worker's slots by
+    their load (then number). `owners` maps each held slot to the worker holding it; `load` counts the sessions per
+    slot. Pure, so the rule is testable without any process."""
+    per_worker: dict[str, int] = {}
+    for slot, owner in owners.items():
+        per_worker[owner] = per_worker.get(owner, 0) + load.get(slot, 0)
+    free = [slot for slot in owners if load.get(slot, 0) < sessions_per_slot]
+    return sorted(free, key=lambda s: (per_worker[owners[s]], owners[s], load.get(s, 0), s))
+
+
+def choose_slot(owners: dict[int, str], load: dict[int, int], sessions_per_slot: int) -> int | None:
+    """The slot for a new session (the first of `slot_preference`), None when every held slot is full."""
+    preference = slot_preference(owners, load, sessions_per_slot)
+    return preference[0] if preference else None
+
+
 class Placer:
     """Placements live in one live-member set per stage (`<prefix>:placement:<stage>`, members `"<slot>:<session>"`)
-    and the slots workers hold in another (`<prefix>:<stage>:held`): admission reads those two sets, so its cost does
-    not grow with unrelated keys in the store. The choice itself happens inside `Bus.admit`, atomically with the
-    tenant's quota check."""
+    and the slots workers hold in another (`<prefix>:<stage>:held`): admission reads those sets and the slots'
+    leases, so its cost does not grow with unrelated keys in the store."""
 
     def __init__(self, bus: Bus, slots: int, sessions_per_slot: int) -> None:
         self.bus = bus
         self.slots = slots
         self.sessions_per_slot = sessions_per_slot
+        # held by the orchestrator around one admission: see Orchestrator.open_session
+        self.lock = asyncio.Lock()
 
     def load_key(self, stage: str) -> str:
         return self.bus.key("placement", stage)
 
-    def stage_slots(self) -> tuple[StageSlots, ...]:
-        return tuple(StageSlots(stage, held_slots_key(self.bus, stage), self.load_key(stage)) for stage in STAGES)
+    async def stage_slots(self) -> tuple[StageSlots, ...]:
+        """Where admission looks for each stage's capacity, with the preferred slots in order."""
+        out = []
+        for stage in STAGES:
+            held = await self.held_slots(stage)
+            owners = await self.slot_owners(stage, held)
+            preference = slot_preference(owners, await self.load(stage), self.sessions_per_slot)
+            out.append(StageSlots(stage, held_slots_key(self.bus, stage), self.load_key(stage), tuple(preference)))
+        return tuple(out)
+
+    async def slot_owners(self, stage: str, held: list[int] | None = None) -> dict[int, str]:
+        """Held slots and the worker holding each (the lease's value is the worker's id)."""
+        owners: dict[int, str] = {}
+        for slot in held if held is not None else await self.held_slots(stage):
+            owner = await self.bus.lease_owner(self.bus.lease_key(stage, slot))
+            if owner is not None:
+                owners[slot] = owner
+        return owners
 
     async def held_slots(self, stage: str) -> list[int]:
         members = await self.bus.live_members(held_slots_key(self.bus, stage))

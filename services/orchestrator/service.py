@@ -117,12 +117,14 @@ class Orchestrator:
                                f"avatar '{config.avatar_id}' is not registered for this tenant; call RegisterAvatar")
         session_id = uuid.uuid4().hex
         # One atomic step: the tenant's quota is checked and the session counted and placed together, so concurrent
-        # calls can never both take the last place.
-        admission = await self.bus.admit(AdmissionRequest(
-            session_id=session_id, sessions_key=self.quotas.sessions_key(tenant.id), max_sessions=tenant.max_sessions,
-            used_key=self.quotas.used_key(tenant.id), max_seconds=tenant.session_minutes * 60,
-            stages=self.placer.stage_slots(), slots=self.placer.slots, per_slot=self.placer.sessions_per_slot,
-            ttl_ms=SESSION_KEY_TTL_S * 1000))
+        # calls can never both take the last place. The placer's preferred slots come from a snapshot; sessions this
+        # orchestrator admits at the same moment take turns, so each sees the placements before it and they spread.
+        async with self.placer.lock:
+            admission = await self.bus.admit(AdmissionRequest(
+                session_id=session_id, sessions_key=self.quotas.sessions_key(tenant.id),
+                max_sessions=tenant.max_sessions, used_key=self.quotas.used_key(tenant.id),
+                max_seconds=tenant.session_minutes * 60, stages=await self.placer.stage_slots(),
+                slots=self.placer.slots, per_slot=self.placer.sessions_per_slot, ttl_ms=SESSION_KEY_TTL_S * 1000))
         if admission.refused in ("sessions", "seconds"):
             _refused.labels("quota").inc()
             raise self.quotas.refusal(tenant, admission)
@@ -246,7 +248,7 @@ class AvatarService(avatar_pb2_grpc.AvatarServicer):
             yield avatar_pb2.ConverseResponse(started=avatar_pb2.SessionStarted(
                 session_id=session.session_id, fps=25, width=session.avatar.width, height=session.avatar.height,
                 encoding=out.encoding or common_pb2.FRAME_ENCODING_JPEG,
-                audio_look_ahead_ms=1200))
+                audio_look_ahead_ms=session.look_ahead_ms))
             reader = asyncio.create_task(session.read_client(it))
             while True:
                 msg = await session.outgoing.get()

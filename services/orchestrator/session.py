@@ -19,6 +19,7 @@ import numpy as np
 
 from ditto import codec, telemetry
 from ditto.bus.worker import epoch_key
+from ditto.look_ahead import audio_look_ahead_ms
 from ditto.redaction import redact
 from ditto_client.v1 import avatar_pb2, bus_pb2, common_pb2, renderer_pb2
 
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
 
 FPS = 25
 FRAME_S = 1 / FPS
-LOOK_AHEAD_S = 1.2  # audio the motion stage needs before a frame can leave (overlap 70: 22 frames + encoder 80 ms)
 
 log = telemetry.get_logger("ditto.orchestrator")
 _first_frame = telemetry.histogram("ditto_first_frame_seconds", "First audio chunk to first frame sent", (),
@@ -140,6 +140,7 @@ class Session:
         self.closed = False
         self.started_at = time.monotonic()
         self.last_client_msg = time.monotonic()
+        self.waiting_for_credit = False
         self.last_audio_at = 0.0
         self.first_audio_at: float | None = None
         self.first_input_sample = 0
@@ -149,6 +150,11 @@ class Session:
         self.max_chunk_bytes = int(self.bytes_per_second * s.max_chunk_ms / 1000)
         self.max_duration_s = float(min(self.config.max_duration_s or s.max_duration_s, s.max_duration_s))
         self.idle_timeout_s = float(self.config.idle_timeout_s or s.idle_timeout_s)
+        self.overlap = self.config.overlap or s.default_overlap
+        # Audio the stages need beyond a frame before it can be made (announced in SessionStarted; credits and the
+        # idle feed count on top of it).
+        self.look_ahead_ms = audio_look_ahead_ms(self.overlap)
+        self.look_ahead_s = self.look_ahead_ms / 1000
         self.final: tuple[grpc.StatusCode, str] | None = None
         self._t0: float | None = None
         self._paced_index0 = 0
@@ -180,7 +186,7 @@ class Session:
         spec = bus_pb2.SessionSpec(
             avatar_id=c.avatar_id, tenant_id=self.tenant.id, audio_format=c.audio_format, emotion=c.emotion,
             controls=c.controls, sampling_steps=c.sampling_steps or self.orch.settings.default_sampling_steps,
-            overlap=c.overlap or self.orch.settings.default_overlap, seed=c.seed, output=c.output,
+            overlap=self.overlap, seed=c.seed, output=c.output,
             offline=self.offline)
         spec.avatar.CopyFrom(self.avatar.motion_info)
         await self._publish(bus_pb2.ENTRY_KIND_START, spec.SerializeToString())
@@ -205,12 +211,10 @@ class Session:
         if self.config.audio_format.sample_format == common_pb2.SAMPLE_FORMAT_FLOAT32LE:
             if not np.all(np.isfinite(np.frombuffer(data, dtype="<f4"))):
                 raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, "audio chunk holds NaN or infinite samples")
-        while not self.offline and self._in_flight_s() > self.orch.settings.credits_s + LOOK_AHEAD_S:
-            self.credit.clear()
-            await self.credit.wait()  # out of credits: stop reading the client until frames come back
-        while self.offline and self._in_flight_s() > 4 * (self.orch.settings.credits_s + LOOK_AHEAD_S):
-            self.credit.clear()
-            await self.credit.wait()
+        while not self.offline and self._in_flight_s() > self.orch.settings.credits_s + self.look_ahead_s:
+            await self._wait_for_credit()  # out of credits: stop reading the client until frames come back
+        while self.offline and self._in_flight_s() > 4 * (self.orch.settings.credits_s + self.look_ahead_s):
+            await self._wait_for_credit()
         if not idle and self.first_audio_at is None:
             self.first_audio_at = time.monotonic()
         seconds = len(data) / self.bytes_per_second
@@ -255,13 +259,24 @@ class Session:
         self.epoch_base[self.epoch] = self.last_sent_index + 1
         self.counters = _EpochCounters()
         self._t0 = None  # pacing restarts with the next epoch's first frame
-        spec = bus_pb2.SessionSpec(overlap=self.config.overlap or self.orch.settings.default_overlap)
+        spec = bus_pb2.SessionSpec(overlap=self.overlap)
         await self._publish(bus_pb2.ENTRY_KIND_INTERRUPT, spec.SerializeToString())
         self.credit.set()
         await self.outgoing.put(avatar_pb2.ConverseResponse(event=avatar_pb2.SessionEvent(
             interrupted=avatar_pb2.InterruptedEvent(last_frame_index=self.last_sent_index,
                                                     last_pts_ms=max(0, self.last_sent_index) * 40,
                                                     new_epoch=self.epoch))))
+
+    async def _wait_for_credit(self) -> None:
+        # While the server does not read, the client is not idle: a client that sends speech faster than realtime
+        # (text-to-speech) waits here, and its silence must not count toward the idle timeout.
+        self.credit.clear()
+        self.waiting_for_credit = True
+        try:
+            await self.credit.wait()
+        finally:
+            self.waiting_for_credit = False
+            self.last_client_msg = time.monotonic()
 
     async def end_of_audio(self) -> None:
         if not self.ended_audio:
@@ -395,14 +410,15 @@ class Session:
                                     f"session reached its maximum duration of {self.max_duration_s:.0f} s")
                     return
                 # after EndOfAudio the client has nothing more to say while the last frames drain: no idle timeout
-                if not self.ended_audio and now - self.last_client_msg > self.idle_timeout_s:
+                if (not self.ended_audio and not self.waiting_for_credit
+                        and now - self.last_client_msg > self.idle_timeout_s):
                     await self.fail(grpc.StatusCode.DEADLINE_EXCEEDED,
                                     f"no message from the client for {self.idle_timeout_s:.0f} s; send audio or "
                                     "KeepAlive to keep the session open")
                     return
                 alive = self.config.idle_policy in (avatar_pb2.IDLE_POLICY_UNSPECIFIED, avatar_pb2.IDLE_POLICY_ALIVE)
                 if (alive and not self.ended_audio and now - self.last_audio_at > s.idle_feed_after_ms / 1000
-                        and self._in_flight_s() < LOOK_AHEAD_S + 0.2):
+                        and self._in_flight_s() < self.look_ahead_s + 0.2):
                     await self.audio(silence, idle=True)
         except asyncio.CancelledError:
             pass

@@ -70,6 +70,21 @@ class TorchBackend:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def cpu_session_options(threads: int | None = None) -> Any:
+    """The CPU session options measured best (tools/bench/onnxruntime.py, bench/results/onnxruntime.json): all
+    graph optimisations (NCHWc layout, fusions), one intra-op pool as wide as PyTorch's, sequential execution, and
+    no spin-waiting -- spinning threads cost the most where the cores are shared with other processes."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = threads or torch.get_num_threads()
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return so
+
+
 class OnnxRuntimeBackend:
     """ONNX Runtime sessions over our own fp32 exports (CPU, or CUDA with CPU fallback)."""
 
@@ -89,6 +104,8 @@ class OnnxRuntimeBackend:
                                     "CPUExecutionProvider"]
         else:
             providers = ["CPUExecutionProvider"]
+            if session_options is None:
+                session_options = cpu_session_options()
         self.sessions = {name: ort.InferenceSession(str(path), sess_options=session_options, providers=providers)
                          for name, path in onnx_paths.items()}
 

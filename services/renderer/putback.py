@@ -3,7 +3,9 @@
 
 `out = uint8(trunc(clip(m * render_w + (1 - m) * frame, 0, 255)))` in float32, one rounding per operation, with
 the mask and render warped by OpenCV 4.10's bilinear `warpAffine`. Two implementations of that warp:
-- CPU: `cv2.warpAffine` itself (bit-exact by construction).
+- CPU: OpenCV's own remap over the face box only, fed the fixed-point map that `warpAffine` computes internally for
+  those destination pixels (`FixedPointMap`), so the bytes equal `cv2.warpAffine` over the whole frame cut to the
+  box (checked in the tests) at the cost of the box, not of the frame.
 - torch (GPU): `WarpTable`, an emulation of OpenCV's fixed-point (1/32 pixel) bilinear warp as a gather with
   per-pixel weights, precomputed once per matrix; bit-exact with cv2 on float32 images (checked in the tests).
 Both touch only the bounding box of the warped crop: outside it the mask is 0 and the frame passes unchanged,
@@ -13,6 +15,7 @@ which is exactly what the full-frame formula gives there.
 from __future__ import annotations
 
 import enum
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,6 +110,27 @@ class WarpTable:
             weight.append(np.where(inside, wt, F32(0)).astype(F32))
         return cls(box, np.stack(index), np.stack(weight))
 
+    @staticmethod
+    def fixed_point(m: np.ndarray, box: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """OpenCV 4.10 `warpAffine`'s internal map for the destination pixels of `box`: integer source coordinates
+        (x, y) [bh, bw, 2] int16 and the 5+5-bit fractional index fy * 32 + fx [bh, bw] uint16 -- the two maps
+        `cv2.remap` takes in its fixed-point form, the very arrays warpAffine hands to its remap."""
+        m64 = np.asarray(m, dtype=F32)[:2].astype(np.float64)
+        det = m64[0, 0] * m64[1, 1] - m64[0, 1] * m64[1, 0]
+        det = 1.0 / det if det != 0 else 0.0
+        i00, i01 = m64[1, 1] * det, -m64[0, 1] * det
+        i10, i11 = -m64[1, 0] * det, m64[0, 0] * det
+        i02 = -i00 * m64[0, 2] - i01 * m64[1, 2]
+        i12 = -i10 * m64[0, 2] - i11 * m64[1, 2]
+        y0, y1, x0, x1 = box
+        ys, xs = np.arange(y0, y1, dtype=np.float64), np.arange(x0, x1, dtype=np.float64)
+        gx = _round_even((i01 * ys + i02) * 1024)[:, None] + 16 + _round_even((i00 * xs) * 1024)[None, :]
+        gy = _round_even((i11 * ys + i12) * 1024)[:, None] + 16 + _round_even((i10 * xs) * 1024)[None, :]
+        xq, yq = gx >> 5, gy >> 5
+        xy = np.stack([np.clip(xq >> 5, -32768, 32767), np.clip(yq >> 5, -32768, 32767)], axis=-1).astype(np.int16)
+        frac = ((yq & 31) * 32 + (xq & 31)).astype(np.uint16)
+        return xy, frac
+
     def apply(self, src: Any) -> Any:
         """Warp a [h, w, c] float32 numpy array or torch tensor; returns the [bh, bw, c] box."""
         flat = src.reshape(-1, src.shape[-1])
@@ -150,15 +174,31 @@ class PasteOptions:
     paste_back: bool = True  # False: emit the 512 crop itself
 
 
+@dataclass(frozen=True)
+class _BoxWarp:
+    """Everything per (matrix, frame size) that does not depend on the render: the box, the fixed-point map of the
+    warp into it, the warped mask and its complement (3 channels, so the blend needs no broadcasting)."""
+
+    box: tuple[int, int, int, int]
+    xy: np.ndarray
+    frac: np.ndarray
+    mask: np.ndarray      # [bh, bw, 1] clipped warped mask
+    mask3: np.ndarray     # [bh, bw, 3]
+    inv3: np.ndarray      # 1 - mask3, as the reference computes it in float32
+
+
 class PutBack:
-    """Pastes renders into frames. Warped masks and warp tables are cached per (matrix, frame size): a source has
-    one matrix per frame, so after the first pass over the source the per-frame cost is one warp and one blend."""
+    """Pastes renders into frames. Warped masks and warp maps are cached per (matrix, frame size): a source has
+    one matrix per frame, so after the first pass over the source the per-frame cost is one warp and one blend of
+    the face box."""
 
     def __init__(self, mask: np.ndarray | None = None, cache_size: int = 256):
         self.mask = (feather_mask() if mask is None else np.asarray(mask, dtype=F32))[..., None]  # [512, 512, 1]
         self._cache: LRUCache[tuple[bytes, int, int], tuple[tuple[int, int, int, int], np.ndarray]] = LRUCache(
             cache_size)
         self._tables: LRUCache[tuple[bytes, int, int], WarpTable] = LRUCache(cache_size)
+        self._box_warps: LRUCache[tuple[bytes, int, int], _BoxWarp] = LRUCache(cache_size)
+        self._local = threading.local()  # per-thread scratch buffers of the blend
         self.cache_size = cache_size
 
     def warped_mask(self, m_c2o: np.ndarray, width: int, height: int) -> tuple[tuple[int, int, int, int], np.ndarray]:
@@ -172,6 +212,18 @@ class PutBack:
             y0, y1, x0, x1 = box
             hit = box, np.clip(full[y0:y1, x0:x1], 0, 1)[..., None]
             self._cache[key] = hit
+        return hit
+
+    def box_warp(self, m_c2o: np.ndarray, width: int, height: int) -> _BoxWarp:
+        m = np.ascontiguousarray(np.asarray(m_c2o, dtype=F32)[:2])
+        key = (m.tobytes(), width, height)
+        hit = self._box_warps.get(key)
+        if hit is None:
+            box, mask_w = self.warped_mask(m, width, height)
+            xy, frac = WarpTable.fixed_point(m, box)
+            mask3 = np.ascontiguousarray(np.broadcast_to(mask_w, (*mask_w.shape[:2], 3)))
+            hit = _BoxWarp(box, xy, frac, mask_w, mask3, F32(1) - mask3)
+            self._box_warps[key] = hit
         return hit
 
     def table(self, m_c2o: np.ndarray, width: int, height: int) -> WarpTable:
@@ -194,7 +246,9 @@ class PutBack:
         m = np.asarray(m_c2o, dtype=F32)[:2]
         if options.background == Background.TRANSPARENT:
             out = np.zeros((height, width, 4), dtype=np.uint8)
-            render_w = cv2.warpAffine(render, m, (width, height), flags=cv2.INTER_LINEAR)[y0:y1, x0:x1]
+            if y1 <= y0 or x1 <= x0:
+                return out
+            render_w = self._warp_box(render, self.box_warp(m, width, height))
             out[y0:y1, x0:x1, :3] = np.clip(render_w, 0, 255).astype(np.uint8)
             out[y0:y1, x0:x1, 3] = (mask_w[..., 0] * F32(255)).astype(np.uint8)
             return out
@@ -205,16 +259,32 @@ class PutBack:
             out = frame.copy()
         if y1 <= y0 or x1 <= x0:
             return out  # the face lies outside the frame
-        render_w = self._warp_box(render, m, (height, width), box)
-        out[y0:y1, x0:x1] = blend(mask_w, render_w, out[y0:y1, x0:x1])
+        bw = self.box_warp(m, width, height)
+        # OpenCV's fixed-point coordinates depend on the absolute destination index (a shifted matrix would round
+        # differently), so the box is warped with the map warpAffine would use for those very pixels.
+        b, scratch = self._scratch(bw.mask3.shape)
+        self._warp_box(render, bw, b)
+        # the reference's float32 blend, m * r + (1 - m) * f, one rounding per operation, in reused buffers (fresh
+        # multi-megabyte arrays cost page faults on every frame)
+        np.multiply(b, bw.mask3, out=b)
+        region = out[y0:y1, x0:x1]
+        np.multiply(region, bw.inv3, out=scratch)  # uint8 promoted to float32 exactly, as astype(F32)
+        np.add(b, scratch, out=b)
+        np.clip(b, 0, 255, out=b)
+        region[...] = b  # truncates toward zero, as astype(uint8)
         return out
 
-    def _warp_box(self, render: np.ndarray, m: np.ndarray, hw: tuple[int, int],
-                  box: tuple[int, int, int, int]) -> np.ndarray:
-        """The render warped into `box`. OpenCV's fixed-point coordinates depend on the absolute destination
-        index, so a shifted matrix would round differently: warp the whole frame (one C++ pass) and cut."""
-        y0, y1, x0, x1 = box
-        return cv2.warpAffine(render, m, (hw[1], hw[0]), flags=cv2.INTER_LINEAR)[y0:y1, x0:x1]
+    def _scratch(self, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """Two float32 buffers of `shape`, this thread's own (render_many may run in several threads)."""
+        bufs = getattr(self._local, "bufs", None)
+        if bufs is None or bufs[0].shape != shape:
+            bufs = self._local.bufs = (np.empty(shape, F32), np.empty(shape, F32))
+        return bufs
+
+    @staticmethod
+    def _warp_box(render: np.ndarray, bw: _BoxWarp, dst: np.ndarray | None = None) -> np.ndarray:
+        return np.asarray(cv2.remap(np.ascontiguousarray(render, dtype=F32), bw.xy, bw.frac, cv2.INTER_LINEAR,
+                                    dst=dst, borderMode=cv2.BORDER_CONSTANT, borderValue=(0.0, 0.0, 0.0, 0.0)))
 
     def blend_torch(self, frame: Any, render: Any, m_c2o: np.ndarray) -> Any:
         """GPU variant: frame uint8 [H, W, 3] and render float32 [512, 512, 3] torch tensors on one device; the

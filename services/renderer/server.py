@@ -114,6 +114,7 @@ class RendererCore:
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.stitch = stitch  # False when the keypoints arrive already stitched
         self.putback = PutBack()
+        self._device_frames: Any = None  # gpu_post.DeviceFrames, made on the first GPU paste-back
         self.max_avatars = max_avatars
         self._avatars: LRUCache[str, Avatar] = LRUCache(max_avatars)   # the most recently used avatars
 
@@ -149,8 +150,9 @@ class RendererCore:
                              "H.264 has no alpha channel")
         if not 0 <= output.jpeg_quality <= 100:
             raise ValueError(f"jpeg_quality must be 1..100 (0 = default 90), got {output.jpeg_quality}")
-        return RenderSession(avatar, paste, make_encoder(encoding, width, height, output.jpeg_quality or 90),
-                             width, height)
+        device = str(getattr(self.models, "device", "cpu"))
+        return RenderSession(avatar, paste, make_encoder(encoding, width, height, output.jpeg_quality or 90,
+                                                         device=device), width, height)
 
     def render(self, session: RenderSession, x_s: np.ndarray, x_d: np.ndarray,
                source_index: Iterable[int]) -> list[np.ndarray]:
@@ -158,13 +160,14 @@ class RendererCore:
         return self.render_many([(session, x_s, x_d, list(source_index))])[0]
 
     def render_many(self, jobs: Sequence[tuple[RenderSession, np.ndarray, np.ndarray, list[int]]]
-                    ) -> list[list[np.ndarray]]:
+                    ) -> list[list[Any]]:
         """Frames of several sessions through the networks together (batches of RENDER_BATCH), each pasted back
-        into its own avatar. Returns the output images per job."""
+        into its own avatar. Returns the output images per job: uint8 numpy arrays, or CUDA tensors for a session
+        whose encoder takes them (`device_frames`, JPEG on the GPU)."""
         import torch
 
         flat = [(j, k) for j, (_, _, x_d, _) in enumerate(jobs) for k in range(len(x_d))]
-        out: list[list[np.ndarray]] = [[] for _ in jobs]
+        out: list[list[Any]] = [[] for _ in jobs]
         models = self.models
         device = getattr(models, "device", "cpu")
         with torch.no_grad():
@@ -177,9 +180,16 @@ class RendererCore:
                 f_s = torch.cat([jobs[j][0].avatar.f_s[jobs[j][3][k]] for j, k in part]).to(device)
                 images = models.warp_decode(f_s, xs, xd)  # [B, 3, S, S] in [0, 1]
                 # the reference hands paste-back the decoder output clipped to [0, 1] times 255, not rounded
-                renders = (images.clamp(0, 1) * 255).permute(0, 2, 3, 1).float().cpu().numpy()
-                for (j, k), render in zip(part, renders, strict=True):
+                renders_dev = (images.clamp(0, 1) * 255).permute(0, 2, 3, 1).float()
+                on_gpu = [self._gpu_paste(jobs[j][0], renders_dev.shape[1]) for j, _ in part]
+                renders = None if all(on_gpu) else renders_dev.cpu().numpy()
+                for n, (j, k) in enumerate(part):
                     session, src = jobs[j][0], jobs[j][3][k]
+                    if on_gpu[n]:  # stays on the GPU for a GPU encoder
+                        out[j].append(self._paste_on_device(session, src, renders_dev[n]))
+                        continue
+                    assert renders is not None
+                    render = renders[n]
                     if render.shape[0] != CROP_SIZE:  # the tiny profile renders 256 px: bring it to crop size
                         render = cv2.resize(render, (CROP_SIZE, CROP_SIZE), interpolation=cv2.INTER_LINEAR)
                     out[j].append(self.putback(session.avatar.frames[src], render, session.avatar.M_c2o[src],
@@ -207,6 +217,21 @@ class RendererCore:
             h, w = imgs[0].shape[:2] if imgs else (session.height, session.width)
             out.append(RenderedFrames(frames, w, h))
         return out
+
+    def _gpu_paste(self, session: RenderSession, render_size: int) -> bool:
+        """Paste back on the GPU when the frames stay there for a GPU encoder (a full-size render, the original
+        background): the CPU then only sees JPEG bytes."""
+        return (bool(getattr(session.encoder, "device_frames", False)) and session.paste.paste_back
+                and session.paste.background == Background.ORIGINAL and render_size == CROP_SIZE)
+
+    def _paste_on_device(self, session: RenderSession, src: int, render: Any) -> Any:
+        from .gpu_post import DeviceFrames
+
+        if self._device_frames is None:
+            self._device_frames = DeviceFrames(render.device)
+        avatar = session.avatar
+        frame = self._device_frames.get(avatar.avatar_id, src, avatar.frames[src])
+        return self.putback.blend_torch(frame, render, avatar.M_c2o[src])
 
 
 def registration_response(core: RendererCore, request: renderer_pb2.RegisterSourceRequest

@@ -90,3 +90,48 @@ def test_putback_blend_on_cuda(case_name):
     diff = np.abs(out.astype(int) - a["out"])
     near_integer = np.abs(a["blend_float"] - np.round(a["blend_float"])) < 1e-4
     assert diff.max() <= 1 and not (diff[~near_integer]).any()
+
+
+def _whole_frame_paste(pb: PutBack, frame: np.ndarray, render: np.ndarray, m: np.ndarray,
+                       background: Background = Background.ORIGINAL) -> np.ndarray:
+    """The previous implementation: warp the render over the whole frame with cv2.warpAffine, cut the box, blend."""
+    h, w = frame.shape[:2]
+    box, mask_w = pb.warped_mask(m, w, h)
+    y0, y1, x0, x1 = box
+    render_w = cv2.warpAffine(render, np.asarray(m, np.float32)[:2], (w, h), flags=cv2.INTER_LINEAR)[y0:y1, x0:x1]
+    if background == Background.TRANSPARENT:
+        out = np.zeros((h, w, 4), dtype=np.uint8)
+        out[y0:y1, x0:x1, :3] = np.clip(render_w, 0, 255).astype(np.uint8)
+        out[y0:y1, x0:x1, 3] = (mask_w[..., 0] * np.float32(255)).astype(np.uint8)
+        return out
+    out = frame.copy()
+    if background == Background.GREEN:
+        out[:] = (0, 255, 0)
+    out[y0:y1, x0:x1] = blend(mask_w, render_w, out[y0:y1, x0:x1])
+    return out
+
+
+@pytest.mark.parametrize("size", [(512, 512), (1080, 1920), (240, 320)], ids=["512", "1080p", "small"])
+def test_box_only_paste_back_is_byte_identical_to_the_whole_frame_warp(size):
+    rng = np.random.default_rng(size[0])
+    h, w = size
+    pb = PutBack()
+    for k in range(6):
+        # a render with values past [0, 255] (the decoder is not clipped) and the face at real-sized scales, some
+        # rotated, some partly outside the frame
+        render = rng.uniform(-20, 275, (512, 512, 3)).astype(np.float32)
+        frame = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        s, th = rng.uniform(0.3, 2.2) * min(h, w) / 512, rng.uniform(-0.6, 0.6)
+        cx, cy = rng.uniform(-0.2, 1.2) * w, rng.uniform(-0.2, 1.2) * h
+        m = np.array([[s * np.cos(th), -s * np.sin(th), cx - 256 * s], [s * np.sin(th), s * np.cos(th), cy - 256 * s],
+                      [0, 0, 1]], dtype=np.float32)
+        for bg in (Background.ORIGINAL, Background.GREEN, Background.TRANSPARENT):
+            got = pb(frame, render, m, PasteOptions(background=bg))
+            np.testing.assert_array_equal(got, _whole_frame_paste(pb, frame, render, m, bg), err_msg=f"{k} {bg}")
+
+
+def test_box_only_paste_back_on_the_real_golden_frame():
+    _, a, _ = golden_case("putback_blend")
+    pb = PutBack()
+    np.testing.assert_array_equal(pb(a["frame_rgb"], a["render_image"], a["M_c2o"]),
+                                  _whole_frame_paste(pb, a["frame_rgb"], a["render_image"], a["M_c2o"]))

@@ -285,8 +285,9 @@ async def test_admission_refuses_with_a_retry_hint_when_slots_are_full():
 
 
 async def test_credits_stop_reading_a_client_that_is_ahead():
-    from services.orchestrator.session import LOOK_AHEAD_S
+    from ditto.look_ahead import audio_look_ahead_ms
 
+    look_ahead_s = audio_look_ahead_ms(70) / 1000  # the default overlap
     async with embedded_service(credits_s=0.5) as (stub, orch):
         avatar = await _register(stub)
         peak, done = 0.0, False
@@ -304,8 +305,18 @@ async def test_credits_stop_reading_a_client_that_is_ahead():
         done = True
         await watcher
         assert code == grpc.StatusCode.OK and len(frames_of(out)) == 150
-        assert peak <= 0.5 + LOOK_AHEAD_S + 0.2 + 1e-6, f"{peak:.2f} s of audio in flight"
-        assert peak >= 0.5 + LOOK_AHEAD_S - 0.2, "the limit was never reached: the test did not push the server"
+        assert peak <= 0.5 + look_ahead_s + 0.2 + 1e-6, f"{peak:.2f} s of audio in flight"
+        assert peak >= 0.5 + look_ahead_s - 0.2, "the limit was never reached: the test did not push the server"
+
+
+async def test_a_client_held_back_by_credits_is_not_idle():
+    """Speech handed over faster than realtime (text-to-speech): the server stops reading while the client is out of
+    credits, for longer than the idle timeout; that wait is the server's, so the session goes on to every frame."""
+    async with embedded_service(credits_s=0.5, idle_timeout_s=1) as (stub, orch):
+        avatar = await _register(stub)
+        out, code, details = await collect(stub, requests(config(avatar.avatar_id), chunks(speech_pcm16(6.0))))
+        assert code == grpc.StatusCode.OK, details
+        assert len(frames_of(out)) == 150
 
 
 async def test_render_rpc_returns_an_mp4_with_video_and_audio(tmp_path):

@@ -19,6 +19,8 @@ PARTS = {
     "audio": "tools.bench.audio",
     "motion": "tools.bench.motion",
     "renderer": "tools.bench.renderer",
+    "postprocess": "tools.bench.postprocess",
+    "onnxruntime": "tools.bench.onnxruntime",
     "serving": "tools.bench.serving",
     "bus_reliability": "tools.bench.bus_reliability",
     "agents": "tools.bench.agents",

@@ -1,0 +1,154 @@
+"""ONNX Runtime on the CPU against our PyTorch, network by network, on the same inputs: the ratio ORT / PyTorch of
+each renderer network under several session configurations (graph optimisation level, threads, spinning,
+execution mode; for the warp network the native 5-D GridSample against the gather decomposition), so the default
+session options are the measured best and a network that stays above 0.8x shows why. Configurations named
+"1thread" are compared with PyTorch on one thread too (the per-core figure; an oversubscribed machine hurts
+multi-threaded PyTorch's OpenMP more than ONNX Runtime's pool, so the multi-threaded ratios depend on the load).
+
+Times are the best of a few calls (least disturbed by the other processes of a shared machine), PyTorch and every
+ORT configuration interleaved call by call, so a load change hits all alike and the ratios hold within one run.
+Full-size networks with synthetic weights. `tools/bench.py` (`make bench`, part "onnxruntime") calls `run`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+TARGET_RATIO = 0.8
+
+
+def configs(threads: int) -> dict[str, dict[str, Any]]:
+    """Session configurations tried for every network (names are what the JSON reports)."""
+    return {
+        "ort-default": {},
+        "all+threads": {"level": "ORT_ENABLE_ALL", "intra": threads},
+        "all+threads+nospin": {"level": "ORT_ENABLE_ALL", "intra": threads, "spin": False},
+        "extended+threads": {"level": "ORT_ENABLE_EXTENDED", "intra": threads},
+        "basic+threads": {"level": "ORT_ENABLE_BASIC", "intra": threads},
+        # one thread each side: the per-core comparison, which an oversubscribed machine disturbs least
+        "all+1thread": {"level": "ORT_ENABLE_ALL", "intra": 1, "spin": False},
+    }
+
+
+def session_options(level: str | None = None, intra: int = 0, spin: bool | None = None) -> Any:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    if level:
+        so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+    if intra:
+        so.intra_op_num_threads = intra
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if spin is not None:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    return so
+
+
+def _one_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return fn(*args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _best(fns: dict[str, Callable[[], Any]], reps: int, budget_s: float) -> dict[str, float]:
+    """Best seconds per call of each function, calls interleaved; fewer repetitions when the budget runs out."""
+    best = {k: float("inf") for k in fns}
+    deadline = time.monotonic() + budget_s
+    for f in fns.values():
+        f()  # warm-up
+    for _ in range(reps):
+        for k, f in fns.items():
+            t = time.perf_counter()
+            f()
+            best[k] = min(best[k], time.perf_counter() - t)
+        if time.monotonic() > deadline:
+            break
+    return best
+
+
+def run(out_dir: Path, profile: str = "full", reps: int = 3, budget_s: float = 90.0,
+        networks: tuple[str, ...] = ("appearance_extractor", "motion_extractor", "warp_network", "decoder")) -> dict:
+    import onnxruntime as ort
+    import torch
+
+    from .backends import OnnxRuntimeBackend, TorchBackend
+    from .export import NETWORK_IO, export_cached
+    from .models import RendererConfig, load_networks
+    from .networks.grid_sample import GridSampleMode
+
+    threads = torch.get_num_threads()
+    cfg = RendererConfig.for_profile(profile)
+    nets = load_networks("synthetic", profile, 0)
+    gen = torch.Generator().manual_seed(0)
+    shapes = {"image": (3, 256, 256), "feature_3d": cfg.feature_shape, "kp_source": (cfg.num_kp, 3),
+              "kp_driving": (cfg.num_kp, 3),
+              "feature": (cfg.decoder.input_channels, cfg.decoder.feature_size, cfg.decoder.feature_size)}
+    result: dict[str, Any] = {"profile": profile, "onnxruntime": ort.__version__, "torch": torch.__version__,
+                              "torch_threads": threads, "cpus": os.cpu_count(), "target_ratio": TARGET_RATIO,
+                              "timing": "best of interleaved calls, batch 1",
+                              "project_default": "all+threads+nospin (backends.cpu_session_options)", "networks": {}}
+    cache = Path(tempfile.gettempdir()) / "ditto-bench-ort"
+    torch_backend = TorchBackend(nets, torch.device("cpu"))
+    for name in networks:
+        io = NETWORK_IO[name]
+        feeds = {k: (0.3 if k.startswith("kp") else 1.0) * torch.rand(1, *shapes[k], generator=gen) for k in io.inputs}
+        modes: tuple[GridSampleMode, ...] = ("native", "decomposed") if name == "warp_network" else ("native",)
+        fns: dict[str, Callable[[], Any]] = {"torch": functools.partial(torch_backend.run, name, feeds),
+                                             "torch-1thread": functools.partial(_one_thread, torch_backend.run, name,
+                                                                                feeds)}
+        ref = torch_backend.run(name, feeds)
+        max_diff: dict[str, float] = {}
+        for mode in modes:
+            path = export_cached(name, nets[name].float().cpu(), cache, mode)
+            for cname, c in configs(threads).items():
+                key = cname if mode == "native" else f"{cname} (gridsample decomposed)"
+                backend = OnnxRuntimeBackend({name: path}, torch.device("cpu"), session_options(**c))
+                got = backend.run(name, feeds)
+                max_diff[key] = max(float((got[k] - ref[k]).abs().max()) for k in ref)
+                fns[key] = functools.partial(backend.run, name, feeds)
+        best = _best(fns, reps, budget_s)
+        t_torch, t_torch1 = best.pop("torch"), best.pop("torch-1thread")
+        ratios = {k: round(v / (t_torch1 if "1thread" in k else t_torch), 3) for k, v in best.items()}
+        winner = min(ratios, key=lambda k: ratios[k])
+        result["networks"][name] = {
+            "torch_ms": round(1000 * t_torch, 2), "torch_1thread_ms": round(1000 * t_torch1, 2),
+            "ort_ms": {k: round(1000 * v, 2) for k, v in best.items()},
+            "ratio_ort_over_torch": ratios,
+            "best": winner, "best_ratio": ratios[winner], "meets_target": ratios[winner] <= TARGET_RATIO,
+            "max_abs_diff_vs_torch": max_diff,
+        }
+        print(f"  {name}: torch {1000 * t_torch:.1f} ms; {json.dumps(ratios)}", flush=True)
+        _save(Path(out_dir), result)  # after every network: the big ones take minutes on a small CPU
+    return _save(Path(out_dir), result)
+
+
+def _save(out_dir: Path, result: dict) -> dict:
+    """Write onnxruntime.json, keeping the networks of an earlier run that this one did not measure."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "onnxruntime.json"
+    if path.is_file():
+        earlier = json.loads(path.read_text()).get("networks", {})
+        result["networks"] = {**{k: v for k, v in earlier.items() if k not in result["networks"]},
+                              **result["networks"]}
+    path.write_text(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    names = tuple(sys.argv[2:]) or ("appearance_extractor", "motion_extractor", "warp_network", "decoder")
+    print(json.dumps(run(Path(sys.argv[1] if len(sys.argv) > 1 else "bench/results"), networks=names, reps=2,
+                         budget_s=60), indent=1))
