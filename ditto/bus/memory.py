@@ -89,17 +89,15 @@ class MemoryBus(Bus):
         for name in streams:
             s = self._stream(name)
             g = s.groups.setdefault(group, _Group())
-            taken = 0  # `count` is per stream, as in XREADGROUP: a busy first stream cannot starve the others
             for entry_id, raw in s.entries.items():
-                if taken >= count:
-                    break
+                if len(out) >= count:
+                    return out
                 seq = s.seq_of[entry_id]
                 if seq <= g.last_delivered:
                     continue
                 g.last_delivered = seq
                 g.pending[entry_id] = _Pending(consumer, now, 1)
                 out.append(self._delivery(name, entry_id, raw, 1))
-                taken += 1
         return out
 
     async def read(self, group: str, consumer: str, streams: Sequence[str], count: int = 64,

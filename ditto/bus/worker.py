@@ -35,6 +35,7 @@ from ditto.config import BusSettings
 from ditto_client.v1 import bus_pb2, common_pb2
 
 log = telemetry.get_logger("ditto.worker")
+TOP_UP_BATCHES = 4  # one _handle call takes in new entries while it works, up to this many reads' worth
 
 _processed = telemetry.counter("ditto_stage_entries_total", "Stream entries handled", ("stage", "outcome"))
 _batch = telemetry.histogram("ditto_stage_batch_size", "Sessions per batched forward", ("stage",),
@@ -148,8 +149,6 @@ class SlotWorker:
         self._retries: dict[tuple[str, int, int], int] = {}  # (session, epoch, seq) -> handler bus errors so far
         self._gaps: dict[str, tuple[int, int, float]] = {}  # session -> (epoch, missing seq, first seen)
         self.processed = 0
-        # Entries read but not yet handled, kept to the next batch: each batch takes one entry per session, so a
-        # session with a backlog cannot hold back the others (round robin across sessions, batch by batch).
         self._last_active: dict[int, float] = {}  # slot -> when it last had work (the idlest slots are handed over)
 
     # ---- lifecycle ----
@@ -308,16 +307,11 @@ class SlotWorker:
         checkpoints: dict[str, bus_pb2.StageCheckpoint] = {}
         floors: dict[str, int] = {}
         for sid in by_session:
-            raw = await self.bus.get_state(self.bus.state_key(self.stage, sid))
-            cp = bus_pb2.StageCheckpoint()
-            if raw:
-                cp.ParseFromString(raw)
-            checkpoints[sid] = cp
-            floor = await self.bus.get_state(epoch_key(self.bus, sid))
-            floors[sid] = int(floor) if floor else 0
+            checkpoints[sid], floors[sid] = await self._session_marks(sid)
         queues = {sid: list(ds) for sid, ds in by_session.items()}
-        items: list[WorkItem] = []
-        while not items and any(queues.values()):
+        handled = 0
+        while any(queues.values()):  # batch by batch, each taking the next entry of every session (round robin)
+            items: list[WorkItem] = []
             for sid, q in queues.items():
                 if sid in self._blocked:
                     q.clear()  # left pending behind the session's stuck entry; retried in order by _reclaim
@@ -378,6 +372,27 @@ class SlotWorker:
                     queues[item.entry.session_id].clear()
                     continue
                 await self._commit(item, result, checkpoints)
+            handled += len(items)
+            if any(queues.values()) and handled < TOP_UP_BATCHES * self.s.batch_entries and self.held:
+                # A backlog is still queued: let entries that arrived meanwhile (a session that just started) into
+                # the next batches instead of behind the whole backlog. Bounded, so rebalancing and reclaims still
+                # get their turn between steps.
+                streams = [self.bus.slot_stream(self.stage, k) for k in sorted(self.held)]
+                for d in await self.bus.read(self.stage, self.owner, streams, count=self.s.batch_entries,
+                                             block_ms=0):
+                    sid = d.entry.session_id
+                    if sid not in checkpoints:
+                        checkpoints[sid], floors[sid] = await self._session_marks(sid)
+                    queues.setdefault(sid, []).append(d)
+
+    async def _session_marks(self, sid: str) -> tuple[bus_pb2.StageCheckpoint, int]:
+        """The session's checkpoint at this stage and the orchestrator's epoch floor for it."""
+        raw = await self.bus.get_state(self.bus.state_key(self.stage, sid))
+        cp = bus_pb2.StageCheckpoint()
+        if raw:
+            cp.ParseFromString(raw)
+        floor = await self.bus.get_state(epoch_key(self.bus, sid))
+        return cp, int(floor) if floor else 0
 
     @staticmethod
     def _expected_seq(cp: bus_pb2.StageCheckpoint, e: bus_pb2.StreamEntry) -> int | None:

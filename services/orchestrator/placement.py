@@ -16,7 +16,7 @@ import asyncio
 from dataclasses import dataclass
 
 from ditto.bus import Bus
-from ditto.bus.base import Admission, StageSlots
+from ditto.bus.base import Admission, AdmissionRequest, StageSlots
 from ditto.bus.worker import held_slots_key
 
 STAGES = ("audio_encoder", "motion_generator", "renderer")
@@ -65,8 +65,7 @@ class Placer:
         self.bus = bus
         self.slots = slots
         self.sessions_per_slot = sessions_per_slot
-        # held by the orchestrator around one admission: see Orchestrator.open_session
-        self.lock = asyncio.Lock()
+        self._lock = asyncio.Lock()  # one admission at a time through this placer (see `admit`)
 
     def load_key(self, stage: str) -> str:
         return self.bus.key("placement", stage)
@@ -100,6 +99,26 @@ class Placer:
             slot = int(m.split(":", 1)[0])
             counts[slot] = counts.get(slot, 0) + 1
         return counts
+
+    async def admit(self, session_id: str, *, sessions_key: str, max_sessions: int, used_key: str,
+                    max_seconds: float, ttl_ms: int) -> Admission:
+        """One atomic admission (quota and one slot per stage, see `Bus.admit`). Admissions through this placer
+        take turns, so sessions admitted at the same moment each see the placements before theirs and spread."""
+        async with self._lock:
+            return await self.bus.admit(AdmissionRequest(
+                session_id=session_id, sessions_key=sessions_key, max_sessions=max_sessions, used_key=used_key,
+                max_seconds=max_seconds, stages=await self.stage_slots(), slots=self.slots,
+                per_slot=self.sessions_per_slot, ttl_ms=ttl_ms))
+
+    async def place(self, session_id: str) -> Placement:
+        """Capacity only, no tenant quota (what the quota-free callers and the placement tests use); raises
+        NoCapacity with a retry hint when a stage has no worker or no room."""
+        admission = await self.admit(session_id, sessions_key=self.bus.key("placement", "sessions"),
+                                     max_sessions=1 << 30, used_key=self.bus.key("placement", "used"), max_seconds=0,
+                                     ttl_ms=PLACEMENT_TTL_S * 1000)
+        if admission.refused:
+            raise self.refusal(admission)
+        return Placement(admission.slots)
 
     async def missing_stages(self) -> list[str]:
         """The stages no live worker serves now (no slot of theirs is held): sessions cannot start until it is []."""

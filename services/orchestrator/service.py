@@ -14,7 +14,6 @@ import grpc
 
 from ditto import telemetry
 from ditto.bus import Bus, BusError, Commit
-from ditto.bus.base import AdmissionRequest
 from ditto.redaction import redact
 from ditto_client.v1 import avatar_pb2, avatar_pb2_grpc, common_pb2, renderer_pb2
 from services.orchestrator.avatars import AvatarRegistry, Registrar, RegistrationError
@@ -117,14 +116,11 @@ class Orchestrator:
                                f"avatar '{config.avatar_id}' is not registered for this tenant; call RegisterAvatar")
         session_id = uuid.uuid4().hex
         # One atomic step: the tenant's quota is checked and the session counted and placed together, so concurrent
-        # calls can never both take the last place. The placer's preferred slots come from a snapshot; sessions this
-        # orchestrator admits at the same moment take turns, so each sees the placements before it and they spread.
-        async with self.placer.lock:
-            admission = await self.bus.admit(AdmissionRequest(
-                session_id=session_id, sessions_key=self.quotas.sessions_key(tenant.id),
-                max_sessions=tenant.max_sessions, used_key=self.quotas.used_key(tenant.id),
-                max_seconds=tenant.session_minutes * 60, stages=await self.placer.stage_slots(),
-                slots=self.placer.slots, per_slot=self.placer.sessions_per_slot, ttl_ms=SESSION_KEY_TTL_S * 1000))
+        # calls can never both take the last place.
+        admission = await self.placer.admit(
+            session_id, sessions_key=self.quotas.sessions_key(tenant.id), max_sessions=tenant.max_sessions,
+            used_key=self.quotas.used_key(tenant.id), max_seconds=tenant.session_minutes * 60,
+            ttl_ms=SESSION_KEY_TTL_S * 1000)
         if admission.refused in ("sessions", "seconds"):
             _refused.labels("quota").inc()
             raise self.quotas.refusal(tenant, admission)

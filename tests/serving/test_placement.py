@@ -9,6 +9,7 @@ from collections import Counter
 import pytest
 
 from ditto.bus import RedisBus
+from ditto.bus.worker import held_slots_key
 from services.orchestrator.placement import STAGES, NoCapacity, Placer, choose_slot
 
 SLOTS = 8
@@ -25,10 +26,12 @@ async def bus(redis_url, unique_prefix):
 
 
 async def hold(bus: RedisBus, owner: str, slots: range, stages=STAGES) -> None:
-    """What a live worker leaves in Redis: one lease per slot it holds, with its id as the value."""
+    """What a live worker leaves in Redis: one lease per slot it holds, with its id as the value, and the slot in
+    the stage's live-member set of held slots."""
     for stage in stages:
         for slot in slots:
             assert await bus.acquire_lease(bus.lease_key(stage, slot), owner, TTL_MS)
+            await bus.touch_member(held_slots_key(bus, stage), str(slot), TTL_MS)
 
 
 async def per_worker(bus: RedisBus, placer: Placer, stage: str) -> Counter:
