@@ -9,6 +9,7 @@ from typing import Any
 
 from ditto import rpc
 from ditto.bus import Bus
+from ditto.config import MediaSettings
 from ditto.weights import OFFICIAL_FILES
 
 STAGES = ("audio_encoder", "motion_generator", "renderer")
@@ -30,7 +31,8 @@ def _device(device: str) -> str:
 
 
 def build_stage(name: str, weights_dir: Path, profile: str, bus: Bus, device: str = "auto",
-                backend: str = "auto", cache_dir: Path | None = None) -> BuiltStage:
+                backend: str = "auto", cache_dir: Path | None = None, media: MediaSettings | None = None
+                ) -> BuiltStage:
     device = _device(device)
     if name == "audio_encoder":
         from ditto_client.v1 import audio_encoder_pb2, audio_encoder_pb2_grpc
@@ -75,6 +77,7 @@ def build_stage(name: str, weights_dir: Path, profile: str, bus: Bus, device: st
     if name == "renderer":
         from ditto_client.v1 import renderer_pb2, renderer_pb2_grpc
 
+        from services.renderer.avatar.register import MediaLimits
         from services.renderer.avatar.sessions import AuxModels
         from services.renderer.models import RendererModels
         from services.renderer.server import RendererCore, RendererServicer
@@ -84,7 +87,11 @@ def build_stage(name: str, weights_dir: Path, profile: str, bus: Bus, device: st
         models = RendererModels.load(weights_dir, profile=profile, device=device, backend=rbackend,
                                      cache_dir=cache_dir / "renderer" if cache_dir else None)
         aux = AuxModels.load(weights_dir, device)
-        core = RendererCore(models, aux, cache_dir / "avatars" if cache_dir else None)
+        m = media or MediaSettings()
+        core = RendererCore(models, aux, cache_dir / "avatars" if cache_dir else None,
+                            limits=MediaLimits(m.max_image_pixels, m.max_video_frames, m.max_video_s),
+                            max_concurrent_registrations=m.max_concurrent_registrations,
+                            cache_ttl_s=m.avatar_cache_ttl_s)
         svc = rpc.Service(renderer_pb2_grpc.add_RendererServicer_to_server, RendererServicer(core),
                           rpc.service_name(renderer_pb2, "Renderer"))
         return BuiltStage(name, RendererStage(core, bus), [svc])

@@ -33,7 +33,7 @@ async def serve(args: argparse.Namespace, ready: asyncio.Event | None = None) ->
     from ditto.synthetic import BANNER, is_synthetic, profile_of, resolve_weights
     from services.orchestrator.avatars import GrpcRegistrar
     from services.orchestrator.config import OrchestratorSettings
-    from services.orchestrator.service import AvatarService, Orchestrator
+    from services.orchestrator.service import AvatarService, Orchestrator, public_interceptors
     from services.orchestrator.stack import EmbeddedStack
 
     settings = load_settings(OrchestratorSettings)
@@ -60,7 +60,8 @@ async def serve(args: argparse.Namespace, ready: asyncio.Event | None = None) ->
                           rpc.service_name(avatar_pb2, "Avatar"))
     host = args.host or settings.grpc_host
     port = args.port if args.port is not None else (settings.grpc_port or 50051)
-    server = await rpc.start_server([service], host, port, settings.max_message_bytes)
+    server = await rpc.start_server([service], host, port, settings.max_message_bytes,
+                                    interceptors=public_interceptors(orch))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

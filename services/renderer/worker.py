@@ -106,6 +106,8 @@ class RendererStage:
                 elif e.kind == bus_pb2.ENTRY_KIND_INTERRUPT:
                     live.frames = 0  # the new epoch counts from 0; a new encoder starts with a key frame
                     live.render = self.core.open(live.render.avatar, live.spec.output)
+                    # tells the orchestrator the interrupted epochs' entries have all passed (its credits)
+                    res.outputs.append(Output(FRAMES, bus_pb2.ENTRY_KIND_INTERRUPT, {}, b""))
                 elif e.kind == bus_pb2.ENTRY_KIND_END:
                     live.render.encoder.flush()
                     res.outputs.append(stage.forward(item, FRAMES))
@@ -117,20 +119,26 @@ class RendererStage:
                 res.close = True
                 lives.pop(i, None)
         if jobs:
-            images = await asyncio.to_thread(
-                self.core.render_many, [(lives[i].render, x_s, x_d, src) for i, _, x_s, x_d, src in jobs])
-            for (i, meta, _, _, _), imgs in zip(jobs, images, strict=True):
+            sessions = [lives[i].render for i, *_ in jobs]
+
+            def render_and_encode() -> list[list[tuple[bytes, int, int]]]:
+                # networks, paste-back and encoding all in the worker thread: none of it on the event loop
+                images = self.core.render_many([(r, x_s, x_d, src) for r, (_, _, x_s, x_d, src)
+                                                in zip(sessions, jobs, strict=True)])
+                return [[(r.encoder.encode(img), img.shape[0], img.shape[1]) for img in imgs]
+                        for r, imgs in zip(sessions, images, strict=True)]
+
+            encoded = await asyncio.to_thread(render_and_encode)
+            for (i, meta, _, _, _), frames in zip(jobs, encoded, strict=True):
                 live = lives[i]
-                for k, img in enumerate(imgs):
-                    data = live.render.encoder.encode(img)
-                    h, w = img.shape[:2]
+                for k, (data, h, w) in enumerate(frames):
                     fm = bus_pb2.FrameMeta(index=meta.first_frame + k, width=w, height=h,
                                            encoding=cast(common_pb2.FrameEncoding, int(live.render.encoder.encoding)),
                                            idle=meta.idle)
                     results[i].outputs.append(Output(FRAMES, bus_pb2.ENTRY_KIND_DATA,
                                                      {"frame": np.frombuffer(data, np.uint8)},
                                                      fm.SerializeToString()))
-                live.frames += len(imgs)
+                live.frames += len(frames)
         for i, live in lives.items():
             if not results[i].close:
                 results[i].state = self._save(items[i].entry.session_id, live)
