@@ -206,6 +206,7 @@ class Session:
         self._fps_window: list[float] = []
         self._last_lag_report = 0.0
         self._tasks: list[asyncio.Task] = []
+        self._reaper: asyncio.Task | None = None  # ends the call of a client that stalled and still reads nothing
 
     # ---- publishing ----
     def _entry(self, kind: bus_pb2.EntryKind, meta: bytes = b"", tensors: dict | None = None) -> bus_pb2.StreamEntry:
@@ -587,10 +588,17 @@ class Session:
                         f"the client took no video frame for {limit:g} s while frames were waiting (the limit is "
                         "DITTO_CLIENT_STALL_S); read frames as they arrive, or ask for smaller ones (JPEG, no "
                         "paste-back)")
+        self._out.clear()  # the frames it left go now; the FinalStatus is what it reads next, if it ever reads
         self._tasks = [t for t in self._tasks if t is not asyncio.current_task()]
         await self.orch.close_session(self)
-        if self.handler_task is not None and not self.handler_task.done():
-            self.handler_task.cancel()
+        handler = self.handler_task
+        if handler is not None:
+            async def end_call() -> None:  # a client that still reads nothing: end the call itself too
+                await asyncio.sleep(limit)
+                if not handler.done():
+                    handler.cancel()
+
+            self._reaper = asyncio.create_task(end_call())
 
     async def fail(self, code: grpc.StatusCode, message: str) -> None:
         log.info("session ends with an error", session=self.session_id, code=code.name, reason=message)

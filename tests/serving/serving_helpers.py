@@ -112,6 +112,7 @@ async def embedded_service(tenants: TenantDirectory | None = None, **settings):
     channel = grpc.aio.insecure_channel(server.address, options=rpc.channel_options())
     stub = avatar_pb2_grpc.AvatarStub(channel)
     stub.address = server.address  # type: ignore[attr-defined] - for tests that open their own client
+    stub.stack = stack  # type: ignore[attr-defined] - for tests that look at a stage's state
     try:
         yield stub, orch
     finally:
