@@ -18,6 +18,7 @@ PARTS = {
     "motion": "services.motion_generator.bench",
     "renderer": "services.renderer.bench",
     "serving": "services.orchestrator.bench",
+    "edges": "tools.edge_bench",  # reliability: bombs, quota reclaim, non-reading clients
 }
 
 
