@@ -270,3 +270,30 @@ def test_renderer_disk_cache_entries_expire_when_unused(tmp_path):
     assert core.sweep_cache(now=time.time() + 60) == 0
     assert core.sweep_cache(now=time.time() + 601) == 1
     assert not (tmp_path / avatar.avatar_id).exists()
+
+
+@pytest.mark.e2e
+async def test_delete_avatar_reaches_the_renderer_workers_of_the_distributed_stack(tmp_path):
+    """Over Redis, with the renderer a separate `ditto worker` process: DeleteAvatar removes its cached media and
+    features too."""
+    import os
+    import uuid
+
+    from services.orchestrator.cluster import LocalCluster
+
+    cache = tmp_path / "worker-cache"
+    cluster = LocalCluster(redis_url=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+                           prefix=f"ditto-edge-{uuid.uuid4().hex[:10]}", slots=2,
+                           env={"DITTO_MODEL__CACHE_DIR": str(cache)}, log_dir=tmp_path / "logs")
+    try:
+        await asyncio.to_thread(cluster.start, 300)
+        async with channel(cluster.address) as ch:
+            stub = avatar_pb2_grpc.AvatarStub(ch)
+            reply = await stub.RegisterAvatar(avatar_pb2.RegisterAvatarRequest(media=portrait_png()), timeout=120)
+            folder = cache / "avatars" / reply.avatar_id
+            assert (folder / "media.bin").is_file()
+            await stub.DeleteAvatar(avatar_pb2.GetAvatarRequest(avatar_id=reply.avatar_id), timeout=60)
+            assert not folder.exists()
+    finally:
+        await asyncio.to_thread(cluster.stop)
+        await asyncio.to_thread(cluster.purge)
