@@ -311,7 +311,8 @@ class Session:
             live.append((start, end, keys))
         return live
 
-    async def control(self, update: avatar_pb2.ControlUpdate) -> None:
+    async def control(self, update: avatar_pb2.ControlUpdate, with_audio: bool = False) -> None:
+        """Validate and publish a ControlUpdate. `with_audio`: it rides on an audio chunk, whose credits bound it."""
         last_frame = int(self.max_duration_s * FPS)
         added = []
         for i, tc in enumerate(update.controls):
@@ -335,7 +336,8 @@ class Session:
                                f"this ControlUpdate would make {len(live)} time-coded control spans live at once, "
                                f"above the limit of {self.orch.settings.max_control_spans} per session "
                                "(DITTO_MAX_CONTROL_SPANS); give spans an end_frame, or replace controls with overall")
-        await self._spend_token()
+        if not with_audio:
+            await self._spend_token()
         await self._wait_credit()
         if self.final is not None:
             return
@@ -383,7 +385,7 @@ class Session:
                 kind = req.WhichOneof("kind")
                 if kind == "audio":
                     if req.audio.controls:
-                        await self.control(avatar_pb2.ControlUpdate(controls=req.audio.controls))
+                        await self.control(avatar_pb2.ControlUpdate(controls=req.audio.controls), with_audio=True)
                     await self.audio(req.audio.data)
                 elif kind == "control":
                     await self.control(req.control)
