@@ -106,7 +106,8 @@ def ditto_serve(tmp: Path, env: dict[str, str] | None = None, redis_url: str | N
     port = free_port()
     log = tmp / f"serve-{port}.log"
     e = dict(os.environ, PYTHONUNBUFFERED="1", DITTO_TELEMETRY__LOG_LEVEL="info", DITTO_BUS__SLOTS="4",
-             DITTO_MODEL__DEVICE="cpu", **(env or {}))
+             DITTO_MODEL__DEVICE="cpu")
+    e.update(env or {})
     args = [sys.executable, "-m", "ditto.cli", "serve", "--port", str(port)]
     args += ["--redis", redis_url] if redis_url else ["--weights", "synthetic", "--profile", "tiny"]
     with open(log, "wb") as out:

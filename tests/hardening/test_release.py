@@ -166,51 +166,94 @@ def cv2_portrait(width: int, height: int) -> bytes:
     return portrait_png((width, height))
 
 
-async def test_interrupts_and_controls_do_not_bypass_backpressure():
+async def flood_with_interrupts(stub, backlog) -> tuple[int, float]:
     """8-channel 48 kHz audio in 1 s chunks, an Interrupt after every two chunks and a ControlUpdate after every
-    chunk, sent as fast as the server reads them: the entries waiting in the stage streams stay bounded by the
-    credits (the unbounded version accepted 300 s in 1.1 s)."""
+    chunk, sent as fast as the server reads them, by a client that reads everything, for 12 s. Returns the most
+    entries that waited in the stage streams at once (sampled), and the audio seconds the server accepted."""
+    avatar_id = (await stub.RegisterAvatar(avatar_pb2.RegisterAvatarRequest(media=portrait_png()))).avatar_id
+    cfg = config(avatar_id, audio_format=common_pb2.AudioFormat(
+        sample_format=common_pb2.SAMPLE_FORMAT_FLOAT32LE, sample_rate_hz=48000, channels=8))
+    second = (np.random.default_rng(0).standard_normal((48000, 8)) * 0.1).astype("<f4").tobytes()
+    backlog_max = 0
+    stop = asyncio.Event()
+
+    async def watch() -> None:
+        nonlocal backlog_max
+        while not stop.is_set():
+            backlog_max = max(backlog_max, await backlog())
+            await asyncio.sleep(0.02)
+
+    async def requests():
+        yield avatar_pb2.ConverseRequest(config=cfg)
+        for i in range(300):
+            yield avatar_pb2.ConverseRequest(audio=avatar_pb2.AudioChunk(data=second))
+            yield avatar_pb2.ConverseRequest(control=avatar_pb2.ControlUpdate(
+                overall=common_pb2.MotionControls(delta_yaw=float(i % 20))))
+            if i % 2:
+                yield avatar_pb2.ConverseRequest(interrupt=avatar_pb2.Interrupt())
+
+    watcher = asyncio.create_task(watch())
+    call = stub.Converse(requests())
+    session_id = (await call.read()).started.session_id
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 12:
+        if await call.read() == grpc.aio.EOF:
+            break
+    accepted = (await stub.GetSession(avatar_pb2.GetSessionRequest(session_id=session_id))).audio_seconds
+    call.cancel()
+    stop.set()
+    await watcher
+    return backlog_max, accepted
+
+
+async def test_interrupts_and_controls_do_not_bypass_backpressure():
+    """The entries waiting in the stage streams stay bounded by the credits (the unbounded version accepted 300 s
+    in 1.1 s and grew Redis by 139 MB)."""
     async with embedded_service() as (stub, orch):
-        avatar_id = (await stub.RegisterAvatar(avatar_pb2.RegisterAvatarRequest(media=portrait_png()))).avatar_id
-        cfg = config(avatar_id, audio_format=common_pb2.AudioFormat(
-            sample_format=common_pb2.SAMPLE_FORMAT_FLOAT32LE, sample_rate_hz=48000, channels=8))
-        second = (np.random.default_rng(0).standard_normal((48000, 8)) * 0.1).astype("<f4").tobytes()
         bus = orch.bus
         streams = [bus.slot_stream(stage, k) for stage in ("audio_encoder", "motion_generator", "renderer")
                    for k in range(orch.settings.bus.slots)]
-        backlog_max = 0
-        stop = asyncio.Event()
 
-        async def watch() -> None:
-            nonlocal backlog_max
-            while not stop.is_set():
-                backlog_max = max(backlog_max, sum([await bus.stream_length(s) for s in streams]))
-                await asyncio.sleep(0.02)
+        async def backlog() -> int:
+            return sum([await bus.stream_length(s) for s in streams])
 
-        async def requests():
-            yield avatar_pb2.ConverseRequest(config=cfg)
-            for i in range(300):
-                yield avatar_pb2.ConverseRequest(audio=avatar_pb2.AudioChunk(data=second))
-                yield avatar_pb2.ConverseRequest(control=avatar_pb2.ControlUpdate(
-                    overall=common_pb2.MotionControls(delta_yaw=float(i % 20))))
-                if i % 2:
-                    yield avatar_pb2.ConverseRequest(interrupt=avatar_pb2.Interrupt())
+        backlog_max, accepted = await flood_with_interrupts(stub, backlog)
+    # credits_s + look-ahead + one chunk is about 4 s of audio: a handful of entries per stage
+    assert backlog_max <= 40, f"{backlog_max} entries waited in the stage streams"
+    assert accepted < 150, f"{accepted:.0f} s of audio accepted in 12 s"
 
-        watcher = asyncio.create_task(watch())
-        call = stub.Converse(requests())
-        t0 = time.monotonic()
-        accepted = 0.0
-        async for _msg in call:  # a client that reads everything, for 12 s
-            if time.monotonic() - t0 > 12:
-                s = next(iter(orch.sessions.values()))
-                accepted = s.audio_seconds
-                call.cancel()
-                break
-        stop.set()
-        await watcher
-        # credits_s + look-ahead + one chunk is about 4 s of audio: a handful of entries per stage
-        assert backlog_max <= 40, f"{backlog_max} entries waited in the stage streams"
+
+@pytest.mark.e2e
+async def test_interrupts_and_controls_do_not_bypass_backpressure_over_redis(tmp_path):
+    """The same flood against the distributed stack: the Redis streams' lengths (XLEN: acknowledged entries are
+    deleted) stay bounded."""
+    import os
+    import uuid
+
+    import redis.asyncio as aioredis
+
+    from services.orchestrator.cluster import LocalCluster
+
+    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    prefix = f"ditto-edge-{uuid.uuid4().hex[:10]}"
+    cluster = LocalCluster(redis_url=url, prefix=prefix, slots=2, log_dir=tmp_path / "logs")
+    r = aioredis.Redis.from_url(url)
+    try:
+        await asyncio.to_thread(cluster.start, 300)
+        streams = [f"{prefix}:{stage}:slot:{k}" for stage in ("audio_encoder", "motion_generator", "renderer")
+                   for k in range(2)]
+
+        async def backlog() -> int:
+            return sum([int(await r.xlen(s)) for s in streams])
+
+        async with channel(cluster.address) as ch:
+            backlog_max, accepted = await flood_with_interrupts(avatar_pb2_grpc.AvatarStub(ch), backlog)
+        assert backlog_max <= 40, f"{backlog_max} entries waited in the Redis streams"
         assert accepted < 150, f"{accepted:.0f} s of audio accepted in 12 s"
+    finally:
+        await r.aclose()
+        await asyncio.to_thread(cluster.stop)
+        await asyncio.to_thread(cluster.purge)
 
 
 async def test_control_spans_are_pruned_and_bounded():
