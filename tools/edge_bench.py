@@ -90,6 +90,7 @@ async def _bombs(server) -> dict:
             with measure(server.pid) as mem:
                 try:
                     reply = await make()
+                    code: object
                     if isinstance(reply, list) and reply and isinstance(reply[0], BaseException):
                         code = sorted({r.code().name for r in reply if isinstance(r, grpc.aio.AioRpcError)})
                     else:

@@ -70,6 +70,7 @@ class UploadGuard(grpc.aio.ServerInterceptor):
             async for request in requests:
                 return request
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the call ended before its request arrived")
+            raise AssertionError("unreachable: abort raises")
 
         if handler.response_streaming:
             inner_stream = handler.unary_stream
