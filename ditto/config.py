@@ -85,6 +85,19 @@ class ModelSettings(BaseModel):
         return v
 
 
+class MediaSettings(BaseModel):
+    """Bounds on what one avatar registration may cost (checked by the renderer before decoding)."""
+
+    max_image_pixels: int = Field(16_000_000, ge=4, description="width x height of an image or video frame, read "
+                                  "from the header before decoding")
+    max_video_frames: int = Field(100, ge=1, description="frames of a video avatar kept (and decoded); later frames "
+                                  "are not read")
+    max_video_s: float = Field(60.0, gt=0, description="longest video avatar, read from the container header")
+    max_concurrent_registrations: int = Field(2, ge=1, description="registrations decoding at once per renderer")
+    avatar_cache_ttl_s: int = Field(24 * 3600, ge=60, description="an avatar's derived features not used for this "
+                                    "long are deleted from the renderer's disk cache")
+
+
 class Settings(BaseSettings):
     """Settings common to every process."""
 
@@ -93,6 +106,7 @@ class Settings(BaseSettings):
     bus: BusSettings = Field(default_factory=BusSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
+    media: MediaSettings = Field(default_factory=MediaSettings)
     grpc_host: str = "127.0.0.1"
     grpc_port: int = Field(0, ge=0, le=65535, description="0 = any free port")
     advertise_host: str | None = Field(None, description="the host other processes dial for this worker's gRPC API "

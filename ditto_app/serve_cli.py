@@ -35,7 +35,7 @@ async def serve(args: argparse.Namespace, ready: asyncio.Event | None = None) ->
     from ditto_client.v1 import avatar_pb2, avatar_pb2_grpc
     from services.orchestrator.avatars import GrpcRegistrar
     from services.orchestrator.config import OrchestratorSettings
-    from services.orchestrator.service import AvatarService, Orchestrator
+    from services.orchestrator.service import AvatarService, Orchestrator, public_interceptors
     from services.orchestrator.tenants import TenantDirectory
 
     settings = load_settings(OrchestratorSettings)
@@ -68,7 +68,8 @@ async def serve(args: argparse.Namespace, ready: asyncio.Event | None = None) ->
     host = args.host or settings.grpc_host
     port = args.port if args.port is not None else (settings.grpc_port or 50051)
     server = await rpc.start_server([service], host, port, settings.max_message_bytes,
-                                    credentials=rpc.server_credentials(settings.tls))
+                                    credentials=rpc.server_credentials(settings.tls),
+                                    interceptors=public_interceptors(orch))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -36,6 +36,9 @@ class LocalRegistrar(Registrar):
         except ValueError as err:
             raise RegistrationError(grpc.StatusCode.INVALID_ARGUMENT, str(err)) from err
 
+    async def forget(self, avatar_id: str) -> int:
+        return int(await asyncio.to_thread(self.core.forget, avatar_id))
+
 
 @dataclass
 class EmbeddedStack:
@@ -55,7 +58,8 @@ class EmbeddedStack:
         slots = self.settings.bus.slots
         for name in STAGES:
             self.stages[name] = await asyncio.to_thread(build_stage, name, self.weights, self.profile, self.bus,
-                                                        self.device, self.backend, self.settings.model.cache_dir)
+                                                        self.device, self.backend, self.settings.model.cache_dir,
+                                                        self.settings.media)
             worker = SlotWorker(self.bus, self.stages[name].handler, f"embedded-{name}",
                                 WorkerSettings.from_bus(self.settings.bus, slots=slots, block_ms=20))
             self.workers.append(worker)

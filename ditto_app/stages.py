@@ -9,6 +9,7 @@ from typing import Any
 
 from ditto import rpc
 from ditto.bus import Bus
+from ditto.config import MediaSettings
 from ditto.stage_runtime import SessionStageHandler
 from ditto.weights import OFFICIAL_FILES
 
@@ -38,7 +39,8 @@ def _device(device: str) -> str:
 
 
 def build_stage(name: str, weights_dir: Path, profile: str, bus: Bus, device: str = "auto",
-                backend: str = "auto", cache_dir: Path | None = None) -> BuiltStage:
+                backend: str = "auto", cache_dir: Path | None = None, media: MediaSettings | None = None
+                ) -> BuiltStage:
     device = _device(device)
     if name == "audio_encoder":
         from services.audio_encoder import server as audio_server
@@ -73,6 +75,7 @@ def build_stage(name: str, weights_dir: Path, profile: str, bus: Bus, device: st
         return BuiltStage(name, motion_handler, [motion_server.service(motion_stage, motion_handler.batcher)])
     if name == "renderer":
         from services.renderer import server as renderer_server
+        from services.renderer.avatar.register import MediaLimits
         from services.renderer.avatar.sessions import AuxModels
         from services.renderer.models import RendererModels
         from services.renderer.session_stage import RendererStage
@@ -81,7 +84,11 @@ def build_stage(name: str, weights_dir: Path, profile: str, bus: Bus, device: st
         models = RendererModels.load(weights_dir, profile=profile, device=device, backend=rbackend,
                                      cache_dir=cache_dir / "renderer" if cache_dir else None)
         aux = AuxModels.load(weights_dir, device)
-        core = renderer_server.RendererCore(models, aux, cache_dir / "avatars" if cache_dir else None)
+        m = media or MediaSettings()
+        core = renderer_server.RendererCore(
+            models, aux, cache_dir / "avatars" if cache_dir else None,
+            limits=MediaLimits(m.max_image_pixels, m.max_video_frames, m.max_video_s),
+            max_concurrent_registrations=m.max_concurrent_registrations, cache_ttl_s=m.avatar_cache_ttl_s)
         render_handler = SessionStageHandler(RendererStage(core, bus), max_batch=64)
         return BuiltStage(name, render_handler, [renderer_server.service(core, render_handler.batcher)])
     raise ValueError(f"unknown stage {name!r}; one of {', '.join(STAGES)}")

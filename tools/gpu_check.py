@@ -167,7 +167,7 @@ def _time(fn: Callable[[], Any], device: str, iterations: int) -> float:
 
 
 def renderer_bench(plan: Plan, budget_s: float) -> dict:
-    from services.renderer import bench
+    from tools.bench import renderer as bench
 
     with tempfile.TemporaryDirectory() as tmp:
         return bench.run(Path(tmp), profile=plan.profile, device=plan.device, batches=plan.batches,
@@ -298,7 +298,7 @@ def _captured_graph(fn: Callable[..., Any], static_inputs: list[Any]) -> Callabl
 
 def serving_capacity(plan: Plan, budget_s: float, logs: Path) -> dict:
     from ditto_app.cluster import free_port
-    from services.orchestrator import bench
+    from tools.bench import serving as bench
 
     deadline = time.monotonic() + budget_s
     port = free_port()
@@ -318,7 +318,7 @@ async def _ramp(plan: Plan, address: str, deadline: float) -> dict:
 
     from ditto import rpc
     from ditto_client.v1 import avatar_pb2, avatar_pb2_grpc
-    from services.orchestrator import bench
+    from tools.bench import serving as bench
 
     levels: list[dict] = []
     holds = 0

@@ -29,6 +29,15 @@ class AudioError(ValueError):
     """Audio that cannot be used: says what is wrong and what to do. The session that received it is unchanged."""
 
 
+class AudioTooLong(AudioError):
+    """A file longer than the caller's limit, found from its header or while decoding (nothing past it decoded)."""
+
+    def __init__(self, message: str, seconds: float, from_header: bool) -> None:
+        super().__init__(message)
+        self.seconds = seconds
+        self.from_header = from_header
+
+
 @dataclass(frozen=True)
 class InputFormat:
     """How a stream's chunks are laid out: interleaved samples of `channels` channels at `sample_rate` Hz."""
@@ -162,11 +171,23 @@ class DecodedFile:
             yield self.samples[start:start + step]
 
 
-def decode_file(path: str | Path) -> DecodedFile:
+def _header_seconds(container, stream) -> float | None:
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        import av
+
+        return container.duration / av.time_base
+    return None
+
+
+def decode_file(path: str | Path, max_seconds: float | None = None) -> DecodedFile:
     """Decode the first audio stream of a file (wav, mp3, m4a, ogg, webm, ...) with PyAV.
 
     Samples are converted to planar float without changing rate or channel layout, so mixdown and resampling
-    stay ours and the whole-file path equals the streaming path on the same samples.
+    stay ours and the whole-file path equals the streaming path on the same samples. With `max_seconds`, a file
+    whose header says it is longer is refused before decoding, and decoding stops as soon as the running total
+    passes the limit (`AudioTooLong`): a small file of hours of silence costs no more than the limit.
     """
     import av
 
@@ -182,8 +203,14 @@ def decode_file(path: str | Path) -> DecodedFile:
         if not streams:
             raise AudioError(f"{path}: the file has no audio stream")
         stream = streams[0]
+        if max_seconds is not None:
+            header_s = _header_seconds(container, stream)
+            if header_s is not None and header_s > max_seconds:
+                raise AudioTooLong(f"{path}: the audio lasts {header_s:.0f} s (from its header), above the limit of "
+                                   f"{max_seconds:g} s", header_s, True)
         parts: list[np.ndarray] = []
         rate = 0
+        total = 0
         resampler = None
         try:
             for frame in container.decode(stream):
@@ -195,6 +222,10 @@ def decode_file(path: str | Path) -> DecodedFile:
                     resampler = av.AudioResampler(format="fltp", layout=frame.layout, rate=frame.sample_rate)
                 for out in resampler.resample(frame):
                     parts.append(out.to_ndarray().T)  # [n, channels]
+                    total += parts[-1].shape[0]
+                if max_seconds is not None and rate and total > max_seconds * rate:
+                    raise AudioTooLong(f"{path}: the audio lasts more than the limit of {max_seconds:g} s",
+                                       total / rate, False)
             if resampler is not None:
                 for out in resampler.resample(None):
                     parts.append(out.to_ndarray().T)

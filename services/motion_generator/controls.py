@@ -63,6 +63,7 @@ class ControlTimeline:
             if end is not None:
                 raise ValueError(f"control span end {end} must be after its start {start}")
         self.spans.append((int(start), end, check_controls(ctrl)))
+        self._drop_replaced()  # spans the new one wholly replaces are gone at once, not at the next window
 
     def set_frame(self, frame: int, ctrl: Mapping[str, Any]) -> None:
         self.frames.setdefault(int(frame), {}).update(check_controls(ctrl))
@@ -76,9 +77,20 @@ class ControlTimeline:
         return out
 
     def prune(self, before: int) -> None:
-        """Forget what can no longer apply (frames already emitted), keeping the state small."""
+        """Forget what can no longer apply, keeping the checkpointed state small: frames already emitted, spans
+        that ended, and spans wholly replaced by a later open span over the same controls (later spans win)."""
         self.frames = {f: c for f, c in self.frames.items() if f >= before}
         self.spans = [s for s in self.spans if s[1] is None or s[1] > before]
+        self._drop_replaced(before)
+
+    def _drop_replaced(self, before: int | None = None) -> None:
+        live = []
+        for i, (start, end, ctrl) in enumerate(self.spans):
+            first = start if before is None else max(start, before)
+            if any(e2 is None and s2 <= first and ctrl.keys() <= c2.keys() for s2, e2, c2 in self.spans[i + 1:]):
+                continue
+            live.append((start, end, ctrl))
+        self.spans = live
 
     def to_json(self) -> str:
         return json.dumps({"overall": self.overall, "spans": self.spans,

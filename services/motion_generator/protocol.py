@@ -19,6 +19,10 @@ def emotion_from_proto(msg: common_pb2.EmotionControl) -> np.ndarray | list[int]
     if msg.probabilities:
         p = np.asarray(msg.probabilities, np.float32)
         return (p / p.sum())[None]
+    for v in msg.labels:
+        if not 0 <= int(v) <= 8:
+            raise ValueError(f"emotion.labels holds {int(v)}; use 1..8 (EMOTION_ANGRY..EMOTION_CONTEMPT) or 0 "
+                             "(unspecified = Neutral)")
     labels = [int(v) - 1 if v else 4 for v in msg.labels]  # unspecified means Neutral (index 4)
     return labels or None
 

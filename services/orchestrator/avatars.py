@@ -7,10 +7,12 @@ import abc
 
 import grpc
 
-from ditto import rpc
+from ditto import rpc, telemetry
 from ditto.avatar_keys import info_key, source_key
 from ditto.bus import Bus
 from ditto_client.v1 import renderer_pb2, renderer_pb2_grpc
+
+log = telemetry.get_logger("ditto.orchestrator")
 
 AVATAR_TTL_S = 30 * 24 * 3600
 
@@ -25,6 +27,10 @@ class Registrar(abc.ABC):
     @abc.abstractmethod
     async def register(self, request: renderer_pb2.RegisterSourceRequest) -> renderer_pb2.RegisterSourceResponse:
         ...
+
+    async def forget(self, avatar_id: str) -> int:
+        """Delete the avatar's media and features from every renderer that cached it; returns how many held it."""
+        return 0
 
 
 class GrpcRegistrar(Registrar):
@@ -53,6 +59,22 @@ class GrpcRegistrar(Registrar):
                         raise RegistrationError(err.code(), err.details() or "registration failed") from err
                     last = err
         raise RegistrationError(grpc.StatusCode.UNAVAILABLE, f"no renderer answered: {last.details() if last else ''}")
+
+    async def forget(self, avatar_id: str) -> int:
+        """Ask every live renderer to drop the avatar. One that does not answer drops it from its disk cache after
+        `DITTO_MEDIA__AVATAR_CACHE_TTL_S` unused (its sweep), and never serves it again: the orchestrator refuses
+        sessions of a deleted avatar."""
+        held = 0
+        for address in await self._addresses():
+            async with grpc.aio.insecure_channel(address, options=rpc.channel_options()) as ch:
+                try:
+                    reply = await renderer_pb2_grpc.RendererStub(ch).ForgetAvatar(
+                        renderer_pb2.ForgetAvatarRequest(avatar_id=avatar_id), timeout=10)
+                    held += int(reply.held)
+                except grpc.aio.AioRpcError as err:
+                    log.warning("renderer did not forget an avatar; its cache sweep will", renderer=address,
+                                code=err.code().name)
+        return held
 
 
 class AvatarRegistry:
@@ -84,4 +106,5 @@ class AvatarRegistry:
             return False
         await self.bus.set_state(info_key(self.bus, tenant, avatar_id), None)
         await self.bus.set_state(source_key(self.bus, tenant, avatar_id), None)
+        await self.registrar.forget(avatar_id)
         return True

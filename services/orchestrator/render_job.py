@@ -29,9 +29,9 @@ class RenderJobError(Exception):
         self.code = code
 
 
-def decode_audio_bytes(audio: bytes, filename: str = "") -> tuple[np.ndarray, int]:
-    """Any file PyAV reads -> float32 [n, channels] at its own rate."""
-    from services.audio_encoder.formats import AudioError, decode_file
+def decode_audio_bytes(audio: bytes, filename: str = "", max_seconds: float | None = None) -> tuple[np.ndarray, int]:
+    """Any file PyAV reads -> float32 [n, channels] at its own rate. Blocking and CPU-heavy: run it in a thread."""
+    from services.audio_encoder.formats import AudioError, AudioTooLong, decode_file
 
     if not audio:
         raise RenderJobError(grpc.StatusCode.INVALID_ARGUMENT, "audio is empty; send a whole audio file")
@@ -40,7 +40,12 @@ def decode_audio_bytes(audio: bytes, filename: str = "") -> tuple[np.ndarray, in
         f.write(audio)
         f.flush()
         try:
-            decoded = decode_file(f.name)
+            decoded = decode_file(f.name, max_seconds)
+        except AudioTooLong as err:
+            how = f"lasts {err.seconds:.0f} s" if err.from_header else "lasts longer than that"
+            raise RenderJobError(grpc.StatusCode.INVALID_ARGUMENT,
+                                 f"the audio {how}; one Render job takes at most {max_seconds:g} s "
+                                 "(DITTO_MAX_RENDER_AUDIO_S): split it, or stream it with Converse") from err
         except AudioError as err:
             raise RenderJobError(grpc.StatusCode.INVALID_ARGUMENT, str(err).replace(f.name, filename or "audio")
                                  ) from err
@@ -49,15 +54,20 @@ def decode_audio_bytes(audio: bytes, filename: str = "") -> tuple[np.ndarray, in
 
 async def run_render(orch, tenant: Tenant, request: avatar_pb2.RenderRequest, mp4_path: Path,
                      progress: Callable[[int, int], None] | None = None) -> int:
-    """Render `request` into `mp4_path`; returns the number of frames written."""
+    """Render `request` into `mp4_path`; returns the number of frames written. Cancelling it (the client left)
+    stops the job and releases its session, quota and placement before it returns."""
+    from services.orchestrator.guard import in_thread
     from services.renderer.encode import Mp4Writer
 
-    samples, rate = decode_audio_bytes(request.audio, request.audio_filename)
-    seconds = samples.shape[0] / rate
-    if seconds > orch.settings.max_render_audio_s:
+    limit_bytes = orch.settings.max_render_audio_bytes
+    if len(request.audio) > limit_bytes:
         raise RenderJobError(grpc.StatusCode.INVALID_ARGUMENT,
-                             f"audio of {seconds:.0f} s exceeds the {orch.settings.max_render_audio_s} s limit of one "
-                             "Render job; split it or use Converse")
+                             f"audio file of {len(request.audio)} bytes exceeds the limit of {limit_bytes} bytes "
+                             "(DITTO_MAX_RENDER_AUDIO_BYTES); compress it (e.g. Opus) or stream it with Converse")
+    # decoding is CPU-heavy: a worker thread, so every other session on this server keeps running
+    samples, rate = await in_thread(orch.heavy, decode_audio_bytes, request.audio, request.audio_filename,
+                                    float(orch.settings.max_render_audio_s))
+    seconds = samples.shape[0] / rate
     total = math.ceil(seconds * 25)
     config = avatar_pb2.SessionConfig(
         avatar_id=request.avatar_id,
@@ -68,6 +78,7 @@ async def run_render(orch, tenant: Tenant, request: avatar_pb2.RenderRequest, mp
         sampling_steps=request.sampling_steps, seed=request.seed)
     session = await orch.open_session(tenant, config, offline=True)
     writer: Mp4Writer | None = None
+    feeder: asyncio.Task | None = None
     written = 0
     try:
         if request.timed_controls:
@@ -81,7 +92,7 @@ async def run_render(orch, tenant: Tenant, request: avatar_pb2.RenderRequest, mp
 
         feeder = asyncio.create_task(feed())
         while True:
-            msg = await session.outgoing.get()
+            msg = await session.next_outgoing()
             if msg is None:
                 break
             kind = msg.WhichOneof("kind")
@@ -90,7 +101,8 @@ async def run_render(orch, tenant: Tenant, request: avatar_pb2.RenderRequest, mp
                 frame = np.frombuffer(f.data, dtype=np.uint8).reshape(f.height, f.width, 3)
                 if writer is None:
                     writer = Mp4Writer(mp4_path, f.width, f.height, fps=25, audio=request.audio)
-                writer.write(frame)
+                await in_thread(orch.heavy, writer.write, frame)  # H.264 encoding: off the event loop
+                session.taken(msg)
                 written += 1
                 if progress:
                     progress(written, total)
@@ -100,15 +112,21 @@ async def run_render(orch, tenant: Tenant, request: avatar_pb2.RenderRequest, mp
     except SessionError as err:
         raise RenderJobError(err.code, str(err)) from err
     finally:
-        if writer is not None:
-            writer.close()
+        # one place releases everything, whichever way the job ends (error, client cancel, server stop)
+        if feeder is not None and not feeder.done():
+            feeder.cancel()
         await orch.close_session(session)
+        if feeder is not None:
+            await asyncio.gather(feeder, return_exceptions=True)
+        if writer is not None:
+            await asyncio.to_thread(writer.close)
     return written
 
 
 async def render_job(orch, tenant: Tenant, request: avatar_pb2.RenderRequest
                      ) -> AsyncIterator[avatar_pb2.RenderResponse]:
-    """The Render RPC: progress messages while rendering, then the MP4 in chunks, then a final status."""
+    """The Render RPC: progress messages while rendering, then the MP4 in chunks, then a final status. When the
+    client leaves, the job is cancelled and awaited before its temporary folder goes."""
     queue: asyncio.Queue = asyncio.Queue()
 
     def progress(done: int, total: int) -> None:
@@ -119,14 +137,19 @@ async def render_job(orch, tenant: Tenant, request: avatar_pb2.RenderRequest
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "out.mp4"
         task = asyncio.create_task(run_render(orch, tenant, request, path, progress))
-        while not task.done() or not queue.empty():
-            try:
-                yield await asyncio.wait_for(queue.get(), 0.2)
-            except TimeoutError:
-                continue
-        frames = task.result()
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                yield avatar_pb2.RenderResponse(mp4_chunk=chunk)
-        yield avatar_pb2.RenderResponse(final=avatar_pb2.FinalStatus(status=common_pb2.Status(code=0),
-                                                                     frames_sent=frames))
+        try:
+            while not task.done() or not queue.empty():
+                try:
+                    yield await asyncio.wait_for(queue.get(), 0.2)
+                except TimeoutError:
+                    continue
+            frames = task.result()
+            with open(path, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    yield avatar_pb2.RenderResponse(mp4_chunk=chunk)
+            yield avatar_pb2.RenderResponse(final=avatar_pb2.FinalStatus(status=common_pb2.Status(code=0),
+                                                                         frames_sent=frames))
+        finally:
+            if not task.done():
+                task.cancel()
+            await asyncio.gather(task, return_exceptions=True)  # its own finally releases the session

@@ -38,6 +38,8 @@ class Orchestrator:
         self.sessions: dict[str, Session] = {}
         self.frames_stream = bus.key("frames", settings.replica_id())
         self.replicas_key = bus.key("orchestrators")
+        # CPU-heavy request work (Render's audio decode, MP4 muxing) runs in threads, this many at once
+        self.heavy = asyncio.Semaphore(settings.max_concurrent_decodes)
         self._dispatcher: asyncio.Task | None = None
         self._keeper: asyncio.Task | None = None
 
@@ -109,7 +111,7 @@ class Orchestrator:
 
     # ---- sessions ----
     async def open_session(self, tenant: Tenant, config: avatar_pb2.SessionConfig, offline: bool = False) -> Session:
-        validate_config(config)
+        validate_config(config, self.settings.max_sampling_steps)
         avatar = await self.avatars.get(tenant.id, config.avatar_id)
         if avatar is None:
             raise SessionError(grpc.StatusCode.NOT_FOUND,
@@ -147,6 +149,13 @@ def _unavailable(what: str, err: BaseException) -> str:
     return redact(f"{what} (Redis) unavailable: {err}; retry in a few seconds")
 
 
+def public_interceptors(orch: Orchestrator) -> list[grpc.aio.ServerInterceptor]:
+    """What the public server runs before any handler: authentication and upload slots ahead of large bodies."""
+    from services.orchestrator.guard import UploadGuard
+
+    return [UploadGuard(lambda: orch.tenants, orch.settings.max_concurrent_uploads)]
+
+
 def _trailing_retry(context: grpc.aio.ServicerContext, ms: int) -> None:
     context.set_trailing_metadata((("retry-after-ms", str(ms)),))
 
@@ -176,7 +185,9 @@ class AvatarService(avatar_pb2_grpc.AvatarServicer):
                 raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, "media is empty; send image or video bytes")
             if len(request.media) > self.orch.settings.max_avatar_bytes:
                 raise SessionError(grpc.StatusCode.INVALID_ARGUMENT,
-                                   f"media of {len(request.media)} bytes exceeds {self.orch.settings.max_avatar_bytes}")
+                                   f"media of {len(request.media)} bytes exceeds the limit of "
+                                   f"{self.orch.settings.max_avatar_bytes} bytes (DITTO_MAX_AVATAR_BYTES); send a "
+                                   "smaller image or a shorter video")
             req = renderer_pb2.RegisterSourceRequest(media=request.media, filename=request.filename,
                                                      crop=request.crop)
             info = await self.orch.avatars.register(tenant.id, req)
@@ -240,6 +251,7 @@ class AvatarService(avatar_pb2_grpc.AvatarServicer):
                 raise SessionError(grpc.StatusCode.FAILED_PRECONDITION,
                                    "the first message must be a SessionConfig (then audio, controls, end)")
             session = await self.orch.open_session(tenant, first.config)
+            session.handler_task = asyncio.current_task()
             out = session.config.output
             yield avatar_pb2.ConverseResponse(started=avatar_pb2.SessionStarted(
                 session_id=session.session_id, fps=25, width=session.avatar.width, height=session.avatar.height,
@@ -247,10 +259,12 @@ class AvatarService(avatar_pb2_grpc.AvatarServicer):
                 audio_look_ahead_ms=session.look_ahead_ms))
             reader = asyncio.create_task(session.read_client(it))
             while True:
-                msg = await session.outgoing.get()
+                msg = await session.next_outgoing()
                 if msg is None:
                     break
-                yield msg
+                session.writing = True
+                yield msg  # returns once the transport took it (flow control: not while the client reads nothing)
+                session.taken(msg)
             if session.final and session.final[0] != grpc.StatusCode.OK:
                 context.set_code(session.final[0])
                 context.set_details(session.final[1])

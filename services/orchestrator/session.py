@@ -9,6 +9,7 @@ motion stage eases back to rest, and the client learns the last frame it was sen
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -60,20 +61,57 @@ def validate_audio_format(fmt: common_pb2.AudioFormat) -> None:
         raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, f"audio_format.channels {fmt.channels} is outside 1..8")
 
 
+# Documented ranges of every control (README "Controls"); a value outside is refused, naming the field and range.
+CONTROL_RANGES: dict[str, tuple[float, float]] = {
+    "delta_pitch": (-90.0, 90.0), "delta_yaw": (-90.0, 90.0), "delta_roll": (-90.0, 90.0),
+    "alpha_pitch": (0.0, 4.0), "alpha_yaw": (0.0, 4.0), "alpha_roll": (0.0, 4.0),
+    "vad_alpha": (0.0, 1.0), "fade_alpha": (0.0, 1.0), "blink_interval_s": (0.0, 60.0),
+}
+DELTA_EXP_RANGE = (-1.0, 1.0)
+EMOTION_PROBABILITY_RANGE = (0.0, 1.0)
+EMOTION_LABELS = range(0, 9)  # proto enum values: 0 = unspecified (Neutral), 1..8 = Angry..Contempt
+
+
+def _range_error(field_name: str, value: float, lo: float, hi: float) -> SessionError:
+    return SessionError(grpc.StatusCode.INVALID_ARGUMENT,
+                        f"{field_name} = {value:g} is outside its range {lo:g}..{hi:g}")
+
+
 def validate_controls(c: common_pb2.MotionControls, where: str) -> None:
     if len(c.delta_exp) not in (0, 63):
         raise SessionError(grpc.StatusCode.INVALID_ARGUMENT,
                            f"{where}.delta_exp has {len(c.delta_exp)} values; give 63 (21 keypoints x 3) or none")
-    values = [getattr(c, f) for f in ("delta_pitch", "delta_yaw", "delta_roll", "alpha_pitch", "alpha_yaw",
-                                      "alpha_roll", "vad_alpha", "fade_alpha", "blink_interval_s")
-              if c.HasField(f)] + list(c.delta_exp)
+    values = [getattr(c, f) for f in CONTROL_RANGES if c.HasField(f)] + list(c.delta_exp)
     if not np.all(np.isfinite(np.asarray(values, dtype=np.float64))):
         raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, f"{where} holds a NaN or infinite value")
+    for name, (lo, hi) in CONTROL_RANGES.items():
+        if c.HasField(name) and not lo <= getattr(c, name) <= hi:
+            raise _range_error(f"{where}.{name}", getattr(c, name), lo, hi)
+    if c.delta_exp:
+        exp = np.asarray(c.delta_exp, dtype=np.float64)
+        lo, hi = DELTA_EXP_RANGE
+        bad = np.flatnonzero((exp < lo) | (exp > hi))
+        if bad.size:
+            raise _range_error(f"{where}.delta_exp[{bad[0]}]", float(exp[bad[0]]), lo, hi)
     e = c.emotion
+    for label in e.labels:
+        if label not in EMOTION_LABELS:
+            raise SessionError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"{where}.emotion.labels holds {label}; use 1..8 (EMOTION_ANGRY..EMOTION_CONTEMPT) "
+                               "or 0 (unspecified = Neutral)")
     if len(e.probabilities) not in (0, 8):
         raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, f"{where}.emotion.probabilities needs 8 values")
-    if e.probabilities and (min(e.probabilities) < 0 or sum(e.probabilities) <= 0):
-        raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, f"{where}.emotion.probabilities must be >= 0, sum > 0")
+    if e.probabilities:
+        p = np.asarray(e.probabilities, dtype=np.float64)
+        if not np.all(np.isfinite(p)):
+            raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, f"{where}.emotion.probabilities holds a NaN or "
+                               "infinite value")
+        lo, hi = EMOTION_PROBABILITY_RANGE
+        bad = np.flatnonzero((p < lo) | (p > hi))
+        if bad.size:
+            raise _range_error(f"{where}.emotion.probabilities[{bad[0]}]", float(p[bad[0]]), lo, hi)
+        if p.sum() <= 0:
+            raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, f"{where}.emotion.probabilities must sum above 0")
 
 
 def validate_output(o: common_pb2.OutputOptions) -> None:
@@ -90,7 +128,7 @@ def validate_output(o: common_pb2.OutputOptions) -> None:
                            "a transparent background needs RAW_RGB or JPEG frames, not H264")
 
 
-def validate_config(c: avatar_pb2.SessionConfig) -> None:
+def validate_config(c: avatar_pb2.SessionConfig, max_sampling_steps: int = 50) -> None:
     validate_audio_format(c.audio_format)
     validate_output(c.output)
     validate_controls(c.controls, "config.controls")
@@ -100,8 +138,10 @@ def validate_config(c: avatar_pb2.SessionConfig) -> None:
         raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, f"config.idle_policy {c.idle_policy} is not an IdlePolicy")
     if c.overlap and c.overlap >= 80:
         raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, "config.overlap must be below 80 frames")
-    if c.sampling_steps > 1000:
-        raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, "config.sampling_steps must be at most 1000")
+    if c.sampling_steps > max_sampling_steps:
+        raise SessionError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"config.sampling_steps = {c.sampling_steps} is outside its range 1..{max_sampling_steps} "
+                           "(0 = the server default; the limit is DITTO_MAX_SAMPLING_STEPS)")
     if c.seed < 0:
         raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, f"config.seed {c.seed} is negative; give 0 (random) "
                            "or a positive seed")
@@ -133,7 +173,19 @@ class Session:
         self.last_sent_index = -1
         self.frames_sent = 0
         self.audio_seconds = 0.0
-        self.outgoing: asyncio.Queue[avatar_pb2.ConverseResponse | None] = asyncio.Queue()
+        # messages for the client, bounded: a client that does not read stops the pacer, then (through credits
+        # that come back only when it takes frames) the reading of its audio
+        self._out: collections.deque[avatar_pb2.ConverseResponse] = collections.deque()
+        self._out_ready = asyncio.Event()
+        self._out_space = asyncio.Event()
+        self._final_sent = False
+        self.writing = False  # a message is handed to the transport and not yet taken by the client
+        self.last_progress = time.monotonic()  # last time the client took a message (or one became ready)
+        self.debt_s = 0.0  # audio of interrupted epochs still in the pipeline, until the renderer confirms it gone
+        self._tokens = float(s.control_burst)
+        self._tokens_at = time.monotonic()
+        self.spans: list[tuple[int, int | None, frozenset[str]]] = []  # live timed controls, session frames
+        self.handler_task: asyncio.Task | None = None  # the gRPC call serving this session, ended on a stall
         self.frames_in: asyncio.Queue[tuple[int, bus_pb2.StreamEntry] | None] = asyncio.Queue()
         self.credit = asyncio.Event()
         self.ended_audio = False
@@ -161,6 +213,7 @@ class Session:
         self._fps_window: list[float] = []
         self._last_lag_report = 0.0
         self._tasks: list[asyncio.Task] = []
+        self._reaper: asyncio.Task | None = None  # ends the call of a client that stalled and still reads nothing
 
     # ---- publishing ----
     def _entry(self, kind: bus_pb2.EntryKind, meta: bytes = b"", tensors: dict | None = None) -> bus_pb2.StreamEntry:
@@ -211,10 +264,9 @@ class Session:
         if self.config.audio_format.sample_format == common_pb2.SAMPLE_FORMAT_FLOAT32LE:
             if not np.all(np.isfinite(np.frombuffer(data, dtype="<f4"))):
                 raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, "audio chunk holds NaN or infinite samples")
-        while not self.offline and self._in_flight_s() > self.orch.settings.credits_s + self.look_ahead_s:
-            await self._wait_for_credit()  # out of credits: stop reading the client until frames come back
-        while self.offline and self._in_flight_s() > 4 * (self.orch.settings.credits_s + self.look_ahead_s):
-            await self._wait_for_credit()
+        await self._wait_credit()
+        if self.final is not None:
+            return  # the session ended while this chunk waited
         if not idle and self.first_audio_at is None:
             self.first_audio_at = time.monotonic()
         seconds = len(data) / self.bytes_per_second
@@ -227,20 +279,75 @@ class Session:
         self.last_audio_at = time.monotonic()
 
     def _in_flight_s(self) -> float:
-        return self.counters.audio_s - self.counters.frames * FRAME_S
+        """Audio seconds sent into the pipeline whose frames the client has not taken yet (interrupted epochs'
+        audio included until the pipeline has dropped it)."""
+        return self.debt_s + self.counters.audio_s - self.counters.frames * FRAME_S
 
-    async def control(self, update: avatar_pb2.ControlUpdate) -> None:
+    async def _wait_credit(self) -> None:
+        """Out of credits: stop reading the client (gRPC flow control reaches it) until it takes frames."""
+        limit = self.orch.settings.credits_s + self.look_ahead_s
+        if self.offline:
+            limit *= 4
+        while self._in_flight_s() > limit and self.final is None:
+            await self._wait_for_credit()
+
+    async def _spend_token(self) -> None:
+        """ControlUpdate and Interrupt produce no frames, so credits cannot bound them: a token bucket does (a
+        client above the rate is read more slowly, like one out of credits)."""
+        s = self.orch.settings
+        while True:
+            now = time.monotonic()
+            self._tokens = min(float(s.control_burst), self._tokens + (now - self._tokens_at) * s.control_rate_per_s)
+            self._tokens_at = now
+            if self._tokens >= 1:
+                self._tokens -= 1
+                return
+            await asyncio.sleep((1 - self._tokens) / s.control_rate_per_s)
+
+    def _live_spans(self, added: list[tuple[int, int | None, frozenset[str]]]) -> list:
+        """The spans that can still apply after adding `added`: not ended before the next frame to send, and not
+        wholly replaced by a later open span over the same controls (later spans win)."""
+        nxt = self.last_sent_index + 1
+        spans = [sp for sp in self.spans + added if sp[1] is None or sp[1] > nxt]
+        live = []
+        for i, (start, end, keys) in enumerate(spans):
+            first = max(start, nxt)
+            if any(e2 is None and s2 <= first and k2 >= keys for s2, e2, k2 in spans[i + 1:]):
+                continue
+            live.append((start, end, keys))
+        return live
+
+    async def control(self, update: avatar_pb2.ControlUpdate, with_audio: bool = False) -> None:
+        """Validate and publish a ControlUpdate. `with_audio`: it rides on an audio chunk, whose credits bound it."""
+        last_frame = int(self.max_duration_s * FPS)
+        added = []
         for i, tc in enumerate(update.controls):
             validate_controls(tc.controls, f"controls[{i}].controls")
             if tc.start_frame < 0 or (tc.end_frame and tc.end_frame <= tc.start_frame):
                 raise SessionError(grpc.StatusCode.INVALID_ARGUMENT,
                                    f"controls[{i}]: need 0 <= start_frame < end_frame (or end_frame 0 = open)")
+            for name in ("start_frame", "end_frame"):
+                if getattr(tc, name) > last_frame:
+                    raise _range_error(f"controls[{i}].{name}", getattr(tc, name), 0, last_frame)
+            added.append((tc.start_frame, tc.end_frame or None, frozenset(f.name for f, _ in tc.controls.ListFields())))
             if tc.start_frame <= self.last_sent_index:
                 raise SessionError(grpc.StatusCode.FAILED_PRECONDITION,
                                    f"controls[{i}] starts at frame {tc.start_frame}, but frame {self.last_sent_index}"
                                    " was already sent; time-code controls for frames still to come")
         if update.HasField("overall"):
             validate_controls(update.overall, "overall")
+        live = self._live_spans(added)
+        if len(live) > self.orch.settings.max_control_spans:
+            raise SessionError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               f"this ControlUpdate would make {len(live)} time-coded control spans live at once, "
+                               f"above the limit of {self.orch.settings.max_control_spans} per session "
+                               "(DITTO_MAX_CONTROL_SPANS); give spans an end_frame, or replace controls with overall")
+        if not with_audio:
+            await self._spend_token()
+        await self._wait_credit()
+        if self.final is not None:
+            return
+        self.spans = live
         spec = bus_pb2.ControlSpec(overall=update.overall, has_overall=update.HasField("overall"))
         for tc in update.controls:
             shifted = spec.timed.add()
@@ -252,6 +359,11 @@ class Session:
         await self._publish(bus_pb2.ENTRY_KIND_CONTROL, spec.SerializeToString())
 
     async def interrupt(self) -> None:
+        await self._spend_token()
+        # the interrupted epoch's audio is still in the pipeline until the renderer passes the INTERRUPT marker:
+        # it keeps counting against credits, so interrupting never lets more audio in than credits allow
+        self.debt_s += max(0.0, self.counters.audio_s - self.counters.frames * FRAME_S)
+        self.spans = []  # the motion stage starts the new epoch with the session's overall controls only
         self.epoch += 1
         self.seq = 0
         await self.orch.bus.set_state(epoch_key(self.orch.bus, self.session_id), str(self.epoch).encode(),
@@ -261,8 +373,7 @@ class Session:
         self._t0 = None  # pacing restarts with the next epoch's first frame
         spec = bus_pb2.SessionSpec(overlap=self.overlap)
         await self._publish(bus_pb2.ENTRY_KIND_INTERRUPT, spec.SerializeToString())
-        self.credit.set()
-        await self.outgoing.put(avatar_pb2.ConverseResponse(event=avatar_pb2.SessionEvent(
+        await self._put_out(avatar_pb2.ConverseResponse(event=avatar_pb2.SessionEvent(
             interrupted=avatar_pb2.InterruptedEvent(last_frame_index=self.last_sent_index,
                                                     last_pts_ms=max(0, self.last_sent_index) * 40,
                                                     new_epoch=self.epoch))))
@@ -291,7 +402,7 @@ class Session:
                 kind = req.WhichOneof("kind")
                 if kind == "audio":
                     if req.audio.controls:
-                        await self.control(avatar_pb2.ControlUpdate(controls=req.audio.controls))
+                        await self.control(avatar_pb2.ControlUpdate(controls=req.audio.controls), with_audio=True)
                     await self.audio(req.audio.data)
                 elif kind == "control":
                     await self.control(req.control)
@@ -321,10 +432,60 @@ class Session:
         """Called by the frames dispatcher for every entry the renderer sent this session."""
         if entry.epoch != self.epoch or self.closed:
             return  # stale work of an interrupted epoch
-        if entry.kind == bus_pb2.ENTRY_KIND_DATA:
+        if self.debt_s and entry.kind in (bus_pb2.ENTRY_KIND_INTERRUPT, bus_pb2.ENTRY_KIND_DATA):
+            # entries of a session pass every stage in order: the new epoch's marker (or a frame) here means the
+            # interrupted epochs' audio has left the pipeline
+            self.debt_s = 0.0
+            self.credit.set()
+        if entry.kind == bus_pb2.ENTRY_KIND_INTERRUPT:
+            return
+        # bounded by credits: the frames of at most credits_s + look-ahead of audio are ever in flight
+        self.frames_in.put_nowait((entry.epoch, entry))
+
+    # ---- to the client ----
+    async def _put_out(self, msg: avatar_pb2.ConverseResponse) -> None:
+        """Queue a message for the client; waits while the per-session buffer is full (the client is behind)."""
+        while len(self._out) >= self.orch.settings.outgoing_buffer_frames and self.final is None:
+            self._out_space.clear()
+            await self._out_space.wait()
+        if self.final is not None:
+            return  # the session has ended: its FinalStatus is the last message
+        if not self._out and not self.writing:
+            self.last_progress = time.monotonic()
+        self._out.append(msg)
+        self._out_ready.set()
+
+    async def next_outgoing(self) -> avatar_pb2.ConverseResponse | None:
+        """The next message for the client: queued frames and events, then the FinalStatus once, then None."""
+        while True:
+            if self._out:
+                msg = self._out.popleft()
+                self._out_space.set()
+                return msg
+            if self.final is not None:
+                if self._final_sent:
+                    return None
+                self._final_sent = True
+                code, message = self.final
+                return avatar_pb2.ConverseResponse(final=avatar_pb2.FinalStatus(
+                    status=common_pb2.Status(code=code.value[0], message=message), frames_sent=self.frames_sent,
+                    audio_seconds=self.audio_seconds))
+            self._out_ready.clear()
+            await self._out_ready.wait()
+
+    def taken(self, msg: avatar_pb2.ConverseResponse) -> None:
+        """The client took `msg` (the transport accepted it): credits for a frame come back only now."""
+        self.writing = False
+        self.last_progress = time.monotonic()
+        if msg.WhichOneof("kind") == "frame" and msg.frame.epoch == self.epoch:
             self.counters.frames += 1
             self.credit.set()
-        self.frames_in.put_nowait((entry.epoch, entry))
+
+    def stalled_s(self) -> float:
+        """How long messages have been waiting for a client that takes none (0 when none wait)."""
+        if not (self._out or self.writing):
+            return 0.0
+        return time.monotonic() - self.last_progress
 
     async def _pace(self) -> None:
         try:
@@ -368,7 +529,7 @@ class Session:
         frame = avatar_pb2.VideoFrame(index=index, pts_ms=index * 40, data=bytes(data) if data is not None else b"",
                                       width=meta.width, height=meta.height, encoding=meta.encoding,
                                       epoch=entry.epoch, idle=meta.idle)
-        await self.outgoing.put(avatar_pb2.ConverseResponse(frame=frame))
+        await self._put_out(avatar_pb2.ConverseResponse(frame=frame))
         if self.frames_sent == 0 and self.first_audio_at is not None:
             _first_frame.observe(time.monotonic() - self.first_audio_at)
         if self.frames_sent == 0:
@@ -387,7 +548,7 @@ class Session:
             fps = len(self._fps_window) / 2.0
             _lag.labels(self.session_id).set(lag)
             _fps.labels(self.session_id).set(fps)
-            await self.outgoing.put(avatar_pb2.ConverseResponse(event=avatar_pb2.SessionEvent(
+            await self._put_out(avatar_pb2.ConverseResponse(event=avatar_pb2.SessionEvent(
                 lag=avatar_pb2.LagEvent(lag_ms=lag * 1000, delivered_fps=fps))))
 
     async def _housekeeping(self) -> None:
@@ -403,6 +564,9 @@ class Session:
                     last_touch = now
                     await self.orch.quotas.touch(self.tenant.id, self.session_id)
                     await self.orch.placer.touch(self.session_id, self.placement)
+                if self.stalled_s() > s.client_stall_s:
+                    await self.stall()
+                    return
                 if self.offline:
                     continue
                 if now - self.started_at > self.max_duration_s:
@@ -434,10 +598,29 @@ class Session:
         if self.final is not None:
             return
         self.final = (code, message)
-        await self.outgoing.put(avatar_pb2.ConverseResponse(final=avatar_pb2.FinalStatus(
-            status=common_pb2.Status(code=code.value[0], message=message), frames_sent=self.frames_sent,
-            audio_seconds=self.audio_seconds)))
-        await self.outgoing.put(None)
+        self._out_ready.set()
+        self._out_space.set()
+        self.credit.set()  # a reader waiting for credits sees the end
+
+    async def stall(self) -> None:
+        """The client stopped taking frames: end the session, free what it holds now (the client may never read
+        again), and end its call."""
+        limit = self.orch.settings.client_stall_s
+        await self.fail(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"the client took no video frame for {limit:g} s while frames were waiting (the limit is "
+                        "DITTO_CLIENT_STALL_S); read frames as they arrive, or ask for smaller ones (JPEG, no "
+                        "paste-back)")
+        self._out.clear()  # the frames it left go now; the FinalStatus is what it reads next, if it ever reads
+        self._tasks = [t for t in self._tasks if t is not asyncio.current_task()]
+        await self.orch.close_session(self)
+        handler = self.handler_task
+        if handler is not None:
+            async def end_call() -> None:  # a client that still reads nothing: end the call itself too
+                await asyncio.sleep(limit)
+                if not handler.done():
+                    handler.cancel()
+
+            self._reaper = asyncio.create_task(end_call())
 
     async def fail(self, code: grpc.StatusCode, message: str) -> None:
         log.info("session ends with an error", session=self.session_id, code=code.name, reason=message)

@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
+import threading
+import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +35,15 @@ from ditto.stage_runtime import MicroBatcher, run_for_call
 from ditto_client.v1 import bus_pb2, common_pb2, renderer_pb2, renderer_pb2_grpc
 
 from .avatar.crop import CropSettings
-from .avatar.register import Avatar, MediaError, NoFaceError, load_cached, register_avatar
+from .avatar.register import (
+    Avatar,
+    MediaError,
+    MediaLimits,
+    NoFaceError,
+    load_cached,
+    register_avatar,
+    release_memory,
+)
 from .avatar.sessions import AuxModels
 from .encode import EncodeError, Encoding, FrameEncoder, make_encoder
 from .putback import Background, PasteOptions, PutBack
@@ -108,7 +119,8 @@ class RendererCore:
     """Registration and frame rendering without gRPC: what the servicer (and the embedded pipeline) calls."""
 
     def __init__(self, models: Any, aux: AuxModels | None = None, cache_dir: Path | None = None,
-                 stitch: bool = True, max_avatars: int = 16):
+                 stitch: bool = True, max_avatars: int = 16, limits: MediaLimits | None = None,
+                 max_concurrent_registrations: int = 2, cache_ttl_s: float = 24 * 3600):
         self.models = models
         self.aux = aux or AuxModels.none()
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
@@ -116,24 +128,77 @@ class RendererCore:
         self.putback = PutBack()
         self._device_frames: Any = None  # gpu_post.DeviceFrames, made on the first GPU paste-back
         self.max_avatars = max_avatars
+        self.limits = limits or MediaLimits()
+        self.cache_ttl_s = cache_ttl_s
         self._avatars: LRUCache[str, Avatar] = LRUCache(max_avatars)   # the most recently used avatars
+        # registrations run in worker threads; this bounds how many decode at once (each may take hundreds of MB)
+        self._registering = threading.BoundedSemaphore(max_concurrent_registrations)
+        self._last_sweep = 0.0
 
     # -- avatars ------------------------------------------------------------------------------------------------
 
     def register(self, media: bytes, filename: str | None, crop: CropSettings, tenant: str = "") -> tuple[Avatar, bool]:
-        """(avatar, already_registered)."""
-        avatar = register_avatar(media, filename, crop, self.models, self.aux, self.cache_dir, tenant=tenant)
+        """(avatar, already_registered). Blocking: call it from a worker thread."""
+        with self._registering:
+            try:
+                avatar = register_avatar(media, filename, crop, self.models, self.aux, self.cache_dir, tenant=tenant,
+                                         limits=self.limits)
+            finally:
+                release_memory()
         known = avatar.avatar_id in self._avatars or avatar.cache_hit
         self._remember(avatar)
+        self._touch(avatar.avatar_id)
+        self.sweep_cache()
         return avatar, known
 
     def avatar(self, avatar_id: str) -> Avatar | None:
         avatar = self._avatars.get(avatar_id)
-        if avatar is None and self.cache_dir is not None and avatar_id and "/" not in avatar_id:
-            avatar = load_cached(avatar_id, self.cache_dir, self.models)
+        if avatar is None and self.cache_dir is not None and _safe_id(avatar_id):
+            avatar = load_cached(avatar_id, self.cache_dir, self.models, self.limits)
             if avatar is not None:
                 self._remember(avatar)
+        if avatar is not None:
+            self._touch(avatar_id)
         return avatar
+
+    def forget(self, avatar_id: str) -> bool:
+        """Drop an avatar from memory and from the disk cache (uploaded media and derived features). True when
+        this renderer held it."""
+        held = self._avatars.pop(avatar_id, None) is not None
+        if self.cache_dir is not None and _safe_id(avatar_id):
+            folder = self.cache_dir / avatar_id
+            if folder.exists():
+                shutil.rmtree(folder, ignore_errors=True)
+                held = True
+        return held
+
+    def _touch(self, avatar_id: str) -> None:
+        if self.cache_dir is not None and _safe_id(avatar_id):
+            try:
+                (self.cache_dir / avatar_id / "meta.json").touch()
+            except OSError:
+                pass
+
+    def sweep_cache(self, now: float | None = None) -> int:
+        """Delete disk cache entries unused for `cache_ttl_s` (a replica that missed a DeleteAvatar drops its copy
+        within that time). Runs at most once a minute unless `now` is given; returns the entries removed."""
+        if self.cache_dir is None or not self.cache_dir.is_dir():
+            return 0
+        t = time.time() if now is None else now
+        if now is None and t - self._last_sweep < 60:
+            return 0
+        self._last_sweep = t
+        removed = 0
+        for folder in self.cache_dir.iterdir():
+            meta = folder / "meta.json"
+            try:
+                stale = folder.is_dir() and (not meta.exists() or t - meta.stat().st_mtime > self.cache_ttl_s)
+            except OSError:
+                continue
+            if stale and folder.name not in self._avatars and not folder.name.endswith(".tmp"):
+                shutil.rmtree(folder, ignore_errors=True)
+                removed += 1
+        return removed
 
     def _remember(self, avatar: Avatar) -> None:
         self._avatars[avatar.avatar_id] = avatar
@@ -234,6 +299,10 @@ class RendererCore:
         return self.putback.blend_torch(frame, render, avatar.M_c2o[src])
 
 
+def _safe_id(avatar_id: str) -> bool:
+    return bool(avatar_id) and all(c.isalnum() for c in avatar_id)
+
+
 def registration_response(core: RendererCore, request: renderer_pb2.RegisterSourceRequest
                           ) -> renderer_pb2.RegisterSourceResponse:
     """Register the request's media with `core`; raises ValueError (MediaError, NoFaceError) on bad input."""
@@ -257,6 +326,11 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
         except (MediaError, NoFaceError, ValueError) as err:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
             raise  # unreachable: abort raises
+
+    async def ForgetAvatar(self, request: renderer_pb2.ForgetAvatarRequest,  # noqa: N802 (gRPC name)
+                           context: grpc.aio.ServicerContext) -> renderer_pb2.ForgetAvatarResponse:
+        held = await asyncio.to_thread(self.core.forget, request.avatar_id)
+        return renderer_pb2.ForgetAvatarResponse(held=held)
 
     async def RenderFrames(self, request_iterator: AsyncIterator[renderer_pb2.RenderFramesRequest],  # noqa: N802
                            context: grpc.aio.ServicerContext) -> AsyncIterator[renderer_pb2.RenderFramesResponse]:

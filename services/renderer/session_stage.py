@@ -120,4 +120,5 @@ class RendererStage:
         assert session.spec is not None, "only bus sessions are interrupted"
         fresh = self.core.open(session.avatar, session.spec.output)
         fresh.spec = session.spec
-        return fresh, []
+        # tells the orchestrator the interrupted epochs' entries have all passed (it returns their credits)
+        return fresh, [Output(FRAMES, bus_pb2.ENTRY_KIND_INTERRUPT, {}, b"")]

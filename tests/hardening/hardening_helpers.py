@@ -1,5 +1,7 @@
-"""The whole service in this process on a loopback gRPC port, over the bus a test chooses (in memory, or a real
-Redis): real stage code (tiny profile, synthetic weights), the real orchestrator and gRPC server."""
+"""Helpers of the hardening tests: the whole service in this process on a loopback gRPC port, over the bus a test
+chooses (in memory, or a real Redis), with real stage code (tiny profile, synthetic weights), the real orchestrator
+and gRPC server; and the hostile inputs and memory readings of `tools.hostile`. tests/serving is put on the import
+path (its `serving_helpers` run an in-process service)."""
 
 from __future__ import annotations
 
@@ -23,6 +25,20 @@ from ditto_app.synthetic import ensure_synthetic  # noqa: E402
 from services.orchestrator.config import OrchestratorSettings  # noqa: E402
 from services.orchestrator.service import AvatarService  # noqa: E402
 from services.orchestrator.tenants import TenantDirectory  # noqa: E402
+from tools.hostile import (  # noqa: E402,F401
+    MB,
+    MemoryReading,
+    ServerProcess,
+    channel,
+    ditto_serve,
+    huge_png,
+    measure,
+    peak_mb,
+    reset_peak,
+    rss_mb,
+    silent_flac,
+    static_video,
+)
 
 
 @contextlib.asynccontextmanager
@@ -36,10 +52,10 @@ async def service_over(bus: Bus, tenants: TenantDirectory | None = None, slots: 
     service = rpc.Service(avatar_pb2_grpc.add_AvatarServicer_to_server, AvatarService(orch),
                           rpc.service_name(avatar_pb2, "Avatar"))
     server = await rpc.start_server([service])
-    channel = grpc.aio.insecure_channel(server.address, options=rpc.channel_options())
+    client_channel = grpc.aio.insecure_channel(server.address, options=rpc.channel_options())
     try:
-        yield avatar_pb2_grpc.AvatarStub(channel), orch
+        yield avatar_pb2_grpc.AvatarStub(client_channel), orch
     finally:
-        await channel.close()
+        await client_channel.close()
         await server.stop(1)
         await stack.stop()

@@ -17,7 +17,7 @@ from ditto_app.stack import EmbeddedStack
 from ditto_app.synthetic import ensure_synthetic
 from ditto_client.v1 import avatar_pb2, avatar_pb2_grpc, common_pb2
 from services.orchestrator.config import OrchestratorSettings
-from services.orchestrator.service import AvatarService
+from services.orchestrator.service import AvatarService, public_interceptors
 from services.orchestrator.tenants import TenantDirectory, hash_key
 
 
@@ -108,10 +108,11 @@ async def embedded_service(tenants: TenantDirectory | None = None, **settings):
     orch = await stack.start()
     service = rpc.Service(avatar_pb2_grpc.add_AvatarServicer_to_server, AvatarService(orch),
                           rpc.service_name(avatar_pb2, "Avatar"))
-    server = await rpc.start_server([service])
+    server = await rpc.start_server([service], interceptors=public_interceptors(orch))
     channel = grpc.aio.insecure_channel(server.address, options=rpc.channel_options())
     stub = avatar_pb2_grpc.AvatarStub(channel)
     stub.address = server.address  # type: ignore[attr-defined] - for tests that open their own client
+    stub.stack = stack  # type: ignore[attr-defined] - for tests that look at a stage's state
     try:
         yield stub, orch
     finally:

@@ -25,6 +25,7 @@ PARTS = {
     "bus_reliability": "tools.bench.bus_reliability",
     "agents": "tools.bench.agents",
     "webrtc": "tools.bench.webrtc",
+    "edges": "tools.bench.edges",  # reliability: bombs, quota reclaim, non-reading clients
 }
 
 

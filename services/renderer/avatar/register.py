@@ -70,20 +70,64 @@ def limit_size(frame: np.ndarray, max_size: int = 1920) -> np.ndarray:
     return np.ascontiguousarray(frame[: h - h % 2, : w - w % 2])
 
 
+@dataclass(frozen=True)
+class MediaLimits:
+    """What one registration may cost, checked from headers before anything is decoded (`ditto.config.MediaSettings`
+    holds the configured values)."""
+
+    max_image_pixels: int = 16_000_000
+    max_video_frames: int = 100
+    max_video_s: float = 60.0
+
+
+def _check_pixels(width: int, height: int, what: str, limits: MediaLimits) -> None:
+    if width * height > limits.max_image_pixels:
+        raise MediaError(f"{what} is {width}x{height} = {width * height / 1e6:.1f} megapixels, above the limit of "
+                         f"{limits.max_image_pixels / 1e6:g} megapixels (DITTO_MEDIA__MAX_IMAGE_PIXELS); send a "
+                         "smaller picture (a portrait needs about 1 megapixel)")
+
+
+def _image_header(media: bytes, what: str, limits: MediaLimits) -> bool:
+    """True when the bytes are an image Pillow can identify; its header's size is checked against the limit
+    before any pixel is decoded. False: not an image (a video, or unreadable)."""
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(media)) as im:  # reads the header only
+                width, height = im.size
+    except Image.DecompressionBombError as err:  # Pillow's own, far higher, bound
+        raise MediaError(f"{what} is above the limit of {limits.max_image_pixels / 1e6:g} megapixels "
+                         f"(DITTO_MEDIA__MAX_IMAGE_PIXELS): {err}") from err
+    except (UnidentifiedImageError, OSError, ValueError):
+        return False
+    _check_pixels(width, height, what, limits)
+    return True
+
+
 def load_media(media: bytes, filename: str | None = None, max_size: int = 1920,
-               max_frames: int = 0) -> tuple[list[np.ndarray], bool]:
-    """(RGB uint8 frames, is_video). Images go through OpenCV, everything else through PyAV."""
+               max_frames: int = 0, limits: MediaLimits | None = None) -> tuple[list[np.ndarray], bool]:
+    """(RGB uint8 frames, is_video). Images go through OpenCV, everything else through PyAV. Sizes, frame counts
+    and durations are checked against `limits` from the headers first, so a small file that expands to gigabytes
+    is refused before it is decoded."""
     if not media:
         raise MediaError("the source is empty (0 bytes)")
+    limits = limits or MediaLimits()
+    what = f"'{filename}'" if filename else "the source"
     ext = Path(filename).suffix.lower() if filename else ""
     frames: list[np.ndarray] = []
     is_video = False
-    if ext in IMAGE_EXTENSIONS or not ext:
+    if (ext in IMAGE_EXTENSIONS or not ext) and _image_header(media, what, limits):
         bgr = cv2.imdecode(np.frombuffer(media, dtype=np.uint8), cv2.IMREAD_COLOR)
         if bgr is not None:
             frames = [cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)]
+            del bgr
     if not frames:
-        frames = _decode_video(media, filename, max_frames)
+        keep = min(max_frames, limits.max_video_frames) if max_frames else limits.max_video_frames
+        frames = _decode_video(media, filename, keep, max_size, limits)
         is_video = len(frames) > 1
     frames = [limit_size(f, max_size) for f in frames]
     if min(frames[0].shape[:2]) < 2:
@@ -91,17 +135,46 @@ def load_media(media: bytes, filename: str | None = None, max_size: int = 1920,
     return frames, is_video
 
 
-def _decode_video(media: bytes, filename: str | None, max_frames: int) -> list[np.ndarray]:
+def _scaled_size(width: int, height: int, max_size: int) -> tuple[int, int]:
+    """`limit_size`'s target size (before its even-side trim)."""
+    if max_size <= 0 or max(width, height) <= max_size:
+        return width, height
+    if height > width:
+        return int(round(width * max_size / height)), max_size
+    return max_size, int(round(height * max_size / width))
+
+
+def _decode_video(media: bytes, filename: str | None, max_frames: int, max_size: int = 1920,
+                  limits: MediaLimits | None = None) -> list[np.ndarray]:
+    """The first `max_frames` frames, scaled down to `max_size` while decoding (swscale, one frame at a time);
+    the rest of the file is never decoded."""
     import av
 
+    limits = limits or MediaLimits()
     what = f"'{filename}'" if filename else "the source"
     try:
         with av.open(io.BytesIO(media), mode="r") as container:
             if not container.streams.video:
                 raise MediaError(f"{what} has no video stream and is not an image")
+            stream = container.streams.video[0]
+            width, height = stream.codec_context.width, stream.codec_context.height
+            _check_pixels(width, height, what, limits)
+            seconds = None
+            if stream.duration is not None and stream.time_base is not None:
+                seconds = float(stream.duration * stream.time_base)
+            elif container.duration is not None:
+                seconds = container.duration / av.time_base
+            if seconds is not None and seconds > limits.max_video_s:
+                raise MediaError(f"{what} lasts {seconds:.1f} s, above the limit of {limits.max_video_s:g} s for a "
+                                 "video avatar (DITTO_MEDIA__MAX_VIDEO_S); trim it to a short loop")
+            target = _scaled_size(width, height, max_size)
             frames = []
-            for frame in container.decode(video=0):
-                frames.append(frame.to_ndarray(format="rgb24"))
+            for frame in container.decode(stream):
+                # a stream may change size mid-way: check every frame against the pixel limit, not only the header
+                _check_pixels(frame.width, frame.height, what, limits)
+                if (frame.width, frame.height) != (width, height):
+                    target = _scaled_size(frame.width, frame.height, max_size)
+                frames.append(frame.to_ndarray(format="rgb24", width=target[0], height=target[1]))
                 if max_frames and len(frames) >= max_frames:
                     break
     except av.error.FFmpegError as err:
@@ -110,6 +183,19 @@ def _decode_video(media: bytes, filename: str | None, max_frames: int) -> list[n
     if not frames:
         raise MediaError(f"{what} contains no decodable video frame")
     return frames
+
+
+def release_memory() -> None:
+    """Hand freed heap back to the operating system after a large registration (glibc keeps it otherwise, and the
+    process stays at its peak)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -279,15 +365,16 @@ def _extract(models: Any, inputs: np.ndarray) -> tuple[dict[str, np.ndarray], li
 
 
 def register_avatar(media: bytes, filename: str | None, crop: CropSettings, models: Any, aux: AuxModels | None = None,
-                    cache_dir: Path | None = None, tenant: str = "") -> Avatar:
+                    cache_dir: Path | None = None, tenant: str = "", limits: MediaLimits | None = None
+                    ) -> Avatar:
     """Register an image or a short video. Raises MediaError (unreadable bytes) or NoFaceError."""
     aux = aux or AuxModels.none()
     avatar_id = avatar_key(media, crop, models, aux, tenant)
     if cache_dir is not None:
-        cached = load_cached(avatar_id, cache_dir, models)
+        cached = load_cached(avatar_id, cache_dir, models, limits)
         if cached is not None:
             return cached
-    frames, is_video = load_media(media, filename, crop.max_size, crop.max_frames)
+    frames, is_video = load_media(media, filename, crop.max_size, crop.max_frames, limits)
     mats, lmk203 = _crop_matrices(frames, crop, aux)
     crops = [warp_crop(f, m, CROP_SIZE) for f, m in zip(frames, mats, strict=True)]
     inputs = np.concatenate([to_input_256(c.image) for c in crops])  # [n, 3, 256, 256]
@@ -342,7 +429,7 @@ def save_cached(avatar: Avatar, media: bytes, filename: str | None, crop: CropSe
         (tmp / "meta.json").write_text(json.dumps(meta))
 
 
-def load_cached(avatar_id: str, cache_dir: Path, models: Any) -> Avatar | None:
+def load_cached(avatar_id: str, cache_dir: Path, models: Any, limits: MediaLimits | None = None) -> Avatar | None:
     """The cached avatar, or None when absent or unreadable (then it is computed again)."""
     import torch
 
@@ -354,7 +441,7 @@ def load_cached(avatar_id: str, cache_dir: Path, models: Any) -> Avatar | None:
         if meta.get("version") != CACHE_VERSION:
             return None
         frames, _ = load_media((folder / "media.bin").read_bytes(), meta["filename"], meta["max_size"],
-                               meta["max_frames"])
+                               meta["max_frames"], limits)
         with np.load(folder / "info.npz") as z:
             arrays = {k: z[k] for k in z.files}
         f_s = torch.load(folder / "f_s.pt", map_location=getattr(models, "device", "cpu"), weights_only=True)

@@ -7,6 +7,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ForgetAvatarRequest(_message.Message):
+    __slots__ = ("avatar_id",)
+    AVATAR_ID_FIELD_NUMBER: _ClassVar[int]
+    avatar_id: str
+    def __init__(self, avatar_id: _Optional[str] = ...) -> None: ...
+
+class ForgetAvatarResponse(_message.Message):
+    __slots__ = ("held",)
+    HELD_FIELD_NUMBER: _ClassVar[int]
+    held: bool
+    def __init__(self, held: _Optional[bool] = ...) -> None: ...
+
 class RegisterSourceRequest(_message.Message):
     __slots__ = ("media", "filename", "crop", "tenant_id")
     MEDIA_FIELD_NUMBER: _ClassVar[int]

@@ -46,6 +46,11 @@ class RendererStub:
                 request_serializer=ditto_dot_v1_dot_renderer__pb2.RenderFramesRequest.SerializeToString,
                 response_deserializer=ditto_dot_v1_dot_renderer__pb2.RenderFramesResponse.FromString,
                 _registered_method=True)
+        self.ForgetAvatar = channel.unary_unary(
+                '/ditto.v1.Renderer/ForgetAvatar',
+                request_serializer=ditto_dot_v1_dot_renderer__pb2.ForgetAvatarRequest.SerializeToString,
+                response_deserializer=ditto_dot_v1_dot_renderer__pb2.ForgetAvatarResponse.FromString,
+                _registered_method=True)
 
 
 class RendererServicer:
@@ -64,6 +69,13 @@ class RendererServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ForgetAvatar(self, request, context):
+        """Delete an avatar's uploaded media and derived features from this renderer (memory and disk cache).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RendererServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -76,6 +88,11 @@ def add_RendererServicer_to_server(servicer, server):
                     servicer.RenderFrames,
                     request_deserializer=ditto_dot_v1_dot_renderer__pb2.RenderFramesRequest.FromString,
                     response_serializer=ditto_dot_v1_dot_renderer__pb2.RenderFramesResponse.SerializeToString,
+            ),
+            'ForgetAvatar': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForgetAvatar,
+                    request_deserializer=ditto_dot_v1_dot_renderer__pb2.ForgetAvatarRequest.FromString,
+                    response_serializer=ditto_dot_v1_dot_renderer__pb2.ForgetAvatarResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -133,6 +150,33 @@ class Renderer:
             '/ditto.v1.Renderer/RenderFrames',
             ditto_dot_v1_dot_renderer__pb2.RenderFramesRequest.SerializeToString,
             ditto_dot_v1_dot_renderer__pb2.RenderFramesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForgetAvatar(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ditto.v1.Renderer/ForgetAvatar',
+            ditto_dot_v1_dot_renderer__pb2.ForgetAvatarRequest.SerializeToString,
+            ditto_dot_v1_dot_renderer__pb2.ForgetAvatarResponse.FromString,
             options,
             channel_credentials,
             insecure,

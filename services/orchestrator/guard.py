@@ -1,0 +1,108 @@
+"""The door of the public API for calls that carry a large body (RegisterAvatar, Render).
+
+A gRPC server interceptor runs when a call's headers arrive, before its request message is read. Here it checks the
+API key and takes one of a bounded number of upload slots; a caller without a valid key, or one arriving when every
+slot is taken, is answered at once and its body is never read into memory (gRPC discards it with the stream). The
+handler it returns for a refusal is client-streaming on purpose: a unary handler would make grpc read and parse the
+whole message first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import grpc
+
+from services.orchestrator.tenants import AuthError, TenantDirectory
+
+LARGE_BODY_METHODS = ("/ditto.v1.Avatar/RegisterAvatar", "/ditto.v1.Avatar/Render")
+
+
+def _refusal(method: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str,
+             trailers: tuple = ()) -> grpc.RpcMethodHandler:
+    async def refuse(_requests, context: grpc.aio.ServicerContext):
+        if trailers:
+            context.set_trailing_metadata(trailers)
+        await context.abort(code, message)
+
+    if method.response_streaming:
+        async def refuse_stream(requests, context):
+            await refuse(requests, context)
+            yield  # pragma: no cover - abort raises
+
+        return grpc.stream_stream_rpc_method_handler(refuse_stream, response_serializer=method.response_serializer)
+    return grpc.stream_unary_rpc_method_handler(refuse, response_serializer=method.response_serializer)
+
+
+class UploadGuard(grpc.aio.ServerInterceptor):
+    """Authenticate before the body is read, and bound the large-body calls in progress at once."""
+
+    def __init__(self, tenants: Callable[[], TenantDirectory], max_concurrent: int) -> None:
+        self._tenants = tenants
+        self.max_concurrent = max_concurrent
+        self.in_progress = 0
+
+    async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails],
+                                                             Awaitable[grpc.RpcMethodHandler]],
+                                details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or details.method not in LARGE_BODY_METHODS:
+            return handler
+        try:
+            self._tenants().authenticate(details.invocation_metadata)
+        except AuthError as err:
+            return _refusal(handler, err.code, str(err))
+        if self.in_progress >= self.max_concurrent:
+            return _refusal(handler, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"{self.in_progress} uploads (RegisterAvatar/Render) are in progress on this server, the "
+                            f"limit (DITTO_MAX_CONCURRENT_UPLOADS={self.max_concurrent}); retry after the "
+                            "retry-after-ms trailer", (("retry-after-ms", "1000"),))
+        self.in_progress += 1
+        return self._released(handler)
+
+    def _released(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """The same handler, giving its slot back when the call ends, whichever way (cancel included). It is served
+        as client-streaming so that it runs at once, even when the client leaves before its body arrives."""
+        guard = self
+
+        async def first(requests, context) -> object:
+            async for request in requests:
+                return request
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the call ended before its request arrived")
+            raise AssertionError("unreachable: abort raises")
+
+        if handler.response_streaming:
+            inner_stream = handler.unary_stream
+
+            async def stream(requests, context):
+                inner_gen = None
+                try:
+                    request = await first(requests, context)
+                    inner_gen = inner_stream(request, context)
+                    async for msg in inner_gen:
+                        yield msg
+                finally:
+                    guard.in_progress -= 1
+                    if inner_gen is not None:  # a cancel stops us at our yield: end the handler's cleanup too
+                        await inner_gen.aclose()
+
+            return grpc.stream_stream_rpc_method_handler(stream, request_deserializer=handler.request_deserializer,
+                                                         response_serializer=handler.response_serializer)
+        inner = handler.unary_unary
+
+        async def unary(requests, context):
+            try:
+                return await inner(await first(requests, context), context)
+            finally:
+                guard.in_progress -= 1
+
+        return grpc.stream_unary_rpc_method_handler(unary, request_deserializer=handler.request_deserializer,
+                                                    response_serializer=handler.response_serializer)
+
+
+async def in_thread(semaphore: asyncio.Semaphore, fn, *args):
+    """Run blocking, CPU-heavy `fn(*args)` in a worker thread, at most `semaphore`'s count at once, so the event
+    loop (every other session of the server) never waits on it."""
+    async with semaphore:
+        return await asyncio.to_thread(fn, *args)
