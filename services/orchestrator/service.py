@@ -199,27 +199,25 @@ class AvatarService(avatar_pb2_grpc.AvatarServicer):
         except BusError as err:
             await context.abort(grpc.StatusCode.UNAVAILABLE, _unavailable("avatar store", err))
 
-    async def GetAvatar(self, request, context):
+    async def _on_avatar_store(self, context, call):
+        """`call(tenant)` against the avatar store, for the caller's tenant: a bad key or Redis away ends the call
+        with its status."""
         try:
-            tenant = self._tenant(context)
-            info = await self.orch.avatars.get(tenant.id, request.avatar_id)
+            return await call(self._tenant(context))
         except AuthError as err:
             await context.abort(err.code, str(err))
         except BusError as err:
             await context.abort(grpc.StatusCode.UNAVAILABLE, _unavailable("avatar store", err))
+
+    async def GetAvatar(self, request, context):
+        info = await self._on_avatar_store(context, lambda t: self.orch.avatars.get(t.id, request.avatar_id))
         if info is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no avatar '{request.avatar_id}' for this tenant")
         return avatar_pb2.RegisterAvatarResponse(avatar_id=info.avatar_id, width=info.width, height=info.height,
                                                  source_frames=info.source_frames, already_registered=True)
 
     async def DeleteAvatar(self, request, context):
-        try:
-            tenant = self._tenant(context)
-            ok = await self.orch.avatars.delete(tenant.id, request.avatar_id)
-        except AuthError as err:
-            await context.abort(err.code, str(err))
-        except BusError as err:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, _unavailable("avatar store", err))
+        ok = await self._on_avatar_store(context, lambda t: self.orch.avatars.delete(t.id, request.avatar_id))
         if not ok:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no avatar '{request.avatar_id}' for this tenant")
         return avatar_pb2.DeleteAvatarResponse()

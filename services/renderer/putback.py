@@ -157,6 +157,12 @@ def _torch_table(table: WarpTable, device: Any) -> tuple[Any, Any]:
     return _TORCH_TABLES[key]
 
 
+def _matrix_key(m_c2o: np.ndarray, width: int, height: int) -> tuple[np.ndarray, tuple[bytes, int, int]]:
+    """The float32 2x3 crop-to-frame matrix and the cache key of everything derived from it at one frame size."""
+    m = np.ascontiguousarray(np.asarray(m_c2o, dtype=F32)[:2])
+    return m, (m.tobytes(), width, height)
+
+
 def _dest_box(m: np.ndarray, src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> tuple[int, int, int, int]:
     """Rows y0:y1, cols x0:x1 of the destination that the warped source can touch (with a 2 px margin)."""
     h, w = src_hw
@@ -203,8 +209,7 @@ class PutBack:
 
     def warped_mask(self, m_c2o: np.ndarray, width: int, height: int) -> tuple[tuple[int, int, int, int], np.ndarray]:
         """(box, mask_w [bh, bw, 1]) clipped to [0, 1]."""
-        m = np.ascontiguousarray(np.asarray(m_c2o, dtype=F32)[:2])
-        key = (m.tobytes(), width, height)
+        m, key = _matrix_key(m_c2o, width, height)
         hit = self._cache.get(key)
         if hit is None:
             box = _dest_box(m.astype(np.float64), self.mask.shape[:2], (height, width))
@@ -215,8 +220,7 @@ class PutBack:
         return hit
 
     def box_warp(self, m_c2o: np.ndarray, width: int, height: int) -> _BoxWarp:
-        m = np.ascontiguousarray(np.asarray(m_c2o, dtype=F32)[:2])
-        key = (m.tobytes(), width, height)
+        m, key = _matrix_key(m_c2o, width, height)
         hit = self._box_warps.get(key)
         if hit is None:
             box, mask_w = self.warped_mask(m, width, height)
@@ -227,8 +231,7 @@ class PutBack:
         return hit
 
     def table(self, m_c2o: np.ndarray, width: int, height: int) -> WarpTable:
-        m = np.ascontiguousarray(np.asarray(m_c2o, dtype=F32)[:2])
-        key = (m.tobytes(), width, height)
+        m, key = _matrix_key(m_c2o, width, height)
         table = self._tables.get(key)
         if table is None:
             table = self._tables[key] = WarpTable.build(m, self.mask.shape[:2], (height, width))

@@ -57,6 +57,15 @@ def error(status: int, message: str, retry_after_s: float | None = None) -> web.
     return web.json_response({"error": message}, status=status, headers=headers)
 
 
+async def read_bounded(request: web.Request, limit: int) -> bytes | None:
+    """The request body, or None when it is longer than `limit` bytes (refused from Content-Length when the client
+    declares it, else after reading at most limit + 1 bytes: never more)."""
+    if request.content_length is not None and request.content_length > limit:
+        return None
+    body = await request.content.read(limit + 1)
+    return None if len(body) > limit else body
+
+
 class Gateway:
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
@@ -91,10 +100,8 @@ class Gateway:
     # ---- signalling ----
     async def offer(self, request: web.Request) -> web.Response:
         s = self.settings
-        if request.content_length is not None and request.content_length > s.max_offer_bytes:
-            return error(413, f"the offer exceeds {s.max_offer_bytes} bytes")
-        body = await request.content.read(s.max_offer_bytes + 1)
-        if len(body) > s.max_offer_bytes:
+        body = await read_bounded(request, s.max_offer_bytes)
+        if body is None:
             return error(413, f"the offer exceeds {s.max_offer_bytes} bytes")
         ctype = request.content_type
         as_json = ctype == "application/json"
@@ -194,10 +201,8 @@ class Gateway:
     # ---- avatars, page, health ----
     async def register_avatar(self, request: web.Request) -> web.Response:
         s = self.settings
-        if request.content_length is not None and request.content_length > s.max_avatar_bytes:
-            return error(413, f"the portrait exceeds {s.max_avatar_bytes} bytes; send a smaller image")
-        media = await request.content.read(s.max_avatar_bytes + 1)
-        if len(media) > s.max_avatar_bytes:
+        media = await read_bounded(request, s.max_avatar_bytes)
+        if media is None:
             return error(413, f"the portrait exceeds {s.max_avatar_bytes} bytes; send a smaller image")
         if not media:
             return error(400, "the body is empty; send the image (or short video) bytes")
