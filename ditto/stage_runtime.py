@@ -303,6 +303,11 @@ class SessionCache(Generic[SessionT]):
     def forget(self, session_id: str) -> None:
         self._sessions.pop(session_id, None)
 
+    def peek(self, session_id: str) -> SessionT | None:
+        """The cached session, left in place (None while an entry works on it, or when not cached)."""
+        cached = self._sessions.get(session_id)
+        return None if cached is None else cached[1]
+
     def __len__(self) -> int:
         return len(self._sessions)
 

@@ -62,8 +62,12 @@ async def read_bounded(request: web.Request, limit: int) -> bytes | None:
     declares it, else after reading at most limit + 1 bytes: never more)."""
     if request.content_length is not None and request.content_length > limit:
         return None
-    body = await request.content.read(limit + 1)
-    return None if len(body) > limit else body
+    body = bytearray()
+    while chunk := await request.content.read(limit + 1 - len(body)):  # read(n) returns what has arrived so far
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
 
 
 class Gateway:

@@ -272,9 +272,13 @@ async def test_control_spans_are_pruned_and_bounded():
             await call.write(avatar_pb2.ConverseRequest(audio=avatar_pb2.AudioChunk(data=c)))
         session = next(iter(orch.sessions.values()))
         handler = stub.stack.stages["motion_generator"].handler
-        await until(lambda: session.session_id in handler._cache, 60, "the motion stage to hold the session")
-        await until(lambda: len(handler._cache[session.session_id][1].session.timeline.spans) <= 1, 60,
-                    "replaced spans to be pruned from the motion checkpoint")
+
+        def motion_spans() -> int | None:
+            live = handler.cache.peek(session.session_id)
+            return None if live is None else len(live.session.timeline.spans)
+
+        await until(lambda: motion_spans() is not None, 60, "the motion stage to hold the session")
+        await until(lambda: (motion_spans() or 0) <= 1, 60, "replaced spans to be pruned from the motion checkpoint")
         assert len(session.spans) == 1
         # 500 open spans over different controls at once: refused, naming the limit
         many = [common_pb2.TimedControl(start_frame=100 + k, end_frame=0, controls=common_pb2.MotionControls(

@@ -40,10 +40,10 @@ def test_no_file_is_open_mode():
 ])
 def test_a_malformed_file_stops_startup_naming_the_file_and_field(tmp_path, doc, field):
     path = _write(tmp_path, doc)
-    with pytest.raises(SystemExit, match=rf"cannot read tenants file {path}(.|\n)*{field}"):
+    with pytest.raises(SystemExit, match=rf"cannot use tenants file {path}(.|\n)*{field}"):
         TenantDirectory.from_file(path)
 
 
 def test_a_missing_file_stops_startup(tmp_path):
-    with pytest.raises(SystemExit, match="cannot read tenants file"):
+    with pytest.raises(SystemExit, match="cannot use tenants file"):
         TenantDirectory.from_file(tmp_path / "absent.json")

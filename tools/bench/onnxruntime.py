@@ -85,10 +85,10 @@ def run(out_dir: Path, profile: str = "full", reps: int = 3, budget_s: float = 9
     import onnxruntime as ort
     import torch
 
-    from .backends import OnnxRuntimeBackend, TorchBackend
-    from .export import NETWORK_IO, export_cached
-    from .models import RendererConfig, load_networks
-    from .networks.grid_sample import GridSampleMode
+    from services.renderer.backends import OnnxRuntimeBackend, TorchBackend
+    from services.renderer.export import NETWORK_IO, export_cached
+    from services.renderer.models import RendererConfig, load_networks
+    from services.renderer.networks.grid_sample import GridSampleMode
 
     threads = torch.get_num_threads()
     cfg = RendererConfig.for_profile(profile)
