@@ -84,19 +84,8 @@ class WarpTable:
 
     @classmethod
     def build(cls, m: np.ndarray, src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> WarpTable:
-        m64 = np.asarray(m, dtype=F32)[:2].astype(np.float64)
-        det = m64[0, 0] * m64[1, 1] - m64[0, 1] * m64[1, 0]
-        det = 1.0 / det if det != 0 else 0.0
-        i00, i01 = m64[1, 1] * det, -m64[0, 1] * det
-        i10, i11 = -m64[1, 0] * det, m64[0, 0] * det
-        i02 = -i00 * m64[0, 2] - i01 * m64[1, 2]
-        i12 = -i10 * m64[0, 2] - i11 * m64[1, 2]
-        box = _dest_box(m64, src_hw, dst_hw)
-        y0, y1, x0, x1 = box
-        ys, xs = np.arange(y0, y1, dtype=np.float64), np.arange(x0, x1, dtype=np.float64)
-        gx = _round_even((i01 * ys + i02) * 1024)[:, None] + 16 + _round_even((i00 * xs) * 1024)[None, :]
-        gy = _round_even((i11 * ys + i12) * 1024)[:, None] + 16 + _round_even((i10 * xs) * 1024)[None, :]
-        xq, yq = gx >> 5, gy >> 5
+        box = _dest_box(np.asarray(m, dtype=F32)[:2].astype(np.float64), src_hw, dst_hw)
+        xq, yq = _source_grid(m, box)
         sx, fx, sy, fy = xq >> 5, xq & 31, yq >> 5, yq & 31
         a, b = fx.astype(F32) / F32(32), fy.astype(F32) / F32(32)
         one = F32(1)
@@ -115,18 +104,7 @@ class WarpTable:
         """OpenCV 4.10 `warpAffine`'s internal map for the destination pixels of `box`: integer source coordinates
         (x, y) [bh, bw, 2] int16 and the 5+5-bit fractional index fy * 32 + fx [bh, bw] uint16 -- the two maps
         `cv2.remap` takes in its fixed-point form, the very arrays warpAffine hands to its remap."""
-        m64 = np.asarray(m, dtype=F32)[:2].astype(np.float64)
-        det = m64[0, 0] * m64[1, 1] - m64[0, 1] * m64[1, 0]
-        det = 1.0 / det if det != 0 else 0.0
-        i00, i01 = m64[1, 1] * det, -m64[0, 1] * det
-        i10, i11 = -m64[1, 0] * det, m64[0, 0] * det
-        i02 = -i00 * m64[0, 2] - i01 * m64[1, 2]
-        i12 = -i10 * m64[0, 2] - i11 * m64[1, 2]
-        y0, y1, x0, x1 = box
-        ys, xs = np.arange(y0, y1, dtype=np.float64), np.arange(x0, x1, dtype=np.float64)
-        gx = _round_even((i01 * ys + i02) * 1024)[:, None] + 16 + _round_even((i00 * xs) * 1024)[None, :]
-        gy = _round_even((i11 * ys + i12) * 1024)[:, None] + 16 + _round_even((i10 * xs) * 1024)[None, :]
-        xq, yq = gx >> 5, gy >> 5
+        xq, yq = _source_grid(m, box)
         xy = np.stack([np.clip(xq >> 5, -32768, 32767), np.clip(yq >> 5, -32768, 32767)], axis=-1).astype(np.int16)
         frac = ((yq & 31) * 32 + (xq & 31)).astype(np.uint16)
         return xy, frac
@@ -155,6 +133,25 @@ def _torch_table(table: WarpTable, device: Any) -> tuple[Any, Any]:
     if key not in _TORCH_TABLES:
         _TORCH_TABLES[key] = (torch.from_numpy(table.index).to(device), torch.from_numpy(table.weight).to(device))
     return _TORCH_TABLES[key]
+
+
+def _source_grid(m: np.ndarray, box: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """For each destination pixel of `box`: its source position in 1/32 pixel (x, y) [bh, bw] int64, computed as
+    OpenCV 4.10's warpAffine does (the inverse matrix in float64, rounded to 1/1024, then to 1/32), so the tables
+    built from it reproduce warpAffine's bytes."""
+    m64 = np.asarray(m, dtype=F32)[:2].astype(np.float64)
+    det = m64[0, 0] * m64[1, 1] - m64[0, 1] * m64[1, 0]
+    det = 1.0 / det if det != 0 else 0.0
+    i00, i01 = m64[1, 1] * det, -m64[0, 1] * det
+    i10, i11 = -m64[1, 0] * det, m64[0, 0] * det
+    i02 = -i00 * m64[0, 2] - i01 * m64[1, 2]
+    i12 = -i10 * m64[0, 2] - i11 * m64[1, 2]
+    y0, y1, x0, x1 = box
+    ys, xs = np.arange(y0, y1, dtype=np.float64), np.arange(x0, x1, dtype=np.float64)
+    gx = _round_even((i01 * ys + i02) * 1024)[:, None] + 16 + _round_even((i00 * xs) * 1024)[None, :]
+    gy = _round_even((i11 * ys + i12) * 1024)[:, None] + 16 + _round_even((i10 * xs) * 1024)[None, :]
+    xq, yq = gx >> 5, gy >> 5
+    return xq, yq
 
 
 def _matrix_key(m_c2o: np.ndarray, width: int, height: int) -> tuple[np.ndarray, tuple[bytes, int, int]]:
