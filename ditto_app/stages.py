@@ -77,6 +77,7 @@ def build_stage(name: str, weights_dir: Path, profile: str, bus: Bus, device: st
         from services.renderer import server as renderer_server
         from services.renderer.avatar.register import MediaLimits
         from services.renderer.avatar.sessions import AuxModels
+        from services.renderer.core import RendererCore
         from services.renderer.models import RendererModels
         from services.renderer.session_stage import RendererStage
 
@@ -85,7 +86,7 @@ def build_stage(name: str, weights_dir: Path, profile: str, bus: Bus, device: st
                                      cache_dir=cache_dir / "renderer" if cache_dir else None)
         aux = AuxModels.load(weights_dir, device)
         m = media or MediaSettings()
-        core = renderer_server.RendererCore(
+        core = RendererCore(
             models, aux, cache_dir / "avatars" if cache_dir else None,
             limits=MediaLimits(m.max_image_pixels, m.max_video_frames, m.max_video_s),
             max_concurrent_registrations=m.max_concurrent_registrations, cache_ttl_s=m.avatar_cache_ttl_s)

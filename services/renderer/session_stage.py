@@ -23,7 +23,7 @@ from ditto.bus.worker import Output
 from ditto.stage_runtime import FRAMES, forward
 from ditto_client.v1 import bus_pb2, common_pb2, renderer_pb2
 from services.renderer.avatar.register import Avatar, MediaError, NoFaceError
-from services.renderer.server import (
+from services.renderer.core import (
     RenderedFrames,
     RendererCore,
     RenderInput,

@@ -311,7 +311,7 @@ async def test_delete_avatar_removes_media_and_features_from_the_renderer_cache(
 def test_renderer_disk_cache_entries_expire_when_unused(tmp_path):
     """A replica that missed a DeleteAvatar (down at the time) drops the entry within avatar_cache_ttl_s."""
     from services.renderer.avatar.crop import CropSettings
-    from services.renderer.server import RendererCore
+    from services.renderer.core import RendererCore
     from tests.renderer.renderer_models import tiny_models
 
     core = RendererCore(tiny_models(), cache_dir=tmp_path, cache_ttl_s=600)

@@ -12,7 +12,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from ditto import codec, rpc
 from ditto_client.v1 import common_pb2, renderer_pb2, renderer_pb2_grpc
 from services.renderer.avatar.register import MOTION_KEYS
-from services.renderer.server import RendererCore, serve
+from services.renderer.core import RendererCore
+from services.renderer.server import serve
 from tests.renderer.renderer_models import face_image, tiny_models
 
 
