@@ -43,6 +43,17 @@ def redis_answers(url: str) -> bool:
         return False
 
 
+def stop_group(popen: subprocess.Popen, grace_s: float = 30) -> None:
+    """SIGTERM to a process started with start_new_session=True and its children; SIGKILL after `grace_s`."""
+    try:
+        os.killpg(popen.pid, signal.SIGTERM)
+        popen.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(popen.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 def start_redis(port: int) -> subprocess.Popen:
     exe = shutil.which("redis-server")
     if exe is None:

@@ -24,7 +24,6 @@ import functools
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ditto_app.cluster import stop_group
 
 ROOT = Path(__file__).resolve().parents[1]
 FIRST_FRAME_P95_S = 1.0
@@ -306,11 +307,7 @@ def serving_capacity(plan: Plan, budget_s: float, logs: Path) -> dict:
     try:
         return asyncio.run(_ramp(plan, f"127.0.0.1:{port}", deadline))
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_group(proc, 30)
 
 
 async def _ramp(plan: Plan, address: str, deadline: float) -> dict:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 from serving_helpers import portrait_png
 
+from ditto_app.cluster import stop_group
 from ditto_client import AvatarClient
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,11 +51,7 @@ def test_pipecat_example_talks_with_a_face(tmp_path):
         assert m, out.stdout[-2000:]
         assert int(m.group(1)) >= 50 and float(m.group(2)) == pytest.approx(2.0)
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
+        stop_group(server, 30)
 
 
 def test_livekit_example_imports():

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import socket
 import statistics
 import subprocess
@@ -26,6 +25,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from ditto_app.cluster import stop_group
 
 ROUNDS = 20
 IDLE_ROUNDS = 5
@@ -255,11 +256,7 @@ def run(out_dir: Path, rounds: int = ROUNDS, idle_rounds: int = IDLE_ROUNDS, onl
             fresh = {k: _stats(v) for k, v in samples["fresh"].items()}
         result.update(_summary(fresh, after_idle))
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_group(proc, 30)
     (out_dir / "agents.json").write_text(json.dumps(result, indent=2))
     return result
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from ditto_app.cluster import stop_group
 
 LEVELS = (1, 2, 4)          # concurrent sessions
 ROUNDS = {1: 3, 2: 2, 4: 1}  # repeated so every level has 3-4 first-frame samples
@@ -276,11 +277,7 @@ def run(out_dir: Path) -> dict:
     try:
         result["embedded"] = asyncio.run(_load(f"127.0.0.1:{port}"))
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_group(proc, 20)
 
     print("serving bench: distributed (LocalCluster over Redis)", flush=True)
     cluster = LocalCluster(prefix=f"ditto-bench-{uuid.uuid4().hex[:8]}", slots=8, log_dir=logs / "cluster")
