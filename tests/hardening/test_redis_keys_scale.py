@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from conftest import Orchestrator, PrivateRedis
 from hardening_helpers import config, portrait_png, service_over, speech_pcm16
+from redis_processes import Orchestrator, PrivateRedis
 
 from ditto.bus import RedisBus
 from ditto_client.v1 import avatar_pb2

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import ROOT, Orchestrator, PrivateRedis
 from hardening_helpers import config
+from redis_processes import ROOT, Orchestrator, PrivateRedis
 
 from ditto_client import AvatarClient, tls_credentials
 from ditto_client.v1 import avatar_pb2

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
-from conftest import pieces, speech_24k
+from agent_speech import pieces, speech_24k
 from livekit import rtc
 from livekit.agents.voice.avatar import AudioSegmentEnd
 from serving_helpers import embedded_service, portrait_png, tenants_file

@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 import jwt
 import pytest
-from conftest import pieces, speech_24k
+from agent_speech import pieces, speech_24k
 from livekit import api, rtc
 from livekit.agents.voice.avatar import AudioSegmentEnd
 

@@ -7,7 +7,7 @@ import asyncio
 import time
 
 import pytest
-from conftest import pieces, speech_24k
+from agent_speech import pieces, speech_24k
 from pipecat.frames.frames import (
     EndFrame,
     InterruptionFrame,
