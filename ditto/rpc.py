@@ -3,7 +3,8 @@ helpers. Each service registers its servicers here instead of repeating the boil
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,116 @@ def server_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE) -> list[tuple[s
     return [*channel_options(max_message_bytes),
             ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
             ("grpc.http2.max_ping_strikes", 0)]
+
+
+# How long a call that ends while its client is still sending keeps reading (and discarding) the client's stream
+# before its status goes out. See HalfCloseFirst.
+DRAIN_S = 5.0
+
+
+class _TrackedRequests:
+    """A client stream that remembers whether the client has half-closed it."""
+
+    def __init__(self, requests: AsyncIterator[Any]) -> None:
+        self._requests = requests
+        self._it: AsyncIterator[Any] | None = None  # made on the first read: grpc warns of one never iterated
+        self.ended = False
+
+    def __aiter__(self) -> _TrackedRequests:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._it is None:
+            self._it = self._requests.__aiter__()
+        try:
+            return await self._it.__anext__()
+        except StopAsyncIteration:
+            self.ended = True
+            raise
+
+    async def drain(self, context: grpc.aio.ServicerContext, within_s: float) -> None:
+        """Read and drop what the client still sends until it half-closes, for at most `within_s` seconds."""
+        if self.ended:
+            return
+        self.ended = True
+        try:
+            async with asyncio.timeout(within_s):
+                while await context.read() is not grpc.aio.EOF:
+                    pass
+        except Exception:  # noqa: BLE001 - timed out, cancelled by the client, or the call already ended: send now
+            pass
+
+
+class _DrainingContext:
+    """The servicer context, except that `abort` first lets the client finish its stream."""
+
+    def __init__(self, context: grpc.aio.ServicerContext, requests: _TrackedRequests, drain_s: float) -> None:
+        self._context, self._requests, self._drain_s = context, requests, drain_s
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+    async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()) -> None:
+        await self._requests.drain(self._context, self._drain_s)
+        await self._context.abort(code, details, trailing_metadata)
+
+
+class HalfCloseFirst(grpc.aio.ServerInterceptor):
+    """Send a client-streaming call's status only after the client has stopped sending (or `drain_s` passed).
+
+    A grpc.aio client whose write fails because the server already ended the call reports INTERNAL "Internal error
+    from Core" in place of the server's status (grpc/grpc#36066), so a refusal (bad key, no capacity, bad input)
+    would reach a busy client as a meaningless error. Our handlers send their reason in-band first where the protocol
+    has a final message, and our clients half-close when they read it; this interceptor then waits for that
+    half-close before the status goes out. Bounded: a client that never half-closes gets the status after
+    `drain_s`, and what it sent meanwhile is read and dropped, never kept."""
+
+    def __init__(self, drain_s: float = DRAIN_S) -> None:
+        self.drain_s = drain_s
+
+    async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails],
+                                                             Awaitable[grpc.RpcMethodHandler]],
+                                details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or not handler.request_streaming:
+            return handler
+        drain_s = self.drain_s
+        ends_without_drain = (asyncio.CancelledError, GeneratorExit, grpc.aio.AbortError)  # AbortError: drained
+
+        if handler.response_streaming:
+            stream_behaviour = handler.stream_stream
+
+            async def stream_stream(requests, context):
+                tracked = _TrackedRequests(requests)
+                try:
+                    async for msg in stream_behaviour(tracked, _DrainingContext(context, tracked, drain_s)):
+                        yield msg
+                except ends_without_drain:
+                    raise
+                except BaseException:
+                    await tracked.drain(context, drain_s)
+                    raise
+                await tracked.drain(context, drain_s)
+
+            return grpc.stream_stream_rpc_method_handler(stream_stream,
+                                                         request_deserializer=handler.request_deserializer,
+                                                         response_serializer=handler.response_serializer)
+        unary_behaviour = handler.stream_unary
+
+        async def stream_unary(requests, context):
+            tracked = _TrackedRequests(requests)
+            try:
+                result = await unary_behaviour(tracked, _DrainingContext(context, tracked, drain_s))
+            except ends_without_drain:
+                raise
+            except BaseException:
+                await tracked.drain(context, drain_s)
+                raise
+            await tracked.drain(context, drain_s)
+            return result
+
+        return grpc.stream_unary_rpc_method_handler(stream_unary, request_deserializer=handler.request_deserializer,
+                                                    response_serializer=handler.response_serializer)
 
 
 @dataclass
@@ -73,7 +184,9 @@ async def start_server(services: list[Service], host: str = "127.0.0.1", port: i
                        credentials: grpc.ServerCredentials | None = None) -> RunningServer:
     """Start an asyncio gRPC server with the given services plus grpc.health.v1 and reflection, all SERVING;
     over TLS when `credentials` are given."""
-    server = grpc.aio.server(options=server_options(max_message_bytes), interceptors=interceptors or [])
+    # HalfCloseFirst last: it must see the methods' own handlers, not ones an earlier interceptor made streaming
+    server = grpc.aio.server(options=server_options(max_message_bytes),
+                             interceptors=[*(interceptors or []), HalfCloseFirst()])
     for s in services:
         s.add(s.servicer, server)
     health_servicer = health.aio.HealthServicer()

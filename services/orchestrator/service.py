@@ -276,7 +276,8 @@ class AvatarService(avatar_pb2_grpc.AvatarServicer):
             yield _refusal(context, grpc.StatusCode.UNAVAILABLE, _unavailable("session store", err))
         finally:
             if reader:
-                reader.cancel()
+                reader.cancel()  # and wait for it: the call's end may read the client's stream after us
+                await asyncio.gather(reader, return_exceptions=True)
             if session:
                 await self.orch.close_session(session)
 

@@ -144,6 +144,39 @@ async def test_bad_requests_get_clear_status_and_server_survives(server):
     assert ok[-1].final.code == 0 and len(ok) == 2
 
 
+async def test_a_refusal_reaches_a_client_that_is_still_sending(server):
+    """grpc.aio reports INTERNAL instead of the server's status when the client's write fails because the call has
+    ended (grpc/grpc#36066); the server lets the client finish its stream first, so the real status arrives."""
+    stub, _ = server
+    reg = await register(stub)
+    kp = kp_req(keypoints(codec.unnamed(reg.motion_info.tensors), 1))
+    for _ in range(20):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            _ = [r async for r in stub.RenderFrames(stream(cfg("nope"), *[kp] * 200, END))]
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND, err.value.details()
+
+
+async def test_a_client_that_never_stops_sending_still_gets_its_status_and_others_are_served(server):
+    """The wait for the client's half-close is bounded (rpc.DRAIN_S): a client that keeps its stream open gets its
+    status anyway, and meanwhile other calls are served."""
+    import asyncio
+
+    stub, _ = server
+    reg = await register(stub)
+    kp = kp_req(keypoints(codec.unnamed(reg.motion_info.tensors), 1))
+    never = asyncio.Event()
+
+    async def open_forever():
+        yield cfg("nope")
+        await never.wait()
+
+    call = stub.RenderFrames(open_forever())
+    ok = [r async for r in stub.RenderFrames(stream(cfg(reg.avatar_id), kp, END))]  # served meanwhile
+    assert ok[-1].final.code == 0
+    assert await asyncio.wait_for(call.code(), rpc.DRAIN_S + 30) == grpc.StatusCode.NOT_FOUND
+    never.set()
+
+
 def test_the_core_keeps_only_the_most_recently_used_avatars():
     from services.renderer.avatar.crop import CropSettings
 

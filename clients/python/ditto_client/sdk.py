@@ -253,6 +253,10 @@ class ConverseStream:
             msg = await self._call.read()
             if msg is grpc.aio.EOF:
                 break
+            if msg.WhichOneof("kind") == "final":
+                # The session is over: stop sending (the server sends its status once we have), so that no write
+                # of ours races the call's end and hides the status behind grpc.aio's INTERNAL (grpc/grpc#36066).
+                self._queue.put_nowait(None)
             yield msg
         code = await self._call.code()
         if code != grpc.StatusCode.OK:  # as `async for` would: the call's error status ends the iteration
