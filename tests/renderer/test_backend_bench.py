@@ -44,3 +44,24 @@ def test_onnxruntime_bench_compares_every_configuration_with_torch(tmp_path) -> 
     assert any("decomposed" in k for k in warp["ort_ms"]) and "all+1thread" in warp["ort_ms"]
     assert max(warp["max_abs_diff_vs_torch"].values()) < 1e-3, "ORT must compute what PyTorch computes"
     assert warp["best_ratio"] == min(warp["ratio_ort_over_torch"].values()) and result["networks"]
+
+
+def test_onnxruntime_bench_says_where_a_slow_network_spends_its_time(tmp_path) -> None:
+    """The evidence the bench records for a network above the target: ORT's own per-operator profile, and the
+    slowest 3-D convolution timed alone in both runtimes."""
+    import torch
+
+    from services.renderer.export import export_cached
+    from services.renderer.models import RendererConfig, load_networks
+    from tools.bench import onnxruntime as bench_ort
+
+    cfg = RendererConfig.for_profile("tiny")
+    path = export_cached("warp_network", load_networks("synthetic", "tiny", 0)["warp_network"], tmp_path, "native")
+    feeds = {"feature_3d": torch.rand(1, *cfg.feature_shape).numpy(),
+             "kp_source": 0.3 * torch.rand(1, cfg.num_kp, 3).numpy(),
+             "kp_driving": 0.3 * torch.rand(1, cfg.num_kp, 3).numpy()}
+    why = bench_ort.explain(path, feeds, reps=1, threads=1)
+    shares = why["ort_time_share_by_op"]
+    assert "Conv (3-D)" in shares and 0 < sum(shares.values()) <= 1.001
+    alone = why["slowest_conv3d_alone"]
+    assert len(alone["input"]) == 5 and len(alone["weight"]) == 5 and alone["ratio_ort_over_torch"] > 0
