@@ -13,6 +13,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -23,7 +25,7 @@ from ditto.config import load_settings
 from ditto.redaction import redact_url
 from ditto_app.stages import STAGES
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]  # the checkout (or site-packages): where `-m ditto_app.cli` runs
 
 
 def free_port() -> int:
@@ -52,6 +54,52 @@ def stop_group(popen: subprocess.Popen, grace_s: float = 30) -> None:
         os.killpg(popen.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+EMBEDDED_TINY = ("--weights", "synthetic", "--profile", "tiny", "--device", "cpu")
+
+
+@dataclass
+class ServeProcess:
+    """A `ditto serve` started by `start_serve`: its process (own process group), address and log file."""
+
+    popen: subprocess.Popen
+    address: str
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+
+def start_serve(log: Path, args: Sequence[str] = EMBEDDED_TINY, env: Mapping[str, str] | None = None,
+                timeout_s: float = 300) -> ServeProcess:
+    """`ditto serve ARGS --port <free>` in a process group of its own, its output in `log`; returns once it has
+    printed its READY line. If it exits or `timeout_s` passes first: stops it and raises RuntimeError with the end of
+    its log."""
+    port = free_port()
+    with open(log, "wb") as out:
+        popen = subprocess.Popen([sys.executable, "-m", "ditto_app.cli", "serve", *args, "--port", str(port)],
+                                 cwd=ROOT, env=None if env is None else dict(env), stdout=out,
+                                 stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + timeout_s
+    while b"READY orchestrator" not in log.read_bytes():
+        if popen.poll() is not None or time.monotonic() > deadline:
+            stop_group(popen, 10)
+            raise RuntimeError(f"ditto serve did not start (log: {log}):\n{log.read_text(errors='replace')[-3000:]}")
+        time.sleep(0.1)
+    return ServeProcess(popen, f"127.0.0.1:{port}", log)
+
+
+@contextmanager
+def serve_process(log: Path, args: Sequence[str] = EMBEDDED_TINY, env: Mapping[str, str] | None = None,
+                  timeout_s: float = 300, grace_s: float = 30) -> Iterator[ServeProcess]:
+    """`start_serve`, stopped (SIGTERM, SIGKILL after `grace_s`) when the block ends."""
+    server = start_serve(log, args, env, timeout_s)
+    try:
+        yield server
+    finally:
+        stop_group(server.popen, grace_s)
 
 
 def start_redis(port: int) -> subprocess.Popen:

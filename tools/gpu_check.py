@@ -36,8 +36,6 @@ from typing import Any
 
 import numpy as np
 
-from ditto_app.cluster import stop_group
-
 ROOT = Path(__file__).resolve().parents[1]
 FIRST_FRAME_P95_S = 1.0
 REALTIME_FPS = 25
@@ -298,16 +296,12 @@ def _captured_graph(fn: Callable[..., Any], static_inputs: list[Any]) -> Callabl
 # ---- 5. serving capacity ------------------------------------------------------------------------------------------
 
 def serving_capacity(plan: Plan, budget_s: float, logs: Path) -> dict:
-    from ditto_app.cluster import free_port
-    from tools.bench import serving as bench
+    from ditto_app.cluster import EMBEDDED_TINY, serve_process
 
     deadline = time.monotonic() + budget_s
-    port = free_port()
-    proc = bench._start_embedded(port, logs / "gpu-serve.log", profile=plan.profile, device=plan.device)
-    try:
-        return asyncio.run(_ramp(plan, f"127.0.0.1:{port}", deadline))
-    finally:
-        stop_group(proc, 30)
+    args = [*EMBEDDED_TINY[:2], "--profile", plan.profile, "--device", plan.device]
+    with serve_process(logs / "gpu-serve.log", args, timeout_s=180) as server:
+        return asyncio.run(_ramp(plan, server.address, deadline))
 
 
 async def _ramp(plan: Plan, address: str, deadline: float) -> dict:

@@ -8,9 +8,6 @@ import contextlib
 import io
 import os
 import struct
-import subprocess
-import sys
-import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +15,8 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+
+from ditto_app.cluster import ServeProcess, serve_process
 
 ROOT = Path(__file__).resolve().parents[1]
 MB = 1024 * 1024
@@ -76,23 +75,7 @@ def measure(pid: int) -> Iterator[MemoryReading]:
 
 
 # ------------------------------------------------------------------------------------------------ a server process
-@dataclass
-class ServerProcess:
-    popen: subprocess.Popen
-    address: str
-    log: Path
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+ServerProcess = ServeProcess
 
 
 @contextlib.contextmanager
@@ -103,30 +86,12 @@ def ditto_serve(tmp: Path, env: dict[str, str] | None = None, redis_url: str | N
     from ditto_app.synthetic import ensure_synthetic
 
     ensure_synthetic("tiny")
-    port = free_port()
-    log = tmp / f"serve-{port}.log"
     e = dict(os.environ, PYTHONUNBUFFERED="1", DITTO_TELEMETRY__LOG_LEVEL="info", DITTO_BUS__SLOTS="4",
              DITTO_MODEL__DEVICE="cpu")
     e.update(env or {})
-    args = [sys.executable, "-m", "ditto_app.cli", "serve", "--port", str(port)]
-    args += ["--redis", redis_url] if redis_url else ["--weights", "synthetic", "--profile", "tiny"]
-    with open(log, "wb") as out:
-        popen = subprocess.Popen(args, cwd=ROOT, env=e, stdout=out, stderr=subprocess.STDOUT)
-    server = ServerProcess(popen, f"127.0.0.1:{port}", log)
-    try:
-        deadline = time.monotonic() + timeout
-        while b"READY orchestrator" not in log.read_bytes():
-            if popen.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"ditto serve did not start:\n{log.read_text(errors='replace')[-3000:]}")
-            time.sleep(0.2)
+    args = ["--redis", redis_url] if redis_url else ["--weights", "synthetic", "--profile", "tiny"]
+    with serve_process(tmp / f"serve-{len(list(tmp.glob('serve-*.log')))}.log", args, e, timeout, 20) as server:
         yield server
-    finally:
-        popen.terminate()
-        try:
-            popen.wait(20)
-        except subprocess.TimeoutExpired:
-            popen.kill()
-            popen.wait(10)
 
 
 def channel(address: str) -> grpc.aio.Channel:

@@ -35,28 +35,10 @@ def _portrait_png() -> bytes:
 @pytest.fixture
 def served(tmp_path):
     """`ditto serve` (tiny profile, synthetic weights) in its own process, as a user runs it."""
-    import socket
+    from ditto_app.cluster import serve_process
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = tmp_path / "serve.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "ditto_app.cli", "serve", "--weights", "synthetic",
-                                 "--profile", "tiny", "--device", "cpu", "--port", str(port)], cwd=ROOT,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        import time
-
-        deadline = time.monotonic() + 300
-        while b"READY orchestrator" not in log.read_bytes():
-            assert proc.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.1)
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(60)
+    with serve_process(tmp_path / "serve.log") as server:
+        yield server.address
 
 
 def test_the_client_package_alone_converses_with_a_real_server(tmp_path, served):

@@ -16,9 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ditto_app.cluster import stop_group
+from ditto_app.cluster import start_serve, stop_group
 
 ROUNDS = 20
 IDLE_ROUNDS = 5
@@ -35,12 +33,6 @@ FRESH = 60.0  # idle_after_s that keeps the idle feed off for a whole fresh run
 SECONDS = 2.0
 PIECE_MS = 100
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _speech(rate: int, seed: int) -> bytes:
@@ -228,23 +220,14 @@ def run(out_dir: Path, rounds: int = ROUNDS, idle_rounds: int = IDLE_ROUNDS, onl
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     log = Path(tempfile.mkdtemp(prefix="ditto-bench-agents-")) / "serve.log"
-    port = _free_port()
-    with open(log, "wb") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "ditto_app.cli", "serve", "--weights", "synthetic", "--profile",
-                                 "tiny", "--device", "cpu", "--port", str(port)], stdout=f, stderr=subprocess.STDOUT,
-                                start_new_session=True, cwd=ROOT)
+    server = start_serve(log, timeout_s=180)
     try:
-        deadline = time.monotonic() + 180
-        while b"READY orchestrator" not in log.read_bytes():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"ditto serve did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.1)
         result = {"setup": {"profile": "tiny", "weights": "synthetic", "device": "cpu", "speech_s": SECONDS,
                             "piece_ms": PIECE_MS, "pace": "realtime", "encoding": "JPEG",
                             "idle_s_before_speech": IDLE_S, "idle_lead_s": 1.4,
                             "measure": "first audio in -> first frame showing it out", "cpus": os.cpu_count(),
                             "server_log": str(log), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}}
-        samples = asyncio.run(_measure(f"127.0.0.1:{port}", 0 if only_after_idle else rounds, idle_rounds))
+        samples = asyncio.run(_measure(server.address, 0 if only_after_idle else rounds, idle_rounds))
         after_idle = {k: _stats(v) for k, v in samples["after_idle"].items() if v}
         if only_after_idle:
             previous = json.loads((out_dir / "agents.json").read_text())
@@ -256,7 +239,7 @@ def run(out_dir: Path, rounds: int = ROUNDS, idle_rounds: int = IDLE_ROUNDS, onl
             fresh = {k: _stats(v) for k, v in samples["fresh"].items()}
         result.update(_summary(fresh, after_idle))
     finally:
-        stop_group(proc, 30)
+        stop_group(server.popen, 30)
     (out_dir / "agents.json").write_text(json.dumps(result, indent=2))
     return result
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ditto_app.cluster import stop_group
+from ditto_app.cluster import ServeProcess, start_serve, stop_group
 
 LEVELS = (1, 2, 4)          # concurrent sessions
 ROUNDS = {1: 3, 2: 2, 4: 1}  # repeated so every level has 3-4 first-frame samples
@@ -243,23 +242,12 @@ def spread(logs: Path) -> dict:
     return out
 
 
-def _start_embedded(port: int, log: Path, profile: str = "tiny", device: str = "cpu") -> subprocess.Popen:
-    f = open(log, "wb")  # noqa: SIM115 - lives as long as the process
-    proc = subprocess.Popen([sys.executable, "-m", "ditto_app.cli", "serve", "--weights", "synthetic",
-                             "--profile", profile, "--device", device, "--port", str(port)],
-                            stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
-                            cwd=Path(__file__).resolve().parents[2])
-    deadline = time.monotonic() + 180
-    while b"READY orchestrator" not in log.read_bytes():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"ditto serve did not start:\n{log.read_text()[-3000:]}")
-        time.sleep(0.1)
-    return proc
+def _start_embedded(log: Path, profile: str = "tiny", device: str = "cpu") -> ServeProcess:
+    return start_serve(log, ["--weights", "synthetic", "--profile", profile, "--device", device], timeout_s=180)
 
 
 def run(out_dir: Path) -> dict:
-    from ditto_app.cluster import LocalCluster, free_port
+    from ditto_app.cluster import LocalCluster
     from ditto_app.synthetic import ensure_synthetic
 
     ensure_synthetic("tiny")
@@ -272,12 +260,11 @@ def run(out_dir: Path) -> dict:
                               "cpus": os.cpu_count(), "logs": str(logs)}}
 
     print("serving bench: embedded (ditto serve, in-memory bus)", flush=True)
-    port = free_port()
-    proc = _start_embedded(port, logs / "embedded.log")
+    server = _start_embedded(logs / "embedded.log")
     try:
-        result["embedded"] = asyncio.run(_load(f"127.0.0.1:{port}"))
+        result["embedded"] = asyncio.run(_load(server.address))
     finally:
-        stop_group(proc, 20)
+        stop_group(server.popen, 20)
 
     print("serving bench: distributed (LocalCluster over Redis)", flush=True)
     cluster = LocalCluster(prefix=f"ditto-bench-{uuid.uuid4().hex[:8]}", slots=8, log_dir=logs / "cluster")
