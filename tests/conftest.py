@@ -94,6 +94,23 @@ def unique_prefix(request) -> str:
     return f"ditto-test-{uuid.uuid4().hex[:10]}"
 
 
+@pytest.fixture(params=["memory", "redis"])
+async def bus(request, unique_prefix):
+    """Each bus implementation in turn (the in-memory one, and Redis Streams on the real Redis of `redis_url`),
+    under a key prefix private to the test, emptied afterwards."""
+    from ditto.bus import MemoryBus, RedisBus
+
+    if request.param == "memory":
+        b = MemoryBus(unique_prefix)
+        yield b
+    else:
+        b = RedisBus(request.getfixturevalue("redis_url"), unique_prefix)
+        yield b
+        async for key in b.r.scan_iter(match=f"{unique_prefix}:*"):
+            await b.r.delete(key)
+    await b.close()
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return ROOT

@@ -14,22 +14,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from redis_processes import PrivateRedis  # noqa: E402
 
-from ditto.bus import Bus, MemoryBus, RedisBus  # noqa: E402
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def bus(request, unique_prefix):
-    if request.param == "memory":
-        b: Bus = MemoryBus(unique_prefix)
-        yield b
-    else:
-        url = request.getfixturevalue("redis_url")
-        b = RedisBus(url, unique_prefix)
-        yield b
-        async for key in b.r.scan_iter(match=f"{unique_prefix}:*"):
-            await b.r.delete(key)
-    await b.close()
-
 
 @pytest.fixture
 def private_redis() -> Iterator[PrivateRedis]:

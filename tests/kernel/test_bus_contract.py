@@ -15,25 +15,11 @@ import pytest
 from sum_stage import STAGE, RunningSum
 
 from ditto import codec
-from ditto.bus import Bus, Commit, LeaseLost, MemoryBus, RedisBus
+from ditto.bus import Bus, Commit, LeaseLost, RedisBus
 from ditto.bus.worker import SlotWorker, WorkerSettings, epoch_key
 from ditto_client.v1 import bus_pb2
 
 HERE = Path(__file__).parent
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def bus(request, unique_prefix):
-    if request.param == "memory":
-        b: Bus = MemoryBus(unique_prefix)
-        yield b
-    else:
-        url = request.getfixturevalue("redis_url")
-        b = RedisBus(url, unique_prefix)
-        yield b
-        async for key in b.r.scan_iter(match=f"{unique_prefix}:*"):
-            await b.r.delete(key)
-    await b.close()
 
 
 def entry(session: str, seq: int, x: int = 0, epoch: int = 0, out_stream: str = "") -> bus_pb2.StreamEntry:

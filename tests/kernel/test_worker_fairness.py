@@ -8,25 +8,11 @@ import asyncio
 import time
 from collections.abc import Sequence
 
-import pytest
 from sum_stage import STAGE, RunningSum
 from test_bus_contract import _wait_for, entry
 
-from ditto.bus import Bus, MemoryBus, RedisBus
+from ditto.bus import Bus
 from ditto.bus.worker import SlotWorker, WorkerSettings, WorkItem, WorkResult
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def bus(request, unique_prefix):
-    if request.param == "memory":
-        b: Bus = MemoryBus(unique_prefix)
-        yield b
-    else:
-        b = RedisBus(request.getfixturevalue("redis_url"), unique_prefix)
-        yield b
-        async for key in b.r.scan_iter(match=f"{unique_prefix}:*"):
-            await b.r.delete(key)
-    await b.close()
 
 
 class Recording(RunningSum):
