@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,22 +100,14 @@ class HalfCloseFirst(grpc.aio.ServerInterceptor):
         if handler is None or not handler.request_streaming:
             return handler
         drain_s = self.drain_s
-        ends_without_drain = (asyncio.CancelledError, GeneratorExit, grpc.aio.AbortError)  # AbortError: drained
 
         if handler.response_streaming:
             stream_behaviour = handler.stream_stream
 
             async def stream_stream(requests, context):
-                tracked = _TrackedRequests(requests)
-                try:
-                    async for msg in stream_behaviour(tracked, _DrainingContext(context, tracked, drain_s)):
+                async with _half_close_first(requests, context, drain_s) as (tracked, draining):
+                    async for msg in stream_behaviour(tracked, draining):
                         yield msg
-                except ends_without_drain:
-                    raise
-                except BaseException:
-                    await tracked.drain(context, drain_s)
-                    raise
-                await tracked.drain(context, drain_s)
 
             return grpc.stream_stream_rpc_method_handler(stream_stream,
                                                          request_deserializer=handler.request_deserializer,
@@ -122,19 +115,27 @@ class HalfCloseFirst(grpc.aio.ServerInterceptor):
         unary_behaviour = handler.stream_unary
 
         async def stream_unary(requests, context):
-            tracked = _TrackedRequests(requests)
-            try:
-                result = await unary_behaviour(tracked, _DrainingContext(context, tracked, drain_s))
-            except ends_without_drain:
-                raise
-            except BaseException:
-                await tracked.drain(context, drain_s)
-                raise
-            await tracked.drain(context, drain_s)
-            return result
+            async with _half_close_first(requests, context, drain_s) as (tracked, draining):
+                return await unary_behaviour(tracked, draining)
 
         return grpc.stream_unary_rpc_method_handler(stream_unary, request_deserializer=handler.request_deserializer,
                                                     response_serializer=handler.response_serializer)
+
+
+@asynccontextmanager
+async def _half_close_first(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext, drain_s: float
+                            ) -> AsyncIterator[tuple[_TrackedRequests, _DrainingContext]]:
+    """The handler's view of the call (tracked requests, a context whose abort drains); when it ends, however it
+    ends short of a cancel or an abort (which drained already), the client's stream is drained before the status."""
+    tracked = _TrackedRequests(requests)
+    try:
+        yield tracked, _DrainingContext(context, tracked, drain_s)
+    except (asyncio.CancelledError, GeneratorExit, grpc.aio.AbortError):
+        raise
+    except BaseException:
+        await tracked.drain(context, drain_s)
+        raise
+    await tracked.drain(context, drain_s)
 
 
 @dataclass

@@ -6,27 +6,12 @@ from __future__ import annotations
 import asyncio
 
 import grpc
-import pytest
 from hardening_helpers import config, portrait_png, service_over, speech_pcm16, tenants_file
 
-from ditto.bus import MemoryBus, RedisBus
 from ditto_client.v1 import avatar_pb2
 from services.orchestrator.tenants import TenantDirectory
 
 KEY = (("x-api-key", "key-of-acme"),)
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def bus(request, unique_prefix):
-    if request.param == "memory":
-        b = MemoryBus(unique_prefix)
-        yield b
-    else:
-        b = RedisBus(request.getfixturevalue("redis_url"), unique_prefix)
-        yield b
-        async for key in b.r.scan_iter(match=f"{unique_prefix}:*"):
-            await b.r.delete(key)
-    await b.close()
 
 
 async def test_ten_simultaneous_converse_calls_of_a_tenant_limited_to_two_admit_exactly_two(bus, tmp_path):
