@@ -96,6 +96,9 @@ class MediaSettings(BaseModel):
     max_concurrent_registrations: int = Field(2, ge=1, description="registrations decoding at once per renderer")
     avatar_cache_ttl_s: int = Field(24 * 3600, ge=60, description="an avatar's derived features not used for this "
                                     "long are deleted from the renderer's disk cache")
+    max_avatar_memory_mb: int = Field(4096, ge=64, description="memory a renderer keeps avatars in (frames and "
+                                      "features, on the model's device); the least recently used leave it first "
+                                      "and are reloaded from the disk cache when needed")
 
 
 class Settings(BaseSettings):

@@ -89,7 +89,8 @@ def build_stage(name: str, weights_dir: Path, profile: str, bus: Bus, device: st
         core = RendererCore(
             models, aux, cache_dir / "avatars" if cache_dir else None,
             limits=MediaLimits(m.max_image_pixels, m.max_video_frames, m.max_video_s),
-            max_concurrent_registrations=m.max_concurrent_registrations, cache_ttl_s=m.avatar_cache_ttl_s)
+            max_concurrent_registrations=m.max_concurrent_registrations, cache_ttl_s=m.avatar_cache_ttl_s,
+            max_avatar_bytes=m.max_avatar_memory_mb * 1024 * 1024)
         render_handler = SessionStageHandler(RendererStage(core, bus), max_batch=64)
         return BuiltStage(name, render_handler, [renderer_server.service(core, render_handler.batcher)])
     raise ValueError(f"unknown stage {name!r}; one of {', '.join(STAGES)}")

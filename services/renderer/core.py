@@ -62,6 +62,10 @@ def crop_settings(msg: common_pb2.CropOptions) -> CropSettings:
     )
 
 
+class AvatarTooLarge(ValueError):
+    """One avatar needs more memory than the renderer keeps for all of them."""
+
+
 @dataclass
 class RenderSession:
     """One rendered stream (a RenderFrames call or a bus session's epoch): its avatar, paste options and encoder."""
@@ -108,7 +112,7 @@ class RendererCore:
     """Registration and frame rendering without gRPC: what the servicer (and the embedded pipeline) calls."""
 
     def __init__(self, models: Any, aux: AuxModels | None = None, cache_dir: Path | None = None,
-                 stitch: bool = True, max_avatars: int = 16, limits: MediaLimits | None = None,
+                 stitch: bool = True, max_avatar_bytes: int = 4 << 30, limits: MediaLimits | None = None,
                  max_concurrent_registrations: int = 2, cache_ttl_s: float = 24 * 3600):
         self.models = models
         self.aux = aux or AuxModels.none()
@@ -116,10 +120,11 @@ class RendererCore:
         self.stitch = stitch  # False when the keypoints arrive already stitched
         self.putback = PutBack()
         self._device_frames: Any = None  # gpu_post.DeviceFrames, made on the first GPU paste-back
-        self.max_avatars = max_avatars
+        self.max_avatar_bytes = max_avatar_bytes
         self.limits = limits or MediaLimits()
         self.cache_ttl_s = cache_ttl_s
-        self._avatars: LRUCache[str, Avatar] = LRUCache(max_avatars)   # the most recently used avatars
+        # the most recently used avatars, bounded by the memory they hold (a video avatar can hold 100x a photo's)
+        self._avatars: LRUCache[str, Avatar] = LRUCache(max_avatar_bytes, getsizeof=lambda a: a.nbytes)
         # registrations run in worker threads; this bounds how many decode at once (each may take hundreds of MB)
         self._registering = threading.BoundedSemaphore(max_concurrent_registrations)
         self._last_sweep = 0.0
@@ -135,7 +140,11 @@ class RendererCore:
             finally:
                 release_memory()
         known = avatar.avatar_id in self._avatars or avatar.cache_hit
-        self._remember(avatar)
+        try:
+            self._remember(avatar)
+        except AvatarTooLarge:
+            self.forget(avatar.avatar_id)  # and its disk copy: it could never be served
+            raise
         self._touch(avatar.avatar_id)
         self.sweep_cache()
         return avatar, known
@@ -144,8 +153,8 @@ class RendererCore:
         avatar = self._avatars.get(avatar_id)
         if avatar is None and self.cache_dir is not None and _safe_id(avatar_id):
             avatar = load_cached(avatar_id, self.cache_dir, self.models, self.limits)
-            if avatar is not None:
-                self._remember(avatar)
+            if avatar is not None and avatar.nbytes <= self.max_avatar_bytes:
+                self._remember(avatar)  # (one registered under a larger budget is served, not kept)
         if avatar is not None:
             self._touch(avatar_id)
         return avatar
@@ -190,6 +199,11 @@ class RendererCore:
         return removed
 
     def _remember(self, avatar: Avatar) -> None:
+        if avatar.nbytes > self.max_avatar_bytes:
+            raise AvatarTooLarge(
+                f"this avatar needs {avatar.nbytes / 2**20:.0f} MB of memory, more than this renderer keeps for all "
+                f"avatars ({self.max_avatar_bytes / 2**20:.0f} MB, DITTO_MEDIA__MAX_AVATAR_MEMORY_MB); send a "
+                "shorter video or a smaller image")
         self._avatars[avatar.avatar_id] = avatar
 
     # -- rendering ----------------------------------------------------------------------------------------------

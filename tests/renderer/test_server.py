@@ -177,16 +177,39 @@ async def test_a_client_that_never_stops_sending_still_gets_its_status_and_other
     never.set()
 
 
-def test_the_core_keeps_only_the_most_recently_used_avatars():
+def test_the_core_keeps_the_most_recently_used_avatars_within_its_memory():
     from services.renderer.avatar.crop import CropSettings
 
-    core = RendererCore(tiny_models(), max_avatars=2)         # no cache folder: an evicted avatar is gone
+    first, _ = RendererCore(tiny_models()).register(png(face_image(seed=1)), "a.png", CropSettings())
+    size = first.nbytes
+    assert size >= sum(f.nbytes for f in first.frames) + sum(f.numel() * f.element_size() for f in first.f_s)
+    core = RendererCore(tiny_models(), max_avatar_bytes=int(2.5 * size))  # no cache folder: an evicted one is gone
     ids = [core.register(png(face_image(seed=s)), "a.png", CropSettings())[0].avatar_id for s in (1, 2)]
     assert core.avatar(ids[0]) is not None                     # now the most recently used
     third = core.register(png(face_image(seed=3)), "a.png", CropSettings())[0].avatar_id
     assert len({*ids, third}) == 3
     assert core.avatar(ids[1]) is None                         # the least recently used went
     assert core.avatar(ids[0]) is not None and core.avatar(third) is not None
+    assert core._avatars.currsize <= core.max_avatar_bytes
+
+
+async def test_an_avatar_larger_than_the_renderers_avatar_memory_is_refused_and_others_are_served(tmp_path):
+    core = RendererCore(tiny_models(), cache_dir=tmp_path / "avatars")
+    running = await serve(core)
+    try:
+        async with grpc.aio.insecure_channel(running.address, options=rpc.channel_options()) as channel:
+            stub = renderer_pb2_grpc.RendererStub(channel)
+            reg = await register(stub)
+            core.max_avatar_bytes = core.avatar(reg.avatar_id).nbytes  # room for this one, not a larger one
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await register(stub, face_image(480, 640, seed=7))
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "DITTO_MEDIA__MAX_AVATAR_MEMORY_MB" in err.value.details()
+            info = codec.unnamed(reg.motion_info.tensors)
+            ok = [r async for r in stub.RenderFrames(stream(cfg(reg.avatar_id), kp_req(keypoints(info, 1)), END))]
+            assert ok[-1].final.code == 0
+    finally:
+        await running.stop(0)
 
 
 def test_paste_back_caches_are_bounded():

@@ -242,6 +242,17 @@ class Avatar:
     def num_frames(self) -> int:
         return len(self.frames)
 
+    @property
+    def nbytes(self) -> int:
+        """Memory the avatar holds (frames, appearance features on their device, keypoints and matrices): what the
+        renderer's avatar memory is bounded by."""
+        arrays = [*self.frames, self.M_c2o, self.eye_open, self.eye_ball,
+                  *(v for info in self.x_s_info for v in info.values())]
+        if self.lmk203 is not None:
+            arrays.append(self.lmk203)
+        features = sum(int(f.numel()) * int(f.element_size()) for f in self.f_s)
+        return sum(int(a.nbytes) for a in arrays) + features
+
     def source_index(self, gen: int) -> int:
         """The source frame that generated frame `gen` uses (ping-pong for videos)."""
         return mirror_index(gen, self.num_frames)
