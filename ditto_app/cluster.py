@@ -72,22 +72,29 @@ class ServeProcess:
         return self.popen.pid
 
 
-def start_serve(log: Path, args: Sequence[str] = EMBEDDED_TINY, env: Mapping[str, str] | None = None,
-                timeout_s: float = 300) -> ServeProcess:
-    """`ditto serve ARGS --port <free>` in a process group of its own, its output in `log`; returns once it has
-    printed its READY line. If it exits or `timeout_s` passes first: stops it and raises RuntimeError with the end of
-    its log."""
-    port = free_port()
+def start_ditto(args: Sequence[str], log: Path, ready: str, env: Mapping[str, str] | None = None,
+                timeout_s: float = 300) -> subprocess.Popen:
+    """`ditto ARGS` in a process group of its own, its output in `log`; returns once `ready` appears in the log. If
+    it exits or `timeout_s` passes first: stops it and raises RuntimeError with the end of its log."""
     with open(log, "wb") as out:
-        popen = subprocess.Popen([sys.executable, "-m", "ditto_app.cli", "serve", *args, "--port", str(port)],
-                                 cwd=ROOT, env=None if env is None else dict(env), stdout=out,
-                                 stderr=subprocess.STDOUT, start_new_session=True)
+        popen = subprocess.Popen([sys.executable, "-m", "ditto_app.cli", *args], cwd=ROOT,
+                                 env=None if env is None else dict(env), stdout=out, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
     deadline = time.monotonic() + timeout_s
-    while b"READY orchestrator" not in log.read_bytes():
+    while ready.encode() not in log.read_bytes():
         if popen.poll() is not None or time.monotonic() > deadline:
             stop_group(popen, 10)
-            raise RuntimeError(f"ditto serve did not start (log: {log}):\n{log.read_text(errors='replace')[-3000:]}")
+            raise RuntimeError(f"ditto {args[0]} did not start (log: {log}):\n"
+                               f"{log.read_text(errors='replace')[-3000:]}")
         time.sleep(0.1)
+    return popen
+
+
+def start_serve(log: Path, args: Sequence[str] = EMBEDDED_TINY, env: Mapping[str, str] | None = None,
+                timeout_s: float = 300) -> ServeProcess:
+    """`ditto serve ARGS --port <free>` (see `start_ditto`)."""
+    port = free_port()
+    popen = start_ditto(["serve", *args, "--port", str(port)], log, "READY orchestrator", env, timeout_s)
     return ServeProcess(popen, f"127.0.0.1:{port}", log)
 
 

@@ -7,9 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
 import wave
 from pathlib import Path
@@ -18,40 +15,16 @@ import grpc
 import pytest
 from webrtc_helpers import portrait_png, speech_pcm16
 
-from ditto_app.cluster import free_port
+from ditto_app.cluster import free_port, start_ditto, stop_group
 from ditto_client import AvatarClient, session_config
 from ditto_client.v1 import avatar_pb2
 from services.orchestrator.tenants import hash_key
 
-ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("DITTO_TEST_CHROMIUM", "/usr/bin/chromium")
 API_KEY = "browser-test-key"
 SPEECH_S = 3.0
 
 pytestmark = pytest.mark.e2e
-
-
-def _spawn(args: list[str], log: Path, env: dict[str, str], ready: str, timeout: float = 240) -> subprocess.Popen:
-    f = open(log, "wb")  # noqa: SIM115 - lives as long as the process
-    proc = subprocess.Popen([sys.executable, "-m", "ditto_app.cli", *args], cwd=ROOT, env=env, stdout=f,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + timeout
-    while ready.encode() not in log.read_bytes():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            _stop(proc)
-            raise RuntimeError(f"{args[0]} did not start:\n{log.read_text()[-3000:]}")
-        time.sleep(0.1)
-    return proc
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
 
 
 @pytest.fixture
@@ -64,17 +37,17 @@ def stack(tmp_path):
     env.update(PYTHONUNBUFFERED="1", DITTO_API_KEYS_FILE=str(keys), DITTO_TELEMETRY__LOG_LEVEL="info",
                DITTO_WEBRTC_ICE_HOST_ADDRESSES='["127.0.0.1"]')
     grpc_port, http_port = free_port(), free_port()
-    serve = _spawn(["serve", "--weights", "synthetic", "--profile", "tiny", "--device", "cpu", "--port",
-                    str(grpc_port)], tmp_path / "serve.log", env, "READY orchestrator")
+    serve = start_ditto(["serve", "--weights", "synthetic", "--profile", "tiny", "--device", "cpu", "--port",
+                        str(grpc_port)], tmp_path / "serve.log", "READY orchestrator", env)
     try:
-        gw = _spawn(["webrtc-gateway", "--port", str(http_port), "--orchestrator", f"127.0.0.1:{grpc_port}"],
-                    tmp_path / "gateway.log", env, "READY webrtc-gateway")
+        gw = start_ditto(["webrtc-gateway", "--port", str(http_port), "--orchestrator", f"127.0.0.1:{grpc_port}"],
+                         tmp_path / "gateway.log", "READY webrtc-gateway", env)
         try:
             yield {"grpc": f"127.0.0.1:{grpc_port}", "http": f"http://127.0.0.1:{http_port}", "logs": tmp_path}
         finally:
-            _stop(gw)
+            stop_group(gw)
     finally:
-        _stop(serve)
+        stop_group(serve)
 
 
 def speech_wav(path: Path, seconds: float = SPEECH_S, rate: int = 48000) -> Path:

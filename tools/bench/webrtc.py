@@ -19,8 +19,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,7 +30,6 @@ import numpy as np
 SECONDS = 4.0
 ROUNDS = 2
 CHUNK_MS = 80
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _speech(seconds: float, rate: int, seed: int = 0) -> np.ndarray:
@@ -53,28 +50,6 @@ def _cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _spawn(args: list[str], log: Path, env: dict[str, str], ready: str) -> subprocess.Popen:
-    f = open(log, "wb")  # noqa: SIM115 - lives as long as the process
-    proc = subprocess.Popen([sys.executable, "-m", "ditto_app.cli", *args], cwd=ROOT, env=env, stdout=f,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 240
-    while ready.encode() not in log.read_bytes():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            _stop(proc)
-            raise RuntimeError(f"{args[0]} did not start:\n{log.read_text()[-3000:]}")
-        time.sleep(0.1)
-    return proc
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _latencies(frame_times: list[float], sent: list[tuple[int, float]], samples_per_frame: int) -> list[float]:
@@ -224,7 +199,7 @@ async def _measure(grpc_address: str, url: str, gateway_pid: int) -> dict:
 
 
 def run(out_dir: Path) -> dict:
-    from ditto_app.cluster import free_port
+    from ditto_app.cluster import free_port, start_ditto, stop_group
     from ditto_app.synthetic import ensure_synthetic
 
     ensure_synthetic("tiny")
@@ -234,11 +209,11 @@ def run(out_dir: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DITTO_")}
     env.update(PYTHONUNBUFFERED="1", DITTO_WEBRTC_ICE_HOST_ADDRESSES='["127.0.0.1"]')
     grpc_port, http_port = free_port(), free_port()
-    serve = _spawn(["serve", "--weights", "synthetic", "--profile", "tiny", "--device", "cpu", "--port",
-                    str(grpc_port)], logs / "serve.log", env, "READY orchestrator")
+    serve = start_ditto(["serve", "--weights", "synthetic", "--profile", "tiny", "--device", "cpu", "--port",
+                        str(grpc_port)], logs / "serve.log", "READY orchestrator", env)
     try:
-        gw = _spawn(["webrtc-gateway", "--port", str(http_port), "--orchestrator", f"127.0.0.1:{grpc_port}"],
-                    logs / "gateway.log", env, "READY webrtc-gateway")
+        gw = start_ditto(["webrtc-gateway", "--port", str(http_port), "--orchestrator", f"127.0.0.1:{grpc_port}"],
+                         logs / "gateway.log", "READY webrtc-gateway", env)
         try:
             # the loopback peer in this process must gather on 127.0.0.1 too
             from services.webrtc_gateway.session import limit_host_addresses
@@ -249,9 +224,9 @@ def run(out_dir: Path) -> dict:
             idle_cores = (_cpu_s(gw.pid) - idle0) / (time.monotonic() - t0)
             result = asyncio.run(_measure(f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}", gw.pid))
         finally:
-            _stop(gw)
+            stop_group(gw)
     finally:
-        _stop(serve)
+        stop_group(serve)
     result["gateway_idle_cores"] = round(idle_cores, 4)
     result["setup"] = {"profile": "tiny", "weights": "synthetic", "device": "cpu", "speech_s": SECONDS,
                        "rounds": ROUNDS, "chunk_ms": CHUNK_MS, "transport": "loopback", "frames": "JPEG from the "
