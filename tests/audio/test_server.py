@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 
 import grpc
 import numpy as np
@@ -125,12 +126,17 @@ async def test_a_full_batcher_refuses_a_call_with_resource_exhausted_and_serves_
         async with grpc.aio.insecure_channel(running.address) as channel:
             stub = audio_encoder_pb2_grpc.AudioEncoderStub(channel)
             fmt = common_pb2.AudioFormat()
-            admitted = [asyncio.create_task(_collect(stub, _requests(fmt, _pcm(0.4, 16000, k), 12800)))
-                        for k in range(2)]
-            deadline = asyncio.get_running_loop().time() + 20
-            while not (entered.is_set() and batcher.waiting == 1):
-                assert asyncio.get_running_loop().time() < deadline, "the two calls never filled the batcher"
-                await asyncio.sleep(0.005)
+            async def admit(k: int, filled: Callable[[], bool]) -> asyncio.Task:
+                # one call at a time: two chunks queued before the batcher takes the first would refuse the second
+                task = asyncio.create_task(_collect(stub, _requests(fmt, _pcm(0.4, 16000, k), 12800)))
+                deadline = asyncio.get_running_loop().time() + 60
+                while not filled():
+                    assert not task.done(), task.exception() if not task.cancelled() else "cancelled"
+                    assert asyncio.get_running_loop().time() < deadline, f"call {k} never reached the batcher"
+                    await asyncio.sleep(0.005)
+                return task
+
+            admitted = [await admit(0, entered.is_set), await admit(1, lambda: batcher.waiting == 1)]
             call = stub.Encode(_requests(fmt, _pcm(0.4, 16000, 9), 12800))
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 async for _ in call:
