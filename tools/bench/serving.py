@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 import tempfile
 import time
 import uuid
@@ -246,7 +245,8 @@ def _start_embedded(log: Path, profile: str = "tiny", device: str = "cpu") -> Se
     return start_serve(log, ["--weights", "synthetic", "--profile", profile, "--device", device], timeout_s=180)
 
 
-def run(out_dir: Path) -> dict:
+def run(out_dir: Path, with_spread: bool = True) -> dict:
+    """Every part; `with_spread=False` keeps the spread of an earlier run from serving.json (it is the longest)."""
     from ditto_app.cluster import LocalCluster
     from ditto_app.synthetic import ensure_synthetic
 
@@ -280,10 +280,20 @@ def run(out_dir: Path) -> dict:
         e, d = result["embedded"][key]["first_frame_ms"], result["distributed"][key]["first_frame_ms"]
         added[key] = {k: round(d[k] - e[k], 1) for k in e}
     result["distributed_added_first_frame_ms"] = added
-    result["spread"] = spread(logs)
-    (out_dir / "serving.json").write_text(json.dumps(result, indent=2))
+    earlier = out_dir / "serving.json"
+    if with_spread or not earlier.is_file():
+        result["spread"] = spread(logs)
+    else:
+        result["spread"] = {**json.loads(earlier.read_text())["spread"], "kept_from_an_earlier_run": True}
+    earlier.write_text(json.dumps(result, indent=2))
     return result
 
 
 if __name__ == "__main__":
-    print(json.dumps(run(Path(sys.argv[1] if len(sys.argv) > 1 else "bench/results")), indent=2))
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out", nargs="?", type=Path, default=Path("bench/results"))
+    ap.add_argument("--without-spread", action="store_true", help="keep the spread of the earlier serving.json")
+    a = ap.parse_args()
+    print(json.dumps(run(a.out, with_spread=not a.without_spread), indent=2))
