@@ -110,8 +110,9 @@ async def test_bad_audio_is_invalid_argument_and_server_goes_on(backend):
 
 
 async def test_a_full_batcher_refuses_a_call_with_resource_exhausted_and_serves_the_others(backend):
-    """The stage's batcher holds at most `max_queued` chunks waiting: while a step runs and one chunk waits, a third
-    call is refused at once (with a retry-after-ms trailer), and the two admitted calls and later ones complete."""
+    """The stage's batcher holds at most `max_queued` chunks waiting: while a step runs and two chunks wait, a fourth
+    call is refused at once (with a retry-after-ms trailer), and the three admitted calls and later ones complete.
+    (Two waiting, not one: once the gate opens, each admitted call's end-of-audio flush joins the queue too.)"""
     stage = AudioEncoderStage(backend)
     entered, gate = threading.Event(), threading.Event()
 
@@ -120,7 +121,7 @@ async def test_a_full_batcher_refuses_a_call_with_resource_exhausted_and_serves_
         assert gate.wait(30), "the test never opened the gate"
         return stage.step(batch)
 
-    batcher = MicroBatcher(gated_step, stage.label, max_batch=1, max_wait_ms=0, max_queued=1)
+    batcher = MicroBatcher(gated_step, stage.label, max_batch=1, max_wait_ms=0, max_queued=2)
     running = await rpc.start_server([server.service(stage, batcher)], "127.0.0.1", 0)
     try:
         async with grpc.aio.insecure_channel(running.address) as channel:
@@ -136,7 +137,8 @@ async def test_a_full_batcher_refuses_a_call_with_resource_exhausted_and_serves_
                     await asyncio.sleep(0.005)
                 return task
 
-            admitted = [await admit(0, entered.is_set), await admit(1, lambda: batcher.waiting == 1)]
+            admitted = [await admit(0, entered.is_set), await admit(1, lambda: batcher.waiting == 1),
+                        await admit(2, lambda: batcher.waiting == 2)]
             call = stub.Encode(_requests(fmt, _pcm(0.4, 16000, 9), 12800))
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 async for _ in call:
