@@ -75,12 +75,9 @@ def measure(pid: int) -> Iterator[MemoryReading]:
 
 
 # ------------------------------------------------------------------------------------------------ a server process
-ServerProcess = ServeProcess
-
-
 @contextlib.contextmanager
 def ditto_serve(tmp: Path, env: dict[str, str] | None = None, redis_url: str | None = None,
-                timeout: float = 240) -> Iterator[ServerProcess]:
+                timeout: float = 240) -> Iterator[ServeProcess]:
     """`ditto serve` (embedded, tiny synthetic weights; or the orchestrator alone with `redis_url`) as its own
     process, so its memory is its own."""
     from ditto_app.synthetic import ensure_synthetic

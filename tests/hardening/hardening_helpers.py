@@ -28,7 +28,6 @@ from services.orchestrator.tenants import TenantDirectory  # noqa: E402
 from tools.hostile import (  # noqa: E402,F401
     MB,
     MemoryReading,
-    ServerProcess,
     channel,
     ditto_serve,
     huge_png,
