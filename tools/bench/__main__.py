@@ -7,13 +7,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
-import platform
 import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+
+from tools.bench import machine
 
 PARTS = {
     "audio": "tools.bench.audio",
@@ -27,26 +26,6 @@ PARTS = {
     "webrtc": "tools.bench.webrtc",
     "edges": "tools.bench.edges",  # reliability: bombs, quota reclaim, non-reading clients
 }
-
-
-def machine() -> dict[str, Any]:
-    info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
-                            "cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()}
-    try:
-        import torch
-
-        info["torch"] = torch.__version__
-        info["threads"] = torch.get_num_threads()
-        if torch.cuda.is_available():
-            info["gpu"] = torch.cuda.get_device_name(0)
-    except ImportError:
-        pass
-    try:
-        with open("/proc/meminfo") as f:
-            info["memory_gb"] = round(int(f.readline().split()[1]) / 1024 / 1024, 1)
-    except OSError:
-        pass
-    return info
 
 
 def _rows(name: str, result: object, prefix: str = "") -> list[tuple[str, str]]:
