@@ -254,7 +254,8 @@ class AvatarService(avatar_pb2_grpc.AvatarServicer):
             yield avatar_pb2.ConverseResponse(started=avatar_pb2.SessionStarted(
                 session_id=session.session_id, fps=25, width=session.avatar.width, height=session.avatar.height,
                 encoding=out.encoding or common_pb2.FRAME_ENCODING_JPEG,
-                audio_look_ahead_ms=session.look_ahead_ms))
+                audio_look_ahead_ms=session.look_ahead_ms,
+                audio_read_ahead_ms=round(session.read_ahead_s * 1000)))
             reader = asyncio.create_task(session.read_client(it))
             while True:
                 msg = await session.next_outgoing()

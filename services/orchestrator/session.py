@@ -283,11 +283,16 @@ class Session:
         audio included until the pipeline has dropped it)."""
         return self.debt_s + self.counters.audio_s - self.counters.frames * FRAME_S
 
+    @property
+    def read_ahead_s(self) -> float:
+        """Audio seconds read ahead of the frames the client has taken (announced as SessionStarted's
+        audio_read_ahead_ms)."""
+        limit = self.orch.settings.credits_s + self.look_ahead_s
+        return limit * 4 if self.offline else limit
+
     async def _wait_credit(self) -> None:
         """Out of credits: stop reading the client (gRPC flow control reaches it) until it takes frames."""
-        limit = self.orch.settings.credits_s + self.look_ahead_s
-        if self.offline:
-            limit *= 4
+        limit = self.read_ahead_s
         while self._in_flight_s() > limit and self.final is None:
             await self._wait_for_credit()
 

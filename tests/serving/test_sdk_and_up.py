@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ from serving_helpers import chunks, embedded_service, portrait_png, speech_pcm16
 from ditto import rpc
 from ditto_app.cluster import free_port
 from ditto_client import AsyncAvatarClient, AvatarClient, emotion_control
+from ditto_client.sdk import _Outbox
 from ditto_client.v1 import avatar_pb2, common_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,6 +40,64 @@ async def test_async_client_streams_controls_interrupts_and_ends():
             kinds = [m.WhichOneof("kind") async for m in stream]
         assert kinds[0] == "started" and kinds[-1] == "final"
         assert kinds.count("frame") == 30
+
+
+async def test_an_interrupt_overtakes_speech_handed_over_faster_than_realtime():
+    """Text-to-speech hands 30 s over at once; the server reads only a few seconds ahead of the frames taken. The
+    interrupt must not wait behind the rest (it did: the server read and threw away all 30 s first, so the face went
+    on talking for as long as that speech lasted)."""
+    async with embedded_service() as (stub, _):
+        async with AsyncAvatarClient(stub.address) as client:
+            avatar = await client.register_avatar(portrait_png())
+            stream = await client.open_session(avatar.avatar_id, sample_rate_hz=16000,
+                                               encoding=common_pb2.FRAME_ENCODING_JPEG,
+                                               idle_policy=avatar_pb2.IDLE_POLICY_FREEZE)
+            for c in chunks(speech_pcm16(30.0)):
+                await stream.send_audio(c)
+            final = None
+            async for m in stream:
+                kind = m.WhichOneof("kind")
+                if kind == "frame" and m.frame.index == 0:
+                    await stream.interrupt()
+                    await stream.end_audio()
+                elif kind == "final":
+                    final = m.final
+    assert final is not None and final.status.code == 0
+    # what the server read: what it needed before the first frame, plus what gRPC's window held, far from 30 s
+    assert final.audio_seconds < 10, final.audio_seconds
+
+
+async def test_the_sdk_writes_audio_only_as_far_ahead_as_the_server_reads():
+    def audio(seconds: float) -> avatar_pb2.ConverseRequest:
+        return avatar_pb2.ConverseRequest(audio=avatar_pb2.AudioChunk(data=bytes(int(32000 * seconds))))
+
+    def frame(epoch: int = 0) -> avatar_pb2.ConverseResponse:
+        return avatar_pb2.ConverseResponse(frame=avatar_pb2.VideoFrame(epoch=epoch))
+
+    box = _Outbox()
+    box.pace(common_pb2.AudioFormat(sample_format=common_pb2.SAMPLE_FORMAT_PCM_S16LE, sample_rate_hz=16000,
+                                    channels=1), read_ahead_ms=1000)
+    for _ in range(5):
+        box.put(audio(0.4))
+    box.put(avatar_pb2.ConverseRequest(keep_alive=avatar_pb2.KeepAlive()))
+    reader = box.requests()
+    for _ in range(3):  # 1.2 s written: the server reads 1 s ahead, so the fourth chunk stays here
+        assert (await reader.__anext__()).WhichOneof("kind") == "audio"
+    held = asyncio.ensure_future(reader.__anext__())
+    await asyncio.sleep(0)  # one turn of the loop: the writer runs until it waits for frames
+    assert not held.done() and box.audio_bytes == 2 * 12800
+    for _ in range(5):  # 200 ms of frames back: 1.0 s still ahead, still held
+        box.received(frame())
+    await asyncio.sleep(0)
+    assert not held.done()
+    box.received(frame())  # 0.96 s ahead: the next chunk goes
+    assert (await held).WhichOneof("kind") == "audio" and box.audio_bytes == 12800
+    # an interrupt drops the audio not written (the keep-alive behind it stays, in order) and goes next
+    box.interrupt()
+    box.received(frame(epoch=0))  # a frame of the old epoch, after our interrupt: not counted for the new one
+    box.close()
+    assert [r.WhichOneof("kind") async for r in reader] == ["keep_alive", "interrupt"]
+    assert box.audio_bytes == 0
 
 
 def test_emotion_control_forms():

@@ -318,6 +318,7 @@ async def test_audio_the_service_cannot_take_is_dropped_not_queued():
     import av
 
     from ditto_client import ConverseStream
+    from ditto_client.sdk import _Outbox
     from ditto_client.v1 import avatar_pb2
     from services.webrtc_gateway.config import GatewaySettings
     from services.webrtc_gateway.session import GatewaySession
@@ -339,14 +340,14 @@ async def test_audio_the_service_cannot_take_is_dropped_not_queued():
 
     session = GatewaySession(GatewaySettings(max_pending_audio_s=3.0), None, {"avatar_id": "a"})
     session.started = avatar_pb2.SessionStarted(audio_look_ahead_ms=1200)
-    queue: asyncio.Queue = asyncio.Queue()
-    session.stream = ConverseStream(call=None, queue=queue)  # the SDK's request queue: what gRPC would carry
+    outbox = _Outbox()
+    session.stream = ConverseStream(call=None, outbox=outbox)  # what the SDK holds for gRPC to carry
     session._up_track = TenSeconds()
     session._up_seen.set()
     uplink = asyncio.create_task(session._uplink())
     await wait_until(lambda: session._up_track.sent >= 500, 30, "the peer's 10 s read")
     uplink.cancel()
-    queued_s = sum(len(queue.get_nowait().audio.data) for _ in range(queue.qsize())) / 32000
+    queued_s = outbox.audio_bytes / 32000
     # at most the bound, less what waits to fill the next 80 ms chunk (and the resampler's few samples)
     assert 3.0 - 0.08 - 0.01 <= queued_s <= 3.0 + 0.01, queued_s
     assert abs(session.audio_dropped_s - (10.0 - queued_s)) < 0.1, session.audio_dropped_s

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -211,35 +212,145 @@ class AvatarClient:
         return mp4
 
 
-class ConverseStream:
-    """A live session: send audio and controls while iterating over what the server sends back."""
+FRAME_S = 0.04  # one video frame shows 40 ms of the session's audio (25 fps)
 
-    def __init__(self, call: Any, queue: asyncio.Queue, first: avatar_pb2.ConverseResponse | None = None) -> None:
+
+def _bytes_per_second(fmt: common_pb2.AudioFormat) -> int:
+    width = 4 if fmt.sample_format == common_pb2.SAMPLE_FORMAT_FLOAT32LE else 2
+    return width * (fmt.sample_rate_hz or 16000) * (fmt.channels or 1)
+
+
+class _Outbox:
+    """The requests of one live session that gRPC has not taken yet, in order, written no further ahead than the
+    server reads.
+
+    The server reads a session's audio only so far ahead of the frames the client has taken (SessionStarted's
+    `audio_read_ahead_ms`); whatever a client writes beyond that waits in gRPC's buffers, and an Interrupt written
+    after it waits behind it: with speech handed over faster than realtime (text-to-speech) the face would go on
+    talking for as long as that speech lasts. So audio beyond the read-ahead stays here, where an interrupt can drop
+    it. `send_audio` never waits (a caller may send a whole file before reading a frame); what is held here is the
+    caller's own audio, counted in `buffered_audio_bytes`."""
+
+    def __init__(self) -> None:
+        self._items: deque[avatar_pb2.ConverseRequest] = deque()
+        self._audio_bytes = 0
+        self._closed = False  # nothing more goes in; the stream half-closes once what is here has been written
+        self._wake = asyncio.Event()
+        # pacing, once the server has said how far it reads ahead (0: an older server, no pacing)
+        self._bytes_per_s = 0
+        self._read_ahead_s = 0.0
+        self._in_flight_s = 0.0  # audio written whose frames have not come back, this epoch
+        self._epoch = 0
+        self._interrupting = False  # between our Interrupt and the server's answer: frames are of the old epoch
+
+    @property
+    def audio_bytes(self) -> int:
+        return self._audio_bytes
+
+    def _changed(self) -> None:
+        # one event per change, so every waiter of the old one wakes and re-checks (all synchronous, so the reader
+        # of the responses and the senders can call it from anywhere on the loop)
+        self._wake.set()
+        self._wake = asyncio.Event()
+
+    def pace(self, fmt: common_pb2.AudioFormat, read_ahead_ms: int) -> None:
+        self._bytes_per_s, self._read_ahead_s = _bytes_per_second(fmt), read_ahead_ms / 1000
+        self._changed()
+
+    def put(self, request: avatar_pb2.ConverseRequest) -> None:
+        if not self._closed:
+            self._items.append(request)
+            if request.WhichOneof("kind") == "audio":
+                self._audio_bytes += len(request.audio.data)
+            self._changed()
+
+    def interrupt(self) -> None:
+        """Drop the audio not written yet (the server would read it only to throw it away) and send the Interrupt
+        next, behind only what is not audio."""
+        self._items = deque(r for r in self._items if r.WhichOneof("kind") != "audio")
+        self._audio_bytes = 0
+        self._in_flight_s, self._interrupting = 0.0, True
+        self.put(avatar_pb2.ConverseRequest(interrupt=avatar_pb2.Interrupt()))
+
+    def received(self, msg: avatar_pb2.ConverseResponse) -> None:
+        """Count what comes back: each frame of the current epoch is 40 ms of audio the server no longer holds."""
+        kind = msg.WhichOneof("kind")
+        if kind == "event" and msg.event.WhichOneof("event") == "interrupted":
+            self._epoch, self._interrupting = msg.event.interrupted.new_epoch, False
+        elif kind == "frame" and not self._interrupting and msg.frame.epoch >= self._epoch:
+            self._epoch = msg.frame.epoch
+            self._in_flight_s = max(0.0, self._in_flight_s - FRAME_S)
+            self._changed()
+
+    def close(self) -> None:
+        self._closed = True
+        self._changed()
+
+    def abort(self) -> None:
+        """The session is over: what is still here will never be read."""
+        self._items.clear()
+        self._audio_bytes = 0
+        self.close()
+
+    def _head_may_go(self) -> bool:
+        head = self._items[0]
+        return (head.WhichOneof("kind") != "audio" or not self._bytes_per_s
+                or self._in_flight_s < self._read_ahead_s)
+
+    async def requests(self) -> AsyncIterator[avatar_pb2.ConverseRequest]:
+        """The call's request stream: what is put here, in order and paced, until closed and written out."""
+        while True:
+            while not (self._items and self._head_may_go()) and not (self._closed and not self._items):
+                await self._wake.wait()
+            if not self._items:
+                return
+            request = self._items.popleft()
+            if request.WhichOneof("kind") == "audio":
+                size = len(request.audio.data)
+                self._audio_bytes -= size
+                if self._bytes_per_s:
+                    self._in_flight_s += size / self._bytes_per_s
+            yield request
+
+
+class ConverseStream:
+    """A live session: send audio and controls while iterating over what the server sends back.
+
+    `send_audio` queues the chunk and returns; the SDK writes audio only as far ahead of the frames received as the
+    server reads, so `interrupt` can drop the rest and reach the server at once."""
+
+    def __init__(self, call: Any, outbox: _Outbox, first: avatar_pb2.ConverseResponse | None = None) -> None:
         self._call = call
-        self._queue = queue
+        self._outbox = outbox
         self._first = first
         self.started: avatar_pb2.SessionStarted | None = (
             first.started if first is not None and first.WhichOneof("kind") == "started" else None)
 
+    @property
+    def buffered_audio_bytes(self) -> int:
+        """Audio handed to `send_audio` that gRPC has not taken yet."""
+        return self._outbox.audio_bytes
+
     async def send_audio(self, data: bytes, controls: Iterable[common_pb2.TimedControl] = ()) -> None:
-        await self._queue.put(avatar_pb2.ConverseRequest(audio=avatar_pb2.AudioChunk(data=data, controls=controls)))
+        self._outbox.put(avatar_pb2.ConverseRequest(audio=avatar_pb2.AudioChunk(data=data, controls=controls)))
 
     async def control(self, timed: Iterable[common_pb2.TimedControl] = (),
                       overall: common_pb2.MotionControls | None = None) -> None:
-        await self._queue.put(avatar_pb2.ConverseRequest(control=avatar_pb2.ControlUpdate(controls=timed,
-                                                                                          overall=overall)))
+        self._outbox.put(avatar_pb2.ConverseRequest(control=avatar_pb2.ControlUpdate(controls=timed,
+                                                                                    overall=overall)))
 
     async def interrupt(self) -> None:
-        await self._queue.put(avatar_pb2.ConverseRequest(interrupt=avatar_pb2.Interrupt()))
+        self._outbox.interrupt()
 
     async def keep_alive(self) -> None:
-        await self._queue.put(avatar_pb2.ConverseRequest(keep_alive=avatar_pb2.KeepAlive()))
+        self._outbox.put(avatar_pb2.ConverseRequest(keep_alive=avatar_pb2.KeepAlive()))
 
     async def end_audio(self) -> None:
-        await self._queue.put(avatar_pb2.ConverseRequest(end_of_audio=avatar_pb2.EndOfAudio()))
-        await self._queue.put(None)
+        self._outbox.put(avatar_pb2.ConverseRequest(end_of_audio=avatar_pb2.EndOfAudio()))
+        self._outbox.close()
 
     def cancel(self) -> None:
+        self._outbox.abort()
         self._call.cancel()
 
     def __aiter__(self) -> AsyncIterator[avatar_pb2.ConverseResponse]:
@@ -253,10 +364,11 @@ class ConverseStream:
             msg = await self._call.read()
             if msg is grpc.aio.EOF:
                 break
+            self._outbox.received(msg)
             if msg.WhichOneof("kind") == "final":
                 # The session is over: stop sending (the server sends its status once we have), so that no write
                 # of ours races the call's end and hides the status behind grpc.aio's INTERNAL (grpc/grpc#36066).
-                self._queue.put_nowait(None)
+                self._outbox.abort()
             yield msg
         code = await self._call.code()
         if code != grpc.StatusCode.OK:  # as `async for` would: the call's error status ends the iteration
@@ -296,9 +408,9 @@ class AsyncAvatarClient:
         cfg = config or session_config(avatar_id, **config_kw)
         deadline = time.monotonic() + (self.retry_for_s if retry_for_s is None else retry_for_s)
         while True:
-            queue: asyncio.Queue = asyncio.Queue()
-            await queue.put(avatar_pb2.ConverseRequest(config=cfg))
-            call = self.stub.Converse(_drain(queue), metadata=self.metadata)
+            outbox = _Outbox()
+            outbox.put(avatar_pb2.ConverseRequest(config=cfg))
+            call = self.stub.Converse(outbox.requests(), metadata=self.metadata)
             try:
                 first = await call.read()
             except grpc.aio.AioRpcError as err:
@@ -306,12 +418,14 @@ class AsyncAvatarClient:
             else:
                 if first is not grpc.aio.EOF and not (first.WhichOneof("kind") == "final"
                                                       and first.final.status.code != 0):
-                    return ConverseStream(call, queue, first)
-                await queue.put(None)
+                    if first.WhichOneof("kind") == "started":
+                        outbox.pace(cfg.audio_format, first.started.audio_read_ahead_ms)
+                    return ConverseStream(call, outbox, first)
+                outbox.close()
                 code, trailers, details = await call.code(), await call.trailing_metadata(), await call.details()
                 hint = retry_hint_ms(trailers)
                 error = grpc.aio.AioRpcError(code, await call.initial_metadata(), trailers, details)
-            await queue.put(None)
+            outbox.abort()
             call.cancel()
             if hint is None or time.monotonic() + hint / 1000 > deadline:
                 raise error
@@ -326,11 +440,3 @@ class AsyncAvatarClient:
                 chunks.append(msg.mp4_chunk)
         return b"".join(chunks)
 
-
-async def _drain(queue: asyncio.Queue) -> AsyncIterator[avatar_pb2.ConverseRequest]:
-    """The request stream of a live session: what the ConverseStream puts on its queue, until None."""
-    while True:
-        item = await queue.get()
-        if item is None:
-            return
-        yield item

@@ -145,20 +145,22 @@ class ConverseRequest(_message.Message):
     def __init__(self, config: _Optional[_Union[SessionConfig, _Mapping]] = ..., audio: _Optional[_Union[AudioChunk, _Mapping]] = ..., control: _Optional[_Union[ControlUpdate, _Mapping]] = ..., interrupt: _Optional[_Union[Interrupt, _Mapping]] = ..., end_of_audio: _Optional[_Union[EndOfAudio, _Mapping]] = ..., keep_alive: _Optional[_Union[KeepAlive, _Mapping]] = ...) -> None: ...
 
 class SessionStarted(_message.Message):
-    __slots__ = ("session_id", "fps", "width", "height", "encoding", "audio_look_ahead_ms")
+    __slots__ = ("session_id", "fps", "width", "height", "encoding", "audio_look_ahead_ms", "audio_read_ahead_ms")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     FPS_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     AUDIO_LOOK_AHEAD_MS_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_READ_AHEAD_MS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     fps: int
     width: int
     height: int
     encoding: _common_pb2.FrameEncoding
     audio_look_ahead_ms: int
-    def __init__(self, session_id: _Optional[str] = ..., fps: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., encoding: _Optional[_Union[_common_pb2.FrameEncoding, str]] = ..., audio_look_ahead_ms: _Optional[int] = ...) -> None: ...
+    audio_read_ahead_ms: int
+    def __init__(self, session_id: _Optional[str] = ..., fps: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., encoding: _Optional[_Union[_common_pb2.FrameEncoding, str]] = ..., audio_look_ahead_ms: _Optional[int] = ..., audio_read_ahead_ms: _Optional[int] = ...) -> None: ...
 
 class VideoFrame(_message.Message):
     __slots__ = ("index", "pts_ms", "data", "width", "height", "encoding", "epoch", "idle")
