@@ -2,12 +2,12 @@
 (docs/model.md §7.1-7.2).
 
 `out = uint8(trunc(clip(m * render_w + (1 - m) * frame, 0, 255)))` in float32, one rounding per operation, with
-the mask and render warped by OpenCV 4.10's bilinear `warpAffine`. Two implementations of that warp:
-- CPU: OpenCV's own remap over the face box only, fed the fixed-point map that `warpAffine` computes internally for
-  those destination pixels (`FixedPointMap`), so the bytes equal `cv2.warpAffine` over the whole frame cut to the
-  box (checked in the tests) at the cost of the box, not of the frame.
-- torch (GPU): `WarpTable`, an emulation of OpenCV's fixed-point (1/32 pixel) bilinear warp as a gather with
-  per-pixel weights, precomputed once per matrix; bit-exact with cv2 on float32 images (checked in the tests).
+the mask and render warped by OpenCV 4.10's bilinear `warpAffine`. Both implementations of that warp start from
+`BoxGrid`, the source position of each pixel of the face box in warpAffine's own fixed-point arithmetic:
+- CPU: `paste_kernel`, one compiled pass over the box that samples, blends and writes each pixel; the bytes equal
+  `cv2.warpAffine` over the whole frame cut to the box (checked in the tests), at the cost of the box only.
+- torch (GPU): `WarpTable`, the same samples as a gather with per-pixel weights, built on the device; bit-exact
+  with cv2 on float32 images (checked in the tests).
 Both touch only the bounding box of the warped crop: outside it the mask is 0 and the frame passes unchanged,
 which is exactly what the full-frame formula gives there.
 """
@@ -19,9 +19,11 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-import cv2
 import numpy as np
 from cachetools import LRUCache
+
+from . import paste_kernel
+from .paste_kernel import bilinear_weights
 
 F32 = np.float32
 
@@ -70,52 +72,92 @@ def blend(mask_w: np.ndarray, render_w: np.ndarray, frame: np.ndarray) -> np.nda
 
 
 def _round_even(x: np.ndarray) -> np.ndarray:
-    return np.rint(x).astype(np.int64)  # rint rounds half to even, as OpenCV's saturate_cast<int>(double)
+    # rint rounds half to even, as OpenCV's saturate_cast<int>(double); int32 as OpenCV's own sums
+    return np.clip(np.rint(x), -2**31, 2**31 - 1).astype(np.int32)
+
+
+@dataclass(frozen=True)
+class BoxGrid:
+    """Where OpenCV 4.10's bilinear `warpAffine` (INTER_BITS 5, constant 0 border) samples the source for each
+    destination pixel of a box, in the terms it computes them: the inverse matrix in float64, each row's and each
+    column's share rounded to 1/1024 pixel, summed, then shifted to 1/32 pixel. Pixel (i, j) of the box samples at
+    x = (row_x[i] + col_x[j]) >> 5, y = (row_y[i] + col_y[j]) >> 5 in 1/32 pixel, so the grid costs O(bh + bw)
+    memory, not a map per pixel."""
+
+    box: tuple[int, int, int, int]  # destination rows y0:y1, cols x0:x1
+    row_x: np.ndarray               # [bh] int32, in 1/1024 pixel (the rounding offset included)
+    row_y: np.ndarray
+    col_x: np.ndarray               # [bw] int32
+    col_y: np.ndarray
+
+    @classmethod
+    def build(cls, m: np.ndarray, src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> BoxGrid:
+        m64 = np.asarray(m, dtype=F32)[:2].astype(np.float64)
+        box = _dest_box(m64, src_hw, dst_hw)
+        det = m64[0, 0] * m64[1, 1] - m64[0, 1] * m64[1, 0]
+        det = 1.0 / det if det != 0 else 0.0
+        i00, i01 = m64[1, 1] * det, -m64[0, 1] * det
+        i10, i11 = -m64[1, 0] * det, m64[0, 0] * det
+        i02 = -i00 * m64[0, 2] - i01 * m64[1, 2]
+        i12 = -i10 * m64[0, 2] - i11 * m64[1, 2]
+        y0, y1, x0, x1 = box
+        ys, xs = np.arange(y0, y1, dtype=np.float64), np.arange(x0, x1, dtype=np.float64)
+        return cls(box, _round_even((i01 * ys + i02) * 1024) + 16, _round_even((i11 * ys + i12) * 1024) + 16,
+                   _round_even((i00 * xs) * 1024), _round_even((i10 * xs) * 1024))
+
+    @property
+    def empty(self) -> bool:
+        y0, y1, x0, x1 = self.box
+        return y1 <= y0 or x1 <= x0
+
+    @property
+    def nbytes(self) -> int:
+        return self.row_x.nbytes + self.row_y.nbytes + self.col_x.nbytes + self.col_y.nbytes
 
 
 @dataclass(frozen=True)
 class WarpTable:
-    """OpenCV 4.10 bilinear `warpAffine` (INTER_BITS 5, constant 0 border) of a [h, w] source into a box of the
-    destination, as gather indices and weights (docs/model.md §7.2)."""
+    """The same warp as gather indices and weights, for numpy arrays or torch tensors (the GPU paste-back builds it
+    on the device for each frame from the cached `BoxGrid`: a few elementwise operations there, and no per-pixel
+    table kept in memory)."""
 
-    box: tuple[int, int, int, int]  # destination rows y0:y1, cols x0:x1
-    index: np.ndarray               # [4, bh, bw] int64 flat source indices of the 4 neighbours (0 where outside)
-    weight: np.ndarray              # [4, bh, bw] float32 weights w00, w01, w10, w11 (0 where the neighbour is outside)
+    box: tuple[int, int, int, int]
+    index: Any   # [4, bh, bw] int64 flat source indices of the 4 neighbours (0 where outside)
+    weight: Any  # [4, bh, bw] float32 weights w00, w01, w10, w11 (0 where the neighbour is outside)
 
     @classmethod
-    def build(cls, m: np.ndarray, src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> WarpTable:
-        box = _dest_box(np.asarray(m, dtype=F32)[:2].astype(np.float64), src_hw, dst_hw)
-        xq, yq = _source_grid(m, box)
-        sx, fx, sy, fy = xq >> 5, xq & 31, yq >> 5, yq & 31
-        a, b = fx.astype(F32) / F32(32), fy.astype(F32) / F32(32)
-        one = F32(1)
-        weights = [(one - b) * (one - a), (one - b) * a, b * (one - a), b * a]
+    def build(cls, grid: BoxGrid, src_hw: tuple[int, int], device: Any = None) -> WarpTable:
+        """numpy arrays when `device` is None, else torch tensors on that device."""
+        xp: Any
+        if device is None:
+            xp = np
+
+            def put(a: np.ndarray) -> Any:
+                return a.astype(np.int64) if a.dtype == np.int32 else a
+        else:
+            import torch
+
+            xp = torch
+
+            def put(a: np.ndarray) -> Any:
+                return torch.as_tensor(a.astype(np.int64) if a.dtype == np.int32 else a, device=device)
+        xq = (put(grid.row_x)[:, None] + put(grid.col_x)[None, :]) >> 5
+        yq = (put(grid.row_y)[:, None] + put(grid.col_y)[None, :]) >> 5
+        sx, sy = xq >> 5, yq >> 5
+        taps = put(bilinear_weights().reshape(1024, 4))[(yq & 31) * 32 + (xq & 31)]  # [bh, bw, 4]
         h, w = src_hw
         index, weight = [], []
-        for (dy, dx), wt in zip(((0, 0), (0, 1), (1, 0), (1, 1)), weights, strict=True):
+        for k, (dy, dx) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
             yy, xx = sy + dy, sx + dx
             inside = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
-            index.append(np.where(inside, yy * w + xx, 0))
-            weight.append(np.where(inside, wt, F32(0)).astype(F32))
-        return cls(box, np.stack(index), np.stack(weight))
-
-    @staticmethod
-    def fixed_point(m: np.ndarray, box: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
-        """OpenCV 4.10 `warpAffine`'s internal map for the destination pixels of `box`: integer source coordinates
-        (x, y) [bh, bw, 2] int16 and the 5+5-bit fractional index fy * 32 + fx [bh, bw] uint16 -- the two maps
-        `cv2.remap` takes in its fixed-point form, the very arrays warpAffine hands to its remap."""
-        xq, yq = _source_grid(m, box)
-        xy = np.stack([np.clip(xq >> 5, -32768, 32767), np.clip(yq >> 5, -32768, 32767)], axis=-1).astype(np.int16)
-        frac = ((yq & 31) * 32 + (xq & 31)).astype(np.uint16)
-        return xy, frac
+            index.append(xp.where(inside, yy * w + xx, 0))
+            weight.append(xp.where(inside, taps[..., k], 0))
+        return cls(grid.box, xp.stack(index), xp.stack(weight))
 
     def apply(self, src: Any) -> Any:
-        """Warp a [h, w, c] float32 numpy array or torch tensor; returns the [bh, bw, c] box."""
+        """Warp a [h, w, c] float32 numpy array or torch tensor (as the table); returns the [bh, bw, c] box."""
         flat = src.reshape(-1, src.shape[-1])
-        if isinstance(src, np.ndarray):
-            idx, wt = self.index, self.weight
-        else:
-            idx, wt = _torch_table(self, src.device)
+        idx, wt = self.index, self.weight
         # summed in OpenCV's order: ((s00 w00 + s01 w01) + s10 w10) + s11 w11
         out = flat[idx[0]] * wt[0][..., None]
         for k in (1, 2, 3):
@@ -123,35 +165,8 @@ class WarpTable:
         return out
 
 
-_TORCH_TABLES: dict[tuple[int, str], tuple[Any, Any]] = {}
-
-
-def _torch_table(table: WarpTable, device: Any) -> tuple[Any, Any]:
-    import torch
-
-    key = (id(table), str(device))
-    if key not in _TORCH_TABLES:
-        _TORCH_TABLES[key] = (torch.from_numpy(table.index).to(device), torch.from_numpy(table.weight).to(device))
-    return _TORCH_TABLES[key]
-
-
-def _source_grid(m: np.ndarray, box: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """For each destination pixel of `box`: its source position in 1/32 pixel (x, y) [bh, bw] int64, computed as
-    OpenCV 4.10's warpAffine does (the inverse matrix in float64, rounded to 1/1024, then to 1/32), so the tables
-    built from it reproduce warpAffine's bytes."""
-    m64 = np.asarray(m, dtype=F32)[:2].astype(np.float64)
-    det = m64[0, 0] * m64[1, 1] - m64[0, 1] * m64[1, 0]
-    det = 1.0 / det if det != 0 else 0.0
-    i00, i01 = m64[1, 1] * det, -m64[0, 1] * det
-    i10, i11 = -m64[1, 0] * det, m64[0, 0] * det
-    i02 = -i00 * m64[0, 2] - i01 * m64[1, 2]
-    i12 = -i10 * m64[0, 2] - i11 * m64[1, 2]
-    y0, y1, x0, x1 = box
-    ys, xs = np.arange(y0, y1, dtype=np.float64), np.arange(x0, x1, dtype=np.float64)
-    gx = _round_even((i01 * ys + i02) * 1024)[:, None] + 16 + _round_even((i00 * xs) * 1024)[None, :]
-    gy = _round_even((i11 * ys + i12) * 1024)[:, None] + 16 + _round_even((i10 * xs) * 1024)[None, :]
-    xq, yq = gx >> 5, gy >> 5
-    return xq, yq
+def _grid_bytes(grid: BoxGrid) -> int:
+    return grid.nbytes + 256  # the vectors and the object around them
 
 
 def _matrix_key(m_c2o: np.ndarray, width: int, height: int) -> tuple[np.ndarray, tuple[bytes, int, int]]:
@@ -177,62 +192,39 @@ class PasteOptions:
     paste_back: bool = True  # False: emit the 512 crop itself
 
 
-@dataclass(frozen=True)
-class _BoxWarp:
-    """Everything per (matrix, frame size) that does not depend on the render: the box, the fixed-point map of the
-    warp into it, the warped mask and its complement (3 channels, so the blend needs no broadcasting)."""
-
-    box: tuple[int, int, int, int]
-    xy: np.ndarray
-    frac: np.ndarray
-    mask: np.ndarray      # [bh, bw, 1] clipped warped mask
-    mask3: np.ndarray     # [bh, bw, 3]
-    inv3: np.ndarray      # 1 - mask3, as the reference computes it in float32
-
-
 class PutBack:
-    """Pastes renders into frames. Warped masks and warp maps are cached per (matrix, frame size): a source has
-    one matrix per frame, so after the first pass over the source the per-frame cost is one warp and one blend of
-    the face box."""
+    """Pastes renders into frames. The sampling grid of each (matrix, frame size) is cached: a source has one
+    matrix per frame, and an entry is a few kilobytes (four int32 vectors along the box's sides, 13 KB for a face
+    on a 1080p frame), so the default 32 MiB hold the grids of a 1080p video source of over 2000 frames; the cache
+    is bounded by those bytes. The per-frame cost is one pass over the face box (`paste_kernel`)."""
 
-    def __init__(self, mask: np.ndarray | None = None, cache_size: int = 256):
-        self.mask = (feather_mask() if mask is None else np.asarray(mask, dtype=F32))[..., None]  # [512, 512, 1]
-        self._cache: LRUCache[tuple[bytes, int, int], tuple[tuple[int, int, int, int], np.ndarray]] = LRUCache(
-            cache_size)
-        self._tables: LRUCache[tuple[bytes, int, int], WarpTable] = LRUCache(cache_size)
-        self._box_warps: LRUCache[tuple[bytes, int, int], _BoxWarp] = LRUCache(cache_size)
-        self._local = threading.local()  # per-thread scratch buffers of the blend
-        self.cache_size = cache_size
+    def __init__(self, mask: np.ndarray | None = None, cache_bytes: int = 32 << 20):
+        self.mask = np.ascontiguousarray(feather_mask() if mask is None else np.asarray(mask, dtype=F32))  # [512, 512]
+        self._mask_ones = paste_kernel.ones_rect(self.mask)
+        self._grids: LRUCache[tuple[bytes, int, int], BoxGrid] = LRUCache(cache_bytes, getsizeof=_grid_bytes)
+        self._lock = threading.Lock()  # render_many may paste from several threads
+        self._device_masks: dict[str, Any] = {}
 
-    def warped_mask(self, m_c2o: np.ndarray, width: int, height: int) -> tuple[tuple[int, int, int, int], np.ndarray]:
-        """(box, mask_w [bh, bw, 1]) clipped to [0, 1]."""
+    def grid(self, m_c2o: np.ndarray, width: int, height: int) -> BoxGrid:
         m, key = _matrix_key(m_c2o, width, height)
-        hit = self._cache.get(key)
-        if hit is None:
-            box = _dest_box(m.astype(np.float64), self.mask.shape[:2], (height, width))
-            full = cv2.warpAffine(self.mask[..., 0], m, (width, height), flags=cv2.INTER_LINEAR)
-            y0, y1, x0, x1 = box
-            hit = box, np.clip(full[y0:y1, x0:x1], 0, 1)[..., None]
-            self._cache[key] = hit
-        return hit
+        with self._lock:
+            grid = self._grids.get(key)
+        if grid is None:
+            grid = BoxGrid.build(m, self.mask.shape[:2], (height, width))
+            with self._lock:
+                self._grids[key] = grid
+        return grid
 
-    def box_warp(self, m_c2o: np.ndarray, width: int, height: int) -> _BoxWarp:
-        m, key = _matrix_key(m_c2o, width, height)
-        hit = self._box_warps.get(key)
-        if hit is None:
-            box, mask_w = self.warped_mask(m, width, height)
-            xy, frac = WarpTable.fixed_point(m, box)
-            mask3 = np.ascontiguousarray(np.broadcast_to(mask_w, (*mask_w.shape[:2], 3)))
-            hit = _BoxWarp(box, xy, frac, mask_w, mask3, F32(1) - mask3)
-            self._box_warps[key] = hit
-        return hit
-
-    def table(self, m_c2o: np.ndarray, width: int, height: int) -> WarpTable:
-        m, key = _matrix_key(m_c2o, width, height)
-        table = self._tables.get(key)
-        if table is None:
-            table = self._tables[key] = WarpTable.build(m, self.mask.shape[:2], (height, width))
-        return table
+    def warm_up(self) -> None:
+        """Compile the paste kernel now (about a second, once per process) rather than on a session's first frame:
+        for a face box narrower than the frame (a strided view) and one as wide as it (contiguous), which numba
+        compiles separately."""
+        render = np.zeros((*self.mask.shape, 3), F32)
+        frame = np.zeros((64, 64, 3), np.uint8)
+        for scale in (F32(0.01), F32(1)):  # a box in the frame's corner; a box over the whole frame
+            m = np.array([[scale, 0, 0], [0, scale, 0], [0, 0, 1]], F32)
+            self(frame, render, m)
+            self(frame, render, m, PasteOptions(background=Background.TRANSPARENT))
 
     def __call__(self, frame: np.ndarray, render: np.ndarray, m_c2o: np.ndarray,
                  options: PasteOptions = PasteOptions()) -> np.ndarray:
@@ -241,50 +233,21 @@ class PutBack:
         if not options.paste_back:
             return self.crop_only(render, options.background)
         height, width = frame.shape[:2]
-        box, mask_w = self.warped_mask(m_c2o, width, height)
-        y0, y1, x0, x1 = box
-        m = np.asarray(m_c2o, dtype=F32)[:2]
+        grid = self.grid(m_c2o, width, height)
+        y0, y1, x0, x1 = grid.box
         if options.background == Background.TRANSPARENT:
             out = np.zeros((height, width, 4), dtype=np.uint8)
-            if y1 <= y0 or x1 <= x0:
-                return out
-            render_w = self._warp_box(render, self.box_warp(m, width, height))
-            out[y0:y1, x0:x1, :3] = np.clip(render_w, 0, 255).astype(np.uint8)
-            out[y0:y1, x0:x1, 3] = (mask_w[..., 0] * F32(255)).astype(np.uint8)
-            return out
-        if options.background == Background.GREEN:
+            mode = paste_kernel.RGBA
+        elif options.background == Background.GREEN:
             out = np.empty_like(frame)
             out[:] = GREEN_RGB
+            mode = paste_kernel.BLEND
         else:
             out = frame.copy()
-        if y1 <= y0 or x1 <= x0:
-            return out  # the face lies outside the frame
-        bw = self.box_warp(m, width, height)
-        # OpenCV's fixed-point coordinates depend on the absolute destination index (a shifted matrix would round
-        # differently), so the box is warped with the map warpAffine would use for those very pixels.
-        b, scratch = self._scratch(bw.mask3.shape)
-        self._warp_box(render, bw, b)
-        # the reference's float32 blend, m * r + (1 - m) * f, one rounding per operation, in reused buffers (fresh
-        # multi-megabyte arrays cost page faults on every frame)
-        np.multiply(b, bw.mask3, out=b)
-        region = out[y0:y1, x0:x1]
-        np.multiply(region, bw.inv3, out=scratch)  # uint8 promoted to float32 exactly, as astype(F32)
-        np.add(b, scratch, out=b)
-        np.clip(b, 0, 255, out=b)
-        region[...] = b  # truncates toward zero, as astype(uint8)
+            mode = paste_kernel.BLEND
+        if not grid.empty:  # else the face lies outside the frame
+            paste_kernel.paste(render, self.mask, self._mask_ones, grid, out[y0:y1, x0:x1], mode)
         return out
-
-    def _scratch(self, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-        """Two float32 buffers of `shape`, this thread's own (render_many may run in several threads)."""
-        bufs = getattr(self._local, "bufs", None)
-        if bufs is None or bufs[0].shape != shape:
-            bufs = self._local.bufs = (np.empty(shape, F32), np.empty(shape, F32))
-        return bufs
-
-    @staticmethod
-    def _warp_box(render: np.ndarray, bw: _BoxWarp, dst: np.ndarray | None = None) -> np.ndarray:
-        return np.asarray(cv2.remap(np.ascontiguousarray(render, dtype=F32), bw.xy, bw.frac, cv2.INTER_LINEAR,
-                                    dst=dst, borderMode=cv2.BORDER_CONSTANT, borderValue=(0.0, 0.0, 0.0, 0.0)))
 
     def blend_torch(self, frame: Any, render: Any, m_c2o: np.ndarray) -> Any:
         """GPU variant: frame uint8 [H, W, 3] and render float32 [512, 512, 3] torch tensors on one device; the
@@ -292,12 +255,15 @@ class PutBack:
         import torch
 
         height, width = int(frame.shape[0]), int(frame.shape[1])
-        table = self.table(m_c2o, width, height)
-        y0, y1, x0, x1 = table.box
+        grid = self.grid(m_c2o, width, height)
         out = frame.clone()
-        if y1 <= y0 or x1 <= x0:
+        if grid.empty:
             return out
-        mask = torch.from_numpy(self.mask).to(render.device)
+        y0, y1, x0, x1 = grid.box
+        table = WarpTable.build(grid, self.mask.shape[:2], render.device)
+        mask = self._device_masks.get(str(render.device))
+        if mask is None:
+            mask = self._device_masks[str(render.device)] = torch.from_numpy(self.mask[..., None]).to(render.device)
         mask_w = table.apply(mask).clamp_(0, 1)
         render_w = table.apply(render)
         region = out[y0:y1, x0:x1].to(torch.float32)
@@ -308,10 +274,10 @@ class PutBack:
     def crop_only(self, render: np.ndarray, background: Background) -> np.ndarray:
         img = np.clip(render, 0, 255).astype(np.uint8)
         if background == Background.TRANSPARENT:
-            alpha = (self.mask * F32(255)).astype(np.uint8)
+            alpha = (self.mask[..., None] * F32(255)).astype(np.uint8)
             return np.concatenate([img, alpha], axis=-1)
         if background == Background.GREEN:
             green = np.empty_like(img)
             green[:] = GREEN_RGB
-            return blend(self.mask, render, green)
+            return blend(self.mask[..., None], render, green)
         return img

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from services.renderer.putback import Background, PasteOptions, PutBack, WarpTable, blend, feather_mask
+from services.renderer.putback import Background, BoxGrid, PasteOptions, PutBack, WarpTable, blend, feather_mask
 from tests.conftest import golden_case
 
 
@@ -26,7 +26,7 @@ def test_putback_blend(case_name):
 def test_warp_table_matches_reference_warps(case_name):
     _, a, _ = golden_case(case_name)
     h, w = a["frame_rgb"].shape[:2]
-    table = WarpTable.build(a["M_c2o"], (512, 512), (h, w))
+    table = WarpTable.build(BoxGrid.build(a["M_c2o"], (512, 512), (h, w)), (512, 512))
     y0, y1, x0, x1 = table.box
     np.testing.assert_array_equal(table.apply(a["render_image"]), a["render_warped"][y0:y1, x0:x1])
     np.testing.assert_array_equal(np.clip(table.apply(a["mask"]), 0, 1), a["mask_warped"][y0:y1, x0:x1])
@@ -96,9 +96,10 @@ def _whole_frame_paste(pb: PutBack, frame: np.ndarray, render: np.ndarray, m: np
                        background: Background = Background.ORIGINAL) -> np.ndarray:
     """The previous implementation: warp the render over the whole frame with cv2.warpAffine, cut the box, blend."""
     h, w = frame.shape[:2]
-    box, mask_w = pb.warped_mask(m, w, h)
-    y0, y1, x0, x1 = box
-    render_w = cv2.warpAffine(render, np.asarray(m, np.float32)[:2], (w, h), flags=cv2.INTER_LINEAR)[y0:y1, x0:x1]
+    y0, y1, x0, x1 = pb.grid(m, w, h).box
+    m32 = np.asarray(m, np.float32)[:2]
+    mask_w = np.clip(cv2.warpAffine(pb.mask, m32, (w, h), flags=cv2.INTER_LINEAR), 0, 1)[y0:y1, x0:x1, None]
+    render_w = cv2.warpAffine(render, m32, (w, h), flags=cv2.INTER_LINEAR)[y0:y1, x0:x1]
     if background == Background.TRANSPARENT:
         out = np.zeros((h, w, 4), dtype=np.uint8)
         out[y0:y1, x0:x1, :3] = np.clip(render_w, 0, 255).astype(np.uint8)
@@ -135,3 +136,85 @@ def test_box_only_paste_back_on_the_real_golden_frame():
     pb = PutBack()
     np.testing.assert_array_equal(pb(a["frame_rgb"], a["render_image"], a["M_c2o"]),
                                   _whole_frame_paste(pb, a["frame_rgb"], a["render_image"], a["M_c2o"]))
+
+
+def test_paste_back_from_several_threads_at_once_gives_each_its_own_bytes():
+    """The renderer pastes a batch's frames from several threads (the kernel releases the GIL): every result must
+    be the one a lone call gives."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(11)
+    pb = PutBack()
+    jobs = []
+    for k in range(8):
+        s, th = rng.uniform(0.5, 1.5), rng.uniform(-0.5, 0.5)
+        m = np.array([[s * np.cos(th), -s * np.sin(th), 40.0 * k], [s * np.sin(th), s * np.cos(th), 20.0],
+                      [0, 0, 1]], dtype=np.float32)
+        jobs.append((rng.integers(0, 256, (600, 800, 3), dtype=np.uint8),
+                     rng.uniform(0, 255, (512, 512, 3)).astype(np.float32), m))
+    expected = [_whole_frame_paste(pb, *job) for job in jobs]
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(3):
+            for got, want in zip(pool.map(lambda job: pb(*job), jobs), expected, strict=True):
+                np.testing.assert_array_equal(got, want)
+
+
+def test_a_face_outside_the_frame_leaves_the_frame_as_it_is():
+    pb = PutBack()
+    frame = np.random.default_rng(2).integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    render = np.full((512, 512, 3), 128, np.float32)
+    for tx, ty in ((-2000, 0), (5000, 50), (0, -900), (10, 4000)):
+        m = np.array([[0.5, 0, tx], [0, 0.5, ty], [0, 0, 1]], dtype=np.float32)
+        assert pb.grid(m, 320, 240).empty
+        np.testing.assert_array_equal(pb(frame, render, m), frame)
+        assert not pb(frame, render, m, PasteOptions(background=Background.TRANSPARENT)).any()
+
+
+def test_a_render_of_the_wrong_shape_is_refused():
+    pb = PutBack()
+    with pytest.raises(ValueError, match="does not match the mask"):
+        pb(np.zeros((240, 320, 3), np.uint8), np.zeros((256, 256, 3), np.float32),
+           np.array([[0.5, 0, 0], [0, 0.5, 0], [0, 0, 1]], np.float32))
+
+
+@pytest.mark.parametrize("kind", ["no_ones", "ones_not_a_rectangle", "ones_at_the_border"])
+def test_paste_back_with_other_masks_is_byte_identical_too(kind):
+    """The kernel skips sampling the mask where its four neighbours are exactly 1: a mask whose ones do not form
+    a rectangle, or that has none, or reaches the border, must give the whole-frame warp's bytes all the same."""
+    from services.renderer.paste_kernel import ones_rect
+
+    rng = np.random.default_rng(5)
+    mask = rng.uniform(0, 1, (512, 512)).astype(np.float32)
+    if kind == "ones_not_a_rectangle":
+        mask[100:300, 100:300] = 1
+        mask[350:400, 50:90] = 1
+        assert not ones_rect(mask).any()
+    elif kind == "ones_at_the_border":
+        mask[:200, :] = 1
+        np.testing.assert_array_equal(ones_rect(mask), [0, 200, 0, 512])
+    pb = PutBack(mask=mask)
+    for k in range(4):
+        render = rng.uniform(-20, 275, (512, 512, 3)).astype(np.float32)
+        frame = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
+        s, th = rng.uniform(0.4, 1.6), rng.uniform(-0.6, 0.6)
+        m = np.array([[s * np.cos(th), -s * np.sin(th), rng.uniform(-100, 400)],
+                      [s * np.sin(th), s * np.cos(th), rng.uniform(-100, 300)], [0, 0, 1]], dtype=np.float32)
+        for bg in (Background.ORIGINAL, Background.TRANSPARENT):
+            np.testing.assert_array_equal(pb(frame, render, m, PasteOptions(background=bg)),
+                                          _whole_frame_paste(pb, frame, render, m, bg), err_msg=f"{k} {bg}")
+
+
+def test_warm_up_compiles_every_kernel_a_frame_can_need():
+    """A session's first frame must not wait for numba: after `warm_up`, pasting into boxes narrower than the frame
+    and as wide as it, with either background kind, compiles nothing more."""
+    from services.renderer.paste_kernel import paste_box
+
+    pb = PutBack()
+    pb.warm_up()
+    compiled = len(paste_box.signatures)
+    render = np.full((512, 512, 3), 100, np.float32)
+    for m in (np.array([[0.2, 0, 10], [0, 0.2, 10], [0, 0, 1]], np.float32),        # inside the frame
+              np.array([[2.0, 0, -300], [0, 2.0, -300], [0, 0, 1]], np.float32)):  # over all of it
+        for bg in Background:
+            pb(np.zeros((120, 160, 3), np.uint8), render, m, PasteOptions(background=bg))
+    assert len(paste_box.signatures) == compiled

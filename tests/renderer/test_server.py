@@ -212,12 +212,15 @@ async def test_an_avatar_larger_than_the_renderers_avatar_memory_is_refused_and_
         await running.stop(0)
 
 
-def test_paste_back_caches_are_bounded():
+def test_paste_back_cache_is_bounded_in_bytes_and_small_per_entry():
     from services.renderer.putback import PutBack
 
-    pb = PutBack(cache_size=2)
-    for shift in range(5):
-        m = np.array([[2.0, 0, shift], [0, 2.0, 0]], np.float32)
-        pb.warped_mask(m, 640, 480)
-        pb.table(m, 640, 480)
-    assert len(pb._cache) == 2 and len(pb._tables) == 2
+    # a source frame's entry holds vectors along the box's sides, not a map per pixel: a 4K frame with a face
+    # 2000 px high stays within kilobytes
+    pb = PutBack()
+    grid = pb.grid(np.array([[4.0, 0, 800], [0, 4.0, 100]], np.float32), 3840, 2160)
+    assert grid.box[1] - grid.box[0] > 2000 and grid.nbytes < 40 << 10
+    small = PutBack(cache_bytes=3 * (pb.grid(np.array([[2.0, 0, 0], [0, 2.0, 0]], np.float32), 640, 480).nbytes + 256))
+    for shift in range(50):
+        small.grid(np.array([[2.0, 0, shift], [0, 2.0, 0]], np.float32), 640, 480)
+    assert len(small._grids) == 3 and small._grids.currsize <= small._grids.maxsize
