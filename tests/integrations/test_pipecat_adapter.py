@@ -21,6 +21,8 @@ from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.workers.runner import WorkerRunner
 
+from ditto_client import AsyncAvatarClient
+from ditto_client.v1 import avatar_pb2
 from integrations.pipecat import DittoVideoService
 
 RATE = 24000
@@ -113,8 +115,10 @@ async def test_pipeline_gets_frames_at_25fps_with_aligned_audio(ditto_server):
     assert bot.sink.of(TTSStartedFrame) and bot.sink.of(TTSStoppedFrame)
 
 
-async def test_interruption_stops_the_old_speech_within_one_frame(ditto_server):
-    speech = speech_24k(3.0, seed=4)
+@pytest.mark.parametrize("seconds", [3.0, 30.0], ids=["short_answer", "long_answer_at_once"])
+async def test_interruption_stops_the_old_speech_within_one_frame(ditto_server, seconds):
+    """Barge-in, also behind a long answer the TTS hands over at once (the interrupt must not queue behind it)."""
+    speech = speech_24k(seconds, seed=4)
     async with Bot(DittoVideoService(address=ditto_server.address, avatar_id=ditto_server.avatar_id, seed=7)) as bot:
         await bot.say(speech)
         await wait_until(lambda: bot.sink.speech_images() >= 10)
@@ -123,6 +127,11 @@ async def test_interruption_stops_the_old_speech_within_one_frame(ditto_server):
         t_interrupt = next(t for t, f in bot.sink.frames if isinstance(f, InterruptionFrame))
         n = len(bot.sink.frames)
         await wait_until(lambda: sum(isinstance(f, OutputImageRawFrame) for _, f in bot.sink.frames[n:]) >= 10)
+        # what the server has read of the session by now: the speech up to its read-ahead before the interrupt, and
+        # the idle feed since; not the rest of a long answer that was handed over at once
+        async with AsyncAvatarClient(ditto_server.address) as client:
+            info = await client.stub.GetSession(avatar_pb2.GetSessionRequest(session_id=bot.service.bridge.session_id))
+        assert info.audio_seconds < (10 if seconds > 10 else seconds + 5), info.audio_seconds
     late = [t - t_interrupt for t, f in bot.sink.frames
             if t > t_interrupt and (isinstance(f, TTSAudioRawFrame)
                                     or (isinstance(f, OutputImageRawFrame) and f.metadata["ditto_speech"]))]

@@ -147,3 +147,58 @@ def test_ditto_up_runs_the_stack_and_stops_cleanly(tmp_path, redis_url):
             os.killpg(proc.pid, signal.SIGKILL)
             raise
     assert proc.returncode == 0
+
+
+async def test_the_blocking_client_lets_an_interrupt_overtake_speech_handed_over_faster_than_realtime():
+    """The same for `AvatarClient.converse`: the caller's iterable yields 30 s of speech at once, then (after the
+    first frame) an Interrupt; it must reach the server before the rest of the speech."""
+    import queue
+
+    async with embedded_service() as (stub, _):
+        def talk() -> avatar_pb2.FinalStatus:
+            requests: queue.Queue[object] = queue.Queue()
+            for c in chunks(speech_pcm16(30.0)):
+                requests.put(c)
+
+            def audio():
+                while (item := requests.get()) is not None:
+                    yield item
+
+            final = None
+            with AvatarClient(stub.address) as client:
+                avatar = client.register_avatar(portrait_png())
+                for m in client.converse(avatar.avatar_id, audio(), idle_policy=avatar_pb2.IDLE_POLICY_FREEZE):
+                    kind = m.WhichOneof("kind")
+                    if kind == "frame" and m.frame.index == 0:
+                        requests.put(avatar_pb2.ConverseRequest(interrupt=avatar_pb2.Interrupt()))
+                        requests.put(None)  # then the end of audio
+                    elif kind == "final":
+                        final = m.final
+            assert final is not None
+            return final
+
+        final = await asyncio.to_thread(talk)
+    assert final.status.code == 0
+    assert final.audio_seconds < 10, final.audio_seconds
+
+
+def test_an_error_in_the_callers_audio_reaches_the_caller():
+    """The blocking client reads the caller's audio in a thread of its own: an exception there must end the
+    session and come out of `converse`, not vanish in that thread."""
+
+    async def serve_and_talk():
+        async with embedded_service() as (stub, _):
+            def talk():
+                def audio():
+                    yield from chunks(speech_pcm16(0.4))
+                    raise OSError("microphone unplugged")
+
+                with AvatarClient(stub.address) as client:
+                    avatar = client.register_avatar(portrait_png())
+                    for _ in client.converse(avatar.avatar_id, audio()):
+                        pass
+
+            await asyncio.to_thread(talk)
+
+    with pytest.raises(OSError, match="microphone unplugged"):
+        asyncio.run(serve_and_talk())

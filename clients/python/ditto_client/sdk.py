@@ -49,38 +49,6 @@ def retry_hint_ms(trailing_metadata: Any) -> int | None:
     return None
 
 
-class _AdmissionGate:
-    """One attempt's answer to its config: the request thread waits here before it sends any audio."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-        self.admitted = False
-
-    def open(self, admitted: bool) -> None:
-        self.admitted = admitted
-        self._event.set()
-
-    def wait(self) -> bool:
-        self._event.wait()
-        return self.admitted
-
-
-def _held_requests(cfg: avatar_pb2.SessionConfig, audio_chunks: Iterable[Any], end: bool,
-                   gate: _AdmissionGate) -> Iterator[avatar_pb2.ConverseRequest]:
-    """The config, then (only once the session is admitted) the audio and the end of audio. A refused attempt sends
-    nothing but its config, so a retry starts from the first chunk."""
-    yield avatar_pb2.ConverseRequest(config=cfg)
-    if not gate.wait():
-        return
-    for chunk in audio_chunks:
-        if isinstance(chunk, avatar_pb2.ConverseRequest):
-            yield chunk
-        else:
-            yield avatar_pb2.ConverseRequest(audio=avatar_pb2.AudioChunk(data=chunk))
-    if end:
-        yield avatar_pb2.ConverseRequest(end_of_audio=avatar_pb2.EndOfAudio())
-
-
 def _wait_before_retry(hint_ms: int | None, deadline: float) -> bool:
     """Sleep for the server's hint and say True, or say False when there is no hint or it would pass the deadline."""
     if hint_ms is None or time.monotonic() + hint_ms / 1000 > deadline:
@@ -166,36 +134,53 @@ class AvatarClient:
         req = avatar_pb2.RegisterAvatarRequest(media=data, filename=name, crop=crop)
         return self.stub.RegisterAvatar(req, metadata=self.metadata, timeout=timeout)
 
-    def converse(self, avatar_id: str, audio_chunks: Iterable[bytes], config: avatar_pb2.SessionConfig | None = None,
+    def converse(self, avatar_id: str, audio_chunks: Iterable[Any], config: avatar_pb2.SessionConfig | None = None,
                  end: bool = True, retry_for_s: float | None = None,
                  **config_kw: Any) -> Iterator[avatar_pb2.ConverseResponse]:
-        """Open a session, stream `audio_chunks` (bytes or ConverseRequests), yield what the server sends. A refusal
-        with a retry hint (no capacity right now) is retried after the hinted time, for up to `retry_for_s` seconds
-        (default: the client's); the audio is held back until the session is admitted, so nothing of it is lost."""
+        """Open a session, stream `audio_chunks` (bytes or ConverseRequests), yield what the server sends.
+
+        The audio is taken from `audio_chunks` in a thread of its own as fast as it comes, and written only as far
+        ahead of the frames received as the server reads (SessionStarted.audio_read_ahead_ms); a ConverseRequest
+        carrying an Interrupt drops the audio not written yet and goes next, so an interrupt behind a long
+        text-to-speech answer reaches the server at once. A refusal with a retry hint (no capacity right now) is
+        retried after the hinted time, for up to `retry_for_s` seconds (default: the client's); nothing is taken from
+        `audio_chunks` until the session is admitted, so nothing of it is lost."""
         cfg = config or session_config(avatar_id, **config_kw)
         deadline = time.monotonic() + (self.retry_for_s if retry_for_s is None else retry_for_s)
         while True:
-            gate = _AdmissionGate()
-            requests = _held_requests(cfg, audio_chunks, end, gate)
-            call = self.stub.Converse(requests, metadata=self.metadata)
+            outbox = _BlockingOutbox()
+            outbox.put(avatar_pb2.ConverseRequest(config=cfg))
+            call = self.stub.Converse(outbox.blocking_requests(), metadata=self.metadata)
             try:
                 first = next(call)
                 if first.WhichOneof("kind") == "final" and first.final.status.code != 0:
                     for _ in call:  # a refusal: the FinalStatus comes first, then the call's error status
                         pass
             except grpc.RpcError as err:
-                gate.open(admitted=False)
+                outbox.abort()
                 if _wait_before_retry(retry_hint_ms(err.trailing_metadata()), deadline):  # type: ignore[attr-defined]
                     continue
                 raise
             except StopIteration:
-                gate.open(admitted=False)
+                outbox.abort()
                 return
-            gate.open(admitted=True)
+            if first.WhichOneof("kind") == "started":
+                outbox.pace(cfg.audio_format, first.started.audio_read_ahead_ms)
+            threading.Thread(target=outbox.feed, args=(audio_chunks, end, call), daemon=True,
+                             name="ditto-converse-audio").start()
             try:
                 yield first
-                yield from call
+                for msg in call:
+                    outbox.received(msg)
+                    if msg.WhichOneof("kind") == "final":
+                        outbox.abort()  # the session is over: stop writing (as the asyncio client does)
+                    yield msg
+            except grpc.RpcError as err:
+                if outbox.error is not None:  # the caller's audio iterable failed: that is the error to see
+                    raise outbox.error from err
+                raise
             finally:
+                outbox.abort()
                 call.cancel()  # the caller stopped reading: end the session on the server too
             return
 
@@ -300,16 +285,89 @@ class _Outbox:
     async def requests(self) -> AsyncIterator[avatar_pb2.ConverseRequest]:
         """The call's request stream: what is put here, in order and paced, until closed and written out."""
         while True:
-            while not (self._items and self._head_may_go()) and not (self._closed and not self._items):
+            while not self._may_pop():
                 await self._wake.wait()
             if not self._items:
                 return
-            request = self._items.popleft()
-            if request.WhichOneof("kind") == "audio":
-                size = len(request.audio.data)
-                self._audio_bytes -= size
-                if self._bytes_per_s:
-                    self._in_flight_s += size / self._bytes_per_s
+            yield self._pop()
+
+    def _may_pop(self) -> bool:
+        """The head may be written now, or everything has been and the stream is closed."""
+        return bool(self._items and self._head_may_go()) or (self._closed and not self._items)
+
+    def _pop(self) -> avatar_pb2.ConverseRequest:
+        request = self._items.popleft()
+        if request.WhichOneof("kind") == "audio":
+            size = len(request.audio.data)
+            self._audio_bytes -= size
+            if self._bytes_per_s:
+                self._in_flight_s += size / self._bytes_per_s
+        return request
+
+
+class _BlockingOutbox(_Outbox):
+    """`_Outbox` for the blocking client, where three threads share it: `feed` takes the caller's audio iterable,
+    gRPC's request thread takes `blocking_requests`, and the caller's thread reports the frames it iterates."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._cond = threading.Condition()  # re-entrant: interrupt() puts under the same lock
+        self.error: BaseException | None = None  # what the caller's iterable raised, if it did
+
+    def _changed(self) -> None:
+        self._cond.notify_all()  # always called with the lock held, by the methods below
+
+    def pace(self, fmt: common_pb2.AudioFormat, read_ahead_ms: int) -> None:
+        with self._cond:
+            super().pace(fmt, read_ahead_ms)
+
+    def put(self, request: avatar_pb2.ConverseRequest) -> None:
+        with self._cond:
+            super().put(request)
+
+    def interrupt(self) -> None:
+        with self._cond:
+            super().interrupt()
+
+    def received(self, msg: avatar_pb2.ConverseResponse) -> None:
+        with self._cond:
+            super().received(msg)
+
+    def close(self) -> None:
+        with self._cond:
+            super().close()
+
+    def abort(self) -> None:
+        with self._cond:
+            super().abort()
+
+    def feed(self, audio_chunks: Iterable[Any], end: bool, call: Any) -> None:
+        """Take the caller's audio as fast as it comes (so an Interrupt among it is seen at once), then the end."""
+        try:
+            for chunk in audio_chunks:
+                if self._closed:
+                    return  # the session is over or the caller stopped reading: take no more
+                if not isinstance(chunk, avatar_pb2.ConverseRequest):
+                    self.put(avatar_pb2.ConverseRequest(audio=avatar_pb2.AudioChunk(data=chunk)))
+                elif chunk.WhichOneof("kind") == "interrupt":
+                    self.interrupt()
+                else:
+                    self.put(chunk)
+            if end:
+                self.put(avatar_pb2.ConverseRequest(end_of_audio=avatar_pb2.EndOfAudio()))
+            self.close()
+        except BaseException as exc:  # surfaced by converse() in the caller's thread
+            self.error = exc
+            self.abort()
+            call.cancel()
+
+    def blocking_requests(self) -> Iterator[avatar_pb2.ConverseRequest]:
+        while True:
+            with self._cond:
+                self._cond.wait_for(self._may_pop)
+                if not self._items:
+                    return
+                request = self._pop()
             yield request
 
 
