@@ -128,19 +128,16 @@ class WarpTable:
     @classmethod
     def build(cls, grid: BoxGrid, src_hw: tuple[int, int], device: Any = None) -> WarpTable:
         """numpy arrays when `device` is None, else torch tensors on that device."""
-        xp: Any
-        if device is None:
-            xp = np
-
-            def put(a: np.ndarray) -> Any:
-                return a.astype(np.int64) if a.dtype == np.int32 else a
-        else:
+        xp: Any = np
+        if device is not None:
             import torch
 
             xp = torch
 
-            def put(a: np.ndarray) -> Any:
-                return torch.as_tensor(a.astype(np.int64) if a.dtype == np.int32 else a, device=device)
+        def put(a: np.ndarray) -> Any:
+            a = a.astype(np.int64) if a.dtype == np.int32 else a  # indices as int64 on either side
+            return a if device is None else torch.as_tensor(a, device=device)
+
         xq = (put(grid.row_x)[:, None] + put(grid.col_x)[None, :]) >> 5
         yq = (put(grid.row_y)[:, None] + put(grid.col_y)[None, :]) >> 5
         sx, sy = xq >> 5, yq >> 5
