@@ -6,7 +6,9 @@
 3. full-profile benchmarks in fp16 of the renderer networks, the MotionDiT and HuBERT at batch 1, 4, 16;
 4. warp + decoder eager, torch.compile, torch.compile with CUDA graphs (mode reduce-overhead) and a hand-captured
    CUDA graph, at batch 1, 4, 16 (each checked against eager);
-5. a serving run (full profile, synthetic weights, `ditto serve` on the GPU) with more and more realtime 25 fps
+5. post-processing per output frame at 512x512 and 1080p: the paste-back on the device (`blend_torch`, checked
+   against the CPU kernel's bytes) and JPEG on the device (nvJPEG through torchvision) next to the CPU path;
+6. a serving run (full profile, synthetic weights, `ditto serve` on the GPU) with more and more realtime 25 fps
    sessions, to find how many one GPU holds with first frame p95 under 1 s and every frame delivered at 25 fps.
 
 Writes bench/results/gpu-<part>.json and gpu-summary.md. Every step has a time budget and the run a deadline, so a
@@ -58,9 +60,11 @@ class Plan:
     def make(cls, dry_run: bool) -> Plan:
         if dry_run:
             return cls(True, "cpu", "tiny", (1,), 1, (1,), 1.2, "eager", 600,
-                       {"tests": 120, "renderer": 60, "motion": 60, "audio": 60, "compile": 60, "serving": 240})
+                       {"tests": 120, "renderer": 60, "motion": 60, "audio": 60, "compile": 60, "postprocess": 30,
+                        "serving": 240})
         return cls(False, "cuda", "full", (1, 4, 16), 5, (1, 2, 4, 8, 12, 16, 24, 32, 48), 6.0, "inductor", 470,
-                   {"tests": 110, "renderer": 60, "motion": 40, "audio": 30, "compile": 110, "serving": 110})
+                   {"tests": 110, "renderer": 60, "motion": 40, "audio": 30, "compile": 95, "postprocess": 15,
+                    "serving": 110})
 
 
 class Clock:
@@ -295,6 +299,53 @@ def _captured_graph(fn: Callable[..., Any], static_inputs: list[Any]) -> Callabl
 
 # ---- 5. serving capacity ------------------------------------------------------------------------------------------
 
+# ---- 5. post-processing -------------------------------------------------------------------------------------------
+
+def postprocess_bench(plan: Plan, budget_s: float) -> dict:
+    """Wall milliseconds per output frame of the paste-back and JPEG q90, on the device and on one CPU core, at the
+    post-processing benchmark's sizes and face boxes; the device's paste-back bytes against the CPU kernel's."""
+    import cv2
+    import torch
+
+    from services.renderer.encode import JpegEncoder
+    from services.renderer.gpu_post import GpuJpegEncoder, gpu_jpeg_available
+    from services.renderer.putback import PutBack
+    from tools.bench.postprocess import SIZES, _frame, _matrix
+
+    cv2.setNumThreads(1)
+    pb = PutBack()
+    pb.warm_up()
+    render = np.random.default_rng(0).uniform(0, 255, (512, 512, 3)).astype(np.float32)
+    gpu_jpeg = gpu_jpeg_available(plan.device)
+    cpu_jpeg, dev_jpeg = JpegEncoder(90), (GpuJpegEncoder(90) if gpu_jpeg else None)
+    deadline = time.monotonic() + budget_s
+    rows: list[dict] = []
+    for name, (hw, side) in SIZES.items():
+        if time.monotonic() > deadline:
+            rows.append({"size": name, "skipped": f"over the {budget_s:.0f} s budget"})
+            continue
+        frame, m = _frame(hw), _matrix(hw, side)
+        frame_dev, render_dev = torch.from_numpy(frame).to(plan.device), torch.from_numpy(render).to(plan.device)
+        on_cpu = pb(frame, render, m)
+        on_dev = pb.blend_torch(frame_dev, render_dev, m)
+        differ = np.abs(on_dev.cpu().numpy().astype(np.int16) - on_cpu)
+        row = {"size": name,
+               "paste_back_device_ms": round(1000 * _time(functools.partial(pb.blend_torch, frame_dev, render_dev, m),
+                                                          plan.device, plan.iterations), 3),
+               "paste_back_cpu_ms": round(1000 * _time(functools.partial(pb, frame, render, m), "cpu",
+                                                       plan.iterations), 3),
+               # CUDA may fuse the blend's multiply-add: one grey level where the float blend is near an integer
+               "device_vs_cpu_max_diff": int(differ.max()), "device_vs_cpu_pixels_differing": int((differ > 0).sum()),
+               "jpeg_cpu_ms": round(1000 * _time(functools.partial(cpu_jpeg.encode, on_cpu), "cpu", plan.iterations),
+                                    3)}
+        if dev_jpeg is not None:
+            row["jpeg_device_ms"] = round(1000 * _time(functools.partial(dev_jpeg.encode_many, [on_dev]),
+                                                       plan.device, plan.iterations), 3)
+        rows.append(row)
+    return {"device": plan.device, "gpu_jpeg": gpu_jpeg, "rows": rows,
+            "note": "" if gpu_jpeg else "no JPEG on the device (torchvision with CUDA): CPU JPEG only"}
+
+
 def serving_capacity(plan: Plan, budget_s: float, logs: Path) -> dict:
     from ditto_app.cluster import EMBEDDED_TINY, serve_process
 
@@ -374,7 +425,7 @@ def summary(results: dict, plan: Plan, total_s: float) -> str:
             verdict = r.get("summary", "")
         elif name == "serving":
             verdict = f"{r['realtime_sessions_held']} realtime sessions held"
-        elif name in ("renderer", "motion", "audio", "compile"):
+        elif name in ("renderer", "motion", "audio", "compile", "postprocess"):
             rows = r.get("rows", [])
             errors = sum("error" in x for x in rows)
             verdict = f"{len(rows)} rows" + (f", {errors} errors" if errors else "")
@@ -387,6 +438,14 @@ def summary(results: dict, plan: Plan, total_s: float) -> str:
                   "|---|---|---|---|"]
         lines += [f"| {x['variant']} | {x['batch']} | {x.get('ms_per_frame', x.get('error', x.get('skipped')))} | "
                   f"{x.get('speedup_vs_eager', '')} |" for x in comp]
+    post = [x for x in results.get("postprocess", {}).get("rows", []) if "paste_back_device_ms" in x]
+    if post:
+        lines += ["", "## post-processing per output frame (ms)", "",
+                  "| size | paste-back device | paste-back CPU core | JPEG device | JPEG CPU core | max diff |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {x['size']} | {x['paste_back_device_ms']} | {x['paste_back_cpu_ms']} | "
+                  f"{x.get('jpeg_device_ms', 'n/a')} | {x['jpeg_cpu_ms']} | {x['device_vs_cpu_max_diff']} |"
+                  for x in post]
     return "\n".join(lines) + "\n"
 
 
@@ -396,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None,
                     help="folder for gpu-*.json (default bench/results; a temporary folder for --dry-run)")
     ap.add_argument("--only", nargs="*", default=None,
-                    choices=["tests", "renderer", "motion", "audio", "compile", "serving"])
+                    choices=["tests", "renderer", "motion", "audio", "compile", "postprocess", "serving"])
     args = ap.parse_args(argv)
     plan = Plan.make(args.dry_run)
     out = args.out or (Path(tempfile.mkdtemp(prefix="ditto-gpu-check-")) if plan.dry_run else ROOT / "bench/results")
@@ -414,6 +473,7 @@ def main(argv: list[str] | None = None) -> int:
         "motion": lambda b: motion_bench(plan, b),
         "audio": lambda b: audio_bench(plan, b),
         "compile": lambda b: compile_variants(plan, b),
+        "postprocess": lambda b: postprocess_bench(plan, b),
         "serving": lambda b: serving_capacity(plan, b, out),
     }
     for name, run in steps.items():

@@ -20,7 +20,7 @@ def test_dry_run_goes_through_every_step_and_writes_the_results(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "tools.gpu_check", "--dry-run", "--out", str(tmp_path)], cwd=ROOT,
                           env=_env(), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    for part in ("environment", "tests", "renderer", "motion", "audio", "compile", "serving"):
+    for part in ("environment", "tests", "renderer", "motion", "audio", "compile", "postprocess", "serving"):
         result = json.loads((tmp_path / f"gpu-{part}.json").read_text())
         assert "error" not in result, (part, result.get("error"), result.get("traceback"))
     summary = (tmp_path / "gpu-summary.md").read_text()
@@ -42,6 +42,10 @@ def test_dry_run_goes_through_every_step_and_writes_the_results(tmp_path):
     for part in ("renderer", "motion", "audio"):
         rows = json.loads((tmp_path / f"gpu-{part}.json").read_text())["rows"]
         assert rows and all("error" not in r for r in rows), (part, rows)
+    # the torch paste-back (the GPU path, here on CPU tensors) gives the CPU kernel's bytes
+    post = json.loads((tmp_path / "gpu-postprocess.json").read_text())["rows"]
+    assert [r["size"] for r in post] == ["512x512", "1920x1080"], post
+    assert all(r["device_vs_cpu_max_diff"] == 0 and r["paste_back_device_ms"] > 0 for r in post), post
 
 
 def test_without_a_gpu_the_real_run_stops_and_says_how_to_check_it(tmp_path):
