@@ -297,8 +297,6 @@ def _captured_graph(fn: Callable[..., Any], static_inputs: list[Any]) -> Callabl
     return replay
 
 
-# ---- 5. serving capacity ------------------------------------------------------------------------------------------
-
 # ---- 5. post-processing -------------------------------------------------------------------------------------------
 
 def postprocess_bench(plan: Plan, budget_s: float) -> dict:
@@ -345,6 +343,8 @@ def postprocess_bench(plan: Plan, budget_s: float) -> dict:
     return {"device": plan.device, "gpu_jpeg": gpu_jpeg, "rows": rows,
             "note": "" if gpu_jpeg else "no JPEG on the device (torchvision with CUDA): CPU JPEG only"}
 
+
+# ---- 6. serving capacity ------------------------------------------------------------------------------------------
 
 def serving_capacity(plan: Plan, budget_s: float, logs: Path) -> dict:
     from ditto_app.cluster import EMBEDDED_TINY, serve_process

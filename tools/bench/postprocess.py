@@ -90,11 +90,12 @@ def run(out_dir: Path, sizes: tuple[str, ...] = tuple(SIZES), reps: int = REPS) 
         frame, m = _frame(hw), _matrix(hw, side)
         pb = PutBack()
         pb.warm_up()
-        box = pb.grid(m, hw[1], hw[0]).box
+        grid = pb.grid(m, hw[1], hw[0])
+        box = grid.box
         y0, y1, x0, x1 = box
         mask_w = np.clip(cv2.warpAffine(pb.mask, m[:2], (hw[1], hw[0]), flags=cv2.INTER_LINEAR), 0, 1)[y0:y1, x0:x1]
         mask3 = np.ascontiguousarray(np.broadcast_to(mask_w[..., None], (*mask_w.shape, 3)))
-        xy, frac = _fixed_point_map(pb.grid(m, hw[1], hw[0]))
+        xy, frac = _fixed_point_map(grid)
 
         def whole_frame(frame=frame, m=m, box=box, mask3=mask3, hw=hw):
             y0, y1, x0, x1 = box

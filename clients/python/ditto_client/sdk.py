@@ -19,6 +19,7 @@ and `client_key=` when the server verifies client certificates).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections import deque
@@ -221,6 +222,9 @@ class _Outbox:
         self._audio_bytes = 0
         self._closed = False  # nothing more goes in; the stream half-closes once what is here has been written
         self._wake = asyncio.Event()
+        # held by every method that changes the state; on one event loop nothing else can run in between, so no
+        # lock is needed (the blocking client's subclass, shared by threads, puts a real one here)
+        self._lock: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
         # pacing, once the server has said how far it reads ahead (0: an older server, no pacing)
         self._bytes_per_s = 0
         self._read_ahead_s = 0.0
@@ -239,43 +243,49 @@ class _Outbox:
         self._wake = asyncio.Event()
 
     def pace(self, fmt: common_pb2.AudioFormat, read_ahead_ms: int) -> None:
-        self._bytes_per_s, self._read_ahead_s = _bytes_per_second(fmt), read_ahead_ms / 1000
-        self._changed()
+        with self._lock:
+            self._bytes_per_s, self._read_ahead_s = _bytes_per_second(fmt), read_ahead_ms / 1000
+            self._changed()
 
     def put(self, request: avatar_pb2.ConverseRequest) -> None:
-        if not self._closed:
-            self._items.append(request)
-            if request.WhichOneof("kind") == "audio":
-                self._audio_bytes += len(request.audio.data)
-            self._changed()
+        with self._lock:
+            if not self._closed:
+                self._items.append(request)
+                if request.WhichOneof("kind") == "audio":
+                    self._audio_bytes += len(request.audio.data)
+                self._changed()
 
     def interrupt(self) -> None:
         """Drop the audio not written yet (the server would read it only to throw it away) and send the Interrupt
         next, behind only what is not audio."""
-        self._items = deque(r for r in self._items if r.WhichOneof("kind") != "audio")
-        self._audio_bytes = 0
-        self._in_flight_s, self._interrupting = 0.0, True
-        self.put(avatar_pb2.ConverseRequest(interrupt=avatar_pb2.Interrupt()))
+        with self._lock:
+            self._items = deque(r for r in self._items if r.WhichOneof("kind") != "audio")
+            self._audio_bytes = 0
+            self._in_flight_s, self._interrupting = 0.0, True
+            self.put(avatar_pb2.ConverseRequest(interrupt=avatar_pb2.Interrupt()))
 
     def received(self, msg: avatar_pb2.ConverseResponse) -> None:
         """Count what comes back: each frame of the current epoch is 40 ms of audio the server no longer holds."""
         kind = msg.WhichOneof("kind")
-        if kind == "event" and msg.event.WhichOneof("event") == "interrupted":
-            self._epoch, self._interrupting = msg.event.interrupted.new_epoch, False
-        elif kind == "frame" and not self._interrupting and msg.frame.epoch >= self._epoch:
-            self._epoch = msg.frame.epoch
-            self._in_flight_s = max(0.0, self._in_flight_s - FRAME_S)
-            self._changed()
+        with self._lock:
+            if kind == "event" and msg.event.WhichOneof("event") == "interrupted":
+                self._epoch, self._interrupting = msg.event.interrupted.new_epoch, False
+            elif kind == "frame" and not self._interrupting and msg.frame.epoch >= self._epoch:
+                self._epoch = msg.frame.epoch
+                self._in_flight_s = max(0.0, self._in_flight_s - FRAME_S)
+                self._changed()
 
     def close(self) -> None:
-        self._closed = True
-        self._changed()
+        with self._lock:
+            self._closed = True
+            self._changed()
 
     def abort(self) -> None:
         """The session is over: what is still here will never be read."""
-        self._items.clear()
-        self._audio_bytes = 0
-        self.close()
+        with self._lock:
+            self._items.clear()
+            self._audio_bytes = 0
+            self.close()
 
     def _head_may_go(self) -> bool:
         head = self._items[0]
@@ -311,35 +321,12 @@ class _BlockingOutbox(_Outbox):
 
     def __init__(self) -> None:
         super().__init__()
-        self._cond = threading.Condition()  # re-entrant: interrupt() puts under the same lock
+        self._cond = threading.Condition()  # re-entrant: interrupt() and abort() call put() and close() under it
+        self._lock = self._cond
         self.error: BaseException | None = None  # what the caller's iterable raised, if it did
 
     def _changed(self) -> None:
-        self._cond.notify_all()  # always called with the lock held, by the methods below
-
-    def pace(self, fmt: common_pb2.AudioFormat, read_ahead_ms: int) -> None:
-        with self._cond:
-            super().pace(fmt, read_ahead_ms)
-
-    def put(self, request: avatar_pb2.ConverseRequest) -> None:
-        with self._cond:
-            super().put(request)
-
-    def interrupt(self) -> None:
-        with self._cond:
-            super().interrupt()
-
-    def received(self, msg: avatar_pb2.ConverseResponse) -> None:
-        with self._cond:
-            super().received(msg)
-
-    def close(self) -> None:
-        with self._cond:
-            super().close()
-
-    def abort(self) -> None:
-        with self._cond:
-            super().abort()
+        self._cond.notify_all()  # always called with the lock held, by the base class's methods
 
     def feed(self, audio_chunks: Iterable[Any], end: bool, call: Any) -> None:
         """Take the caller's audio as fast as it comes (so an Interrupt among it is seen at once), then the end."""
