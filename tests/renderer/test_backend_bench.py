@@ -1,4 +1,4 @@
-"""The renderer benchmark runs end to end and writes its JSON and table (tiny profile to stay fast here)."""
+"""The renderer benchmark runs end to end and writes its table (tiny profile to stay fast here)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ from tools.bench import renderer as bench
 
 def test_bench_writes_rows_for_every_network(tmp_path) -> None:
     result = bench.run(tmp_path, profile="tiny", batches=(1, 2), iterations=1, budget_s=60)
-    saved = json.loads((tmp_path / "renderer.json").read_text())
-    assert saved == result
+    assert not (tmp_path / "renderer.json").exists(), "a part returns its result; tools.bench.record writes it"
     networks = {r["network"] for r in result["rows"]}
     assert networks == {"appearance_extractor", "motion_extractor", "stitch_network", "warp_network", "decoder",
                         "frame (warp + decoder)"}

@@ -1,11 +1,16 @@
 """Benchmarks, all in one place: one module per part (`audio`, `motion`, `renderer`: each stage's model speed;
 `serving`: first-frame latency and delivered frame rate under concurrent sessions), each with `run(out_dir) -> dict`.
-`python -m tools.bench` (`make bench`) runs them and writes bench/results/ with a SUMMARY.md naming the machine."""
+`python -m tools.bench` (`make bench`) runs them and writes bench/results/ with a SUMMARY.md naming the machine.
+A part's `run` returns its result and never writes `<part>.json` itself: `record` does, once, with the machine and
+the duration, whether the part runs under `make bench` or on its own (`python -m tools.bench.<part>`)."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import time
+from pathlib import Path
 from typing import Any
 
 
@@ -27,3 +32,13 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     return info
+
+
+def record(name: str, out_dir: Path, result: dict | None, started: float) -> dict:
+    """Write bench/results/<name>.json: the part's result, the machine it ran on and how long it took (from
+    `started`, a `time.time()`). Returns what was written."""
+    result = {**(result or {}), "machine": machine(), "seconds": round(time.time() - started, 1)}
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{name}.json").write_text(json.dumps(result, indent=2, default=str))
+    return result

@@ -12,7 +12,7 @@ import time
 import traceback
 from pathlib import Path
 
-from tools.bench import machine
+from tools.bench import machine, record
 
 PARTS = {
     "audio": "tools.bench.audio",
@@ -65,10 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
             failed.append(name)
             continue
-        result = dict(result or {})
-        result["machine"] = info
-        result["seconds"] = round(time.time() - t0, 1)
-        (args.out / f"{name}.json").write_text(json.dumps(result, indent=2, default=str))
+        record(name, args.out, result, t0)
     # The table covers every part with results in the folder, so `--only` refreshes one part and keeps the rest.
     for name in PARTS:
         path = args.out / f"{name}.json"

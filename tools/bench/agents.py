@@ -232,20 +232,21 @@ def run(out_dir: Path, rounds: int = ROUNDS, idle_rounds: int = IDLE_ROUNDS, onl
         if only_after_idle:
             previous = json.loads((out_dir / "agents.json").read_text())
             fresh = previous["fresh"]
-            if "machine" in previous:
-                result["machine"] = previous["machine"]
+            if "machine" in previous:  # `record` names this run's machine; the fresh numbers came from that one
+                result["setup"]["fresh_machine"] = previous["machine"]
             result["setup"]["fresh_measured"] = previous.get("fresh_measured", previous["setup"].get("date"))
         else:
             fresh = {k: _stats(v) for k, v in samples["fresh"].items()}
         result.update(_summary(fresh, after_idle))
     finally:
         stop_group(server.popen, 30)
-    (out_dir / "agents.json").write_text(json.dumps(result, indent=2))
     return result
 
 
 if __name__ == "__main__":
     import argparse
+
+    from tools.bench import record
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
@@ -253,4 +254,5 @@ if __name__ == "__main__":
     ap.add_argument("--idle-rounds", type=int, default=IDLE_ROUNDS)
     ap.add_argument("--only-after-idle", action="store_true")
     a = ap.parse_args()
-    print(json.dumps(run(a.out, a.rounds, a.idle_rounds, a.only_after_idle), indent=2))
+    t0 = time.time()
+    print(json.dumps(record("agents", a.out, run(a.out, a.rounds, a.idle_rounds, a.only_after_idle), t0), indent=2))

@@ -74,7 +74,6 @@ def run(out_dir: Path) -> dict:
                     "gpu": torch.cuda.get_device_name(0) if cuda else None},
         "rows": rows,
     }
-    (out_dir / "audio.json").write_text(json.dumps(result, indent=1))
     lines = [f"# Audio encoder ({result['model']})", "", f"Machine: {result['machine']}", "",
              "| backend | batch | ms / window | realtime factor |", "|---|---|---|---|"]
     for r in rows:
@@ -87,4 +86,9 @@ def run(out_dir: Path) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(run(Path("bench/results")), indent=1))
+    import sys
+
+    from tools.bench import record
+
+    out, t0 = Path(sys.argv[1] if len(sys.argv) > 1 else "bench/results"), time.time()
+    print(json.dumps(record("audio", out, run(out), t0), indent=1))

@@ -293,4 +293,7 @@ if __name__ == "__main__":
     else:
         import json
 
-        print(json.dumps(run(), indent=2))
+        from tools.bench import record
+
+        t0 = time.time()
+        print(json.dumps(record("bus_reliability", Path("bench/results"), run(), t0), indent=2))

@@ -57,11 +57,13 @@ def run(out_dir: Path, profile: str = "full", repeats: int = 1) -> dict:
         result["by_batch_10_steps"].append({"batch": b, "ms_per_batch": round(1000 * sec, 1),
                                             "windows_per_s": round(wps, 2),
                                             "sessions_realtime": round(wps / WINDOWS_PER_SECOND_REALTIME, 2)})
-    (out_dir / "motion.json").write_text(json.dumps(result, indent=1))
     return result
 
 
 if __name__ == "__main__":
     import sys
 
-    print(json.dumps(run(Path(sys.argv[1] if len(sys.argv) > 1 else "bench/results")), indent=1))
+    from tools.bench import record
+
+    out, t0 = Path(sys.argv[1] if len(sys.argv) > 1 else "bench/results"), time.time()
+    print(json.dumps(record("motion", out, run(out), t0), indent=1))

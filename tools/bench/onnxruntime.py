@@ -227,5 +227,7 @@ def _save(out_dir: Path, result: dict) -> dict:
 
 if __name__ == "__main__":
     names = tuple(sys.argv[2:]) or ("appearance_extractor", "motion_extractor", "warp_network", "decoder")
-    print(json.dumps(run(Path(sys.argv[1] if len(sys.argv) > 1 else "bench/results"), networks=names, reps=2,
-                         budget_s=60), indent=1))
+    from tools.bench import record
+
+    out, t0 = Path(sys.argv[1] if len(sys.argv) > 1 else "bench/results"), time.time()
+    print(json.dumps(record("onnxruntime", out, run(out, networks=names, reps=2, budget_s=60), t0), indent=1))

@@ -8,7 +8,6 @@ big networks take seconds per frame, so a time budget skips batch sizes whose es
 
 from __future__ import annotations
 
-import json
 import platform
 import time
 from collections.abc import Callable
@@ -97,7 +96,6 @@ def run(out_dir: Path, profile: str = "full", device: str = "auto", backend: str
                     "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None},
         "rows": rows,
     }
-    (out_dir / "renderer.json").write_text(json.dumps(result, indent=1))
     lines = [f"# Renderer networks ({profile} profile, {backend} on {dev}, {result['precision']})", "",
              f"Machine: {result['machine']}", "", "| network | batch | ms / frame | fps |", "|---|---|---|---|"]
     for r in rows:

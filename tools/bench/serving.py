@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ditto_app.cluster import ServeProcess, start_serve, stop_group
-from tools.bench import machine
+from tools.bench import record
 
 LEVELS = (1, 2, 4)          # concurrent sessions
 ROUNDS = {1: 3, 2: 2, 4: 1}  # repeated so every level has 3-4 first-frame samples
@@ -286,7 +286,6 @@ def run(out_dir: Path, with_spread: bool = True) -> dict:
         result["spread"] = spread(logs)
     else:
         result["spread"] = {**json.loads(earlier.read_text())["spread"], "kept_from_an_earlier_run": True}
-    earlier.write_text(json.dumps(result, indent=2))
     return result
 
 
@@ -298,8 +297,4 @@ if __name__ == "__main__":
     ap.add_argument("--without-spread", action="store_true", help="keep the spread of the earlier serving.json")
     a = ap.parse_args()
     t0 = time.time()
-    result = run(a.out, with_spread=not a.without_spread)
-    # run on its own, as `make bench` would record it: the machine and how long the part took
-    result.update(machine=machine(), seconds=round(time.time() - t0, 1))
-    (a.out / "serving.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    print(json.dumps(record("serving", a.out, run(a.out, with_spread=not a.without_spread), t0), indent=2))

@@ -233,9 +233,11 @@ def run(out_dir: Path) -> dict:
                        "service, VP8 to the peer", "cpus": os.cpu_count(), "logs": str(logs),
                        "note": "on a CPU-bound machine the service delivers fewer than 25 fps, so the gateway's "
                                "CPU per session is for that frame rate (ms_per_frame scales it)"}
-    (out_dir / "webrtc.json").write_text(json.dumps(result, indent=2))
     return result
 
 
 if __name__ == "__main__":
-    print(json.dumps(run(Path(sys.argv[1] if len(sys.argv) > 1 else "bench/results")), indent=2))
+    from tools.bench import record
+
+    out, t0 = Path(sys.argv[1] if len(sys.argv) > 1 else "bench/results"), time.time()
+    print(json.dumps(record("webrtc", out, run(out), t0), indent=2))
