@@ -18,6 +18,8 @@ from agent_speech import pieces, speech_24k
 from livekit import api, rtc
 from livekit.agents.voice.avatar import AudioSegmentEnd
 
+from ditto_client import AsyncAvatarClient
+from ditto_client.v1 import avatar_pb2
 from integrations.core import AvatarBridge, BridgeOptions
 from integrations.livekit import DittoVideoGenerator, mint_avatar_token
 from integrations.livekit.dispatcher import serve
@@ -124,6 +126,41 @@ async def test_video_generator_speaks_interrupts_and_idles(ditto_server):
     tail = items[ended_at:]
     assert sum(isinstance(i, rtc.VideoFrame) for i in tail) >= 10
     assert not any(isinstance(i, rtc.AudioFrame) for i in tail)
+
+
+async def test_clear_buffer_behind_a_long_answer_handed_over_at_once(ditto_server):
+    """Barge-in after the agent's TTS pushed 30 s of speech in one go: the clear must not wait behind the audio
+    still unsent, so the server reads little past the interrupt and nothing of the old speech plays after it."""
+    speech = speech_24k(30.0, seed=5)
+    gen = DittoVideoGenerator(AvatarBridge(BridgeOptions(ditto_server.address, ditto_server.avatar_id, seed=7)))
+    assert await gen.bridge.start()
+    ledger = RunnerLedger()
+
+    async def consume():
+        async for item in gen:
+            ledger.on_item(item)
+
+    consumer = asyncio.create_task(consume())
+    try:
+        for p in pieces(speech):
+            await gen.push_audio(rtc.AudioFrame(p, RATE, 1, len(p) // 2))
+        await wait_until(lambda: ledger.speech_frames() >= 10)
+        cleared_at = len(ledger.items)
+        ledger.on_clear()
+        await gen.clear_buffer()
+        await wait_until(lambda: sum(isinstance(i, rtc.VideoFrame) for i in ledger.items[cleared_at:]) >= 10)
+        async with AsyncAvatarClient(ditto_server.address) as client:
+            info = await client.stub.GetSession(avatar_pb2.GetSessionRequest(session_id=gen.bridge.session_id))
+    finally:
+        await gen.aclose()
+        await consumer
+    # the server read the speech up to its look-ahead before the clear and the idle feed since, not the 30 s
+    assert info.audio_seconds < 10, info.audio_seconds
+    played = b"".join(bytes(i.data) for i in ledger.items[:cleared_at] if isinstance(i, rtc.AudioFrame))
+    assert 0 < len(played) < len(speech) and speech.startswith(played)
+    assert not any(isinstance(i, rtc.AudioFrame) for i in ledger.items[cleared_at:])
+    (position, interrupted), = ledger.finished
+    assert interrupted and position == pytest.approx(len(played) / 2 / RATE)
 
 
 async def test_video_generator_without_a_server_passes_the_speech_through():
