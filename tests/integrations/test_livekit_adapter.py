@@ -4,6 +4,7 @@ the avatar token, the dispatcher (`ditto livekit-worker`) on a real HTTP port. N
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import os
 import signal
@@ -69,9 +70,10 @@ async def wait_until(cond, timeout: float = 240.0) -> None:
     await asyncio.wait_for(poll(), timeout)
 
 
-async def test_video_generator_speaks_interrupts_and_idles(ditto_server):
-    first, second = speech_24k(1.5, seed=1), speech_24k(1.5, seed=2)
-    gen = DittoVideoGenerator(AvatarBridge(BridgeOptions(ditto_server.address, ditto_server.avatar_id, seed=7)))
+@contextlib.asynccontextmanager
+async def generator_with_runner(server):
+    """Our VideoGenerator on a started session, its output consumed into a RunnerLedger as AvatarRunner would."""
+    gen = DittoVideoGenerator(AvatarBridge(BridgeOptions(server.address, server.avatar_id, seed=7)))
     assert await gen.bridge.start()
     ledger = RunnerLedger()
 
@@ -81,21 +83,36 @@ async def test_video_generator_speaks_interrupts_and_idles(ditto_server):
 
     consumer = asyncio.create_task(consume())
     try:
-        for p in pieces(first):
-            await gen.push_audio(rtc.AudioFrame(p, RATE, 1, len(p) // 2))
+        yield gen, ledger
+    finally:
+        await gen.aclose()
+        await consumer
+
+
+async def push_speech(gen: DittoVideoGenerator, pcm: bytes) -> None:
+    for p in pieces(pcm):
+        await gen.push_audio(rtc.AudioFrame(p, RATE, 1, len(p) // 2))
+
+
+async def clear(gen: DittoVideoGenerator, ledger: RunnerLedger) -> int:
+    """The runner's clear_buffer; returns how many items came before it."""
+    cleared_at = len(ledger.items)
+    ledger.on_clear()
+    await gen.clear_buffer()
+    return cleared_at
+
+
+async def test_video_generator_speaks_interrupts_and_idles(ditto_server):
+    first, second = speech_24k(1.5, seed=1), speech_24k(1.5, seed=2)
+    async with generator_with_runner(ditto_server) as (gen, ledger):
+        await push_speech(gen, first)
         await wait_until(lambda: ledger.speech_frames() >= 10)
-        cleared_at = len(ledger.items)
-        ledger.on_clear()
-        await gen.clear_buffer()
-        for p in pieces(second):
-            await gen.push_audio(rtc.AudioFrame(p, RATE, 1, len(p) // 2))
+        cleared_at = await clear(gen, ledger)
+        await push_speech(gen, second)
         await gen.push_audio(AudioSegmentEnd())
         await wait_until(lambda: len(ledger.finished) == 2)
         ended_at = len(ledger.items)
         await wait_until(lambda: sum(isinstance(i, rtc.VideoFrame) for i in ledger.items[ended_at:]) >= 10)
-    finally:
-        await gen.aclose()
-        await consumer
 
     items = ledger.items
     videos = [i for i in items if isinstance(i, rtc.VideoFrame)]
@@ -132,28 +149,13 @@ async def test_clear_buffer_behind_a_long_answer_handed_over_at_once(ditto_serve
     """Barge-in after the agent's TTS pushed 30 s of speech in one go: the clear must not wait behind the audio
     still unsent, so the server reads little past the interrupt and nothing of the old speech plays after it."""
     speech = speech_24k(30.0, seed=5)
-    gen = DittoVideoGenerator(AvatarBridge(BridgeOptions(ditto_server.address, ditto_server.avatar_id, seed=7)))
-    assert await gen.bridge.start()
-    ledger = RunnerLedger()
-
-    async def consume():
-        async for item in gen:
-            ledger.on_item(item)
-
-    consumer = asyncio.create_task(consume())
-    try:
-        for p in pieces(speech):
-            await gen.push_audio(rtc.AudioFrame(p, RATE, 1, len(p) // 2))
+    async with generator_with_runner(ditto_server) as (gen, ledger):
+        await push_speech(gen, speech)
         await wait_until(lambda: ledger.speech_frames() >= 10)
-        cleared_at = len(ledger.items)
-        ledger.on_clear()
-        await gen.clear_buffer()
+        cleared_at = await clear(gen, ledger)
         await wait_until(lambda: sum(isinstance(i, rtc.VideoFrame) for i in ledger.items[cleared_at:]) >= 10)
         async with AsyncAvatarClient(ditto_server.address) as client:
             info = await client.stub.GetSession(avatar_pb2.GetSessionRequest(session_id=gen.bridge.session_id))
-    finally:
-        await gen.aclose()
-        await consumer
     # the server read the speech up to its look-ahead before the clear and the idle feed since, not the 30 s
     assert info.audio_seconds < 10, info.audio_seconds
     played = b"".join(bytes(i.data) for i in ledger.items[:cleared_at] if isinstance(i, rtc.AudioFrame))
@@ -175,8 +177,7 @@ async def test_video_generator_without_a_server_passes_the_speech_through():
             out.append(item)
 
     consumer = asyncio.create_task(consume())
-    for p in pieces(speech):
-        await gen.push_audio(rtc.AudioFrame(p, RATE, 1, len(p) // 2))
+    await push_speech(gen, speech)
     await gen.push_audio(AudioSegmentEnd())
     await wait_until(lambda: out and isinstance(out[-1], AudioSegmentEnd), 10)
     await gen.aclose()
