@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +35,12 @@ def machine() -> dict[str, Any]:
     return info
 
 
-def record(name: str, out_dir: Path, result: dict | None, started: float) -> dict:
-    """Write bench/results/<name>.json: the part's result, the machine it ran on and how long it took (from
-    `started`, a `time.time()`). Returns what was written."""
-    result = {**(result or {}), "machine": machine(), "seconds": round(time.time() - started, 1)}
+def record(name: str, out_dir: Path, run: Callable[..., dict | None], **options: Any) -> dict:
+    """Run a part (`run(out_dir, **options)`) and write bench/results/<name>.json: its result, the machine it ran on
+    and how long it took. Returns what was written; a part that raises writes nothing."""
     out_dir = Path(out_dir)
+    started = time.time()
+    result = {**(run(out_dir, **options) or {}), "machine": machine(), "seconds": round(time.time() - started, 1)}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{name}.json").write_text(json.dumps(result, indent=2, default=str))
     return result

@@ -58,14 +58,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.summary or (args.only and name not in args.only):
             continue
         print(f"== {name} ({module})", flush=True)
-        t0 = time.time()
         try:
-            result = importlib.import_module(module).run(args.out)
+            record(name, args.out, importlib.import_module(module).run)
         except Exception:
             traceback.print_exc()
             failed.append(name)
-            continue
-        record(name, args.out, result, t0)
     # The table covers every part with results in the folder, so `--only` refreshes one part and keeps the rest.
     for name in PARTS:
         path = args.out / f"{name}.json"

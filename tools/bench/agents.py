@@ -254,5 +254,5 @@ if __name__ == "__main__":
     ap.add_argument("--idle-rounds", type=int, default=IDLE_ROUNDS)
     ap.add_argument("--only-after-idle", action="store_true")
     a = ap.parse_args()
-    t0 = time.time()
-    print(json.dumps(record("agents", a.out, run(a.out, a.rounds, a.idle_rounds, a.only_after_idle), t0), indent=2))
+    print(json.dumps(record("agents", a.out, run, rounds=a.rounds, idle_rounds=a.idle_rounds,
+                            only_after_idle=a.only_after_idle), indent=2))

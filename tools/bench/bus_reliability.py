@@ -295,5 +295,4 @@ if __name__ == "__main__":
 
         from tools.bench import record
 
-        t0 = time.time()
-        print(json.dumps(record("bus_reliability", Path("bench/results"), run(), t0), indent=2))
+        print(json.dumps(record("bus_reliability", Path("bench/results"), run), indent=2))

@@ -65,5 +65,4 @@ if __name__ == "__main__":
 
     from tools.bench import record
 
-    out, t0 = Path(sys.argv[1] if len(sys.argv) > 1 else "bench/results"), time.time()
-    print(json.dumps(record("motion", out, run(out), t0), indent=1))
+    print(json.dumps(record("motion", Path(sys.argv[1] if len(sys.argv) > 1 else "bench/results"), run), indent=1))

@@ -139,7 +139,7 @@ def run(out_dir: Path, profile: str = "full", reps: int = 3, budget_s: float = 9
                                                           reps, threads)
         print(f"  {name}: torch {1000 * t_torch:.1f} ms; {json.dumps(ratios)}", flush=True)
         _save(Path(out_dir), result)  # after every network: the big ones take minutes on a small CPU
-    return _save(Path(out_dir), result)
+    return _with_earlier(Path(out_dir), result)
 
 
 def op_time_shares(path: Path, feeds: dict[str, Any], threads: int) -> tuple[dict[str, float], list[Any]]:
@@ -213,21 +213,26 @@ def explain(path: Path, feeds: dict[str, Any], reps: int, threads: int) -> dict[
     return why
 
 
-def _save(out_dir: Path, result: dict) -> dict:
-    """Write onnxruntime.json, keeping the networks of an earlier run that this one did not measure."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+def _with_earlier(out_dir: Path, result: dict) -> dict:
+    """The result with the networks of an earlier onnxruntime.json that this run did not measure."""
     path = out_dir / "onnxruntime.json"
     if path.is_file():
         earlier = json.loads(path.read_text()).get("networks", {})
         result["networks"] = {**{k: v for k, v in earlier.items() if k not in result["networks"]},
                               **result["networks"]}
-    path.write_text(json.dumps(result, indent=1))
     return result
+
+
+def _save(out_dir: Path, result: dict) -> None:
+    """A checkpoint of the run so far (`tools.bench.record` writes the final file): the big networks take minutes
+    each on a small CPU, and an interrupted run keeps what it measured."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "onnxruntime.json").write_text(json.dumps(_with_earlier(out_dir, result), indent=1))
 
 
 if __name__ == "__main__":
     names = tuple(sys.argv[2:]) or ("appearance_extractor", "motion_extractor", "warp_network", "decoder")
     from tools.bench import record
 
-    out, t0 = Path(sys.argv[1] if len(sys.argv) > 1 else "bench/results"), time.time()
-    print(json.dumps(record("onnxruntime", out, run(out, networks=names, reps=2, budget_s=60), t0), indent=1))
+    print(json.dumps(record("onnxruntime", Path(sys.argv[1] if len(sys.argv) > 1 else "bench/results"), run,
+                            networks=names, reps=2, budget_s=60), indent=1))

@@ -148,5 +148,4 @@ def run(out_dir: Path, sizes: tuple[str, ...] = tuple(SIZES), reps: int = REPS) 
 if __name__ == "__main__":
     from tools.bench import record
 
-    out, t0 = Path(sys.argv[1] if len(sys.argv) > 1 else "bench/results"), time.time()
-    print(json.dumps(record("postprocess", out, run(out), t0), indent=2))
+    print(json.dumps(record("postprocess", Path(sys.argv[1] if len(sys.argv) > 1 else "bench/results"), run), indent=2))

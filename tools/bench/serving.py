@@ -296,5 +296,4 @@ if __name__ == "__main__":
     ap.add_argument("out", nargs="?", type=Path, default=Path("bench/results"))
     ap.add_argument("--without-spread", action="store_true", help="keep the spread of the earlier serving.json")
     a = ap.parse_args()
-    t0 = time.time()
-    print(json.dumps(record("serving", a.out, run(a.out, with_spread=not a.without_spread), t0), indent=2))
+    print(json.dumps(record("serving", a.out, run, with_spread=not a.without_spread), indent=2))

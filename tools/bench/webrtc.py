@@ -239,5 +239,4 @@ def run(out_dir: Path) -> dict:
 if __name__ == "__main__":
     from tools.bench import record
 
-    out, t0 = Path(sys.argv[1] if len(sys.argv) > 1 else "bench/results"), time.time()
-    print(json.dumps(record("webrtc", out, run(out), t0), indent=2))
+    print(json.dumps(record("webrtc", Path(sys.argv[1] if len(sys.argv) > 1 else "bench/results"), run), indent=2))
