@@ -5,11 +5,14 @@ PROTOS := $(wildcard protos/ditto/v1/*.proto)
 
 .PHONY: setup protos test test-fast lint bench gpu-check demo up clean
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed $(VENV)/.paste-built
 
-$(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py clients/python/pyproject.toml
 	@tools/need-system-package redis-server redis-server "the tests start a throwaway Redis server"
+	@tools/need-system-package cc gcc "the paste-back pass, services/renderer/_paste.c, is compiled at install"
 	test -x $(PY) || python3 -m venv $(VENV)
+	@tools/need-system-package "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["include"])')/Python.h" \
+		python3-dev "the paste-back pass is a C extension built against Python's headers"
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: on CPU machines this is the local CPU wheel (no CUDA downloads)
 	$(PY) -m pip install -q torch==2.13.0
@@ -19,6 +22,12 @@ $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	$(PY) -m pip install -q -e '.[dev,livekit,pipecat]'
 	# pipecat-ai caps protobuf<7 in every release; its other requirements are the [pipecat] extra (see pyproject)
 	$(PY) -m pip install -q --no-deps pipecat-ai==1.14.0
+	touch $@
+
+# The editable install builds the paste-back extension (services/renderer/_paste.c) in place once; an edit of the C
+# source rebuilds it here.
+$(VENV)/.paste-built: $(VENV)/.installed services/renderer/_paste.c
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
 # Stubs are generated, never edited, and committed (so `pip install` needs no build step): the client package's
@@ -53,3 +62,4 @@ up: setup
 
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache
+	rm -f services/renderer/_paste*.so $(VENV)/.paste-built

@@ -312,7 +312,6 @@ def postprocess_bench(plan: Plan, budget_s: float) -> dict:
 
     cv2.setNumThreads(1)
     pb = PutBack()
-    pb.warm_up()
     render = np.random.default_rng(0).uniform(0, 255, (512, 512, 3)).astype(np.float32)
     gpu_jpeg = gpu_jpeg_available(plan.device)
     cpu_jpeg, dev_jpeg = JpegEncoder(90), (GpuJpegEncoder(90) if gpu_jpeg else None)

@@ -119,7 +119,6 @@ class RendererCore:
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.stitch = stitch  # False when the keypoints arrive already stitched
         self.putback = PutBack()
-        self.putback.warm_up()  # compile the paste kernel at start-up, not on the first session's first frame
         self._device_frames: Any = None  # gpu_post.DeviceFrames, made on the first GPU paste-back
         self.max_avatar_bytes = max_avatar_bytes
         self.limits = limits or MediaLimits()

@@ -212,17 +212,6 @@ class PutBack:
                 self._grids[key] = grid
         return grid
 
-    def warm_up(self) -> None:
-        """Compile the paste kernel now (about a second, once per process) rather than on a session's first frame:
-        for a face box narrower than the frame (a strided view) and one as wide as it (contiguous), which numba
-        compiles separately."""
-        render = np.zeros((*self.mask.shape, 3), F32)
-        frame = np.zeros((64, 64, 3), np.uint8)
-        for scale in (F32(0.01), F32(1)):  # a box in the frame's corner; a box over the whole frame
-            m = np.array([[scale, 0, 0], [0, scale, 0], [0, 0, 1]], F32)
-            self(frame, render, m)
-            self(frame, render, m, PasteOptions(background=Background.TRANSPARENT))
-
     def __call__(self, frame: np.ndarray, render: np.ndarray, m_c2o: np.ndarray,
                  options: PasteOptions = PasteOptions()) -> np.ndarray:
         """frame: uint8 [H, W, 3] RGB; render: float32 [512, 512, 3] in [0, 255] -> uint8 [H, W, 3] (RGBA [H, W, 4]
@@ -231,19 +220,18 @@ class PutBack:
             return self.crop_only(render, options.background)
         height, width = frame.shape[:2]
         grid = self.grid(m_c2o, width, height)
-        y0, y1, x0, x1 = grid.box
         if options.background == Background.TRANSPARENT:
             out = np.zeros((height, width, 4), dtype=np.uint8)
             mode = paste_kernel.RGBA
         elif options.background == Background.GREEN:
-            out = np.empty_like(frame)
+            out = np.empty((height, width, 3), dtype=np.uint8)
             out[:] = GREEN_RGB
             mode = paste_kernel.BLEND
         else:
-            out = frame.copy()
+            out = np.array(frame, dtype=np.uint8, order="C")  # a copy, C-contiguous as the kernel writes it
             mode = paste_kernel.BLEND
         if not grid.empty:  # else the face lies outside the frame
-            paste_kernel.paste(render, self.mask, self._mask_ones, grid, out[y0:y1, x0:x1], mode)
+            paste_kernel.paste(render, self.mask, self._mask_ones, grid, out, mode)
         return out
 
     def blend_torch(self, frame: Any, render: Any, m_c2o: np.ndarray) -> Any:

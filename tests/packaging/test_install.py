@@ -95,6 +95,8 @@ def test_the_main_wheel_carries_every_layer_and_imports_outside_the_checkout(tmp
     for needed in ("ditto/bus/worker.py", "ditto_app/cli.py", "ditto_training/trainer.py",
                    "services/orchestrator/service.py", "services/renderer/networks/decoder.py"):
         assert needed in names, f"{needed} missing from the wheel"
+    assert [n for n in names if n.startswith("services/renderer/_paste") and n.endswith(".so")], \
+        "the compiled paste-back extension is missing from the wheel"
     meta = next(n for n in names if n.endswith(".dist-info/METADATA"))
     assert "Requires-Dist: ditto-client==0.1.0" in zipfile.ZipFile(wheel).read(meta).decode()
     target = tmp_path / "site"
@@ -102,8 +104,12 @@ def test_the_main_wheel_carries_every_layer_and_imports_outside_the_checkout(tmp
                           str(wheel)], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
     check = ("import ditto.client, ditto_app, ditto_app.cli; ditto_app.cli.build_parser(); "
-             "print(ditto_app.__file__)")
+             "import numpy as np; from services.renderer.putback import PutBack; "
+             "from services.renderer import paste_kernel; "
+             "out = PutBack()(np.zeros((64, 64, 3), np.uint8), np.full((512, 512, 3), 200, np.float32), "
+             "np.array([[0.1, 0, 4], [0, 0.1, 4], [0, 0, 1]], np.float32)); assert out[30, 30, 0] == 200; "
+             "print(ditto_app.__file__); print(paste_kernel._paste.__file__)")
     res = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, capture_output=True, text=True, timeout=120,
                          env=dict(os.environ, PYTHONPATH=str(target)))
     assert res.returncode == 0, res.stderr
-    assert res.stdout.strip().startswith(str(target)), res.stdout
+    assert all(line.startswith(str(target)) for line in res.stdout.split()), res.stdout

@@ -204,17 +204,71 @@ def test_paste_back_with_other_masks_is_byte_identical_too(kind):
                                           _whole_frame_paste(pb, frame, render, m, bg), err_msg=f"{k} {bg}")
 
 
-def test_warm_up_compiles_every_kernel_a_frame_can_need():
-    """A session's first frame must not wait for numba: after `warm_up`, pasting into boxes narrower than the frame
-    and as wide as it, with either background kind, compiles nothing more."""
-    from services.renderer.paste_kernel import paste_box
+def test_the_compiled_kernel_refuses_arguments_that_do_not_fit_and_writes_nothing():
+    """The C pass trusts only what it has checked: a render, mask or grid vector of the wrong length, a grid column
+    vector that is not monotone (its runs would not hold), a box outside the frame, a channel count that does not
+    match the mode or an unknown mode is a ValueError, never a write."""
+    from services.renderer import _paste
+    from services.renderer.paste_kernel import WEIGHTS, ones_rect
 
     pb = PutBack()
-    pb.warm_up()
-    compiled = len(paste_box.signatures)
+    frame = np.zeros((120, 160, 3), np.uint8)
+    grid = pb.grid(np.array([[0.2, 0, 10], [0, 0.2, 10], [0, 0, 1]], np.float32), 160, 120)
     render = np.full((512, 512, 3), 100, np.float32)
-    for m in (np.array([[0.2, 0, 10], [0, 0.2, 10], [0, 0, 1]], np.float32),        # inside the frame
-              np.array([[2.0, 0, -300], [0, 2.0, -300], [0, 0, 1]], np.float32)):  # over all of it
-        for bg in Background:
-            pb(np.zeros((120, 160, 3), np.uint8), render, m, PasteOptions(background=bg))
-    assert len(paste_box.signatures) == compiled
+    ok = dict(render=render, mask=pb.mask, ones=ones_rect(pb.mask), row_x=grid.row_x, row_y=grid.row_y,
+              col_x=grid.col_x, col_y=grid.col_y, weights=WEIGHTS, frame=frame, render_hw=(512, 512),
+              frame_shape=frame.shape, box=grid.box, mode=0)
+
+    def call(**change):
+        _paste.paste_box(*{**ok, **change}.values())
+
+    call()
+    assert frame.any()  # the valid call pastes
+    frame[:] = 0
+    y0, y1, x0, x1 = grid.box
+    for change in (dict(render=render[:256]), dict(render_hw=(512, 1024)), dict(mask=pb.mask[:100]),
+                   dict(row_x=grid.row_x[:-1]), dict(col_y=grid.col_y[1:]), dict(weights=WEIGHTS[:100]),
+                   dict(box=(y0, 121, x0, x1)), dict(box=(-1, y1, x0, x1)), dict(frame_shape=(120, 160, 4)),
+                   dict(frame=frame[:60]), dict(mode=1), dict(mode=7), dict(render_hw=(1, 1)),
+                   dict(col_x=np.ascontiguousarray(grid.col_x[::-1] * np.where(np.arange(x1 - x0) % 2, 1, -1)
+                                                   .astype(np.int32)))):
+        with pytest.raises(ValueError, match="paste_box"):
+            call(**change)
+    assert not frame.any()
+
+
+_GUARD_PAGE_SCRIPT = """
+import ctypes, mmap
+import numpy as np
+from services.renderer.putback import Background, PasteOptions, PutBack
+
+n = 512 * 512 * 3 * 4                      # the render's bytes: a whole number of pages
+buf = mmap.mmap(-1, n + mmap.PAGESIZE)
+base = ctypes.addressof((ctypes.c_char * (n + mmap.PAGESIZE)).from_buffer(buf))
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.mprotect(ctypes.c_void_p(base + n), mmap.PAGESIZE, 0) == 0  # PROT_NONE: a read there is SIGSEGV
+render = np.frombuffer(buf, np.float32, 512 * 512 * 3).reshape(512, 512, 3)
+render[:] = np.random.default_rng(0).uniform(0, 255, render.shape)
+mask = np.ones((512, 512), np.float32)     # ones up to the last row and column: the all-ones run reaches the corner
+mask[:8] = 0.5
+pb = PutBack(mask=mask)
+frame = np.zeros((900, 900, 3), np.uint8)
+m = np.array([[1.7, 0, 10], [0, 1.7, 10], [0, 0, 1]], np.float32)
+for bg in (Background.ORIGINAL, Background.TRANSPARENT):
+    pb(frame, render, m, PasteOptions(background=bg))
+print("ok")
+"""
+
+
+def test_the_vector_loads_never_read_past_the_render():
+    """Each 4-lane sample reads one float beyond the pixel it needs; the kernel keeps that float inside the render.
+    The render here ends where an unreadable page begins and its mask is 1 up to the last row and column, so the
+    samples next to the render's bottom-right corner would fault if the guard were wrong (in a child process)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", _GUARD_PAGE_SCRIPT], cwd=root, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", (done.returncode, done.stderr[-2000:])

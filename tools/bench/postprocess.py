@@ -89,7 +89,6 @@ def run(out_dir: Path, sizes: tuple[str, ...] = tuple(SIZES), reps: int = REPS) 
         hw, side = SIZES[name]
         frame, m = _frame(hw), _matrix(hw, side)
         pb = PutBack()
-        pb.warm_up()
         grid = pb.grid(m, hw[1], hw[0])
         box = grid.box
         y0, y1, x0, x1 = box
