@@ -158,13 +158,13 @@ def _ignored(path: str, patterns: list[str]) -> bool:
 def test_build_context_holds_what_the_build_copies_and_nothing_generated():
     patterns = [line.strip() for line in DOCKERIGNORE.read_text().splitlines()
                 if line.strip() and not line.startswith("#")]
-    needed = ["pyproject.toml", "protos/ditto/v1/common.proto",
+    needed = ["pyproject.toml", "setup.py", "services/renderer/_paste.c", "protos/ditto/v1/common.proto",
               "clients/python/ditto_client/v1/common_pb2.py", "ditto/config.py", "services/__init__.py",
               "deploy/docker/grpc_health_check.py"]
     for path in needed:
         assert (ROOT / path).exists() and not _ignored(path, patterns), f"{path} must reach the build"
     for path in ["tests/conftest.py", ".venv/bin/python", "deploy/k8s/base/config.yaml",
-                 "ditto/__pycache__/cli.cpython-312.pyc"]:
+                 "ditto/__pycache__/cli.cpython-312.pyc", "services/renderer/_paste.cpython-311-x86_64-linux-gnu.so"]:
         assert _ignored(path, patterns), f"{path} must stay out of the build context"
     for stage in STAGES_OF_DOCKERFILE.values():
         for ins, rest in stage.instructions:
