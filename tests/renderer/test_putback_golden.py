@@ -272,3 +272,51 @@ def test_the_vector_loads_never_read_past_the_render():
     done = subprocess.run([sys.executable, "-c", _GUARD_PAGE_SCRIPT], cwd=root, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", (done.returncode, done.stderr[-2000:])
+
+
+def test_the_portable_build_pastes_the_same_bytes(tmp_path):
+    """Machines without SSE2 (ARM servers) compile `_paste.c`'s generic vector code instead of its x86 intrinsics.
+    Built here with __SSE2__ undefined, as such a machine would see it, it must paste exactly what the installed
+    module pastes, in both modes, on random matrices and frames."""
+    import importlib.util
+    import shutil
+    import subprocess
+    import sysconfig
+    from pathlib import Path
+
+    from services.renderer import paste_kernel
+    from services.renderer.paste_kernel import WEIGHTS
+
+    source = Path(paste_kernel.__file__).with_name("_paste.c")
+    module = tmp_path / f"_paste{sysconfig.get_config_var('EXT_SUFFIX')}"
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    assert compiler, "no C compiler: make setup installs gcc"
+    subprocess.run([compiler, "-O3", "-ffp-contract=off", "-Wall", "-Werror", "-U__SSE2__", "-fPIC", "-shared",
+                    f"-I{sysconfig.get_paths()['include']}", "-o", str(module), str(source)], check=True, timeout=120)
+    spec = importlib.util.spec_from_file_location("portable._paste", module)
+    assert spec is not None and spec.loader is not None
+    portable = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(portable)
+
+    pb = PutBack()
+    rng = np.random.default_rng(11)
+    pasted = 0
+    for _ in range(8):
+        render = rng.uniform(-20, 275, (512, 512, 3)).astype(np.float32)
+        frame = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
+        s, th = rng.uniform(0.4, 1.6), rng.uniform(-0.6, 0.6)
+        m = np.array([[s * np.cos(th), -s * np.sin(th), rng.uniform(-100, 400)],
+                      [s * np.sin(th), s * np.cos(th), rng.uniform(-100, 300)], [0, 0, 1]], dtype=np.float32)
+        grid = pb.grid(m, 640, 480)
+        if grid.empty:
+            continue
+        for mode in (paste_kernel.BLEND, paste_kernel.RGBA):
+            outs = []
+            for kernel in (paste_kernel._paste, portable):
+                out = frame.copy() if mode == paste_kernel.BLEND else np.zeros((480, 640, 4), np.uint8)
+                kernel.paste_box(render, pb.mask, pb._mask_ones, grid.row_x, grid.row_y, grid.col_x, grid.col_y,
+                                 WEIGHTS, out, (512, 512), out.shape, grid.box, mode)
+                outs.append(out)
+            np.testing.assert_array_equal(outs[1], outs[0])
+            pasted += 1
+    assert pasted >= 8
