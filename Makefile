@@ -25,8 +25,10 @@ $(VENV)/.installed: pyproject.toml setup.py clients/python/pyproject.toml
 	touch $@
 
 # The editable install builds the paste-back extension (services/renderer/_paste.c) in place once; an edit of the C
-# source rebuilds it here.
+# source rebuilds it here. A per-version build from before the stable-ABI one (_paste.abi3.so) would be imported
+# ahead of it, so it goes first.
 $(VENV)/.paste-built: $(VENV)/.installed services/renderer/_paste.c
+	rm -f services/renderer/_paste.cpython-*.so
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
