@@ -15,7 +15,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Protocol
 
-import av
+# PyAV (FFmpeg) is imported where an H.264 stream or an MP4 is made, not here: a process that serves JPEG or raw
+# frames never loads FFmpeg's libraries, and the GPU check's offline kit (tools/gpu_kit.py) can leave PyAV out.
 import cv2
 import numpy as np
 
@@ -121,6 +122,8 @@ class H264Encoder:
     def __init__(self, width: int, height: int, fps: int = 25, crf: int = 18, gop: int = 50):
         if width % 2 or height % 2:
             raise EncodeError(f"H.264 yuv420p needs even width and height, got {width}x{height}")
+        import av
+
         self.width, self.height = width, height
         ctx: Any = av.CodecContext.create("libx264", "w")
         ctx.width, ctx.height, ctx.pix_fmt = width, height, "yuv420p"
@@ -135,6 +138,8 @@ class H264Encoder:
         frame = _check_frame(frame, (3,))
         if frame.shape[:2] != (self.height, self.width):
             raise EncodeError(f"frame is {frame.shape[1]}x{frame.shape[0]}, the stream is {self.width}x{self.height}")
+        import av
+
         vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
         vf.pts = self._pts
         self._pts += 1
@@ -169,6 +174,8 @@ class Mp4Writer:
                  audio: str | Path | bytes | None = None, audio_bitrate: int = 128_000):
         if width % 2 or height % 2:
             raise EncodeError(f"H.264 yuv420p needs even width and height, got {width}x{height}")
+        import av
+
         self.path = Path(path)
         self.width, self.height, self.fps = width, height, fps
         self._out: Any = av.open(str(self.path), mode="w", format="mp4")
@@ -183,6 +190,8 @@ class Mp4Writer:
 
     def _open_audio(self, audio: str | Path | bytes, bitrate: int) -> None:
         import io
+
+        import av
 
         src = io.BytesIO(audio) if isinstance(audio, bytes | bytearray) else str(audio)
         try:
@@ -199,6 +208,8 @@ class Mp4Writer:
         frame = _check_frame(frame, (3,))
         if frame.shape[:2] != (self.height, self.width):
             raise EncodeError(f"frame is {frame.shape[1]}x{frame.shape[0]}, the video is {self.width}x{self.height}")
+        import av
+
         vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
         vf.pts = self.frames
         vf.time_base = Fraction(1, self.fps)
@@ -207,6 +218,8 @@ class Mp4Writer:
         self.frames += 1
 
     def _mux_audio(self) -> None:
+        import av
+
         # AAC takes 1024-sample frames in fltp; the resampler converts and re-chunks whatever the source holds
         resampler = av.AudioResampler(format="fltp", layout="stereo" if self._audio.channels > 1 else "mono",
                                       rate=self._audio.rate, frame_size=self._audio.codec_context.frame_size or 1024)

@@ -12,6 +12,8 @@ import pytest
 
 from services.renderer.encode import EncodeError, H264Encoder, JpegEncoder, Mp4Writer, RawEncoder, make_encoder
 
+from .pictures import decode_rgb, photo
+
 
 def frame(i: int, h: int = 120, w: int = 160) -> np.ndarray:
     y, x = np.mgrid[:h, :w]
@@ -87,28 +89,18 @@ def test_mp4_writer_rejects_bad_audio(tmp_path):
         Mp4Writer(tmp_path / "x.mp4", 160, 120, audio=b"not audio at all" * 100)
 
 
-def _decode_rgb(jpg: bytes) -> np.ndarray:
-    return cv2.cvtColor(cv2.imdecode(np.frombuffer(jpg, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-
-
-def _photo(h: int = 240, w: int = 320) -> np.ndarray:
-    from skimage import data
-
-    return np.ascontiguousarray(cv2.resize(data.astronaut(), (w, h)))
-
-
 @pytest.mark.parametrize("backend", ["opencv", "simplejpeg"])
 def test_every_jpeg_backend_gives_the_same_picture(backend):
     from services.renderer.encode import jpeg_backends
 
     assert backend in jpeg_backends(), "simplejpeg is a pinned dependency"
-    img = _photo()
+    img = photo()
     enc = JpegEncoder(90, backend=backend)
-    back = _decode_rgb(enc.encode(img))
+    back = decode_rgb(enc.encode(img))
     psnr = 10 * np.log10(255 ** 2 / np.mean((back.astype(float) - img) ** 2))
     assert psnr > 30, f"{backend}: {psnr:.1f} dB"
     # the same library at the same quality and chroma subsampling: the two decode to nearly the same pixels
-    other = _decode_rgb(JpegEncoder(90, backend="opencv").encode(img))
+    other = decode_rgb(JpegEncoder(90, backend="opencv").encode(img))
     assert np.abs(back.astype(int) - other).mean() < 1.0
     assert JpegEncoder().backend == jpeg_backends()[-1]
 
@@ -116,42 +108,3 @@ def test_every_jpeg_backend_gives_the_same_picture(backend):
 def test_unknown_jpeg_backend_says_what_is_installed():
     with pytest.raises(EncodeError, match="available"):
         JpegEncoder(90, backend="nvjpeg-on-cpu")
-
-
-def test_gpu_jpeg_falls_back_to_the_cpu_without_cuda():
-    import torch
-
-    from services.renderer.gpu_post import GpuJpegEncoder, gpu_jpeg_available
-
-    assert not gpu_jpeg_available("cpu")
-    assert isinstance(make_encoder(0, 320, 240, device="cpu"), JpegEncoder)
-    if not torch.cuda.is_available():
-        assert not gpu_jpeg_available("cuda")
-        assert isinstance(make_encoder(0, 320, 240, device="cuda"), JpegEncoder)
-    img = _photo()
-    # numpy frames (a CPU paste-back) go through the CPU encoder, so the GPU encoder is a drop-in
-    assert GpuJpegEncoder(90).encode(img) == JpegEncoder(90).encode(img)
-
-
-@pytest.mark.gpu
-def test_paste_back_and_jpeg_on_the_gpu_match_the_cpu_path():
-    import torch
-
-    from services.renderer.gpu_post import GpuJpegEncoder, gpu_jpeg_available
-    from services.renderer.putback import PutBack
-
-    assert gpu_jpeg_available("cuda"), "install the gpu extra (torchvision) on GPU machines"
-    rng = np.random.default_rng(0)
-    frame_np = _photo(1080, 1920)
-    render = rng.uniform(0, 255, (512, 512, 3)).astype(np.float32)
-    m = np.array([[1.3, -0.1, 700], [0.1, 1.3, 150], [0, 0, 1]], np.float32)
-    pb = PutBack()
-    cpu = pb(frame_np, render, m)
-    gpu = pb.blend_torch(torch.from_numpy(frame_np).cuda(), torch.from_numpy(render).cuda(), m)
-    assert np.abs(gpu.cpu().numpy().astype(int) - cpu).max() <= 1  # CUDA may contract the blend into FMAs
-    enc = GpuJpegEncoder(90)
-    assert isinstance(make_encoder(0, 1920, 1080, device="cuda"), GpuJpegEncoder)
-    jpgs = enc.encode_many([gpu, gpu])
-    assert len(jpgs) == 2 and jpgs[0][:2] == b"\xff\xd8"
-    back = _decode_rgb(jpgs[0])
-    assert np.abs(back.astype(int) - _decode_rgb(JpegEncoder(90).encode(cpu))).mean() < 2.0
