@@ -3,7 +3,7 @@ PY ?= .venv/bin/python
 VENV := .venv
 PROTOS := $(wildcard protos/ditto/v1/*.proto)
 
-.PHONY: setup protos test test-fast lint bench gpu-check demo up clean
+.PHONY: setup protos test test-fast lint bench gpu-check gpu-kit demo up clean
 
 setup: $(VENV)/.installed $(VENV)/.paste-built
 
@@ -54,6 +54,11 @@ bench: setup
 gpu-check: setup
 	$(PY) -m tools.gpu_check
 
+# For a GPU machine with its own CUDA PyTorch and no package index: the wheels the check needs beyond such an image,
+# for its Python (3.12 unless PYTHON_VERSION says otherwise), into .gpu-kit/. There: python3 -m tools.gpu_kit run
+gpu-kit: setup
+	$(PY) -m tools.gpu_kit collect --python $(or $(PYTHON_VERSION),3.12)
+
 demo: setup
 	@tools/need-system-package espeak-ng espeak-ng "the demo speaks its text with it" || \
 		echo "continuing without espeak-ng: the demo uses a synthetic voice"
@@ -65,3 +70,4 @@ up: setup
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache
 	rm -f services/renderer/_paste*.so $(VENV)/.paste-built
+	rm -rf .gpu-kit

@@ -116,15 +116,45 @@ def environment() -> dict:
     env["gpu_jpeg"] = gpu_jpeg_available("cuda")
     if not env["gpu_jpeg"]:
         skipped.append("torchvision GPU JPEG: not available; frames are pasted back and encoded on the CPU")
+    try:
+        import av  # noqa: F401  (only H.264 needs it; the offline kit leaves it out)
+    except ImportError:
+        skipped.append("PyAV: not importable; H.264 sessions cannot be served (the check serves JPEG)")
+    env["differs_from_the_pins"] = _versions_off_the_pins()
     env["skipped"] = skipped
     return env
 
 
+def _versions_off_the_pins() -> dict[str, dict[str, str | None]]:
+    """{distribution: {pinned, found}} where this machine's version is not pyproject.toml's (on a GPU image that
+    brings its own torch, the numbers are for its versions)."""
+    import importlib.metadata as metadata
+
+    from tools.gpu_kit import pinned
+
+    off: dict[str, dict[str, str | None]] = {}
+    for name, version in pinned().items():
+        try:
+            found: str | None = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found = None
+        if found is not None and found.split("+")[0] != version:
+            off[name] = {"pinned": version, "found": found}
+    return off
+
+
 # ---- 2. the gpu-marked tests --------------------------------------------------------------------------------------
+
+def gpu_test_files() -> list[str]:
+    """The test modules that hold `gpu`-marked tests. Only these are collected: the rest of the suite imports what a
+    GPU node's image need not have (the browser, the voice-agent frameworks, PyAV), see tools/gpu_kit.py."""
+    return sorted(str(f.relative_to(ROOT)) for f in (ROOT / "tests").rglob("test_*.py")
+                  if "pytest.mark.gpu" in f.read_text())
+
 
 def gpu_tests(plan: Plan, budget_s: float, out: Path) -> dict:
     args = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "-o", "addopts=-ra",
-            f"--junitxml={out / 'gpu-tests.xml'}"]
+            f"--junitxml={out / 'gpu-tests.xml'}", *gpu_test_files()]
     if plan.dry_run:
         args.append("--collect-only")  # no CUDA here: list them, so a broken import or marker still fails
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "clients" / "python"),

@@ -1,13 +1,20 @@
 """`make gpu-check` cannot rot on machines without a GPU: its dry run goes through every step on the CPU (the gpu
-tests collected, the stage benchmarks, the compile variants, a served session) and writes the same files."""
+tests collected, the stage benchmarks, the compile variants, a served session) and writes the same files. It runs
+the way a GPU node without a package index runs it (tools/gpu_kit.py): through the kit's runner, in a Python that
+has only the kit's and the image's distributions, so a new import the kit lacks fails here."""
 
 from __future__ import annotations
 
+import importlib.metadata as metadata
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
+
+from tools import gpu_kit
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -16,10 +23,40 @@ def _env() -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "clients" / "python")]))
 
 
+def _python_of_a_gpu_node(root: Path) -> Path:
+    """A virtual environment holding only the kit's and the image's distributions (linked from this one): what the
+    check imports beyond them is missing there, as it would be on the node, for its child processes too."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True, timeout=120)
+    (site,) = root.glob("lib/python*/site-packages")
+    allowed = gpu_kit.allowed_distributions(f"{sys.version_info.major}.{sys.version_info.minor}")
+    own = {gpu_kit._canonical(n) for n in gpu_kit.OWN}  # the runner puts the checkout on the path, as on the node
+    linked = set()
+    for dist in metadata.distributions():
+        name = gpu_kit._canonical(dist.metadata["Name"])
+        if name not in allowed or name in own:
+            continue
+        linked.add(name)
+        for top in {f.parts[0] for f in dist.files or [] if f.parts[0] != ".."}:
+            source = Path(str(dist.locate_file(top)))
+            if source.exists() and not (site / top).exists():
+                (site / top).symlink_to(source)
+    assert {"torch", "grpcio", "protobuf", "pydantic"} <= linked and not linked & {"av", "aiortc", "grpcio-tools"}
+    return root / "bin" / "python"
+
+
 def test_dry_run_goes_through_every_step_and_writes_the_results(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "tools.gpu_check", "--dry-run", "--out", str(tmp_path)], cwd=ROOT,
-                          env=_env(), capture_output=True, text=True, timeout=900)
+    kit = tmp_path / "kit"
+    kit.mkdir()  # no wheels: this machine has the kit's packages installed; the module is built in the checkout
+    shutil.copy2(next((ROOT / "services/renderer").glob("_paste*.so")), kit / gpu_kit.PASTE_MODULE)
+    out, archive = tmp_path / "out", tmp_path / "back" / "gpu-check.tar.gz"
+    python = _python_of_a_gpu_node(tmp_path / "node")
+    proc = subprocess.run([python, "-m", "tools.gpu_kit", "run", "--kit", str(kit), "--archive", str(archive),
+                           "--dry-run", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=900,
+                          env={k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")})
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    tmp_path = out
+    with tarfile.open(archive) as tar:  # one file to carry back, holding every result
+        assert {"gpu-summary.md", "gpu-serving.json", "gpu-environment.json"} <= set(tar.getnames())
     for part in ("environment", "tests", "renderer", "motion", "audio", "compile", "postprocess", "serving"):
         result = json.loads((tmp_path / f"gpu-{part}.json").read_text())
         assert "error" not in result, (part, result.get("error"), result.get("traceback"))
@@ -30,6 +67,7 @@ def test_dry_run_goes_through_every_step_and_writes_the_results(tmp_path):
         assert any(s.startswith("TensorRT") for s in env["skipped"]), "a missing TensorRT must be reported"
     if "CUDAExecutionProvider" not in env["onnxruntime_providers"]:
         assert any(s.startswith("onnxruntime-gpu") for s in env["skipped"])
+    assert any(s.startswith("PyAV") for s in env["skipped"]), "PyAV is outside the kit, and must be reported"
     tests = json.loads((tmp_path / "gpu-tests.json").read_text())
     assert tests["ok"] and tests["collected"] > 0, tests["summary"]
     compiled = json.loads((tmp_path / "gpu-compile.json").read_text())
