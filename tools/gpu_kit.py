@@ -168,11 +168,12 @@ def run(kit: Path, check_args: list[str], archive: Path | None) -> int:
         renderer = ROOT / "services/renderer"
         if not list(renderer.glob("_paste*.so")):
             shutil.copy2(kit / PASTE_MODULE, renderer / PASTE_MODULE)
-        out = Path(tmp) / "results"
-        if "--out" not in check_args:
+        given = argparse.ArgumentParser(add_help=False)
+        given.add_argument("--out", type=Path, default=None)
+        out = given.parse_known_args(check_args)[0].out
+        if out is None:
+            out = Path(tmp) / "results"
             check_args = [*check_args, "--out", str(out)]
-        else:
-            out = Path(check_args[check_args.index("--out") + 1])
         path = [str(site), str(ROOT), str(ROOT / "clients/python"), os.environ.get("PYTHONPATH", "")]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in path if p), PYTHONUNBUFFERED="1")
         code = subprocess.run([sys.executable, "-m", "tools.gpu_check", *check_args], cwd=ROOT, env=env).returncode

@@ -95,3 +95,19 @@ def test_without_a_gpu_the_real_run_stops_and_says_how_to_check_it(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert "--dry-run" in proc.stderr
+
+
+def test_the_kit_carries_the_pinned_versions_and_leaves_torch_to_the_image():
+    kit = gpu_kit.kit_distributions("3.12")
+    pins = gpu_kit.pinned()
+    for name in gpu_kit.KIT:
+        key = gpu_kit._canonical(name)
+        assert kit[key] == pins[key], f"{name}: the kit would carry {kit[key]}, pyproject.toml pins {pins[key]}"
+    assert "pydantic-core" in kit, "pydantic needs its own exact pydantic-core, whatever the image holds"
+    assert not set(kit) & {"torch", "numpy", "av", "typing-extensions"}, sorted(kit)
+
+
+def test_the_runner_without_a_kit_says_how_to_make_one(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "tools.gpu_kit", "run", "--kit", str(tmp_path / "none"), "--dry-run"],
+                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "make gpu-kit" in proc.stderr, proc.stderr
