@@ -9,7 +9,7 @@ the checkout as wheels:
     python3 -m tools.gpu_kit run         # there: installs the kit beside the image's packages, runs the check
 
 `KIT` names what the check imports that a CUDA PyTorch image is not expected to carry, `FROM_THE_IMAGE` what it is
-expected to carry. The kit is `KIT` with everything it needs (but torch and numpy), each at the version installed
+expected to carry. The kit is `KIT` with everything it needs (but `LEFT_TO_THE_IMAGE`), each at the version installed
 here (so at the version the test suite ran with), plus the compiled paste-back module (built on Python's
 stable ABI, so this machine's build loads on the node's Python). The dry run of the check goes through `run` with
 nothing importable but these two sets (tests/tools/test_gpu_check.py), so a new import that the kit lacks fails
