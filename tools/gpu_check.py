@@ -125,20 +125,20 @@ def environment() -> dict:
     return env
 
 
-def _versions_off_the_pins() -> dict[str, dict[str, str | None]]:
+def _versions_off_the_pins() -> dict[str, dict[str, str]]:
     """{distribution: {pinned, found}} where this machine's version is not pyproject.toml's (on a GPU image that
-    brings its own torch, the numbers are for its versions)."""
+    brings its own torch, the numbers are for its versions); what is not installed at all is not listed."""
     import importlib.metadata as metadata
 
     from tools.gpu_kit import pinned
 
-    off: dict[str, dict[str, str | None]] = {}
+    off: dict[str, dict[str, str]] = {}
     for name, version in pinned().items():
         try:
-            found: str | None = metadata.version(name)
+            found = metadata.version(name)
         except metadata.PackageNotFoundError:
-            found = None
-        if found is not None and found.split("+")[0] != version:
+            continue
+        if found.split("+")[0] != version:
             off[name] = {"pinned": version, "found": found}
     return off
 

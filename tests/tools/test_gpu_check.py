@@ -54,34 +54,33 @@ def test_dry_run_goes_through_every_step_and_writes_the_results(tmp_path):
                            "--dry-run", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=900,
                           env={k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")})
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    tmp_path = out
     with tarfile.open(archive) as tar:  # one file to carry back, holding every result
         assert {"gpu-summary.md", "gpu-serving.json", "gpu-environment.json"} <= set(tar.getnames())
     for part in ("environment", "tests", "renderer", "motion", "audio", "compile", "postprocess", "serving"):
-        result = json.loads((tmp_path / f"gpu-{part}.json").read_text())
+        result = json.loads((out / f"gpu-{part}.json").read_text())
         assert "error" not in result, (part, result.get("error"), result.get("traceback"))
-    summary = (tmp_path / "gpu-summary.md").read_text()
+    summary = (out / "gpu-summary.md").read_text()
     assert "DRY RUN" in summary
-    env = json.loads((tmp_path / "gpu-environment.json").read_text())
+    env = json.loads((out / "gpu-environment.json").read_text())
     if env["tensorrt"] is None:
         assert any(s.startswith("TensorRT") for s in env["skipped"]), "a missing TensorRT must be reported"
     if "CUDAExecutionProvider" not in env["onnxruntime_providers"]:
         assert any(s.startswith("onnxruntime-gpu") for s in env["skipped"])
     assert any(s.startswith("PyAV") for s in env["skipped"]), "PyAV is outside the kit, and must be reported"
-    tests = json.loads((tmp_path / "gpu-tests.json").read_text())
+    tests = json.loads((out / "gpu-tests.json").read_text())
     assert tests["ok"] and tests["collected"] > 0, tests["summary"]
-    compiled = json.loads((tmp_path / "gpu-compile.json").read_text())
+    compiled = json.loads((out / "gpu-compile.json").read_text())
     assert {r["variant"] for r in compiled["rows"]} >= {"eager", "compile-eager"}
     assert all("error" not in r for r in compiled["rows"]), compiled["rows"]
     assert all(r["max_abs_diff_vs_eager"] < 1e-3 for r in compiled["rows"] if "ms_per_frame" in r)
-    serving = json.loads((tmp_path / "gpu-serving.json").read_text())
+    serving = json.loads((out / "gpu-serving.json").read_text())
     first = serving["levels"][0]
     assert first["sessions"] == 1 and first["frames_complete"] and not first["errors"], first
     for part in ("renderer", "motion", "audio"):
-        rows = json.loads((tmp_path / f"gpu-{part}.json").read_text())["rows"]
+        rows = json.loads((out / f"gpu-{part}.json").read_text())["rows"]
         assert rows and all("error" not in r for r in rows), (part, rows)
     # the torch paste-back (the GPU path, here on CPU tensors) gives the CPU kernel's bytes
-    post = json.loads((tmp_path / "gpu-postprocess.json").read_text())["rows"]
+    post = json.loads((out / "gpu-postprocess.json").read_text())["rows"]
     assert [r["size"] for r in post] == ["512x512", "1920x1080"], post
     assert all(r["device_vs_cpu_max_diff"] == 0 and r["paste_back_device_ms"] > 0 for r in post), post
 
