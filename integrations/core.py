@@ -4,14 +4,14 @@ An agent framework hands us its speech (TTS audio at whatever rate it runs, in f
 video frames and the same speech, delayed so that each 40 ms of audio leaves together with the frame that shows it.
 `AvatarBridge` does that over the public API (the SDK's `AsyncAvatarClient`):
 
-- Timeline. The bridge owns the session's audio timeline: speech is resampled to 16 kHz mono and sent as it comes;
-  between utterances the bridge itself sends silence (the session runs with the FREEZE idle policy, so the server
-  never inserts audio of its own), which keeps the face moving and means every sample of the session is one the
-  bridge sent. Frame k of an epoch therefore shows the bridge's samples [k*640, (k+1)*640), and the original speech
-  for that span (at its own rate and channel count, never resampled) leaves with it.
+- Timeline. The bridge sends every sample of the session: the agent's speech as it comes and, between utterances,
+  silence (the session runs with the FREEZE idle policy, so the server never inserts audio of its own), which keeps
+  the face moving. The SDK's `SpeechTimeline` (ditto_client.timeline) keeps that account, as it does for the WebRTC
+  gateway: it says which samples each frame shows, and the original speech under them (at its own rate and channel
+  count, never resampled) leaves with the frame.
 - Interrupt. `interrupt()` drops everything queued for the consumer, sends `Interrupt`, and ignores frames of the
-  old epoch still in flight. The server answers with the frame index the new epoch starts from, and the motion stage
-  first eases the face back to rest (frames marked idle), which the bridge counts so the new speech lines up again.
+  old epoch still in flight; the frames easing the face back to rest show no speech, and the new speech lines up
+  again after them.
 - No face. If the server cannot be reached, refuses the API key, does not know the avatar, or ends the session, the
   bridge logs one clear error and goes on as a pass-through: the speech still comes out (undelayed, with segment
   ends), just without video. The agent keeps talking.
@@ -24,22 +24,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import numpy as np
-import soxr
 
 from ditto import telemetry
-from ditto_client import AsyncAvatarClient, ConverseStream, session_config
+from ditto_client import AsyncAvatarClient, ConverseStream, session_config, status_code
+from ditto_client.timeline import SESSION_RATE, FrameDecoder, Placement, SpeechTimeline
 from ditto_client.v1 import avatar_pb2, common_pb2
 
-SESSION_RATE = 16000          # what the bridge sends: HuBERT's rate, so the server never resamples
-FPS = 25
-FRAME_SAMPLES = SESSION_RATE // FPS   # 640 samples = 40 ms = one video frame
 MAX_SEND_SAMPLES = SESSION_RATE // 5  # 200 ms per message, well under the server's max_chunk_ms
 IDLE_CHUNK_SAMPLES = MAX_SEND_SAMPLES
 KEEP_ALIVE_S = 5.0                    # well inside the server's idle timeout (30 s by default)
@@ -102,23 +98,6 @@ class BridgeOptions:
     max_queued_items: int = 400           # frames + audio waiting for the consumer (~8 s); back-pressure beyond
 
 
-@dataclass
-class _Segment:
-    """One utterance on the current epoch's timeline, kept until its last frame has left."""
-    start: int                 # 16 kHz sample of the epoch where it begins
-    rate: int
-    channels: int
-    resampler: Any
-    pcm: bytearray = field(default_factory=bytearray)  # original audio not yet handed out
-    dropped: int = 0           # original sample frames already handed out (cut from the front of pcm)
-    sent: int = 0              # 16 kHz samples sent so far
-    end: int | None = None     # set when the utterance ended: start + sent
-
-    def original_at(self, pos: int) -> int:
-        """Original sample frame that plays at 16 kHz epoch sample `pos` (floor, so spans tile exactly)."""
-        return (pos - self.start) * self.rate // SESSION_RATE
-
-
 def explain(code: grpc.StatusCode, details: str, opts: BridgeOptions) -> str:
     """A message that says what to do next (never the API key itself)."""
     if code == grpc.StatusCode.UNAVAILABLE:
@@ -148,19 +127,11 @@ class AvatarBridge:
         self._tasks: list[asyncio.Task] = []
         self._started = asyncio.Event()
         self._closed = False
-        # the current epoch's timeline (16 kHz samples)
-        self._epoch = 0
-        self._epoch_base: dict[int, int] = {0: 0}
-        self._rest_frames: dict[int, int] = {0: 0}
-        self._speech_seen: dict[int, bool] = {0: False}
-        self._sent = 0
-        self._played = 0
-        self._segments: deque[_Segment] = deque()
-        self._open: _Segment | None = None
+        self.timeline = SpeechTimeline()
+        self._pictures = FrameDecoder()
         self._last_frame_at = 0.0
         self._last_speech_at = time.monotonic()
         self._last_sent_at = time.monotonic()
-        self.frames_dropped = 0           # frames of interrupted epochs the server had already sent
         self._all_played = asyncio.Event()  # set while no speech waits to be shown
         self._all_played.set()
 
@@ -218,7 +189,7 @@ class AvatarBridge:
             with contextlib.suppress(Exception):
                 await self._client.close()
         self._drain()
-        self._segments.clear()
+        self.timeline.unshown()
         self._note_played()
         with contextlib.suppress(asyncio.QueueFull):
             self._out.put_nowait(None)
@@ -231,42 +202,24 @@ class AvatarBridge:
         if not self.face:
             await self._out.put(AudioOut(bytes(pcm), sample_rate, channels))
             return
-        seg = self._open
-        if seg is not None and (seg.rate != sample_rate or seg.channels != channels):
-            await self.end_segment()  # the format changed mid-utterance: close it, start another
-            seg = None
-        if seg is None:
-            seg = _Segment(start=self._sent, rate=sample_rate, channels=channels,
-                           resampler=soxr.ResampleStream(sample_rate, SESSION_RATE, 1, dtype="int16"))
-            self._open = seg
-            self._segments.append(seg)
-            self._all_played.clear()
         self._last_speech_at = time.monotonic()
-        usable = len(pcm) - len(pcm) % (2 * channels)
-        seg.pcm += pcm[:usable]
-        samples = np.frombuffer(pcm[:usable], dtype="<i2")
-        mono = samples if channels == 1 else samples.reshape(-1, channels).mean(axis=1).astype(np.int16)
-        await self._send(seg, seg.resampler.resample_chunk(mono))
+        self.timeline.push(pcm, sample_rate, channels)
+        if self.timeline.speaking:
+            self._all_played.clear()
+        await self._send()
 
     async def end_segment(self) -> None:
         """The utterance is complete: its last frame will be followed by a SegmentEnd."""
-        seg = self._open
-        if not self.face or seg is None:
-            if not self._closed:
-                await self._out.put(SegmentEnd())
-            return
-        await self._send(seg, seg.resampler.resample_chunk(np.zeros(0, np.int16), last=True))
-        seg.end = seg.start + seg.sent
-        self._open = None
-        if seg.sent == 0:  # nothing audible: nothing will show it
-            self._segments.remove(seg)
+        if self.face and not self.timeline.end_speech():
+            await self._send()  # its last samples, held by the resampler
+        elif not self._closed:  # no face, or nothing of it to show: it ends now
             self._note_played()
             await self._out.put(SegmentEnd())
 
     async def drain(self, stall_s: float = 10.0) -> bool:
         """Wait until every utterance received so far has been handed out (for a graceful end). Gives up only when
         no frame has come for `stall_s` (a slow server is still a server making progress)."""
-        if self._open is not None:
+        if self.timeline.in_utterance:
             await self.end_segment()
         while not self._all_played.is_set():
             try:
@@ -278,22 +231,16 @@ class AvatarBridge:
         return True
 
     def _note_played(self) -> None:
-        if not self._segments:
+        if not self.timeline.speaking:
             self._all_played.set()
 
     async def interrupt(self) -> None:
         """Stop the current speech now: queued frames and audio are dropped, the face eases back to rest."""
         self._drain()
-        self._segments.clear()
-        self._open = None
+        self.timeline.interrupt()
         self._note_played()
         if not self.face or self._stream is None:
             return
-        self._epoch += 1
-        self._rest_frames[self._epoch] = 0
-        self._speech_seen[self._epoch] = False
-        self._sent = 0
-        self._played = 0
         await self._stream.interrupt()
 
     def __aiter__(self) -> AsyncIterator[VideoOut | AudioOut | SegmentEnd]:
@@ -307,22 +254,16 @@ class AvatarBridge:
             yield item
 
     # ---- internals ----
-    async def _send(self, seg: _Segment | None, samples: np.ndarray) -> None:
-        """Append 16 kHz samples to the timeline (bookkeeping first, so nothing interleaves), then send them."""
-        if not len(samples) or self._stream is None:
+    async def _send(self) -> None:
+        """Send what is on the timeline and not sent yet."""
+        if self._stream is None:
             return
-        data = samples.astype("<i2").tobytes()
-        self._last_sent_at = time.monotonic()
-        self._sent += len(samples)
-        if seg is not None:
-            seg.sent += len(samples)
-        step = MAX_SEND_SAMPLES * 2
-        for i in range(0, len(data), step):
-            await self._stream.send_audio(data[i:i + step])
+        while (data := self.timeline.take_chunk(MAX_SEND_SAMPLES)) is not None:
+            self._last_sent_at = time.monotonic()
+            await self._stream.send_audio(data)
 
     async def _feed_idle(self) -> None:
         """While the agent is quiet, keep the timeline a little ahead of the frames so the face stays alive."""
-        lead = int(self.opts.idle_lead_s * SESSION_RATE)
         while self.face:
             await asyncio.sleep(0.04)
             if self._stream is not None and time.monotonic() - self._last_sent_at > KEEP_ALIVE_S:
@@ -330,13 +271,14 @@ class AvatarBridge:
                 # we are here, or its idle timeout ends the session
                 self._last_sent_at = time.monotonic()
                 await self._stream.keep_alive()
-            if self._open is not None or time.monotonic() - self._last_speech_at < self.opts.idle_after_s:
+            if self.timeline.in_utterance or time.monotonic() - self._last_speech_at < self.opts.idle_after_s:
                 continue
             # Measured from the last frame received, so never less than the server's own idle feed keeps (1.2 s of
             # look-ahead + 0.2 s beyond the frames it has made): enough for frames to keep coming, and no more, since
             # speech that follows waits behind this silence.
-            if self._sent - self._played < lead:
-                await self._send(None, np.zeros(IDLE_CHUNK_SAMPLES, np.int16))
+            if self.timeline.ahead_s < self.opts.idle_lead_s:
+                self.timeline.add_silence(IDLE_CHUNK_SAMPLES)
+                await self._send()
 
     async def _read(self) -> None:
         assert self._stream is not None
@@ -354,14 +296,13 @@ class AvatarBridge:
                 elif kind == "frame":
                     await self._on_frame(msg.frame)
                 elif kind == "event" and msg.event.WhichOneof("event") == "interrupted":
-                    ev = msg.event.interrupted
-                    self._epoch_base[ev.new_epoch] = ev.last_frame_index + 1
+                    self.timeline.interrupted(msg.event.interrupted)
                 elif kind == "final":
                     st = msg.final.status
                     if self._closed:
                         return
-                    code = next((c for c in grpc.StatusCode if c.value[0] == st.code), grpc.StatusCode.UNKNOWN)
-                    await self._lose_face(explain(code, st.message or "the server ended the session", self.opts))
+                    message = st.message or "the server ended the session"
+                    await self._lose_face(explain(status_code(st.code), message, self.opts))
                     return
             if not self._closed:
                 await self._lose_face("the Ditto server closed the session without a final status")
@@ -378,70 +319,22 @@ class AvatarBridge:
             self._started.set()
 
     async def _on_frame(self, f: avatar_pb2.VideoFrame) -> None:
-        if f.epoch != self._epoch or f.epoch not in self._epoch_base:
-            self.frames_dropped += 1
+        placed = self.timeline.place(f)
+        if placed is None:
             return  # speech that was interrupted
         self._last_frame_at = time.monotonic()
-        epoch = f.epoch
-        if epoch > 0 and f.idle and not self._speech_seen[epoch]:
-            self._rest_frames[epoch] += 1  # the face easing back to rest before the new epoch's audio
-            rel = None
-        else:
-            self._speech_seen[epoch] = True
-            rel = f.index - self._epoch_base[epoch] - self._rest_frames[epoch]
-        rgb = self._decode(f)
-        if rgb is None:
-            return
-        audio: list[AudioOut] = []
-        ended = 0
-        if rel is not None:
-            t0, t1 = rel * FRAME_SAMPLES, (rel + 1) * FRAME_SAMPLES
-            self._played = t1
-            audio, ended = self._take_audio(t0, t1)
-        await self._out.put(VideoOut(rgb, int(f.index), bool(audio)))
-        for a in audio:
-            await self._out.put(a)
-        for _ in range(ended):
-            await self._out.put(SegmentEnd())
-
-    def _take_audio(self, t0: int, t1: int) -> tuple[list[AudioOut], int]:
-        """The original speech under epoch samples [t0, t1), and how many utterances ended inside it."""
-        out: list[AudioOut] = []
-        ended = 0
-        while self._segments:
-            seg = self._segments[0]
-            if seg.start >= t1:
-                break
-            seg_end = seg.end if seg.end is not None else seg.start + seg.sent
-            lo, hi = max(t0, seg.start), min(t1, seg_end)
-            a = max(seg.original_at(lo), seg.dropped)
-            finished = seg.end is not None and t1 >= seg.end
-            frame_bytes = 2 * seg.channels
-            total = seg.dropped + len(seg.pcm) // frame_bytes
-            b = total if finished else min(max(seg.original_at(hi), a), total)
-            if b > a:
-                cut = (b - seg.dropped) * frame_bytes
-                skip = (a - seg.dropped) * frame_bytes
-                out.append(AudioOut(bytes(seg.pcm[skip:cut]), seg.rate, seg.channels))
-                del seg.pcm[:cut]
-                seg.dropped = b
-            if not finished:
-                break
-            self._segments.popleft()
-            ended += 1
         self._note_played()
-        return out, ended
+        try:
+            await self._out.put(VideoOut(self._pictures.rgb(f), int(f.index), bool(placed.speech)))
+        except ValueError as err:  # the picture is skipped; its speech still plays
+            log.warning("undecodable frame skipped", index=f.index, error=str(err))
+        await self._hand_out(placed)
 
-    def _decode(self, f: avatar_pb2.VideoFrame) -> np.ndarray | None:
-        if f.encoding == common_pb2.FRAME_ENCODING_RAW_RGB:
-            return np.frombuffer(f.data, np.uint8).reshape(f.height, f.width, 3)
-        import cv2
-
-        bgr = cv2.imdecode(np.frombuffer(f.data, np.uint8), cv2.IMREAD_COLOR)
-        if bgr is None:
-            log.warning("undecodable frame skipped", index=f.index)
-            return None
-        return bgr[:, :, ::-1].copy()
+    async def _hand_out(self, placed: Placement) -> None:
+        for piece in placed.speech:
+            await self._out.put(AudioOut(piece.pcm, piece.rate, piece.channels))
+        for _ in range(placed.ended):
+            await self._out.put(SegmentEnd())
 
     def _drain(self) -> None:
         while True:
@@ -455,19 +348,15 @@ class AvatarBridge:
 
     async def _lose_face(self, reason: str) -> None:
         """Log once, hand out the speech still waiting (so the user hears it), and pass audio through from now."""
-        was = self.face
         self.face = False
         if self.error is None:
             self.error = reason
             log.error("avatar has no face; the agent goes on with audio only", reason=reason,
                       avatar=self.opts.avatar_id, session=self.session_id or None)
-        if was or self._segments:
-            for seg in list(self._segments):
-                if seg.pcm:
-                    await self._out.put(AudioOut(bytes(seg.pcm), seg.rate, seg.channels))
-                if seg.end is not None:
-                    await self._out.put(SegmentEnd())
-            self._segments.clear()
-            self._open = None
+        for pcm, rate, channels, ended in self.timeline.unshown():
+            if pcm:
+                await self._out.put(AudioOut(pcm, rate, channels))
+            if ended:
+                await self._out.put(SegmentEnd())
         self._note_played()
         self._started.set()

@@ -9,7 +9,8 @@ from livekit import rtc
 from livekit.agents.voice.avatar import AvatarOptions, AvatarRunner, DataStreamAudioReceiver
 
 from ditto import telemetry
-from integrations.core import FPS, AvatarBridge, BridgeOptions
+from ditto_client.timeline import FPS
+from integrations.core import AvatarBridge, BridgeOptions
 from integrations.livekit.video import DittoVideoGenerator
 
 log = telemetry.get_logger("ditto.integrations.livekit")

@@ -21,11 +21,11 @@ import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from ditto_client.timeline import FPS, SESSION_RATE, Placement, SpeechTimeline
+
 AUDIO_RATE = 48000            # Opus's clock; the down audio is produced at this rate
 PACKET_SAMPLES = 960          # 20 ms, the usual Opus packet
-FPS = 25
-FRAME_SAMPLES_16K = 16000 // FPS  # the service's frames: one per 40 ms of 16 kHz audio
-FRAME_SAMPLES = AUDIO_RATE // FPS
+FRAME_SAMPLES = AUDIO_RATE // FPS  # the 48 kHz audio of one frame
 VIDEO_CLOCK = 90000
 AUDIO_TIME_BASE = Fraction(1, AUDIO_RATE)
 VIDEO_TIME_BASE = Fraction(1, VIDEO_CLOCK)
@@ -194,74 +194,24 @@ class AvatarVideoTrack(MediaStreamTrack):
 
 
 class UpAudio:
-    """The peer's audio as the service wants it (16 kHz mono PCM16 chunks) and as the avatar says it back (48 kHz
-    mono, kept until its frames are out), with the arrival time of each piece for the latency figures."""
+    """The peer's audio going up: as the avatar says it back (48 kHz mono, Opus's rate; the speech the session's
+    timeline keeps until its frames are out) and, through the timeline, as the service wants it (16 kHz chunks),
+    with the arrival time of each piece for the latency figures."""
 
-    def __init__(self, max_keep_s: float = 30.0) -> None:
-        self._to16k = av.AudioResampler(format="s16", layout="mono", rate=16000)
+    def __init__(self, timeline: SpeechTimeline, max_keep_s: float = 30.0) -> None:
+        self.timeline = timeline
         self._to48k = av.AudioResampler(format="s16", layout="mono", rate=AUDIO_RATE)
-        self.received_16k = 0  # 16 kHz samples taken in (the service's timeline)
-        self._pending = bytearray()
-        self._store = np.zeros(0, dtype=np.int16)
-        self._store_start = 0  # 48 kHz position of _store[0]
-        self._stored_end = 0
-        self._max_keep = int(max_keep_s * AUDIO_RATE)
         self._arrivals: deque[tuple[int, float]] = deque(maxlen=int(max_keep_s * 50) + 64)  # (16k position, time)
 
     def add(self, frame: av.AudioFrame, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
-        self._arrivals.append((self.received_16k, now))
-        for f in self._to16k.resample(frame):
-            data = f.to_ndarray().astype("<i2", copy=False).tobytes()
-            self._pending += data
-            self.received_16k += len(data) // 2
+        self._arrivals.append((self.timeline.received, time.monotonic() if now is None else now))
         for f in self._to48k.resample(frame):
-            self._append48(f.to_ndarray().reshape(-1).astype(np.int16, copy=False))
+            self.timeline.push(f.to_ndarray().astype("<i2", copy=False).tobytes(), AUDIO_RATE)
 
     def add_silence(self, seconds: float, now: float | None = None) -> None:
         """Keep the service's timeline going while no packet comes (so frame k is still audio k * 40 ms)."""
-        n16 = int(seconds * 16000)
-        self._arrivals.append((self.received_16k, time.monotonic() if now is None else now))
-        self._pending += b"\0" * (2 * n16)
-        self.received_16k += n16
-        self._append48(np.zeros(3 * n16, dtype=np.int16))
-
-    def _append48(self, samples: np.ndarray) -> None:
-        # the 48 kHz copy is aligned to the 16 kHz timeline (position x3); resampler delays differ by < 1 ms
-        target_start = self._stored_end
-        self._store = np.concatenate([self._store, samples])
-        self._stored_end = target_start + len(samples)
-        if len(self._store) > self._max_keep:
-            cut = len(self._store) - self._max_keep
-            self._store = self._store[cut:]
-            self._store_start += cut
-
-    @property
-    def sent_16k(self) -> int:
-        """16 kHz samples handed out as chunks so far: the service's audio timeline."""
-        return self.received_16k - len(self._pending) // 2
-
-    def take_chunk(self, chunk_bytes: int) -> bytes | None:
-        if len(self._pending) < chunk_bytes:
-            return None
-        out = bytes(self._pending[:chunk_bytes])
-        del self._pending[:chunk_bytes]
-        return out
-
-    def frame_audio(self, position_16k: int) -> np.ndarray:
-        """The 40 ms of 48 kHz audio that drove the frame starting at this 16 kHz position (zeros where gone)."""
-        start = 3 * position_16k
-        out = np.zeros(FRAME_SAMPLES, dtype=np.int16)
-        lo, hi = max(start, self._store_start), min(start + FRAME_SAMPLES, self._stored_end)
-        if hi > lo:
-            out[lo - start:hi - start] = self._store[lo - self._store_start:hi - self._store_start]
-        return out
-
-    def forget_before(self, position_16k: int) -> None:
-        cut = min(3 * position_16k, self._stored_end) - self._store_start
-        if cut > 0:
-            self._store = self._store[cut:]
-            self._store_start += cut
+        self._arrivals.append((self.timeline.received, time.monotonic() if now is None else now))
+        self.timeline.add_silence(int(seconds * SESSION_RATE))
 
     def arrival_of(self, position_16k: int) -> float | None:
         """When the audio at this 16 kHz position reached the gateway."""
@@ -269,3 +219,14 @@ class UpAudio:
             return None
         i = bisect.bisect_right(self._arrivals, position_16k, key=lambda a: a[0]) - 1
         return self._arrivals[i][1] if i >= 0 else None
+
+
+def frame_audio(placement: Placement) -> np.ndarray:
+    """The 40 ms of 48 kHz audio that goes with a frame: the speech that drove it, silence where there is none (a
+    gap the gateway filled, a frame easing back to rest)."""
+    out = np.zeros(FRAME_SAMPLES, dtype=np.int16)
+    for piece in placement.speech:  # the timeline keeps the peer's audio at 48 kHz mono (UpAudio)
+        at = piece.offset * AUDIO_RATE // SESSION_RATE
+        samples = np.frombuffer(piece.pcm, "<i2")[:FRAME_SAMPLES - at]
+        out[at:at + len(samples)] = samples
+    return out

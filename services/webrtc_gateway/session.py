@@ -1,9 +1,11 @@
 """One browser session: a peer connection on one side, a Converse stream of the public API on the other.
 
-Up: the peer's audio track is resampled to 16 kHz mono and sent to Converse in `chunk_ms` pieces as it arrives
-(so at realtime); a gap in the packets is filled with silence, so frame k always stands for audio k x 40 ms, and a
-gap longer than `stall_timeout_s` ends the session (network stall). Down: each frame is decoded, its audio taken
-from what went up, and both are scheduled on one clock (see media.py). Every exit path (hang-up, peer connection
+Up: the peer's audio track goes on the session's timeline (`ditto_client.timeline`), which sends it to Converse at
+16 kHz in `chunk_ms` pieces as it arrives (so at realtime). The gateway sends every sample of the session: silence
+until the peer's track arrives and wherever its packets pause, so the service never fills a gap with audio of its
+own; a gap longer than `stall_timeout_s` ends the session (network stall). Down: the timeline says which of the
+peer's audio each frame shows (none for the frames easing back to rest after an interrupt); the frame is decoded,
+and it and that audio are scheduled on one clock (see media.py). Every exit path (hang-up, peer connection
 failed or closed, stall, the service's final status, gateway shutdown) goes through `close`, which cancels the
 Converse call, so the service frees the session and its quota at once.
 """
@@ -24,16 +26,17 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSend
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from ditto import telemetry
-from ditto_client import AsyncAvatarClient, ConverseStream, emotion_control, session_config
+from ditto_client import AsyncAvatarClient, ConverseStream, emotion_control, session_config, status_code
+from ditto_client.timeline import SESSION_RATE, FrameDecoder, SpeechTimeline
 from ditto_client.v1 import avatar_pb2, common_pb2
 from services.webrtc_gateway.config import GatewaySettings
 from services.webrtc_gateway.media import (
-    FRAME_SAMPLES_16K,
     AvatarVideoTrack,
     DownAudioTrack,
     MediaClock,
     SyncMeter,
     UpAudio,
+    frame_audio,
 )
 
 log = telemetry.get_logger("ditto.webrtc")
@@ -47,7 +50,6 @@ _sync = telemetry.histogram("ditto_webrtc_av_offset_seconds", "Absolute audio-vi
 
 IDLE_POLICIES = {"alive": avatar_pb2.IDLE_POLICY_ALIVE, "freeze": avatar_pb2.IDLE_POLICY_FREEZE}
 ENCODINGS = {"jpeg": common_pb2.FRAME_ENCODING_JPEG, "raw": common_pb2.FRAME_ENCODING_RAW_RGB}
-FRAME_S = 0.04
 SILENCE_FILL_S = 0.2  # no packet for this long: send this much silence (below the service's own idle feed, 400 ms)
 
 
@@ -70,10 +72,6 @@ HTTP_OF_GRPC = {
 
 def key_digest(api_key: str | None) -> str:
     return hashlib.sha256((api_key or "").encode()).hexdigest()
-
-
-def grpc_code(value: int) -> grpc.StatusCode:
-    return next((c for c in grpc.StatusCode if c.value[0] == value), grpc.StatusCode.UNKNOWN)
 
 
 def check_offer(sdp: str) -> None:
@@ -153,7 +151,9 @@ class GatewaySession:
         self.meter = SyncMeter()
         self.video = AvatarVideoTrack(self.clock, self.meter, self._frame_left)
         self.audio = DownAudioTrack(self.clock, self.meter)
-        self.up = UpAudio()
+        self.timeline = SpeechTimeline()
+        self.up = UpAudio(self.timeline)
+        self.pictures = FrameDecoder()
         self.created_at = time.monotonic()
         self.closed = asyncio.Event()
         self.end_reason = ""
@@ -165,18 +165,13 @@ class GatewaySession:
         self.first_audio_at: float | None = None
         self.interrupts = 0
         self.interrupts_acknowledged = 0  # the service's InterruptedEvent came back
-        self._epoch = 0
-        self._epoch_frames = 0  # frames of the current epoch received
         self.audio_dropped_s = 0.0
-        self._epoch_start_16k: dict[int, int] = {0: 0}
-        self._epoch_base_index: dict[int, int] = {0: 0}
         self._latency_s: deque[float] = deque(maxlen=4096)
         self._frame_audio_at: dict[int, float] = {}
         self._frame_in_at: dict[int, float] = {}  # when each frame came in from the service
         self._hold_s: deque[float] = deque(maxlen=4096)  # frame in from the service -> frame out to the encoder
         self._sent_at: deque[float] = deque(maxlen=64)
         self._tasks: list[asyncio.Task] = []
-        self._jpeg = av.CodecContext.create("mjpeg", "r")
         self._up_track: MediaStreamTrack | None = None
         self._up_seen = asyncio.Event()
         self.video_codec = ""
@@ -199,7 +194,7 @@ class GatewaySession:
     async def _open_converse(self) -> None:
         o = self.options
         cfg = session_config(
-            o["avatar_id"], sample_rate_hz=16000, encoding=ENCODINGS[self.settings.frame_encoding],
+            o["avatar_id"], sample_rate_hz=SESSION_RATE, encoding=ENCODINGS[self.settings.frame_encoding],
             emotion=o.get("emotion") or None, idle_policy=IDLE_POLICIES[o.get("idle", "alive")],
             seed=int(o.get("seed") or 0), sampling_steps=int(o.get("steps") or 0),
             idle_timeout_s=self.settings.service_idle_timeout_s)
@@ -218,7 +213,7 @@ class GatewaySession:
         kind = first.WhichOneof("kind")
         if kind == "final":
             await self._abandon()
-            code = grpc_code(first.final.status.code)
+            code = status_code(first.final.status.code)
             retry = 1.0 if code == grpc.StatusCode.RESOURCE_EXHAUSTED else None
             raise OfferError(HTTP_OF_GRPC.get(code, 502), first.final.status.message, retry)
         if kind != "started":
@@ -273,26 +268,24 @@ class GatewaySession:
     # ---- up: the peer's audio into Converse ----
     async def _uplink(self) -> None:
         s = self.settings
-        chunk_bytes = 2 * 16000 * s.chunk_ms // 1000
+        chunk = SESSION_RATE * s.chunk_ms // 1000
         # never below what the service needs before its first frame, or no frame would ever come back
         look_ahead_s = (self.started.audio_look_ahead_ms / 1000) if self.started else 0.0
         max_pending_s = max(s.max_pending_audio_s, look_ahead_s + 1.0)
+        assert self.stream is not None
         try:
-            try:
-                await asyncio.wait_for(self._up_seen.wait(), s.stall_timeout_s)
-            except TimeoutError:
-                await self.close("no audio track arrived")
-                return
-            assert self._up_track is not None and self.stream is not None
             silent_for = 0.0
             while True:
                 try:
+                    if self._up_track is None:  # the peer is still connecting: silence meanwhile
+                        await asyncio.wait_for(self._up_seen.wait(), SILENCE_FILL_S)
+                        continue
                     frame = await asyncio.wait_for(self._up_track.recv(), SILENCE_FILL_S)
                     silent_for = 0.0
                     if self.first_audio_at is None:
                         self.first_audio_at = time.monotonic()
                     if isinstance(frame, av.AudioFrame):
-                        if self.pending_audio_s() > max_pending_s:
+                        if self.timeline.ahead_s > max_pending_s:
                             # the service is slower than realtime: drop what it cannot take (never sent, so the
                             # timeline of sent audio, and with it lip sync, stays exact)
                             self.audio_dropped_s += frame.samples / frame.sample_rate
@@ -301,20 +294,16 @@ class GatewaySession:
                 except TimeoutError:
                     silent_for += SILENCE_FILL_S
                     if silent_for >= s.stall_timeout_s:
-                        await self.close("network stall")
+                        await self.close("network stall" if self._up_track else "no audio track arrived")
                         return
-                    if self.pending_audio_s() <= max_pending_s:
+                    if self.timeline.ahead_s <= max_pending_s:
                         self.up.add_silence(SILENCE_FILL_S)
-                while (chunk := self.up.take_chunk(chunk_bytes)) is not None:
-                    await self.stream.send_audio(chunk)
+                while (data := self.timeline.take_chunk(chunk, chunk)) is not None:
+                    await self.stream.send_audio(data)
         except MediaStreamError:
             await self.close("peer audio ended")
         except asyncio.CancelledError:
             pass
-
-    def pending_audio_s(self) -> float:
-        """Audio of this epoch taken in but not yet back as frames (queued here, in flight, in the service)."""
-        return (self.up.received_16k - self._epoch_start_16k[self._epoch]) / 16000 - self._epoch_frames * FRAME_S
 
     # ---- down: frames and their audio to the peer ----
     async def _downlink(self) -> None:
@@ -325,12 +314,11 @@ class GatewaySession:
                 if kind == "frame":
                     self._on_frame(msg.frame)
                 elif kind == "event" and msg.event.WhichOneof("event") == "interrupted":
-                    ev = msg.event.interrupted
-                    self._epoch_base_index[ev.new_epoch] = ev.last_frame_index + 1
+                    self.timeline.interrupted(msg.event.interrupted)
                     self.interrupts_acknowledged += 1
                 elif kind == "final":
                     st = msg.final.status
-                    self.final_status = (grpc_code(st.code).name, st.message)
+                    self.final_status = (status_code(st.code).name, st.message)
             reason = "service ended the session" + (f": {self.final_status[0]}" if self.final_status else "")
         except grpc.aio.AioRpcError as err:
             if err.code() == grpc.StatusCode.CANCELLED:
@@ -341,37 +329,24 @@ class GatewaySession:
             return
         await self.close(reason)
 
-    def _decode(self, frame: avatar_pb2.VideoFrame) -> av.VideoFrame:
-        if frame.encoding == common_pb2.FRAME_ENCODING_RAW_RGB:
-            rgb = np.frombuffer(frame.data, dtype=np.uint8).reshape(frame.height, frame.width, 3)
-            return av.VideoFrame.from_ndarray(rgb, format="rgb24")
-        decoded = self._jpeg.decode(av.Packet(frame.data))
-        if not decoded:
-            raise ValueError("a JPEG frame did not decode")
-        return decoded[0]
-
     def _on_frame(self, frame: avatar_pb2.VideoFrame) -> None:
         self.frames_received += 1
         came_in = time.monotonic()
-        epoch = frame.epoch
-        if epoch < self._epoch:
+        placed = self.timeline.place(frame)
+        if placed is None:
             return  # already on its way before the interrupt: it is not said any more
-        self._epoch_frames += 1
-        base = self._epoch_base_index.setdefault(epoch, frame.index)
-        position_16k = self._epoch_start_16k.get(epoch, 0) + (frame.index - base) * FRAME_SAMPLES_16K
         now_pos = self.clock.position_now()
         if self.audio.tail - now_pos > self.settings.max_backlog_s * 48000:
             self.frames_dropped += 1  # far behind: drop rather than let latency grow; lips stay in sync
             return
         try:
-            picture = self._decode(frame)
-        except (ValueError, av.FFmpegError) as err:
+            picture = self.pictures.video_frame(frame)
+        except ValueError as err:
             log.warning("frame dropped", session=self.id, index=frame.index, error=str(err))
             self.frames_dropped += 1
             return
-        start = self.audio.schedule(self.up.frame_audio(position_16k), now_pos, frame.index)
-        self.up.forget_before(position_16k)
-        arrived = self.up.arrival_of(position_16k)
+        start = self.audio.schedule(frame_audio(placed), now_pos, frame.index)
+        arrived = self.up.arrival_of(placed.start) if placed.start is not None else None
         if arrived is not None:
             self._frame_audio_at[frame.index] = arrived
         self._frame_in_at[frame.index] = came_in
@@ -400,9 +375,7 @@ class GatewaySession:
         if self.stream is None or self.closed.is_set():
             raise OfferError(409, "the session has ended; start a new one")
         # the next epoch's frames stand for audio sent from now on; what is queued down is not said any more
-        self._epoch += 1
-        self._epoch_start_16k[self._epoch] = self.up.sent_16k
-        self._epoch_frames = 0
+        self.timeline.interrupt()
         await self.stream.interrupt()
         self.interrupts += 1
         self.video.clear()

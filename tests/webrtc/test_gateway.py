@@ -11,7 +11,17 @@ import aiohttp
 import numpy as np
 import pytest
 from aiortc.mediastreams import MediaStreamTrack as MediaStreamTrackBase
-from webrtc_helpers import SpeechTrack, WebRTCClient, embedded_service, gateway, portrait_png
+from webrtc_helpers import (
+    BURST_RMS,
+    SpeechTrack,
+    ToneBursts,
+    WebRTCClient,
+    converse_recorder,
+    embedded_service,
+    frame_rms,
+    gateway,
+    portrait_png,
+)
 
 from ditto_client import AsyncAvatarClient
 from services.orchestrator.tenants import Tenant, TenantDirectory, hash_key
@@ -24,6 +34,7 @@ from services.webrtc_gateway.media import (
     MediaClock,
     SyncMeter,
     UpAudio,
+    frame_audio,
 )
 from services.webrtc_gateway.session import check_offer, keep_candidates
 
@@ -137,6 +148,51 @@ async def test_bad_offers_get_clear_statuses_and_the_gateway_keeps_serving():
             await wait_until(lambda: not orch.sessions, 10, "service session closed")
 
 
+async def test_after_an_interrupt_each_frame_leaves_with_the_speech_that_drove_it(monkeypatch):
+    """Interrupt in the middle of an answer while the peer goes on speaking: every frame the gateway sends is paired
+    with the 40 ms of speech the service made it from (taken on the wire by a recording proxy), the frames that ease
+    the face back to rest with silence. The speech is tone bursts whose lengths vary, so a frame paired with audio
+    even one frame off shows. (The gateway used to pair the 8 rest frames with the first 320 ms of the new speech,
+    so every later frame played its audio 320 ms before the lips.)"""
+    paired: dict[int, np.ndarray] = {}  # frame index -> the 48 kHz audio the gateway scheduled with it
+    schedule = DownAudioTrack.schedule
+
+    def recording_schedule(self, samples, not_before, key):
+        paired[key] = np.array(samples, copy=True)
+        return schedule(self, samples, not_before, key)
+
+    monkeypatch.setattr(DownAudioTrack, "schedule", recording_schedule)
+    async with embedded_service(tenants=tenants()) as (stub, orch):
+        avatar_id = await register(stub.address)
+        async with converse_recorder(stub.address) as proxy, gateway(proxy.address, **LOOPBACK) as (url, app), \
+                aiohttp.ClientSession() as http:
+            client = WebRTCClient(url, KEY, audio=ToneBursts())
+            assert (await client.connect(http, avatar=avatar_id)).status == 201
+            await wait_until(lambda: len(paired) >= 15, 120, "15 frames sent")
+            r = await http.post(f"{url}{client.location}/interrupt", headers={"x-api-key": KEY})
+            assert r.status == 200
+            (record,) = proxy.calls
+            await wait_until(lambda: sum(f.epoch == 1 and f.index in paired for f in record.frames()) >= 40, 120,
+                             "40 frames sent after the interrupt")
+            await http.delete(url + client.location, headers={"x-api-key": KEY})
+            await client.close()
+    frames = [f for f in record.frames() if f.index in paired]
+    rest = [f for f in frames if record.audio_of(f) is None]
+    speech = [f for f in frames if record.audio_of(f) is not None]
+    # the service eased the face to rest after the interrupt, and otherwise showed only audio the gateway sent
+    assert len(rest) == 8 and all(f.idle and f.epoch == 1 for f in rest)
+    assert not any(f.idle for f in speech)
+    assert sum(f.epoch == 1 for f in speech) >= 32
+    assert all(not paired[f.index].any() for f in rest), "a frame easing to rest was paired with speech"
+    wanted = {f.index: frame_rms(record.audio_of(f), 16000) for f in speech}
+    sent = {f.index: frame_rms(paired[f.index], 48000) for f in speech}
+    assert sum(wanted[f.index] > BURST_RMS / 2 for f in speech if f.epoch == 1) >= 8  # bursts there to miss
+    wrong = [(f.epoch, f.index, round(wanted[f.index]), round(sent[f.index])) for f in speech
+             if abs(wanted[f.index] - sent[f.index]) > 0.2 * BURST_RMS]
+    assert not wrong, f"frames paired with audio other than what drove them (epoch, index, rms wanted, rms sent): " \
+                      f"{wrong}"
+
+
 async def test_peer_connection_closing_ends_the_session_and_frees_the_quota():
     async with embedded_service(tenants=tenants()) as (stub, orch):
         avatar_id = await register(stub.address)
@@ -192,25 +248,41 @@ def test_offer_checks_and_candidate_filter():
 def test_frame_audio_is_the_audio_that_drove_the_frame():
     import av
 
-    up = UpAudio(max_keep_s=2.0)
+    from ditto_client.timeline import SpeechTimeline
+    from ditto_client.v1 import avatar_pb2
+
+    timeline = SpeechTimeline()
+    up = UpAudio(timeline)
     t = np.arange(48000) / 48000
     tone = (np.sin(2 * np.pi * 440 * t) * 10000).astype(np.int16)
     for k in range(50):  # 1 s in 20 ms packets, as a browser sends
         f = av.AudioFrame.from_ndarray(tone[k * 960:(k + 1) * 960].reshape(1, -1), format="s16", layout="mono")
         f.sample_rate = 48000
         up.add(f, now=float(k))
-    assert abs(up.received_16k - 16000) <= 64
+    assert abs(timeline.received - 16000) <= 64
     chunks = []
-    while (c := up.take_chunk(2 * 1280)) is not None:
+    while (c := timeline.take_chunk(1280, 1280)) is not None:
         chunks.append(c)
-    assert len(chunks) == up.received_16k // 1280 and up.sent_16k == 1280 * len(chunks)
+    assert len(chunks) == timeline.received // 1280 and timeline.sent == 1280 * len(chunks)
     # frame 10 stands for 16 kHz samples 6400.. -> 48 kHz samples 19200..
-    assert np.array_equal(up.frame_audio(6400), tone[19200:19200 + FRAME_SAMPLES])
+    placed = timeline.place(avatar_pb2.VideoFrame(index=10))
+    assert placed.start == 6400 and np.array_equal(frame_audio(placed), tone[19200:19200 + FRAME_SAMPLES])
     # packet k holds 16 kHz samples 320k..320k+319 (less the resampler's delay of a few samples): came in at t=k
     assert up.arrival_of(6400 + 100) == 20.0 and up.arrival_of(6240) == 19.0
-    # kept audio is bounded: 2 s at most, older audio reads as silence
-    up.add_silence(3.0)
-    assert not up.frame_audio(6400).any() and len(up._store) <= 2 * 48000
+    # a gap filled with silence goes out as silence with its frames; the speech after it lines up again
+    timeline.end_speech()  # the resampler's last samples come out
+    gap_at = timeline.received
+    up.add_silence(0.2)
+    speech_at = timeline.received
+    f = av.AudioFrame.from_ndarray(tone[:1920].reshape(1, -1), format="s16", layout="mono")
+    f.sample_rate = 48000
+    up.add(f)
+    timeline.add_silence(640)
+    silent = timeline.place(avatar_pb2.VideoFrame(index=-(-gap_at // 640)))
+    assert not frame_audio(silent).any()
+    k, offset = divmod(speech_at, 640)
+    audio = frame_audio(timeline.place(avatar_pb2.VideoFrame(index=k)))
+    assert not audio[:3 * offset].any() and np.array_equal(audio[3 * offset:], tone[:1920 - 3 * offset])
 
 
 async def test_frame_and_its_audio_leave_on_one_clock():
@@ -351,3 +423,4 @@ async def test_audio_the_service_cannot_take_is_dropped_not_queued():
     # at most the bound, less what waits to fill the next 80 ms chunk (and the resampler's few samples)
     assert 3.0 - 0.08 - 0.01 <= queued_s <= 3.0 + 0.01, queued_s
     assert abs(session.audio_dropped_s - (10.0 - queued_s)) < 0.1, session.audio_dropped_s
+    assert session.timeline.ahead_s <= 3.0 + 0.021  # and so is the speech kept for the frames (one packet past)

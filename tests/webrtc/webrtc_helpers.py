@@ -16,12 +16,14 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serving"))
+from converse_recorder import BURST_RMS, converse_recorder, frame_rms, tone_bursts  # noqa: E402
 from serving_helpers import embedded_service, portrait_png, speech_pcm16  # noqa: E402
 
 from services.webrtc_gateway.app import build_app  # noqa: E402
 from services.webrtc_gateway.config import GatewaySettings  # noqa: E402
 
-__all__ = ["SpeechTrack", "WebRTCClient", "embedded_service", "gateway", "portrait_png", "speech_pcm16"]
+__all__ = ["BURST_RMS", "SpeechTrack", "ToneBursts", "WebRTCClient", "converse_recorder", "embedded_service",
+           "frame_rms", "gateway", "portrait_png", "speech_pcm16"]
 
 
 class SpeechTrack(MediaStreamTrack):
@@ -54,6 +56,14 @@ class SpeechTrack(MediaStreamTrack):
         self.sent_at.append((self.position, time.monotonic()))
         self.position += 960
         return frame
+
+
+class ToneBursts(SpeechTrack):
+    """A microphone saying `tone_bursts` (40 ms that tell apart from their neighbours), then silence."""
+
+    def __init__(self, seconds: float = 20.0, seed: int = 0) -> None:
+        super().__init__(0.0)
+        self.pcm = tone_bursts(seconds, 48000, seed)
 
 
 class WebRTCClient:

@@ -10,6 +10,7 @@ from ditto_client.sdk import (
     emotion_control,
     session_config,
 )
+from ditto_client.status import status_code
 
 __all__ = ["DEFAULT_MAX_MESSAGE", "EMOTIONS", "AsyncAvatarClient", "AvatarClient", "ConverseStream",
-           "channel_options", "emotion_control", "session_config", "tls_credentials"]
+           "channel_options", "emotion_control", "session_config", "status_code", "tls_credentials"]
