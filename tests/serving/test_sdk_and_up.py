@@ -42,6 +42,50 @@ async def test_async_client_streams_controls_interrupts_and_ends():
         assert kinds.count("frame") == 30
 
 
+async def test_both_clients_look_up_and_delete_avatars_and_look_up_sessions():
+    async with embedded_service() as (stub, _):
+        async with AsyncAvatarClient(stub.address) as client:
+            avatar = await client.register_avatar(portrait_png())
+            got = await client.get_avatar(avatar.avatar_id)
+            assert (got.avatar_id, got.width, got.height) == (avatar.avatar_id, avatar.width, avatar.height)
+            stream = await client.open_session(avatar.avatar_id, idle_policy=avatar_pb2.IDLE_POLICY_FREEZE)
+            session_id = stream.started.session_id
+            for c in chunks(speech_pcm16(1.2)):
+                await stream.send_audio(c)
+            frames = 0
+            async for m in stream:
+                frames += m.WhichOneof("kind") == "frame"
+                if frames == 5:
+                    break
+            info = await client.get_session(session_id)
+            assert info.active and info.avatar_id == avatar.avatar_id and info.frames_sent >= 5
+
+            def blocking() -> None:
+                with AvatarClient(stub.address) as same:
+                    assert same.get_avatar(avatar.avatar_id).source_frames == avatar.source_frames
+                    assert same.get_session(session_id).session_id == session_id
+                    same.delete_avatar(avatar.avatar_id)
+                    for call in (same.get_avatar, same.delete_avatar):
+                        with pytest.raises(grpc.RpcError) as err:
+                            call(avatar.avatar_id)
+                        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+            await asyncio.to_thread(blocking)  # the server runs on this loop: the blocking client in a thread
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await client.get_avatar(avatar.avatar_id)
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+            stream.cancel()  # the session ends: it is no longer found
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    await client.get_session(session_id)
+                except grpc.aio.AioRpcError as ended:
+                    assert ended.code() == grpc.StatusCode.NOT_FOUND
+                    break
+                assert time.monotonic() < deadline, "the cancelled session is still there"
+                await asyncio.sleep(0.05)
+
+
 async def test_an_interrupt_overtakes_speech_handed_over_faster_than_realtime():
     """Text-to-speech hands 30 s over at once; the server reads only a few seconds ahead of the frames taken. The
     interrupt must not wait behind the rest (it did: the server read and threw away all 30 s first, so the face went

@@ -12,6 +12,9 @@
         await stream.send_audio(chunk); await stream.interrupt(); await stream.end_audio()
         async for event in stream: ...
 
+Both clients also look up and delete avatars (`get_avatar`, `delete_avatar`) and look up a live session
+(`get_session`). A new session the server cannot take right now is retried as the server hints (`RetryPolicy`).
+
 Over TLS: `AvatarClient(address, api_key, credentials=tls_credentials(root_cert="ca.pem"))` (add `client_cert=`
 and `client_key=` when the server verifies client certificates).
 """
@@ -30,32 +33,16 @@ from typing import Any, cast
 import grpc
 
 from ditto_client.channel import channel_options
+from ditto_client.status import DEFAULT_RETRY_FOR_S, RetryPolicy
+from ditto_client.timeline import FRAME_S
 from ditto_client.v1 import avatar_pb2, avatar_pb2_grpc, common_pb2
 
 Media = bytes | str | Path
 
-# How long a new session waits, by default, for a server that says "no capacity now, retry after N ms" (right after
-# the stack starts, while workers restart, or when every slot is full). 0 = give up at the first refusal.
-DEFAULT_RETRY_FOR_S = 30.0
 
-
-def retry_hint_ms(trailing_metadata: Any) -> int | None:
-    """The server's `retry-after-ms` trailer: present only on refusals it wants retried (no capacity right now)."""
-    for key, value in trailing_metadata or ():
-        if key == "retry-after-ms":
-            try:
-                return max(0, int(value))
-            except ValueError:
-                return None
-    return None
-
-
-def _wait_before_retry(hint_ms: int | None, deadline: float) -> bool:
-    """Sleep for the server's hint and say True, or say False when there is no hint or it would pass the deadline."""
-    if hint_ms is None or time.monotonic() + hint_ms / 1000 > deadline:
-        return False
-    time.sleep(hint_ms / 1000)
-    return True
+def _refused(first: avatar_pb2.ConverseResponse) -> bool:
+    """The first message of a Converse call is the server's refusal (a FinalStatus; the call's error status follows)."""
+    return first.WhichOneof("kind") == "final" and first.final.status.code != 0
 
 
 def _media(media: Media) -> tuple[bytes, str]:
@@ -135,6 +122,21 @@ class AvatarClient:
         req = avatar_pb2.RegisterAvatarRequest(media=data, filename=name, crop=crop)
         return self.stub.RegisterAvatar(req, metadata=self.metadata, timeout=timeout)
 
+    def get_avatar(self, avatar_id: str, timeout: float = 30) -> avatar_pb2.RegisterAvatarResponse:
+        """A registered avatar's size and source frames; NOT_FOUND if this tenant has no such avatar."""
+        return self.stub.GetAvatar(avatar_pb2.GetAvatarRequest(avatar_id=avatar_id), metadata=self.metadata,
+                                   timeout=timeout)
+
+    def delete_avatar(self, avatar_id: str, timeout: float = 30) -> None:
+        """Forget a registered avatar; NOT_FOUND if this tenant has no such avatar."""
+        self.stub.DeleteAvatar(avatar_pb2.GetAvatarRequest(avatar_id=avatar_id), metadata=self.metadata,
+                               timeout=timeout)
+
+    def get_session(self, session_id: str, timeout: float = 30) -> avatar_pb2.SessionInfo:
+        """A live session's figures (SessionStarted.session_id); NOT_FOUND once it has ended."""
+        return self.stub.GetSession(avatar_pb2.GetSessionRequest(session_id=session_id), metadata=self.metadata,
+                                    timeout=timeout)
+
     def converse(self, avatar_id: str, audio_chunks: Iterable[Any], config: avatar_pb2.SessionConfig | None = None,
                  end: bool = True, retry_for_s: float | None = None,
                  **config_kw: Any) -> Iterator[avatar_pb2.ConverseResponse]:
@@ -147,43 +149,52 @@ class AvatarClient:
         retried after the hinted time, for up to `retry_for_s` seconds (default: the client's); nothing is taken from
         `audio_chunks` until the session is admitted, so nothing of it is lost."""
         cfg = config or session_config(avatar_id, **config_kw)
-        deadline = time.monotonic() + (self.retry_for_s if retry_for_s is None else retry_for_s)
+        retry = RetryPolicy(self.retry_for_s if retry_for_s is None else retry_for_s)
         while True:
-            outbox = _BlockingOutbox()
-            outbox.put(avatar_pb2.ConverseRequest(config=cfg))
-            call = self.stub.Converse(outbox.blocking_requests(), metadata=self.metadata)
             try:
-                first = next(call)
-                if first.WhichOneof("kind") == "final" and first.final.status.code != 0:
-                    for _ in call:  # a refusal: the FinalStatus comes first, then the call's error status
-                        pass
+                opened = self._open(cfg)
+                break
             except grpc.RpcError as err:
-                outbox.abort()
-                if _wait_before_retry(retry_hint_ms(err.trailing_metadata()), deadline):  # type: ignore[attr-defined]
-                    continue
-                raise
-            except StopIteration:
-                outbox.abort()
-                return
-            if first.WhichOneof("kind") == "started":
-                outbox.pace(cfg.audio_format, first.started.audio_read_ahead_ms)
-            threading.Thread(target=outbox.feed, args=(audio_chunks, end, call), daemon=True,
-                             name="ditto-converse-audio").start()
-            try:
-                yield first
-                for msg in call:
-                    outbox.received(msg)
-                    if msg.WhichOneof("kind") == "final":
-                        outbox.abort()  # the session is over: stop writing (as the asyncio client does)
-                    yield msg
-            except grpc.RpcError as err:
-                if outbox.error is not None:  # the caller's audio iterable failed: that is the error to see
-                    raise outbox.error from err
-                raise
-            finally:
-                outbox.abort()
-                call.cancel()  # the caller stopped reading: end the session on the server too
+                time.sleep(retry.delay_s(err))
+        if opened is None:
             return
+        call, outbox, first = opened
+        threading.Thread(target=outbox.feed, args=(audio_chunks, end, call), daemon=True,
+                         name="ditto-converse-audio").start()
+        try:
+            yield first
+            for msg in call:
+                outbox.received(msg)
+                if msg.WhichOneof("kind") == "final":
+                    outbox.abort()  # the session is over: stop writing (as the asyncio client does)
+                yield msg
+        except grpc.RpcError as err:
+            if outbox.error is not None:  # the caller's audio iterable failed: that is the error to see
+                raise outbox.error from err
+            raise
+        finally:
+            outbox.abort()
+            call.cancel()  # the caller stopped reading: end the session on the server too
+
+    def _open(self, cfg: avatar_pb2.SessionConfig) -> tuple[Any, _BlockingOutbox, avatar_pb2.ConverseResponse] | None:
+        """One try at opening a session: the call, its outbox and the server's first message; raises the call's
+        error when the server refuses; None when the server ended the call without a word."""
+        outbox = _BlockingOutbox()
+        outbox.put(avatar_pb2.ConverseRequest(config=cfg))
+        call = self.stub.Converse(outbox.blocking_requests(), metadata=self.metadata)
+        try:
+            first = next(call, None)
+            if first is not None and _refused(first):
+                for _ in call:  # the FinalStatus comes first, then the call's error status
+                    pass
+        except grpc.RpcError:
+            outbox.abort()
+            raise
+        if first is None:
+            outbox.abort()
+            return None
+        outbox.admitted(cfg, first)
+        return call, outbox, first
 
     def render(self, avatar_id: str, audio: Media, out: str | Path | None = None, **kw: Any) -> bytes:
         data, name = _media(audio)
@@ -196,9 +207,6 @@ class AvatarClient:
         if out is not None:
             Path(out).write_bytes(mp4)
         return mp4
-
-
-FRAME_S = 0.04  # one video frame shows 40 ms of the session's audio (25 fps)
 
 
 def _bytes_per_second(fmt: common_pb2.AudioFormat) -> int:
@@ -246,6 +254,11 @@ class _Outbox:
         with self._lock:
             self._bytes_per_s, self._read_ahead_s = _bytes_per_second(fmt), read_ahead_ms / 1000
             self._changed()
+
+    def admitted(self, cfg: avatar_pb2.SessionConfig, first: avatar_pb2.ConverseResponse) -> None:
+        """The server admitted the session: pace the audio by the read-ahead its SessionStarted names."""
+        if first.WhichOneof("kind") == "started":
+            self.pace(cfg.audio_format, first.started.audio_read_ahead_ms)
 
     def put(self, request: avatar_pb2.ConverseRequest) -> None:
         with self._lock:
@@ -415,10 +428,14 @@ class ConverseStream:
                 # of ours races the call's end and hides the status behind grpc.aio's INTERNAL (grpc/grpc#36066).
                 self._outbox.abort()
             yield msg
-        code = await self._call.code()
-        if code != grpc.StatusCode.OK:  # as `async for` would: the call's error status ends the iteration
-            raise grpc.aio.AioRpcError(code, await self._call.initial_metadata(), await self._call.trailing_metadata(),
-                                       await self._call.details())
+        if await self._call.code() != grpc.StatusCode.OK:  # as `async for` would: the error status ends the iteration
+            raise await _call_error(self._call)
+
+
+async def _call_error(call: Any) -> grpc.aio.AioRpcError:
+    """The error a finished grpc.aio call ended with, as `async for` over it would raise it."""
+    return grpc.aio.AioRpcError(await call.code(), await call.initial_metadata(), await call.trailing_metadata(),
+                                await call.details())
 
 
 class AsyncAvatarClient:
@@ -445,36 +462,50 @@ class AsyncAvatarClient:
         req = avatar_pb2.RegisterAvatarRequest(media=data, filename=name, crop=crop)
         return await self.stub.RegisterAvatar(req, metadata=self.metadata, timeout=timeout)
 
+    async def get_avatar(self, avatar_id: str, timeout: float = 30) -> avatar_pb2.RegisterAvatarResponse:
+        """A registered avatar's size and source frames; NOT_FOUND if this tenant has no such avatar."""
+        return await self.stub.GetAvatar(avatar_pb2.GetAvatarRequest(avatar_id=avatar_id), metadata=self.metadata,
+                                         timeout=timeout)
+
+    async def delete_avatar(self, avatar_id: str, timeout: float = 30) -> None:
+        """Forget a registered avatar; NOT_FOUND if this tenant has no such avatar."""
+        await self.stub.DeleteAvatar(avatar_pb2.GetAvatarRequest(avatar_id=avatar_id), metadata=self.metadata,
+                                     timeout=timeout)
+
+    async def get_session(self, session_id: str, timeout: float = 30) -> avatar_pb2.SessionInfo:
+        """A live session's figures (SessionStarted.session_id); NOT_FOUND once it has ended."""
+        return await self.stub.GetSession(avatar_pb2.GetSessionRequest(session_id=session_id),
+                                          metadata=self.metadata, timeout=timeout)
+
     async def open_session(self, avatar_id: str, config: avatar_pb2.SessionConfig | None = None,
                            retry_for_s: float | None = None, **config_kw: Any) -> ConverseStream:
         """Open a session and return once the server has admitted it (`stream.started` is its SessionStarted; the
         stream yields it first too). A refusal with a retry hint is retried after the hinted time, for up to
         `retry_for_s` seconds (default: the client's); any other refusal raises grpc.aio.AioRpcError."""
         cfg = config or session_config(avatar_id, **config_kw)
-        deadline = time.monotonic() + (self.retry_for_s if retry_for_s is None else retry_for_s)
+        retry = RetryPolicy(self.retry_for_s if retry_for_s is None else retry_for_s)
         while True:
-            outbox = _Outbox()
-            outbox.put(avatar_pb2.ConverseRequest(config=cfg))
-            call = self.stub.Converse(outbox.requests(), metadata=self.metadata)
             try:
-                first = await call.read()
+                return await self._open(cfg)
             except grpc.aio.AioRpcError as err:
-                hint, error = retry_hint_ms(err.trailing_metadata()), err
-            else:
-                if first is not grpc.aio.EOF and not (first.WhichOneof("kind") == "final"
-                                                      and first.final.status.code != 0):
-                    if first.WhichOneof("kind") == "started":
-                        outbox.pace(cfg.audio_format, first.started.audio_read_ahead_ms)
-                    return ConverseStream(call, outbox, first)
-                outbox.close()
-                code, trailers, details = await call.code(), await call.trailing_metadata(), await call.details()
-                hint = retry_hint_ms(trailers)
-                error = grpc.aio.AioRpcError(code, await call.initial_metadata(), trailers, details)
+                await asyncio.sleep(retry.delay_s(err))
+
+    async def _open(self, cfg: avatar_pb2.SessionConfig) -> ConverseStream:
+        """One try at opening a session; raises the call's error when the server refuses or ends it at once."""
+        outbox = _Outbox()
+        outbox.put(avatar_pb2.ConverseRequest(config=cfg))
+        call = self.stub.Converse(outbox.requests(), metadata=self.metadata)
+        try:
+            first = await call.read()
+            if first is grpc.aio.EOF or _refused(first):
+                outbox.close()  # the server sends the call's status once the request stream has ended
+                raise await _call_error(call)
+        except grpc.aio.AioRpcError:
             outbox.abort()
             call.cancel()
-            if hint is None or time.monotonic() + hint / 1000 > deadline:
-                raise error
-            await asyncio.sleep(hint / 1000)
+            raise
+        outbox.admitted(cfg, first)
+        return ConverseStream(call, outbox, first)
 
     async def render(self, avatar_id: str, audio: Media, **kw: Any) -> bytes:
         data, name = _media(audio)
