@@ -3,7 +3,7 @@ PY ?= .venv/bin/python
 VENV := .venv
 PROTOS := $(wildcard protos/ditto/v1/*.proto)
 
-.PHONY: setup protos test test-fast lint bench gpu-check gpu-kit demo up clean
+.PHONY: setup protos test lint bench gpu-check gpu-kit demo up clean
 
 setup: $(VENV)/.installed $(VENV)/.paste-built
 

@@ -104,7 +104,7 @@ def test_the_main_wheel_carries_every_layer_and_imports_outside_the_checkout(tmp
     res = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
                           str(wheel)], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
-    check = ("import ditto.client, ditto_app, ditto_app.cli; ditto_app.cli.build_parser(); "
+    check = ("import ditto_client, ditto_app, ditto_app.cli; ditto_app.cli.build_parser(); "
              "import numpy as np; from services.renderer.putback import PutBack; "
              "from services.renderer import paste_kernel; "
              "out = PutBack()(np.zeros((64, 64, 3), np.uint8), np.full((512, 512, 3), 200, np.float32), "
