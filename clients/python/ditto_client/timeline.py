@@ -53,10 +53,6 @@ class Speech:
     rate: int
     channels: int
 
-    @property
-    def samples(self) -> int:
-        return len(self.pcm) // (2 * self.channels)
-
 
 @dataclass(frozen=True)
 class Placement:
