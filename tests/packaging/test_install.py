@@ -60,6 +60,10 @@ def test_the_client_package_alone_converses_with_a_real_server(tmp_path, served)
         from ditto_client.v1 import avatar_pb2
         for heavy in ("torch", "numpy", "ditto", "services"):
             assert importlib.util.find_spec(heavy) is None, heavy + " must not come with the client"
+        from ditto_client.timeline import SpeechTimeline  # plain Python until speech needs resampling
+        timeline = SpeechTimeline()
+        timeline.push(bytes(1280), 16000)
+        assert timeline.take_chunk(640) == bytes(1280)
         rate = 16000
         pcm = b"".join(struct.pack("<h", int(8000 * math.sin(2 * math.pi * 220 * i / rate)
                                              * (0.5 + 0.5 * math.sin(2 * math.pi * 4 * i / rate))))
