@@ -23,8 +23,9 @@ from services.motion_generator.dit import MotionDecoder, MotionDiTConfig
 from services.motion_generator.generator import AvatarMotion, KeypointBatch, MotionGenerator, SessionSettings
 from services.motion_generator.models import TorchBackend, load_state_into
 from services.motion_generator.stitch import MOTION_SLICES, info_to_motion
-from services.motion_generator.streaming import SEQ, MotionStream, offline_motion, offline_windows
+from services.motion_generator.streaming import SEQ, MotionStream, Window, offline_motion, offline_windows
 from tests.conftest import golden_case, scaled_error
+from tests.motion.helpers import drive_stream
 
 CASE = "audio2motion_stream"
 TOL = 1e-3
@@ -74,25 +75,14 @@ def replay_online(io: dict[str, np.ndarray], raw: np.ndarray, emit: str) -> Repl
                           io["hubert_prefix_online"])
     rep = Replay([], [], [], [], np.zeros(0))
 
-    def drain() -> None:
-        while (w := stream.next_window()) is not None:
-            rep.starts.append(w.start)
-            rep.kp_cond.append(stream.kp_cond.copy())
-            rep.valid.append(stream.n_feat - w.start if w.final else stream.p.valid)
-            first, rows = stream.complete(w, raw[w.index])
-            if len(rows):
-                rep.chunks.append((first, rows))
+    def sample(w: Window) -> np.ndarray:
+        rep.starts.append(w.start)
+        rep.kp_cond.append(stream.kp_cond.copy())
+        rep.valid.append(stream.n_feat - w.start if w.final else stream.p.valid)
+        return raw[w.index]
 
-    feats = io["hubert"]
-    for i in range(0, len(feats), CHUNK):
-        stream.push(feats[i:i + CHUNK])
-        drain()
-    stream.end()
-    drain()
-    first, rows = stream.flush()
-    if len(rows):
-        rep.chunks.append((first, rows))
-    assert stream.done and stream.d0 is not None
+    rep.chunks = drive_stream(stream, io["hubert"], CHUNK, sample)
+    assert stream.d0 is not None
     rep.d0 = stream.d0
     return rep
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from services.motion_generator.streaming import MotionStream, StreamParams, smooth
+from tests.motion.helpers import drive_stream
 
 
 def fake_sample(kp_cond: np.ndarray, feats: np.ndarray, cond_start: int) -> np.ndarray:
@@ -82,29 +83,13 @@ def reference_online(feats: np.ndarray, O: int, src: np.ndarray, fix_kp_cond: in
 
 
 def project_online(feats: np.ndarray, O: int, src: np.ndarray, chunk: int = 5, **kw) -> tuple[np.ndarray, int]:
+    """-> (emitted frames [m,265], the first one's frame index)."""
     st = MotionStream(StreamParams(overlap=O, **kw), src)
-    out: list[np.ndarray] = []
-    firsts: list[int] = []
-
-    def drain():
-        while (w := st.next_window()) is not None:
-            first, rows = st.complete(w, fake_sample(st.kp_cond, w.features, w.cond_start))
-            if len(rows):
-                firsts.append(first)
-                out.append(rows)
-
-    for i in range(0, len(feats), chunk):
-        st.push(feats[i:i + chunk])
-        drain()
-    st.end()
-    drain()
-    first, rows = st.flush()
-    if len(rows):
-        out.append(rows)
-    got = np.concatenate(out) if out else np.zeros((0, 265), np.float32)
+    chunks = drive_stream(st, feats, chunk, lambda w: fake_sample(st.kp_cond, w.features, w.cond_start))
     assert np.array_equal(st.d0, reference_online(feats, O, src)[1])
-    assert st.done
-    return got, (firsts[0] if firsts else first)
+    if not chunks:
+        return np.zeros((0, 265), np.float32), st.emitted - st.pre
+    return np.concatenate([rows for _, rows in chunks]), chunks[0][0]
 
 
 @pytest.mark.parametrize("n_real", [45, 101, 150])
