@@ -28,7 +28,7 @@ from .controls import ControlTimeline
 from .diffusion import ddim_sample, step_constants
 from .models import MotionBackend
 from .stitch import MotionStitch, StitchSettings, StreamBlinks, info_to_motion
-from .streaming import SEQ, MotionStream, StreamParams, Window, offline_motion
+from .streaming import SEQ, EmitMode, MotionStream, StreamParams, Window, offline_motion
 
 MOTION_KEYS = ("scale", "pitch", "yaw", "roll", "t", "exp", "kp")
 KEY_SIZES = {"scale": 1, "pitch": 66, "yaw": 66, "roll": 66, "t": 3, "exp": 63, "kp": 63}
@@ -95,7 +95,7 @@ class SessionSettings:
     fix_kp_cond_dim: tuple[int, int] | None = (0, 202)
     v_min_max: np.ndarray | None = None                            # [2, 265] clip of emitted motion
     prefill: np.ndarray | None = None                              # [overlap, 1024] silence features
-    emit: str = "every_frame"                                      # "reference": the reference's online frames
+    emit: EmitMode = "every_frame"                                 # "reference": the reference's online frames
 
     def __post_init__(self) -> None:
         step_constants(self.steps, self.eta)                       # validates the step count

@@ -16,14 +16,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 
 SEQ = 80
 MOTION_DIM = 265
 POSE_DIMS = 202          # scale, pose logits and t: the smoothed (and fix_kp_cond-kept) dims
-EMIT_MODES = ("every_frame", "reference")
+EmitMode = Literal["every_frame", "reference"]
+EMIT_MODES: tuple[EmitMode, ...] = get_args(EmitMode)
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class StreamParams:
     fix_kp_cond: int = 1                   # reset the conditioning frame to the source every K windows (0 = never)
     fix_kp_cond_dim: tuple[int, int] | None = (0, POSE_DIMS)
     online: bool = True                    # streaming fusion length min(O, V); offline uses O
-    emit: str = "every_frame"              # which frames leave (online): every real frame once, or the reference's
+    emit: EmitMode = "every_frame"         # which frames leave (online): every real frame once, or the reference's
 
     def __post_init__(self) -> None:
         if not 0 <= self.overlap < SEQ:
