@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tools.golden_pack import load_case
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,9 +31,7 @@ def golden_case(name: str) -> tuple[dict, dict[str, np.ndarray], Path]:
             pytest.skip(f"golden case {name} is not in DITTO_GOLDEN_DIR={golden_dir()} (unset it to use tests/golden)")
         pytest.fail(f"golden case {name} is missing from {GOLDEN_IN_REPO}: the parity data ships with the "
                     "repository; restore it with `git checkout -- tests/golden`")
-    case = json.loads((folder / "case.json").read_text())
-    with np.load(folder / "io.npz", allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
+    case, arrays = load_case(folder)  # io.npz plus the inputs regenerate.json rebuilds (tests/golden/README.md)
     return case, arrays, folder
 
 

@@ -10,7 +10,8 @@
 `MotionGenerator.step_many(sessions)` runs at most one ready window of every given session in ONE batched forward
 per diffusion step (sessions grouped by step count and eta). The noise of window w of a session is drawn from
 PCG64([seed, 1, w]) and its per-step noises from PCG64([seed, 2, steps]) (drawn once per step count and reused, as
-the reference does), so a session's frames do not depend on batching, chunking or worker restarts.
+the reference does), so a session's frames do not depend on batching, chunking or worker restarts. The parity tests
+replace that noise with the reference's stored draws (`MotionGenerator(..., noise=...)`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -27,7 +28,7 @@ from .controls import ControlTimeline
 from .diffusion import ddim_sample, step_constants
 from .models import MotionBackend
 from .stitch import MotionStitch, StitchSettings, StreamBlinks, info_to_motion
-from .streaming import SEQ, MotionStream, StreamParams, Window, offline_motion
+from .streaming import SEQ, EmitMode, MotionStream, StreamParams, Window, offline_motion
 
 MOTION_KEYS = ("scale", "pitch", "yaw", "roll", "t", "exp", "kp")
 KEY_SIZES = {"scale": 1, "pitch": 66, "yaw": 66, "roll": 66, "t": 3, "exp": 63, "kp": 63}
@@ -94,10 +95,22 @@ class SessionSettings:
     fix_kp_cond_dim: tuple[int, int] | None = (0, 202)
     v_min_max: np.ndarray | None = None                            # [2, 265] clip of emitted motion
     prefill: np.ndarray | None = None                              # [overlap, 1024] silence features
+    emit: EmitMode = "every_frame"                                 # "reference": the reference's online frames
 
     def __post_init__(self) -> None:
         step_constants(self.steps, self.eta)                       # validates the step count
-        StreamParams(self.overlap)                                 # validates the overlap
+        self.stream_params()                                       # validates the overlap and emit
+
+    @classmethod
+    def reference(cls, **overrides: Any) -> SessionSettings:
+        """The reference code's own defaults (docs/model.md §3.7): overlap 10, the conditioning frame never reset,
+        50 steps, and its online worker's choice of emitted frames. The service's defaults are the reference's
+        shipped online configuration (overlap 70, reset every window, 10 steps) and emit every real frame."""
+        return cls(**{"steps": 50, "overlap": 10, "fix_kp_cond": 0, "fix_kp_cond_dim": None, "emit": "reference",
+                      **overrides})
+
+    def stream_params(self, online: bool = True) -> StreamParams:
+        return StreamParams(self.overlap, self.smooth_k, self.fix_kp_cond, self.fix_kp_cond_dim, online, self.emit)
 
 
 @dataclass
@@ -138,6 +151,26 @@ def _window_noise(seed: int, window: int) -> np.ndarray:
     return rng.standard_normal((SEQ, 265)).astype(np.float32)
 
 
+class SamplerNoise(Protocol):
+    """Where the sampler's noise comes from: window w's initial x_T [80,265], and the S - 1 step noises
+    [S-1,80,265] of a step count, which every window of the session reuses (as the reference does)."""
+
+    def initial(self, seed: int, window: int) -> np.ndarray: ...
+
+    def steps(self, seed: int, steps: int) -> np.ndarray: ...
+
+
+class SeededNoise:
+    """The service's noise: PCG64 keyed by the session seed and the window number / step count (docs/model.md §3.5),
+    so frames do not depend on batching, chunking or which worker ran a window."""
+
+    def initial(self, seed: int, window: int) -> np.ndarray:
+        return _window_noise(seed, window)
+
+    def steps(self, seed: int, steps: int) -> np.ndarray:
+        return _step_noise(seed, steps)
+
+
 class MotionSession:
     """One stream: features [n,1024] in, keypoint frames out. Not thread-safe; one worker drives it."""
 
@@ -150,8 +183,7 @@ class MotionSession:
         self.conditions = ConditionBuilder(avatar.eye_open, avatar.eye_ball, avatar.info["kp"][0], s.emotion)
         self.timeline = ControlTimeline()
         self.timeline.set_overall(s.controls)
-        params = StreamParams(s.overlap, s.smooth_k, s.fix_kp_cond, s.fix_kp_cond_dim, online=True)
-        self.stream = MotionStream(params, info_to_motion(avatar.frame(0)), s.prefill)
+        self.stream = MotionStream(s.stream_params(), info_to_motion(avatar.frame(0)), s.prefill)
         template = default_blink_template() if s.blink_template is None else np.asarray(s.blink_template)
         is_image = not avatar.is_video
         self.blinks = StreamBlinks(len(template), s.seed, s.blink_interval_s)
@@ -273,9 +305,10 @@ class MotionSession:
 class MotionGenerator:
     """Owns one model backend and steps many sessions in batched forwards."""
 
-    def __init__(self, backend: MotionBackend, max_batch: int = 64) -> None:
+    def __init__(self, backend: MotionBackend, max_batch: int = 64, noise: SamplerNoise | None = None) -> None:
         self.backend = backend
         self.max_batch = max_batch
+        self.noise: SamplerNoise = noise or SeededNoise()
         self.windows_run = 0      # windows sampled
         self.batches_run = 0      # batched sampler calls
 
@@ -300,8 +333,8 @@ class MotionGenerator:
                 chunk = items[b0:b0 + self.max_batch]
                 cond_frame = np.stack([r[1] for _, r in chunk])
                 cond = np.stack([r[2] for _, r in chunk])
-                x_T = np.stack([_window_noise(sessions[i].settings.seed, r[0].index) for i, r in chunk])
-                noise = np.stack([_step_noise(sessions[i].settings.seed, steps) for i, _ in chunk], axis=1)
+                x_T = np.stack([self.noise.initial(sessions[i].settings.seed, r[0].index) for i, r in chunk])
+                noise = np.stack([self.noise.steps(sessions[i].settings.seed, steps) for i, _ in chunk], axis=1)
                 motion = self.sample(cond_frame, cond, steps, eta, x_T, noise)
                 self.windows_run += len(chunk)
                 self.batches_run += 1
@@ -333,12 +366,11 @@ class MotionGenerator:
 
         def sample(kp_cond: np.ndarray, c: np.ndarray) -> np.ndarray:
             w = next(counter)
-            noise = _step_noise(st.seed, st.steps)[:, None]
-            x_T = _window_noise(st.seed, w)[None]
+            noise = self.noise.steps(st.seed, st.steps)[:, None]
+            x_T = self.noise.initial(st.seed, w)[None]
             return self.sample(kp_cond[None], c[None], st.steps, st.eta, x_T, noise)[0]
 
-        params = StreamParams(st.overlap, st.smooth_k, st.fix_kp_cond, st.fix_kp_cond_dim, online=False)
-        motion = offline_motion(sample, cond, info_to_motion(avatar.frame(0)), params)
+        motion = offline_motion(sample, cond, info_to_motion(avatar.frame(0)), st.stream_params(online=False))
         return s._frames(0, motion)
 
     def run(self, sessions: Sequence[MotionSession]) -> list[KeypointBatch]:

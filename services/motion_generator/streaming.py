@@ -6,22 +6,25 @@ with other sessions' windows) and hands the motion back to `complete()`, which r
 
 Coordinates: feature row / motion frame `a` is absolute (0 = first silence pre-fill row); real frame g is a = g + O.
 Where the reference loses frames (O < 40 drops the first V - O real frames; the end emits frames made from padding;
-nothing when the audio is shorter than a window), the project emits every real frame exactly once, numbered from 0.
-Feeding the same features in any chunking yields the same frames: a window runs as soon as its 80 rows exist, and
-the short last window only at the end.
+nothing when the audio is shorter than a window), the project emits every real frame exactly once, numbered from 0
+(`emit="every_frame"`). `emit="reference"` emits exactly the reference online worker's frames instead, for parity
+(docs/model.md §3.7, §9). Feeding the same features in any chunking yields the same frames: a window runs as soon
+as its 80 rows exist, and the short last window only at the end.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Literal, get_args
 
 import numpy as np
 
 SEQ = 80
 MOTION_DIM = 265
 POSE_DIMS = 202          # scale, pose logits and t: the smoothed (and fix_kp_cond-kept) dims
+EmitMode = Literal["every_frame", "reference"]
+EMIT_MODES: tuple[EmitMode, ...] = get_args(EmitMode)
 
 
 @dataclass(frozen=True)
@@ -31,10 +34,13 @@ class StreamParams:
     fix_kp_cond: int = 1                   # reset the conditioning frame to the source every K windows (0 = never)
     fix_kp_cond_dim: tuple[int, int] | None = (0, POSE_DIMS)
     online: bool = True                    # streaming fusion length min(O, V); offline uses O
+    emit: EmitMode = "every_frame"         # which frames leave (online): every real frame once, or the reference's
 
     def __post_init__(self) -> None:
         if not 0 <= self.overlap < SEQ:
             raise ValueError(f"overlap must be in 0..{SEQ - 1} frames, got {self.overlap}")
+        if self.emit not in EMIT_MODES:
+            raise ValueError(f"emit must be one of {', '.join(EMIT_MODES)}, got {self.emit!r}")
 
     @property
     def valid(self) -> int:                # V
@@ -55,6 +61,18 @@ def smooth(res: np.ndarray, s: int, e: int, k: int) -> None:
     for i in range(max(s, 0), min(e, n)):
         res[i, :POSE_DIMS] = ref[max(0, i - hk):min(n, i + hk + 1)].sum(axis=0) / np.float32(
             min(n, i + hk + 1) - max(0, i - hk))
+
+
+def next_kp_cond(res: np.ndarray, q: int, windows: int, source_motion: np.ndarray, p: StreamParams) -> np.ndarray:
+    """The conditioning frame of the next window after `windows` windows: frame q of res (the one before the next
+    window's start), or every fix_kp_cond windows the source motion keeping frame q's fix_kp_cond_dim dims."""
+    if p.fix_kp_cond > 0 and windows % p.fix_kp_cond == 0:
+        kp = source_motion.copy()
+        if p.fix_kp_cond_dim is not None:
+            ds, de = p.fix_kp_cond_dim
+            kp[ds:de] = res[q, ds:de]
+        return kp
+    return res[q].copy()
 
 
 def fuse_window(res: np.ndarray | None, pred: np.ndarray, p: StreamParams) -> tuple[np.ndarray, int, int]:
@@ -150,19 +168,15 @@ class MotionStream:
         self.windows += 1
         L = self.res_off + len(res)                                  # absolute length of res
         q = L - p.overlap - 1 - self.res_off                         # frame before the next window
-        if p.fix_kp_cond > 0 and self.windows % p.fix_kp_cond == 0:
-            kp = self.source_motion.copy()
-            if p.fix_kp_cond_dim is not None:
-                ds, de = p.fix_kp_cond_dim
-                kp[ds:de] = res[q, ds:de]
-            self.kp_cond = kp
-        else:
-            self.kp_cond = res[q].copy()
+        self.kp_cond = next_kp_cond(res, q, self.windows, self.source_motion, p)
         if self.d0 is None:
             self.d0 = res[0].copy()
         self.local += p.valid
-        # frames before the next fusion region are final; at the end everything real is
-        upto = self.n_feat if window.final else L - p.fuse
+        if p.emit == "reference":
+            upto = self._reference_upto(window, L)
+        else:
+            # frames before the next fusion region are final; at the end everything real is
+            upto = self.n_feat if window.final else L - p.fuse
         if window.final:
             self.local = max(self.local, self.n_feat)
         upto = min(upto, L)
@@ -172,6 +186,15 @@ class MotionStream:
         self.emitted = max(self.emitted, upto)
         self._trim()
         return first - self.pre, out
+
+    def _reference_upto(self, window: Window, L: int) -> int:
+        """The reference online worker's emission: its first window emits nothing and starts emission at frame
+        80 - F; each later window emits V frames, the short last one as many as it had real feature rows (frames
+        made from padding included, cut at the end of res)."""
+        if window.index == 0:
+            self.emitted = max(self.emitted, SEQ - self.p.fuse)
+            return self.emitted
+        return self.emitted + (self.n_feat - window.start if window.final else self.p.valid)
 
     def _trim(self) -> None:
         """Keep only what later windows read: features from the next window start; motion from the frame before
@@ -190,7 +213,7 @@ class MotionStream:
         if not self.ended or self.next_window() is not None:
             raise RuntimeError("flush() is for the end of the stream, after the last window")
         first = self.emitted
-        if self.res is None or first >= self.n_feat:
+        if self.res is None or first >= self.n_feat or self.p.emit == "reference":
             return first - self.pre, np.zeros((0, MOTION_DIM), np.float32)
         out = self.res[first - self.res_off:self.n_feat - self.res_off].copy()
         self.emitted = self.n_feat
@@ -198,7 +221,8 @@ class MotionStream:
 
     @property
     def done(self) -> bool:
-        return self.ended and self.emitted >= self.n_feat and self.next_window() is None
+        return (self.ended and self.next_window() is None
+                and (self.emitted >= self.n_feat or self.p.emit == "reference"))
 
     # -- state ---------------------------------------------------------------------------------------------------
 
@@ -224,30 +248,33 @@ class MotionStream:
         self.d0 = np.asarray(st["d0"], np.float32).copy() if "d0" in st else None
 
 
-def offline_motion(sample: Callable[[np.ndarray, np.ndarray], np.ndarray], cond: np.ndarray,
-                   source_motion: np.ndarray, params: StreamParams) -> np.ndarray:
-    """The reference's offline mode (docs/model.md §3.7): cond [n,1103] -> motion [n,265].
-    `sample(kp_cond [265], cond [80,1103])` returns one window's motion [80,265]."""
-    p = StreamParams(params.overlap, params.smooth_k, params.fix_kp_cond, params.fix_kp_cond_dim, online=False)
+def offline_windows(sample: Callable[[np.ndarray, np.ndarray], np.ndarray], cond: np.ndarray,
+                    source_motion: np.ndarray, params: StreamParams) -> np.ndarray:
+    """The reference's offline windows over cond [n,1103] -> the fused, window-smoothed result (as long as the last
+    window reaches, before the cut to n). `sample(kp_cond [265], cond [80,1103])` returns one window's motion."""
+    p = replace(params, online=False)
     cond = np.asarray(cond, np.float32)
-    n = len(cond)
-    kp_cond = np.asarray(source_motion, np.float32).reshape(MOTION_DIM).copy()
+    source = np.asarray(source_motion, np.float32).reshape(MOTION_DIM)
+    kp_cond = source.copy()
     res: np.ndarray | None = None
     windows = 0
-    for start in range(0, n, p.valid):
+    for start in range(0, len(cond), p.valid):
         c = cond[start:start + SEQ]
-        if len(c) < SEQ:
+        if len(c) < SEQ:   # the condition row is repeated, after the condition was built
             c = np.concatenate([c, np.repeat(c[-1:], SEQ - len(c), axis=0)])
         res, _, _ = fuse_window(res, sample(kp_cond, c), p)
         windows += 1
-        q = len(res) - p.overlap - 1
-        if p.fix_kp_cond > 0 and windows % p.fix_kp_cond == 0:
-            kp_cond = np.asarray(source_motion, np.float32).reshape(MOTION_DIM).copy()
-            if p.fix_kp_cond_dim is not None:
-                kp_cond[p.fix_kp_cond_dim[0]:p.fix_kp_cond_dim[1]] = res[q, p.fix_kp_cond_dim[0]:p.fix_kp_cond_dim[1]]
-        else:
-            kp_cond = res[q].copy()
-    assert res is not None
-    res = res[:n].copy()
-    smooth(res, 0, n, p.smooth_k)
+        kp_cond = next_kp_cond(res, len(res) - p.overlap - 1, windows, source, p)
+    if res is None:
+        raise ValueError("offline motion needs at least one condition row")
+    return res
+
+
+def offline_motion(sample: Callable[[np.ndarray, np.ndarray], np.ndarray], cond: np.ndarray,
+                   source_motion: np.ndarray, params: StreamParams) -> np.ndarray:
+    """The reference's offline mode (docs/model.md §3.7): cond [n,1103] -> motion [n,265], the windows' result cut
+    to n frames and smoothed once more over its whole length."""
+    n = len(cond)
+    res = offline_windows(sample, cond, source_motion, params)[:n].copy()
+    smooth(res, 0, n, params.smooth_k)
     return res

@@ -1,7 +1,8 @@
 """The streaming state machine against a literal transcription of the reference's online worker (docs/model.md §3.7),
 driven by a deterministic stand-in sampler that depends on every input (features, frame indices, kp_cond), so a
 wrong window, fusion, smoothing, kp_cond update or reset shows up. The project emits the same values for the frames
-the reference emits; it also emits the frames the reference loses (O < 40 start) and drops frames from padding."""
+the reference emits; it also emits the frames the reference loses (O < 40 start) and drops frames from padding.
+With `emit="reference"` it emits exactly the reference's frames."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from services.motion_generator.streaming import MotionStream, StreamParams, smooth
+from tests.motion.helpers import drive_stream
 
 
 def fake_sample(kp_cond: np.ndarray, feats: np.ndarray, cond_start: int) -> np.ndarray:
@@ -81,27 +83,13 @@ def reference_online(feats: np.ndarray, O: int, src: np.ndarray, fix_kp_cond: in
 
 
 def project_online(feats: np.ndarray, O: int, src: np.ndarray, chunk: int = 5, **kw) -> tuple[np.ndarray, int]:
+    """-> (emitted frames [m,265], the first one's frame index)."""
     st = MotionStream(StreamParams(overlap=O, **kw), src)
-    out, firsts = [], []
-
-    def drain():
-        while (w := st.next_window()) is not None:
-            first, rows = st.complete(w, fake_sample(st.kp_cond, w.features, w.cond_start))
-            if len(rows):
-                firsts.append(first)
-                out.append(rows)
-
-    for i in range(0, len(feats), chunk):
-        st.push(feats[i:i + chunk])
-        drain()
-    st.end()
-    drain()
-    first, rows = st.flush()
-    if len(rows):
-        out.append(rows)
-    got = np.concatenate(out)
+    chunks = drive_stream(st, feats, chunk, lambda w: fake_sample(st.kp_cond, w.features, w.cond_start))
     assert np.array_equal(st.d0, reference_online(feats, O, src)[1])
-    return got, (firsts[0] if firsts else first)
+    if not chunks:
+        return np.zeros((0, 265), np.float32), st.emitted - st.pre
+    return np.concatenate([rows for _, rows in chunks]), chunks[0][0]
 
 
 @pytest.mark.parametrize("n_real", [45, 101, 150])
@@ -124,3 +112,18 @@ def test_overlap_10_keeps_the_frames_the_reference_drops() -> None:
     got, _ = project_online(feats, 10, src, fix_kp_cond=1)
     assert len(got) == 150 and len(ref) == 90          # reference: real frames 0-59 never emitted
     np.testing.assert_array_equal(got[60:150], ref[:90])
+
+
+@pytest.mark.parametrize(("overlap", "n_real"), [(10, 250), (10, 30), (40, 101), (70, 5), (70, 133), (75, 64)])
+def test_reference_emission_gives_exactly_the_reference_frames(overlap: int, n_real: int) -> None:
+    rng = np.random.default_rng(overlap + n_real)
+    feats = rng.standard_normal((n_real, 1024)).astype(np.float32)
+    src = rng.standard_normal(265).astype(np.float32)
+    ref, _ = reference_online(feats, overlap, src)
+    got, first = project_online(feats, overlap, src, emit="reference")
+    assert len(got) == len(ref)
+    np.testing.assert_array_equal(got, ref)
+    every, _ = project_online(feats, overlap, src)
+    if len(ref):                     # the same values, another choice of frames (first = 80 - F - O, 0 for O >= 40)
+        assert first == max(0, 80 - 2 * overlap)
+        np.testing.assert_array_equal(every[first:], ref[:n_real - first])
