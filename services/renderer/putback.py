@@ -19,6 +19,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
 from cachetools import LRUCache
 
@@ -29,11 +30,15 @@ F32 = np.float32
 
 
 class Background(enum.IntEnum):
-    """What the face is pasted onto (values as in `ditto.v1.Background`; 0 means ORIGINAL)."""
+    """What the face is pasted onto (values as in `ditto.v1.Background`; 0 means ORIGINAL).
+
+    TRANSPARENT and GREEN cut along the avatar's alpha (its person matte with room for the head, `avatar/matte.py`):
+    the frame is pasted as for ORIGINAL, then the alpha is its fourth channel (RGBA) or blends it onto green. An
+    avatar without a matte (face models off) cuts along the warped feather mask: the face crop only."""
 
     ORIGINAL = 1
-    TRANSPARENT = 2  # RGBA, the face only, with the feather mask as alpha
-    GREEN = 3        # a pure green frame, for chroma keying
+    TRANSPARENT = 2  # RGBA: the person cut out
+    GREEN = 3        # the person on pure green, for chroma keying
 
 
 GREEN_RGB = (0, 255, 0)
@@ -63,6 +68,15 @@ def feather_mask(width: int = 512, height: int = 512, ratio_w: float = 0.9, rati
     mask[y2:, :x1] = corner(np.linspace(1, 0, x1), np.linspace(0, 1, height - y2))
     mask[y2:, x2:] = corner(np.linspace(0, 1, width - x2), np.linspace(0, 1, height - y2))
     return mask
+
+
+def over_green(rgba: np.ndarray) -> np.ndarray:
+    """RGBA uint8 -> RGB uint8 on pure green: c * a / 255 (+ 255 - a in the green channel), rounded (OpenCV's
+    saturating arithmetic)."""
+    a = np.ascontiguousarray(rgba[..., 3])
+    out = cv2.multiply(np.ascontiguousarray(rgba[..., :3]), cv2.merge([a, a, a]), scale=1 / 255)
+    out[..., 1] = cv2.add(np.ascontiguousarray(out[..., 1]), 255 - a)  # g * a / 255 <= a: never saturates
+    return out
 
 
 def blend(mask_w: np.ndarray, render_w: np.ndarray, frame: np.ndarray) -> np.ndarray:
@@ -213,13 +227,22 @@ class PutBack:
         return grid
 
     def __call__(self, frame: np.ndarray, render: np.ndarray, m_c2o: np.ndarray,
-                 options: PasteOptions = PasteOptions()) -> np.ndarray:
+                 options: PasteOptions = PasteOptions(), alpha: np.ndarray | None = None) -> np.ndarray:
         """frame: uint8 [H, W, 3] RGB; render: float32 [512, 512, 3] in [0, 255] -> uint8 [H, W, 3] (RGBA [H, W, 4]
-        for a transparent background, [512, 512, 3|4] when not pasting back)."""
+        for a transparent background, [512, 512, 3|4] when not pasting back). `alpha` (uint8 [H, W], the avatar's
+        person matte) is what transparent and green backgrounds cut along; without it, the feather mask."""
+        keyed = options.background in (Background.TRANSPARENT, Background.GREEN)
         if not options.paste_back:
-            return self.crop_only(render, options.background)
+            return self.crop_only(render, options.background, alpha if keyed else None, m_c2o)
         height, width = frame.shape[:2]
         grid = self.grid(m_c2o, width, height)
+        if keyed and alpha is not None:
+            out = np.empty((height, width, 4), dtype=np.uint8)
+            out[..., :3] = frame
+            out[..., 3] = alpha
+            if not grid.empty:
+                paste_kernel.paste(render, self.mask, self._mask_ones, grid, out, paste_kernel.BLEND_KEEP_ALPHA)
+            return out if options.background == Background.TRANSPARENT else over_green(out)
         if options.background == Background.TRANSPARENT:
             out = np.zeros((height, width, 4), dtype=np.uint8)
             mode = paste_kernel.RGBA
@@ -256,8 +279,14 @@ class PutBack:
         out[y0:y1, x0:x1] = b.clamp_(0, 255).to(torch.uint8)
         return out
 
-    def crop_only(self, render: np.ndarray, background: Background) -> np.ndarray:
+    def crop_only(self, render: np.ndarray, background: Background, alpha: np.ndarray | None = None,
+                  m_c2o: np.ndarray | None = None) -> np.ndarray:
         img = np.clip(render, 0, 255).astype(np.uint8)
+        if alpha is not None and m_c2o is not None:  # the matte as the crop sees it
+            m_o2c = np.linalg.inv(np.asarray(m_c2o, np.float64))[:2]
+            a = cv2.warpAffine(alpha, m_o2c, img.shape[1::-1], flags=cv2.INTER_LINEAR)
+            rgba = np.concatenate([img, a[..., None]], axis=-1)
+            return rgba if background == Background.TRANSPARENT else over_green(rgba)
         if background == Background.TRANSPARENT:
             alpha = (self.mask[..., None] * F32(255)).astype(np.uint8)
             return np.concatenate([img, alpha], axis=-1)
