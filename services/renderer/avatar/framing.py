@@ -27,7 +27,17 @@ import numpy as np
 
 from .crop import CropSettings, Rect, box_crop_matrix, crop_image, crop_matrix, map_points
 from .eyes import CLOSED_EYE_OPENNESS, eye_features
-from .faces import MESH_POINTS, MediaPipeFaces, MeshFace, largest, roi_from_box, to_pixel_centres
+from .faces import (
+    MESH_POINTS,
+    ROI_SCALE,
+    TRACK_EYES,
+    MediaPipeFaces,
+    MeshFace,
+    largest,
+    roi_from_box,
+    roi_from_points,
+    to_pixel_centres,
+)
 from .mesh import face_roi
 
 F32 = np.float32
@@ -66,9 +76,10 @@ class FaceReport:
         return cls(**d)
 
     def set_crop(self, m_o2c: np.ndarray) -> None:
-        """The crop square from the matrix: its centre, side and turn in the source."""
+        """The crop square from the matrix: its centre (what the crop rule centres, mapped to (256, 256) of the
+        crop), side and turn in the source."""
         m = np.linalg.inv(np.asarray(m_o2c, np.float64))  # crop -> source
-        centre = m[:2, :2] @ np.array([(CROP_SIZE - 1) / 2] * 2) + m[:2, 2]
+        centre = m[:2, :2] @ np.array([CROP_SIZE / 2] * 2) + m[:2, 2]
         self.crop_center = (float(centre[0]), float(centre[1]))
         self.crop_size = float(CROP_SIZE * math.sqrt(abs(np.linalg.det(m[:2, :2]))))
         self.crop_rotation_deg = float(math.degrees(math.atan2(m[1, 0], m[0, 0])))
@@ -176,6 +187,9 @@ def _mediapipe(frames: Sequence[np.ndarray], crop: CropSettings, faces: MediaPip
                report: FaceReport) -> Framing:
     n = len(frames)
     roi, from_box = _first_roi(frames[0], crop, faces, report, _where(0, n))
+    if from_box:  # a client's box is only roughly the face: one more look, from the mesh the box gave
+        first = faces.face(frames[0], roi)
+        roi = roi_from_points(first.points[:MESH_POINTS], *TRACK_EYES, ROI_SCALE) if first is not None else roi
     found, redetected = faces.track(list(frames), roi)
     if found[0] is None:
         if not from_box:
@@ -222,7 +236,7 @@ def _measure_eyes(framing: Framing, frames: Sequence[np.ndarray], faces: MediaPi
     meshes = []
     for frame, m in zip(frames, framing.mats, strict=True):
         c2o = np.linalg.inv(np.asarray(m, np.float64))
-        centre = c2o[:2, :2] @ np.array([(CROP_SIZE - 1) / 2] * 2) + c2o[:2, 2]
+        centre = c2o[:2, :2] @ np.array([CROP_SIZE / 2] * 2) + c2o[:2, 2]
         side = CROP_SIZE * math.sqrt(abs(np.linalg.det(c2o[:2, :2]))) / 2.3  # about the face's extent
         box = np.array([centre[0] - side / 2, centre[1] - side / 2, centre[0] + side / 2, centre[1] + side / 2])
         face = faces.face(frame, roi_from_box(box))
