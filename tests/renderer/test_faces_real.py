@@ -259,3 +259,26 @@ def test_insightface_needs_the_users_files_and_says_their_licence(tmp_path):
         AuxModels.open("insightface", tmp_path / "no-weights")
     off = AuxModels.open("none")
     assert off.faces is None and off.matte is None and off.choice == "none"
+
+
+def test_fetch_takes_the_models_out_of_a_wheel_and_checks_each(tmp_path):
+    """`ditto weights faces` without the network: a wheel laid out as mediapipe's (zip members at their paths)."""
+    import zipfile
+
+    cached = face_models.locate()
+    wheel = tmp_path / "mediapipe-0.10.21-test.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        for name, f in face_models.MODELS.items():
+            z.writestr(f.member, cached[name].read_bytes())
+    got = face_models.fetch(tmp_path / "models", wheel)
+    assert {p.name for p in got.values()} == {f.name for f in face_models.MODELS.values()}
+    assert face_models.problems(tmp_path / "models") == []
+    assert face_models.fetch(tmp_path / "models") == got  # present and checked: nothing downloaded
+    bad = tmp_path / "mediapipe-bad.whl"
+    with zipfile.ZipFile(bad, "w") as z:
+        for name, f in face_models.MODELS.items():
+            z.writestr(f.member, cached[name].read_bytes()[:-7] if name == "iris_landmark" else
+                       cached[name].read_bytes())
+    with pytest.raises(face_models.FaceModelsMissing, match="iris_landmark.tflite is not the expected file"):
+        face_models.fetch(tmp_path / "other", bad)
+    assert not (tmp_path / "other").exists()  # nothing half-extracted is left to be taken for the models
