@@ -15,7 +15,7 @@ from __future__ import annotations
 import enum
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 # PyAV (FFmpeg) is imported where an H.264 stream or an MP4 is made, not here: a process that serves JPEG or raw
 # frames never loads FFmpeg's libraries, and the GPU check's offline kit (tools/gpu_kit.py) can leave PyAV out.
@@ -183,7 +183,7 @@ class Mp4Writer:
         self.path = Path(path)
         self.width, self.height, self.fps = width, height, fps
         self._out: Any = av.open(str(self.path), mode="w", format=self.container)
-        self._video: Any = self._out.add_stream(self.video_codec, rate=fps)
+        self._video: Any = cast(Any, self._out.add_stream(self.video_codec, rate=fps))  # a video stream
         self._video.width, self._video.height, self._video.pix_fmt = width, height, self.pix_fmt
         self._video.codec_context.options = self._video_options(crf)
         self._audio_in: Any = None

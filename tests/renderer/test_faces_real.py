@@ -244,7 +244,7 @@ def test_a_video_is_tracked_frame_to_frame(aux, astronaut):
 def test_missing_or_altered_model_files_say_how_to_get_them(tmp_path):
     with pytest.raises(face_models.FaceModelsMissing, match="ditto weights faces"):
         AuxModels.open("mediapipe", models_dir=tmp_path)
-    for name, path in face_models.locate().items():
+    for path in face_models.locate().values():
         (tmp_path / path.name).write_bytes(path.read_bytes())
     victim = tmp_path / face_models.MODELS["face_landmark"].name
     altered = bytearray(victim.read_bytes())

@@ -96,7 +96,8 @@ def check_framing_is_drawn(page) -> None:
     assert face["face_models"] == "mediapipe" and face["faces_found"] == 1, face
     scale = page.evaluate("window.ditto.preview.scale")
     pixels = page.evaluate("""() => { const c = document.getElementById('preview');
-        return {w: c.width, h: c.height, data: Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data)}; }""")
+        const data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        return {w: c.width, h: c.height, data: Array.from(data)}; }""")
     w, h = pixels["w"], pixels["h"]
 
     def near(x: float, y: float, colour: tuple[int, int, int]) -> bool:

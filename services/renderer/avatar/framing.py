@@ -5,8 +5,8 @@ features when it measured them, and a `FaceReport` (what RegisterAvatar answers)
 
 | face models | face | crop rule on | eyes |
 |---|---|---|---|
-| `mediapipe` (default) | BlazeFace, then the 468-point mesh tracked frame to frame | the mesh (`crop.MESH_EXTENT`) | iris model |
-| `insightface` (user-supplied files) | SCRFD + 106 points, then 203 points tracked | the 203 points | iris model |
+| `mediapipe` (default) | BlazeFace, then the 468-point mesh tracked frame to frame | the mesh's `MESH_EXTENT` | iris |
+| `insightface` (user-supplied files) | SCRFD + 106 points, then 203 points tracked | the 203 points | iris |
 | `none` | the client's crop box, else the centred square | - | neutral |
 
 Refusals that help: no face and no crop box from the client -> `NoFaceError` (INVALID_ARGUMENT); several faces -> the
@@ -138,7 +138,8 @@ def _check_size(framing: Framing) -> None:
         report.warnings.append(
             f"the face is small: {x1 - x0:.0f} x {y1 - y0:.0f} px, so its crop ({report.crop_size:.0f} px) is scaled "
             f"up {CROP_SIZE / report.crop_size:.1f}x to the model's {CROP_SIZE} px and the rendered face will look "
-            f"soft; use a portrait where the face is at least {MIN_CROP_PX / 2.3 * 1.2:.0f} px tall")
+            f"soft; use a portrait where the face is at least {(y1 - y0) * MIN_CROP_PX / report.crop_size:.0f} px "
+            "tall")
 
 
 # ---------------------------------------------------------------------------------------------------------------

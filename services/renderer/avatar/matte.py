@@ -74,6 +74,5 @@ def with_head(matte: np.ndarray, m_o2c: np.ndarray, feather: np.ndarray, margin:
     grown = cv2.dilate(in_crop, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
     grown = cv2.GaussianBlur(grown, (0, 0), r / 3)  # a soft edge for the grown part too
     head = (grown.astype(F32) * feather.astype(F32)).astype(F32)
-    back = cv2.warpAffine(head, cv2.invertAffineTransform(m), (w, h), flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    back = cv2.warpAffine(head, cv2.invertAffineTransform(m), (w, h), flags=cv2.INTER_LINEAR)  # 0 outside
     return np.maximum(matte, (back + F32(0.5)).astype(np.uint8))

@@ -19,7 +19,6 @@ import io
 import json
 import logging
 import weakref
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
