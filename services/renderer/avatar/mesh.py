@@ -1,4 +1,5 @@
-"""The 478-point face mesh from the official ONNX pair `blaze_face.onnx` + `face_mesh.onnx` (docs/model.md §6.4).
+"""BlazeFace decoding (`BlazeFace`, for any runtime: the MediaPipe .tflite in LiteRT, `faces.py`, or an ONNX export)
+and the 478-point face mesh from the official ONNX pair `blaze_face.onnx` + `face_mesh.onnx` (docs/model.md §6.4).
 
 This is the MediaPipe face-landmarker pipeline without MediaPipe:
 
