@@ -282,3 +282,17 @@ def test_fetch_takes_the_models_out_of_a_wheel_and_checks_each(tmp_path):
     with pytest.raises(face_models.FaceModelsMissing, match="iris_landmark.tflite is not the expected file"):
         face_models.fetch(tmp_path / "other", bad)
     assert not (tmp_path / "other").exists()  # nothing half-extracted is left to be taken for the models
+
+
+def test_a_face_far_from_the_camera_in_a_wide_frame_is_found(aux, astronaut):
+    """The short-range detector sees the frame at 128 x 128: a 130 px face in a 1280 x 720 frame is 13 of its pixels,
+    too few; the second look, at squares of the frame, finds it (and only it)."""
+    frame = np.zeros((720, 1280, 3), np.uint8)
+    frame[:, 280:1000] = cv2.resize(astronaut, (720, 720), interpolation=cv2.INTER_AREA)
+    assert len(aux.faces.detector.detect(frame)) == 0
+    dets = aux.faces.detect(frame)
+    assert len(dets) == 1
+    x0, y0, x1, y1 = dets.boxes[0]
+    assert 500 < (x0 + x1) / 2 < 620 and 110 < (y0 + y1) / 2 < 250, dets.boxes  # her face (225, 127) x 1.4 + 280
+    framing = frame_faces([frame], CropSettings(), aux)
+    assert framing.report.faces_found == 1 and framing.eye_open is not None

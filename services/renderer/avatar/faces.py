@@ -3,7 +3,8 @@
 
 The pipeline is MediaPipe's face mesh with iris refinement, on `litert.TfliteSession`s (no MediaPipe runtime):
 
-1. BlazeFace short-range on the whole frame (`mesh.BlazeFace`): every face, with 6 keypoints.
+1. BlazeFace short-range on the whole frame (`mesh.BlazeFace`): every face, with 6 keypoints; when it finds none,
+   again on overlapping squares of the frame (a face far from the camera in a wide frame).
 2. The mesh ROI from a detection: the box centre, a square of 1.5 x its long side, turned so the line between the
    eye keypoints is level (`mesh.face_roi`). The 468-point mesh model (192x192, RGB in [0, 1]) gives the points in
    ROI pixels (z in the same units) and a face-presence logit; presence below 0.5 (after the sigmoid) means no face.
@@ -34,6 +35,9 @@ from .mesh import BlazeFace, FaceDetections, InputSpec, Roi, _apply, _cv_matrix,
 F64 = np.float64
 MESH_POINTS = 468
 PRESENCE_THRESHOLD = 0.5
+# The second look at squares of the frame sees many more candidates: it takes surer ones only (a coffee cup's
+# shadows scored 0.505 there)
+TILE_MIN_SCORE = 0.7
 ROI_SCALE = 1.5         # mesh ROI: 1.5 x the face's extent
 EYE_ROI_SCALE = 2.3     # iris ROI: 2.3 x the eye corners' extent
 TRACK_EYES = (33, 263)  # the rotation of a tracking ROI: right eye's outer corner -> left eye's outer corner
@@ -109,7 +113,24 @@ class MediaPipeFaces:
     # -- the pieces -------------------------------------------------------------------------------------------
 
     def detect(self, image: np.ndarray) -> FaceDetections:
-        return self.detector.detect(image)
+        """Every face, in image pixels. The short-range detector sees the frame at 128 x 128 and misses faces below
+        about a sixth of its short side (a person at a distance in a wide frame); when the whole frame shows none,
+        it looks again at overlapping squares of the short side, then of half of it (faces down to about a twelfth
+        of the short side), and keeps the best of overlapping finds."""
+        dets = self.detector.detect(image)
+        h, w = image.shape[:2]
+        for side in (min(h, w), min(h, w) // 2):
+            if len(dets) or side < self.detector.input.size:
+                break
+            found = []
+            for y0, x0 in _tiles(h, w, side):
+                d = self.detector.detect(np.ascontiguousarray(image[y0:y0 + side, x0:x0 + side]))
+                sure = d.scores >= TILE_MIN_SCORE
+                shift = np.array([x0, y0], np.float32)
+                found.append(FaceDetections((d.boxes[sure].reshape(-1, 2, 2) + shift).reshape(-1, 4),
+                                            d.keypoints[sure] + shift, d.scores[sure]))
+            dets = _best_of_overlapping(found)
+        return dets
 
     @staticmethod
     def _crop(image: np.ndarray, roi: Roi, size: int) -> np.ndarray:
@@ -168,7 +189,7 @@ class MediaPipeFaces:
             face = self.face(frame, roi) if roi is not None else None
             if face is None and i > 0:
                 redetected.append(i)
-                dets = self.detect(frame)
+                dets = self.detector.detect(frame)  # the whole frame only: a video may lose the face for long
                 if len(dets):
                     j = largest(dets)
                     face = self.face(frame, face_roi(dets.boxes[j], dets.keypoints[j, 0], dets.keypoints[j, 1]))
@@ -176,6 +197,31 @@ class MediaPipeFaces:
             if face is not None:
                 roi = roi_from_points(face.points[:MESH_POINTS], *TRACK_EYES, ROI_SCALE)
         return faces, redetected
+
+
+def _tiles(h: int, w: int, side: int) -> list[tuple[int, int]]:
+    """Top-left corners of squares of `side` covering an h x w frame, overlapping by half a side."""
+    def starts(n: int) -> list[int]:
+        last = n - side
+        return sorted({*range(0, last, max(1, side // 2)), last})
+
+    return [(y, x) for y in starts(h) for x in starts(w)]
+
+
+def _best_of_overlapping(parts: list[FaceDetections], iou: float = 0.3) -> FaceDetections:
+    """Detections from several looks, a face seen in more than one (or cut by a square's edge) kept once: the
+    highest-scoring of each overlapping group."""
+    from .mesh import _iou
+
+    boxes = np.concatenate([p.boxes for p in parts]) if parts else np.zeros((0, 4), np.float32)
+    if not len(boxes):
+        return FaceDetections(boxes, np.zeros((0, 6, 2), np.float32), np.zeros(0, np.float32))
+    kps, scores = np.concatenate([p.keypoints for p in parts]), np.concatenate([p.scores for p in parts])
+    order, keep = np.argsort(-scores, kind="stable"), []
+    while order.size:
+        keep.append(order[0])
+        order = order[1:][_iou(boxes[order[0]], boxes[order[1:]]) <= iou]
+    return FaceDetections(boxes[keep], kps[keep], scores[keep])
 
 
 def _to_image(pts: np.ndarray, roi: Roi, size: int) -> np.ndarray:
