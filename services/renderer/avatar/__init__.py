@@ -11,6 +11,6 @@
 | `crop.py` | landmarks or mesh -> 512 roll-corrected crop, M_o2c / M_c2o, 256 extractor input |
 | `mesh.py` | BlazeFace decoding (any runtime); the 478-point mesh from the ONNX pair blaze_face + face_mesh |
 | `eyes.py` | 478-point mesh -> eye_open [2], eye_ball [6] |
-| `sessions.py` | `AuxModels`: the chosen face models (MediaPipe in LiteRT, or ONNX Runtime sessions from a weights folder) |
+| `sessions.py` | `AuxModels`: the chosen face models (MediaPipe in LiteRT, or ONNX sessions from a weights folder) |
 | `register.py` | `register_avatar(...) -> Avatar`, with a content-addressed cache |
 """
