@@ -3,9 +3,9 @@ PY ?= .venv/bin/python
 VENV := .venv
 PROTOS := $(wildcard protos/ditto/v1/*.proto)
 
-.PHONY: setup protos test lint bench gpu-check gpu-kit demo up clean
+.PHONY: setup face-models protos test lint bench gpu-check gpu-kit demo up clean
 
-setup: $(VENV)/.installed $(VENV)/.paste-built
+setup: $(VENV)/.installed $(VENV)/.paste-built face-models
 
 $(VENV)/.installed: pyproject.toml setup.py clients/python/pyproject.toml
 	@tools/need-system-package redis-server redis-server "the tests start a throwaway Redis server"
@@ -31,6 +31,11 @@ $(VENV)/.paste-built: $(VENV)/.installed services/renderer/_paste.c
 	rm -f services/renderer/_paste.cpython-*.so
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
+
+# The MediaPipe face models (Apache-2.0) registration runs: taken out of the mediapipe wheel on PyPI, checked by
+# SHA-256, kept in ~/.cache/ditto/face-models (never downloaded at run time). A no-op when they are there already.
+face-models: $(VENV)/.installed
+	$(PY) -m ditto_app.cli weights faces
 
 # Stubs are generated, never edited, and committed (so `pip install` needs no build step): the client package's
 # ditto_client/v1/*_pb2*.py from protos/ditto/v1/*.proto. A test fails when they are out of date.

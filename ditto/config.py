@@ -99,6 +99,13 @@ class MediaSettings(BaseModel):
     max_avatar_memory_mb: int = Field(4096, ge=64, description="memory a renderer keeps avatars in (frames and "
                                       "features, on the model's device); the least recently used leave it first "
                                       "and are reloaded from the disk cache when needed")
+    face_models: Literal["mediapipe", "insightface", "none"] = Field(
+        "mediapipe", description="what finds the face at registration: 'mediapipe' (Apache-2.0, fetched by make "
+        "setup), 'insightface' (SCRFD + 106/203 points from the weights folder; non-commercial research use only) "
+        "or 'none' (the client's crop box or the centred square, neutral eyes, no person matte)")
+    face_models_dir: Path | None = Field(None, description="folder of the MediaPipe model files (default: "
+                                         "~/.cache/ditto/face-models/mediapipe-<version>, what `ditto weights faces` "
+                                         "fills)")
 
 
 class Settings(BaseSettings):

@@ -2,7 +2,8 @@
 
 The portrait is the astronaut photo shipped inside scikit-image (NASA, public domain); the speech is synthesised
 with espeak-ng. Real weights are used when they can be fetched (or are given), else synthetic weights, and then the
-output says in large letters that the video is not a real face.
+output says in large letters that the video is not a real face. A second video puts the same person on green: the
+person matte the transparent and green backgrounds cut along (`out/demo-green.mp4`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "seconds per frame on a CPU and make no real face anyway)")
     p.add_argument("--device", default="auto")
     p.add_argument("--text", default=TEXT)
+    p.add_argument("--no-green", action="store_true",
+                   help="skip the second video, the person cut out along the matte onto green (<out>-green.mp4)")
     p.set_defaults(handler=_run)
 
 
@@ -85,5 +88,11 @@ def _run(args: argparse.Namespace) -> int:
             print("Official weights cannot be fetched here: rendering with synthetic weights.", file=sys.stderr)
             weights = "synthetic"
     profile = args.profile or ("tiny" if weights == "synthetic" else "full")
-    return ditto_main(["render", "--avatar", str(portrait), "--audio", str(speech), "--out", str(args.out),
-                       "--weights", weights, "--profile", profile, "--device", args.device])
+    common = ["--avatar", str(portrait), "--audio", str(speech), "--weights", weights, "--profile", profile,
+              "--device", args.device]
+    rc = ditto_main(["render", *common, "--out", str(args.out)])
+    if rc != 0 or args.no_green:
+        return rc
+    green = args.out.with_name(f"{args.out.stem}-green{args.out.suffix}")
+    print(f"\nThe same on green, cut out along the person matte: {green}", file=sys.stderr)
+    return ditto_main(["render", *common, "--out", str(green), "--background", "green"])

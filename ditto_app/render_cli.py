@@ -16,7 +16,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("render", help="render a talking-head video from a portrait and an audio file")
     p.add_argument("--avatar", required=True, type=Path, help="portrait image or short video")
     p.add_argument("--audio", required=True, type=Path, help="speech: wav, mp3, m4a, ogg or webm")
-    p.add_argument("--out", required=True, type=Path, help="output .mp4 (H.264 + AAC)")
+    p.add_argument("--out", required=True, type=Path,
+                   help="output .mp4 (H.264 + AAC); with --background transparent a .webm (VP9 with alpha + Opus)")
+    p.add_argument("--background", choices=("original", "transparent", "green"), default="original",
+                   help="original: the portrait's own; transparent: the person cut out along the avatar's matte "
+                        "(WebM with alpha); green: the person on pure green, for chroma keying (default: %(default)s)")
     add_model_args(p)
     p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime", "tensorrt"))
     g = p.add_argument_group("motion controls")
@@ -77,7 +81,7 @@ async def render(args: argparse.Namespace) -> int:
     from ditto_app.stack import EmbeddedStack
     from ditto_app.synthetic import BANNER, is_synthetic, profile_of, resolve_weights
     from ditto_client import emotion_control
-    from ditto_client.v1 import avatar_pb2, renderer_pb2
+    from ditto_client.v1 import avatar_pb2, common_pb2, renderer_pb2
     from services.orchestrator.config import OrchestratorSettings
     from services.orchestrator.render_job import RenderJobError, run_render
     from services.orchestrator.tenants import Tenant
@@ -86,6 +90,10 @@ async def render(args: argparse.Namespace) -> int:
         if not path.is_file():
             print(f"error: {path} does not exist", file=sys.stderr)
             return 2
+    if args.background == "transparent" and args.out.suffix.lower() != ".webm":
+        print(f"error: a transparent background needs a .webm output (VP9 keeps the alpha; MP4's H.264 cannot), "
+              f"not {args.out.name}", file=sys.stderr)
+        return 2
     telemetry.setup(TelemetrySettings.model_validate({"log_level": "warning"}), "ditto-render")
     settings = load_settings(OrchestratorSettings)
     assert isinstance(settings, OrchestratorSettings)
@@ -103,10 +111,15 @@ async def render(args: argparse.Namespace) -> int:
         except Exception as err:
             print(f"error: cannot use {args.avatar} as a portrait: {err}", file=sys.stderr)
             return 1
+        for warning in info.face.warnings:
+            print(f"note: {warning}", file=sys.stderr)
         emotion = emotion_control(args.emotion.split("+"))
+        background = {"original": common_pb2.BACKGROUND_ORIGINAL, "transparent": common_pb2.BACKGROUND_TRANSPARENT,
+                      "green": common_pb2.BACKGROUND_GREEN}[args.background]
         request = avatar_pb2.RenderRequest(avatar_id=info.avatar_id, audio=args.audio.read_bytes(),
                                            audio_filename=args.audio.name, emotion=emotion,
-                                           controls=_controls(args), sampling_steps=args.steps, seed=args.seed)
+                                           controls=_controls(args), sampling_steps=args.steps, seed=args.seed,
+                                           background=background)
         bar = tqdm(total=0, unit="frame", desc="rendering", dynamic_ncols=True)
 
         def progress(done: int, total: int) -> None:

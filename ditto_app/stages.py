@@ -84,8 +84,8 @@ def build_stage(name: str, weights_dir: Path, profile: str, bus: Bus, device: st
         rbackend: Any = backend if backend in ("torch", "onnxruntime", "tensorrt") else "torch"
         models = RendererModels.load(weights_dir, profile=profile, device=device, backend=rbackend,
                                      cache_dir=cache_dir / "renderer" if cache_dir else None)
-        aux = AuxModels.load(weights_dir, device)
         m = media or MediaSettings()
+        aux = AuxModels.open(m.face_models, weights_dir, device, m.face_models_dir)
         core = RendererCore(
             models, aux, cache_dir / "avatars" if cache_dir else None,
             limits=MediaLimits(m.max_image_pixels, m.max_video_frames, m.max_video_s),

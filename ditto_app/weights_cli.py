@@ -1,4 +1,4 @@
-"""`ditto weights fetch | check | synthetic | build-engines`."""
+"""`ditto weights fetch | check | synthetic | faces | build-engines`."""
 
 from __future__ import annotations
 
@@ -34,6 +34,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = wsub.add_parser("synthetic", help="write generated weights in the official layout (offline runs, tests)")
     s.add_argument("--profile", choices=("full", "tiny"), default="full")
     s.set_defaults(handler=_synthetic)
+
+    m = wsub.add_parser("faces", help="take the MediaPipe face models (Apache-2.0) out of the mediapipe wheel on PyPI, "
+                                      "check them and keep them in the cache (make setup runs it)")
+    m.add_argument("--dest", type=Path, default=None,
+                   help="target folder (default: <cache>/face-models/mediapipe-<version>)")
+    m.add_argument("--wheel", type=Path, default=None, help="a mediapipe wheel downloaded before (no download then)")
+    m.set_defaults(handler=_faces)
 
     b = wsub.add_parser("build-engines", help="build TensorRT engines for this GPU into the cache")
     b.add_argument("--weights", default="synthetic")
@@ -71,6 +78,17 @@ def _fetch(args: argparse.Namespace) -> int:
     if rc == 0:
         print(f"\nWeights are ready in {dest}\nUse them with: --weights {dest}")
     return rc
+
+
+def _faces(args: argparse.Namespace) -> int:
+    from ditto import face_models
+
+    try:
+        face_models.fetch(args.dest or face_models.models_dir(), args.wheel, say=print)
+    except face_models.FaceModelsMissing as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def check_folder(path: Path, profile: str) -> list[str]:

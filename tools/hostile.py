@@ -115,12 +115,17 @@ def huge_png(width: int, height: int) -> bytes:
 
 
 def static_video(frames: int, width: int = 1280, height: int = 720, fps: int = 25) -> bytes:
-    """An H.264 MP4 of `frames` identical frames: tens of KB that decode to frames x width x height x 3 bytes."""
+    """An H.264 MP4 of `frames` identical frames of the bundled portrait (a face, as registration requires), on
+    black: tens of KB that decode to frames x width x height x 3 bytes."""
     import av
+    import cv2
+    from skimage import data
 
     buf = io.BytesIO()
     img = np.zeros((height, width, 3), np.uint8)
-    img[height // 4: 3 * height // 4, width // 3: 2 * width // 3] = (200, 160, 140)
+    side = min(height, width)
+    img[(height - side) // 2:(height + side) // 2, (width - side) // 2:(width + side) // 2] = cv2.resize(
+        data.astronaut(), (side, side), interpolation=cv2.INTER_AREA)
     with av.open(buf, "w", format="mp4") as c:
         s = c.add_stream("libx264", rate=fps, options={"preset": "ultrafast", "crf": "35"})
         s.width, s.height, s.pix_fmt = width, height, "yuv420p"

@@ -1,4 +1,5 @@
-"""Offline jobs: one whole audio file -> an MP4 (H.264 + the original audio as AAC).
+"""Offline jobs: one whole audio file -> an MP4 (H.264 + the original audio as AAC), or with a transparent
+background a WebM (VP9 with alpha + Opus); a green background is an MP4 of the person on green.
 
 The same session machinery as a live Converse, with no pacing and no idle feed: the audio goes through the stage
 workers as fast as credits allow and the frames are written as they come. `ditto render` runs this over the
@@ -57,7 +58,7 @@ async def run_render(orch, tenant: Tenant, request: avatar_pb2.RenderRequest, mp
     """Render `request` into `mp4_path`; returns the number of frames written. Cancelling it (the client left)
     stops the job and releases its session, quota and placement before it returns."""
     from services.orchestrator.guard import in_thread
-    from services.renderer.encode import Mp4Writer
+    from services.renderer.encode import Mp4Writer, WebmAlphaWriter
 
     limit_bytes = orch.settings.max_render_audio_bytes
     if len(request.audio) > limit_bytes:
@@ -73,7 +74,8 @@ async def run_render(orch, tenant: Tenant, request: avatar_pb2.RenderRequest, mp
         avatar_id=request.avatar_id,
         audio_format=common_pb2.AudioFormat(sample_format=common_pb2.SAMPLE_FORMAT_FLOAT32LE, sample_rate_hz=rate,
                                             channels=samples.shape[1]),
-        output=common_pb2.OutputOptions(encoding=common_pb2.FRAME_ENCODING_RAW_RGB, paste_back=True),
+        output=common_pb2.OutputOptions(encoding=common_pb2.FRAME_ENCODING_RAW_RGB, paste_back=True,
+                                        background=request.background),
         emotion=request.emotion, controls=request.controls, idle_policy=avatar_pb2.IDLE_POLICY_FREEZE,
         sampling_steps=request.sampling_steps, seed=request.seed)
     session = await orch.open_session(tenant, config, offline=True)
@@ -98,9 +100,10 @@ async def run_render(orch, tenant: Tenant, request: avatar_pb2.RenderRequest, mp
             kind = msg.WhichOneof("kind")
             if kind == "frame":
                 f = msg.frame
-                frame = np.frombuffer(f.data, dtype=np.uint8).reshape(f.height, f.width, 3)
+                frame = np.frombuffer(f.data, dtype=np.uint8).reshape(f.height, f.width, -1)
                 if writer is None:
-                    writer = Mp4Writer(mp4_path, f.width, f.height, fps=25, audio=request.audio)
+                    kind_of = WebmAlphaWriter if frame.shape[2] == 4 else Mp4Writer
+                    writer = kind_of(mp4_path, f.width, f.height, fps=25, audio=request.audio)
                 await in_thread(orch.heavy, writer.write, frame)  # H.264 encoding: off the event loop
                 session.taken(msg)
                 written += 1

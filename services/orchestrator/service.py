@@ -193,7 +193,7 @@ class AvatarService(avatar_pb2_grpc.AvatarServicer):
             info = await self.orch.avatars.register(tenant.id, req)
             return avatar_pb2.RegisterAvatarResponse(avatar_id=info.avatar_id, width=info.width, height=info.height,
                                                      source_frames=info.source_frames,
-                                                     already_registered=info.already_registered)
+                                                     already_registered=info.already_registered, face=info.face)
         except (AuthError, SessionError, RegistrationError) as err:
             await context.abort(err.code, str(err))
         except BusError as err:
@@ -214,7 +214,8 @@ class AvatarService(avatar_pb2_grpc.AvatarServicer):
         if info is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no avatar '{request.avatar_id}' for this tenant")
         return avatar_pb2.RegisterAvatarResponse(avatar_id=info.avatar_id, width=info.width, height=info.height,
-                                                 source_frames=info.source_frames, already_registered=True)
+                                                 source_frames=info.source_frames, already_registered=True,
+                                                 face=info.face)
 
     async def DeleteAvatar(self, request, context):
         ok = await self._on_avatar_store(context, lambda t: self.orch.avatars.delete(t.id, request.avatar_id))

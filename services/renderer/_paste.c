@@ -26,7 +26,9 @@
 typedef float f4 __attribute__((vector_size(16)));
 typedef int32_t i4 __attribute__((vector_size(16)));
 
-enum { BLEND = 0, RGBA = 1 };
+/* BLEND: into an RGB frame. RGBA: the render with the mask as alpha, on a transparent frame. BLEND_KEEP_ALPHA: into
+ * the RGB of an RGBA frame, whose alpha (the avatar's person matte) is left as it is. */
+enum { BLEND = 0, RGBA = 1, BLEND_KEEP_ALPHA = 2 };
 
 static inline f4 load4(const float *p) { f4 v; memcpy(&v, p, sizeof v); return v; }
 static inline f4 splat(float x) { return (f4){x, x, x, x}; }
@@ -127,7 +129,7 @@ static inline void paste_rim_pixel(const Source *s, long xq, long yq, uint8_t *o
         f4 v = sample3(s->render + q, s->row, wt);
         /* m * v + (1 - m) * frame for every m: where m is 1 it is v, where 0 the frame, bit for bit (finite values),
          * and no branch on m to mispredict along the feathered edge */
-        if (s->mode == BLEND)
+        if (s->mode != RGBA)
             v = splat(m) * v + splat(1.f - m) * load3(out);
         store3(out, to_bytes(clip4(v, splat(0.f), splat(255.f))));
     } else {
@@ -139,7 +141,7 @@ static inline void paste_rim_pixel(const Source *s, long xq, long yq, uint8_t *o
             } else {
                 v = edge_sample(s->render, 3, h, w, x, y, c, wt);
             }
-            if (s->mode == BLEND)
+            if (s->mode != RGBA)
                 v = m * v + (1.f - m) * (float)out[c];
             out[c] = (uint8_t)clipf(v, 0.f, 255.f);
         }
@@ -210,6 +212,13 @@ static void paste_box(const Source *s, const int64_t ones[4], const int32_t *row
                 const uint32_t bytes = to_bytes(v);
                 memcpy(o, &bytes, 4);
             }
+        } else if (s->mode == BLEND_KEEP_ALPHA) {
+            for (long j = ja; j < jb; j++, o += 4) {
+                f4 v = ONES_SAMPLE(j);
+                v[3] = (float)o[3]; /* the alpha byte goes back as it was */
+                const uint32_t bytes = to_bytes(v);
+                memcpy(o, &bytes, 4);
+            }
         } else {
             for (long j = ja; j < jb - 1; j++, o += 3) {
                 const uint32_t bytes = to_bytes(ONES_SAMPLE(j));
@@ -253,7 +262,8 @@ PyDoc_STRVAR(paste_box_doc,
 "Paste into the box (y0, y1, x0, x1) of `frame` (C-contiguous uint8 [H, W, C], written in place) with the GIL\n"
 "released. render: C-contiguous float32 [h, w, 3]; mask: float32 [h, w]; ones: int64 [4] (y0, y1, x0, x1 of the\n"
 "mask's all-ones rectangle, empty if none); row_*: int32 [y1 - y0], col_*: int32 [x1 - x0] (BoxGrid);\n"
-"weights: float32 [1024 * 4]; mode 0 blends (C = 3), mode 1 writes RGBA (C = 4). Sizes are checked.");
+"weights: float32 [1024 * 4]; mode 0 blends (C = 3), mode 1 writes RGBA (C = 4), mode 2 blends into the RGB of\n"
+"an RGBA frame and keeps its alpha (C = 4). Sizes are checked.");
 
 static PyObject *py_paste_box(PyObject *self, PyObject *args) {
     (void)self;
@@ -267,9 +277,9 @@ static PyObject *py_paste_box(PyObject *self, PyObject *args) {
     PyObject *result = NULL;
     if (h < 2 || w < 2 || h > (1 << 15) || w > (1 << 15)) {
         PyErr_Format(PyExc_ValueError, "paste_box: render of %zd x %zd pixels (expected 2 to 32768 a side)", h, w);
-    } else if (mode != BLEND && mode != RGBA) {
-        PyErr_Format(PyExc_ValueError, "paste_box: mode %d (expected 0 blend or 1 RGBA)", mode);
-    } else if (fc != (mode == RGBA ? 4 : 3) || fh < 0 || fw < 0 || !(0 <= y0 && y0 <= y1 && y1 <= fh) ||
+    } else if (mode != BLEND && mode != RGBA && mode != BLEND_KEEP_ALPHA) {
+        PyErr_Format(PyExc_ValueError, "paste_box: mode %d (expected 0 blend, 1 RGBA or 2 blend keeping alpha)", mode);
+    } else if (fc != (mode == BLEND ? 3 : 4) || fh < 0 || fw < 0 || !(0 <= y0 && y0 <= y1 && y1 <= fh) ||
                !(0 <= x0 && x0 <= x1 && x1 <= fw)) {
         PyErr_Format(PyExc_ValueError, "paste_box: box (%zd, %zd, %zd, %zd) or channels %zd do not fit a %zd x %zd "
                      "frame in mode %d", y0, y1, x0, x1, fc, fh, fw, mode);

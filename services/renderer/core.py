@@ -260,8 +260,9 @@ class RendererCore:
                     render = renders[n]
                     if render.shape[0] != CROP_SIZE:  # the tiny profile renders 256 px: bring it to crop size
                         render = cv2.resize(render, (CROP_SIZE, CROP_SIZE), interpolation=cv2.INTER_LINEAR)
-                    out[j].append(self.putback(session.avatar.frames[src], render, session.avatar.M_c2o[src],
-                                               session.paste))
+                    avatar = session.avatar
+                    out[j].append(self.putback(avatar.frames[src], render, avatar.M_c2o[src], session.paste,
+                                               avatar.alpha[src] if avatar.alpha is not None else None))
         return out
 
     def step(self, batch: Sequence[tuple[RenderSession, RenderInput]]) -> list[RenderResult]:

@@ -6,6 +6,8 @@
 - `H264Encoder`: one Annex-B access unit per frame with no frame delay (x264 `zerolatency`, no B-frames),
   yuv420p, CRF 18 as the reference's writer. The first unit carries SPS/PPS and an IDR.
 - `Mp4Writer`: H.264 (yuv420p, CRF 18, 25 fps) plus the audio of any file PyAV reads, re-encoded as AAC, in one MP4.
+- `WebmAlphaWriter`: the same for RGBA frames: VP9 with its alpha plane (yuva420p) plus the audio as Opus, in a WebM
+  (the transparent video that browsers, OBS and editors read).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import enum
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 # PyAV (FFmpeg) is imported where an H.264 stream or an MP4 is made, not here: a process that serves JPEG or raw
 # frames never loads FFmpeg's libraries, and the GPU check's offline kit (tools/gpu_kit.py) can leave PyAV out.
@@ -170,18 +172,20 @@ class Mp4Writer:
     """Writes RGB frames as H.264 into an MP4 and, on `close()`, muxes the audio of `audio` (a path or bytes of any
     container PyAV reads) as AAC. Use as a context manager."""
 
+    container, video_codec, pix_fmt, frame_format, audio_codec = "mp4", "libx264", "yuv420p", "rgb24", "aac"
+
     def __init__(self, path: str | Path, width: int, height: int, fps: int = 25, crf: int = 18,
                  audio: str | Path | bytes | None = None, audio_bitrate: int = 128_000):
         if width % 2 or height % 2:
-            raise EncodeError(f"H.264 yuv420p needs even width and height, got {width}x{height}")
+            raise EncodeError(f"{self.video_codec} {self.pix_fmt} needs even width and height, got {width}x{height}")
         import av
 
         self.path = Path(path)
         self.width, self.height, self.fps = width, height, fps
-        self._out: Any = av.open(str(self.path), mode="w", format="mp4")
-        self._video: Any = self._out.add_stream("libx264", rate=fps)
-        self._video.width, self._video.height, self._video.pix_fmt = width, height, "yuv420p"
-        self._video.codec_context.options = _x264_options(crf, low_latency=False)
+        self._out: Any = av.open(str(self.path), mode="w", format=self.container)
+        self._video: Any = cast(Any, self._out.add_stream(self.video_codec, rate=fps))  # a video stream
+        self._video.width, self._video.height, self._video.pix_fmt = width, height, self.pix_fmt
+        self._video.codec_context.options = self._video_options(crf)
         self._audio_in: Any = None
         self._audio: Any = None
         if audio is not None:
@@ -200,17 +204,23 @@ class Mp4Writer:
             raise EncodeError(f"cannot read the audio ({err})") from err
         if not self._audio_in.streams.audio:
             raise EncodeError("the audio file has no audio stream")
-        rate = self._audio_in.streams.audio[0].rate or 16000
-        self._audio = self._out.add_stream("aac", rate=rate)
+        rate = self._audio_rate(self._audio_in.streams.audio[0].rate or 16000)
+        self._audio = self._out.add_stream(self.audio_codec, rate=rate)
         self._audio.bit_rate = bitrate
 
+    def _video_options(self, crf: int) -> dict[str, str]:
+        return _x264_options(crf, low_latency=False)
+
+    def _audio_rate(self, source_rate: int) -> int:
+        return source_rate
+
     def write(self, frame: np.ndarray) -> None:
-        frame = _check_frame(frame, (3,))
+        frame = _check_frame(frame, (4,) if self.frame_format == "rgba" else (3,))
         if frame.shape[:2] != (self.height, self.width):
             raise EncodeError(f"frame is {frame.shape[1]}x{frame.shape[0]}, the video is {self.width}x{self.height}")
         import av
 
-        vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
+        vf = av.VideoFrame.from_ndarray(frame, format=self.frame_format)
         vf.pts = self.frames
         vf.time_base = Fraction(1, self.fps)
         for packet in self._video.encode(vf):
@@ -250,3 +260,16 @@ class Mp4Writer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class WebmAlphaWriter(Mp4Writer):
+    """RGBA frames as VP9 with alpha into a WebM, and the audio as Opus (48 kHz)."""
+
+    container, video_codec, pix_fmt, frame_format, audio_codec = "webm", "libvpx-vp9", "yuva420p", "rgba", "libopus"
+
+    def _video_options(self, crf: int) -> dict[str, str]:
+        # constant quality (b=0 with a CRF); libvpx's realtime speed 8 keeps a CPU render from waiting on the encoder
+        return {"crf": str(max(crf, 24)), "b": "0", "deadline": "realtime", "cpu-used": "8", "row-mt": "1"}
+
+    def _audio_rate(self, source_rate: int) -> int:
+        return 48000  # what Opus takes; the resampler converts

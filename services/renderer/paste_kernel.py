@@ -33,9 +33,10 @@ from . import _paste
 
 F32 = np.float32
 
-# How each channel is written: blended into the frame (ORIGINAL and GREEN backgrounds), or the warped render with
-# the warped mask as alpha on a transparent frame (RGBA).
-BLEND, RGBA = 0, 1
+# How each channel is written: blended into the frame (ORIGINAL background); the warped render with the warped mask
+# as alpha on a transparent frame (RGBA, an avatar without a person matte); blended into the RGB of an RGBA frame
+# whose alpha, the avatar's person matte, stays (BLEND_KEEP_ALPHA: transparent and green backgrounds).
+BLEND, RGBA, BLEND_KEEP_ALPHA = 0, 1, 2
 
 
 def bilinear_weights() -> np.ndarray:
@@ -61,7 +62,7 @@ def ones_rect(mask: np.ndarray) -> np.ndarray:
 
 
 def paste(render: np.ndarray, mask: np.ndarray, ones: np.ndarray, grid, frame: np.ndarray, mode: int = BLEND) -> None:
-    """Paste into `grid.box` of `frame` (uint8 [H, W, 3], or [H, W, 4] in RGBA mode; C-contiguous, written in place)
+    """Paste into `grid.box` of `frame` (uint8 [H, W, 3], or [H, W, 4] in the RGBA modes; C-contiguous, in place)
     from a `BoxGrid` (services.renderer.putback) and the mask's `ones_rect`; releases the GIL."""
     if render.shape[:2] != mask.shape[:2] or render.shape[2:] != (3,):
         raise ValueError(f"render {render.shape} does not match the mask {mask.shape} (expected [h, w, 3])")

@@ -14,11 +14,14 @@ which is exactly what the full-frame formula gives there.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import enum
 import threading
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
 from cachetools import LRUCache
 
@@ -29,11 +32,15 @@ F32 = np.float32
 
 
 class Background(enum.IntEnum):
-    """What the face is pasted onto (values as in `ditto.v1.Background`; 0 means ORIGINAL)."""
+    """What the face is pasted onto (values as in `ditto.v1.Background`; 0 means ORIGINAL).
+
+    TRANSPARENT and GREEN cut along the avatar's alpha (its person matte with room for the head, `avatar/matte.py`):
+    the frame is pasted as for ORIGINAL, then the alpha is its fourth channel (RGBA) or blends it onto green. An
+    avatar without a matte (face models off) cuts along the warped feather mask: the face crop only."""
 
     ORIGINAL = 1
-    TRANSPARENT = 2  # RGBA, the face only, with the feather mask as alpha
-    GREEN = 3        # a pure green frame, for chroma keying
+    TRANSPARENT = 2  # RGBA: the person cut out
+    GREEN = 3        # the person on pure green, for chroma keying
 
 
 GREEN_RGB = (0, 255, 0)
@@ -63,6 +70,19 @@ def feather_mask(width: int = 512, height: int = 512, ratio_w: float = 0.9, rati
     mask[y2:, :x1] = corner(np.linspace(1, 0, x1), np.linspace(0, 1, height - y2))
     mask[y2:, x2:] = corner(np.linspace(0, 1, width - x2), np.linspace(0, 1, height - y2))
     return mask
+
+
+def over_green(rgba: np.ndarray) -> np.ndarray:
+    """RGBA uint8 -> RGB uint8 on pure green (`on_green`)."""
+    return on_green(np.ascontiguousarray(rgba[..., :3]), np.ascontiguousarray(rgba[..., 3]))
+
+
+def on_green(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """RGB uint8 with alpha uint8 -> RGB uint8 on pure green: c * a / 255 (+ 255 - a in the green channel), rounded
+    (OpenCV's saturating arithmetic)."""
+    out = cv2.multiply(rgb, cv2.merge([alpha, alpha, alpha]), scale=1 / 255)
+    out[..., 1] = cv2.add(np.ascontiguousarray(out[..., 1]), 255 - alpha)  # g * a / 255 <= a: never saturates
+    return out
 
 
 def blend(mask_w: np.ndarray, render_w: np.ndarray, frame: np.ndarray) -> np.ndarray:
@@ -193,14 +213,53 @@ class PutBack:
     """Pastes renders into frames. The sampling grid of each (matrix, frame size) is cached: a source has one
     matrix per frame, and an entry is a few kilobytes (four int32 vectors along the box's sides, 13 KB for a face
     on a 1080p frame), so the default 32 MiB hold the grids of a 1080p video source of over 2000 frames; the cache
-    is bounded by those bytes. The per-frame cost is one pass over the face box (`paste_kernel`)."""
+    is bounded by those bytes. The per-frame cost is one pass over the face box (`paste_kernel`).
 
-    def __init__(self, mask: np.ndarray | None = None, cache_bytes: int = 32 << 20):
+    Transparent and green backgrounds with the avatar's alpha: outside the face box the output depends on the
+    source frame alone (the frame with its alpha, or that on green), so it is made once per source frame and kept
+    (`cut_bytes`, least recently used out; 256 MiB hold 32 1080p source frames); a frame is a copy of it with the
+    face box pasted over."""
+
+    def __init__(self, mask: np.ndarray | None = None, cache_bytes: int = 32 << 20, cut_bytes: int = 256 << 20):
         self.mask = np.ascontiguousarray(feather_mask() if mask is None else np.asarray(mask, dtype=F32))  # [512, 512]
         self._mask_ones = paste_kernel.ones_rect(self.mask)
         self._grids: LRUCache[tuple[bytes, int, int], BoxGrid] = LRUCache(cache_bytes, getsizeof=_grid_bytes)
+        # (id(frame), id(alpha), background) -> (frame, alpha, the cut-out source frame); holding the arrays keeps
+        # their ids from being reused while the entry lives
+        self._cuts: LRUCache[tuple[int, int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = LRUCache(
+            cut_bytes, getsizeof=lambda v: v[2].nbytes)
         self._lock = threading.Lock()  # render_many may paste from several threads
         self._device_masks: dict[str, Any] = {}
+
+    def _cut(self, frame: np.ndarray, alpha: np.ndarray, background: Background) -> np.ndarray:
+        """The source frame cut out along its alpha: RGBA (transparent) or RGB on green; cached, do not write to it."""
+        key = (id(frame), id(alpha), int(background))
+        with self._lock:
+            hit = self._cuts.get(key)
+        if hit is not None and hit[0] is frame and hit[1] is alpha:
+            return hit[2]
+        if background == Background.TRANSPARENT:
+            cut = cv2.merge([*cv2.split(frame), alpha])
+        else:
+            cut = on_green(np.ascontiguousarray(frame), alpha)
+        with self._lock, contextlib.suppress(ValueError):  # larger than the whole cache: not kept
+            self._cuts[key] = (frame, alpha, cut)
+        return cut
+
+    def _paste_cut(self, frame: np.ndarray, render: np.ndarray, grid: BoxGrid, alpha: np.ndarray,
+                   background: Background) -> np.ndarray:
+        out = self._cut(frame, alpha, background).copy()
+        if grid.empty:
+            return out
+        if background == Background.TRANSPARENT:  # the RGB blended as for ORIGINAL, the alpha left as it is
+            paste_kernel.paste(render, self.mask, self._mask_ones, grid, out, paste_kernel.BLEND_KEEP_ALPHA)
+            return out
+        y0, y1, x0, x1 = grid.box  # green: the face box blended as for ORIGINAL, then onto green
+        box = np.ascontiguousarray(frame[y0:y1, x0:x1])
+        paste_kernel.paste(render, self.mask, self._mask_ones, dataclasses.replace(grid, box=(0, y1 - y0, 0, x1 - x0)),
+                           box, paste_kernel.BLEND)
+        out[y0:y1, x0:x1] = on_green(box, np.ascontiguousarray(alpha[y0:y1, x0:x1]))
+        return out
 
     def grid(self, m_c2o: np.ndarray, width: int, height: int) -> BoxGrid:
         m, key = _matrix_key(m_c2o, width, height)
@@ -213,13 +272,17 @@ class PutBack:
         return grid
 
     def __call__(self, frame: np.ndarray, render: np.ndarray, m_c2o: np.ndarray,
-                 options: PasteOptions = PasteOptions()) -> np.ndarray:
+                 options: PasteOptions = PasteOptions(), alpha: np.ndarray | None = None) -> np.ndarray:
         """frame: uint8 [H, W, 3] RGB; render: float32 [512, 512, 3] in [0, 255] -> uint8 [H, W, 3] (RGBA [H, W, 4]
-        for a transparent background, [512, 512, 3|4] when not pasting back)."""
+        for a transparent background, [512, 512, 3|4] when not pasting back). `alpha` (uint8 [H, W], the avatar's
+        person matte) is what transparent and green backgrounds cut along; without it, the feather mask."""
+        keyed = options.background in (Background.TRANSPARENT, Background.GREEN)
         if not options.paste_back:
-            return self.crop_only(render, options.background)
+            return self.crop_only(render, options.background, alpha if keyed else None, m_c2o)
         height, width = frame.shape[:2]
         grid = self.grid(m_c2o, width, height)
+        if keyed and alpha is not None:
+            return self._paste_cut(frame, render, grid, alpha, options.background)
         if options.background == Background.TRANSPARENT:
             out = np.zeros((height, width, 4), dtype=np.uint8)
             mode = paste_kernel.RGBA
@@ -256,8 +319,14 @@ class PutBack:
         out[y0:y1, x0:x1] = b.clamp_(0, 255).to(torch.uint8)
         return out
 
-    def crop_only(self, render: np.ndarray, background: Background) -> np.ndarray:
+    def crop_only(self, render: np.ndarray, background: Background, alpha: np.ndarray | None = None,
+                  m_c2o: np.ndarray | None = None) -> np.ndarray:
         img = np.clip(render, 0, 255).astype(np.uint8)
+        if alpha is not None and m_c2o is not None:  # the matte as the crop sees it
+            m_o2c = np.linalg.inv(np.asarray(m_c2o, np.float64))[:2]
+            a = cv2.warpAffine(alpha, m_o2c, img.shape[1::-1], flags=cv2.INTER_LINEAR)
+            rgba = np.concatenate([img, a[..., None]], axis=-1)
+            return rgba if background == Background.TRANSPARENT else over_green(rgba)
         if background == Background.TRANSPARENT:
             alpha = (self.mask[..., None] * F32(255)).astype(np.uint8)
             return np.concatenate([img, alpha], axis=-1)

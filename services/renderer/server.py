@@ -26,6 +26,7 @@ from ditto import codec, rpc
 from ditto.stage_runtime import MicroBatcher, run_for_call
 from ditto_client.v1 import common_pb2, renderer_pb2, renderer_pb2_grpc
 
+from .avatar.framing import FaceReport
 from .avatar.register import (
     MediaError,
     NoFaceError,
@@ -45,7 +46,22 @@ def registration_response(core: RendererCore, request: renderer_pb2.RegisterSour
                                        is_video=avatar.is_video)
     return renderer_pb2.RegisterSourceResponse(
         avatar_id=avatar.avatar_id, width=avatar.width, height=avatar.height, source_frames=avatar.num_frames,
-        motion_info=info, already_registered=known)
+        motion_info=info, already_registered=known, face=face_report(avatar.report))
+
+
+def face_report(report: FaceReport | None) -> common_pb2.FaceReport:
+    """What registration found, as the wire's `FaceReport` (empty for an avatar cached before reports existed)."""
+    if report is None:
+        return common_pb2.FaceReport()
+    msg = common_pb2.FaceReport(
+        face_models=report.face_models, models=report.models, faces_found=report.faces_found,
+        crop=common_pb2.CropSquare(center_x=report.crop_center[0], center_y=report.crop_center[1],
+                                   size=report.crop_size, rotation_deg=report.crop_rotation_deg),
+        eye_open=list(report.eye_open or ()), person_matte=report.person_matte, warnings=report.warnings)
+    if report.face_box is not None:
+        x0, y0, x1, y1 = report.face_box
+        msg.face_box.CopyFrom(common_pb2.CropBox(x0=x0, y0=y0, x1=x1, y1=y1))
+    return msg
 
 
 class RendererServicer(renderer_pb2_grpc.RendererServicer):

@@ -7,7 +7,7 @@
     POST   /whip/<session>/interrupt   the avatar stops what it is saying
     POST   /whip/<session>/emotion     {"emotion": "happy"}
     GET    /whip/<session>             live figures: fps, latency, audio-video offset, state
-    POST   /avatars                    body: image or short video bytes -> {"avatar_id", "width", "height"}
+    POST   /avatars                    body: image or short video bytes -> {"avatar_id", "width", "height", "face"}
     GET    /  (the page)   GET /config   GET /healthz   GET /readyz
 
 The tenant's API key travels on every request as `x-api-key` (or `Authorization: Bearer`) and goes to the service
@@ -25,6 +25,7 @@ from typing import Any
 
 import grpc
 from aiohttp import web
+from google.protobuf import json_format
 
 from ditto import telemetry
 from ditto_client import EMOTIONS, AsyncAvatarClient
@@ -216,8 +217,12 @@ class Gateway:
             except grpc.aio.AioRpcError as err:
                 return error(HTTP_OF_GRPC.get(err.code(), 502), f"the avatar service refused the portrait: "
                                                                  f"{err.details()}")
+        # what registration found (face and crop boxes in the registered frame's pixels, models, eye openness,
+        # warnings): the page draws the crop over the portrait
+        face = json_format.MessageToDict(r.face, preserving_proto_field_name=True,
+                                         always_print_fields_with_no_presence=True)
         return web.json_response({"avatar_id": r.avatar_id, "width": r.width, "height": r.height,
-                                  "already_registered": r.already_registered})
+                                  "already_registered": r.already_registered, "face": face})
 
     async def config(self, request: web.Request) -> web.Response:
         servers = [{"urls": x.urls, **({"username": x.username, "credential": x.credential.get_secret_value()}

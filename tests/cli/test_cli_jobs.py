@@ -106,3 +106,26 @@ def test_help_lists_every_command():
     r = ditto("--help")
     for cmd in ("render", "serve", "up", "converse", "features", "weights", "prepare", "train", "worker", "demo"):
         assert cmd in r.stdout, f"ditto {cmd} missing from --help"
+
+
+def test_render_cuts_the_person_out_onto_a_transparent_webm(inputs, tmp_path):
+    face, _ = inputs
+    speech = tmp_path / "short.wav"
+    t = np.arange(int(16000 * 0.5)) / 16000
+    wavfile.write(speech, 16000, (0.3 * np.sin(2 * np.pi * 180 * t)).astype(np.float32))
+    refused = ditto("render", "--avatar", str(face), "--audio", str(speech), "--out", str(tmp_path / "o.mp4"),
+                    "--background", "transparent", "--profile", "tiny")
+    assert refused.returncode == 2 and "needs a .webm output" in refused.stderr
+    out = tmp_path / "cut.webm"
+    r = ditto("render", "--avatar", str(face), "--audio", str(speech), "--out", str(out), "--background",
+              "transparent", "--profile", "tiny")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "note: the face is small" in r.stderr  # registration's warnings reach the user
+    with av.open(str(out)) as c:
+        assert c.streams.video[0].codec_context.name == "vp9" and c.streams.audio[0].codec_context.name == "opus"
+        decoder = av.CodecContext.create("libvpx-vp9", "r")  # FFmpeg's own VP9 decoder drops the alpha plane
+        frames = [f.to_ndarray(format="rgba") for p in c.demux(c.streams.video[0]) for f in decoder.decode(p)]
+    assert len(frames) == math.ceil(0.5 * 25) and frames[0].shape == (160, 192, 4)
+    alpha = frames[0][..., 3]
+    assert alpha[:20, :20].max() < 32 and alpha[:20, -20:].max() < 32   # flag and shuttle: cut away (VP9 is lossy)
+    assert alpha[95:120, 40:70].min() > 223                              # her suit, below the face crop: kept

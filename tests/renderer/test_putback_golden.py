@@ -6,7 +6,16 @@ import cv2
 import numpy as np
 import pytest
 
-from services.renderer.putback import Background, BoxGrid, PasteOptions, PutBack, WarpTable, blend, feather_mask
+from services.renderer.putback import (
+    Background,
+    BoxGrid,
+    PasteOptions,
+    PutBack,
+    WarpTable,
+    blend,
+    feather_mask,
+    over_green,
+)
 from tests.conftest import golden_case
 
 
@@ -127,6 +136,10 @@ def _pastes_like_the_whole_frame_warp(pb: PutBack, rng: np.random.Generator, cas
         for bg in (Background.ORIGINAL, Background.TRANSPARENT):
             np.testing.assert_array_equal(pb(frame, render, m, PasteOptions(background=bg)),
                                           _whole_frame_paste(pb, frame, render, m, bg), err_msg=f"{k} {bg}")
+        alpha = rng.integers(0, 256, (480, 640), dtype=np.uint8)  # blend keeping the avatar's alpha
+        rgba = pb(frame, render, m, PasteOptions(background=Background.TRANSPARENT), alpha)
+        np.testing.assert_array_equal(rgba[..., :3], _whole_frame_paste(pb, frame, render, m), err_msg=f"{k} alpha")
+        np.testing.assert_array_equal(rgba[..., 3], alpha)
     return on_frame
 
 
@@ -147,6 +160,40 @@ def test_box_only_paste_back_is_byte_identical_to_the_whole_frame_warp(size):
         for bg in (Background.ORIGINAL, Background.GREEN, Background.TRANSPARENT):
             got = pb(frame, render, m, PasteOptions(background=bg))
             np.testing.assert_array_equal(got, _whole_frame_paste(pb, frame, render, m, bg), err_msg=f"{k} {bg}")
+
+
+@pytest.mark.parametrize("size", [(512, 512), (1080, 1920)], ids=["512", "1080p"])
+def test_backgrounds_cut_along_the_avatars_alpha(size):
+    """With the avatar's alpha (its person matte), transparent is the ORIGINAL paste with that alpha as the fourth
+    channel, byte for byte (the kernel's blend-keeping-alpha mode against the whole-frame warp), and green is it
+    composited onto green by c * a / 255 (+ 255 - a in green), rounded."""
+    rng = np.random.default_rng(11)
+    h, w = size
+    pb = PutBack()
+    for k in range(3):
+        render = rng.uniform(-20, 275, (512, 512, 3)).astype(np.float32)
+        frame = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        alpha = rng.integers(0, 256, (h, w), dtype=np.uint8)
+        s, th = rng.uniform(0.3, 2.2) * min(h, w) / 512, rng.uniform(-0.6, 0.6)
+        cx, cy = rng.uniform(-0.2, 1.2) * w, rng.uniform(-0.2, 1.2) * h
+        m = np.array([[s * np.cos(th), -s * np.sin(th), cx - 256 * s], [s * np.sin(th), s * np.cos(th), cy - 256 * s],
+                      [0, 0, 1]], dtype=np.float32)
+        rgba = pb(frame, render, m, PasteOptions(background=Background.TRANSPARENT), alpha)
+        np.testing.assert_array_equal(rgba[..., :3], _whole_frame_paste(pb, frame, render, m), err_msg=str(k))
+        np.testing.assert_array_equal(rgba[..., 3], alpha)
+        green = pb(frame, render, m, PasteOptions(background=Background.GREEN), alpha)
+        a = rgba[..., 3:].astype(np.float64)
+        want = np.floor(rgba[..., :3] * a / 255 + 0.5)
+        want[..., 1] += 255 - a[..., 0]
+        assert np.abs(green.astype(np.int64) - want).max() <= 1  # OpenCV's rounding of the scaled product
+        np.testing.assert_array_equal(green, over_green(rgba))
+        assert (green[alpha == 0] == (0, 255, 0)).all()
+        np.testing.assert_array_equal(green[alpha == 255], rgba[..., :3][alpha == 255])
+    # ORIGINAL ignores the alpha; without a crop the matte is warped into the crop
+    np.testing.assert_array_equal(pb(frame, render, m, PasteOptions(), alpha), _whole_frame_paste(pb, frame, render, m))
+    crop = pb(frame, render, m, PasteOptions(paste_back=False, background=Background.TRANSPARENT), alpha)
+    m_o2c = np.linalg.inv(m.astype(np.float64))[:2]
+    np.testing.assert_array_equal(crop[..., 3], cv2.warpAffine(alpha, m_o2c, (512, 512), flags=cv2.INTER_LINEAR))
 
 
 def test_box_only_paste_back_on_the_real_golden_frame():
@@ -238,7 +285,7 @@ def test_the_compiled_kernel_refuses_arguments_that_do_not_fit_and_writes_nothin
     for change in (dict(render=render[:256]), dict(render_hw=(512, 1024)), dict(mask=pb.mask[:100]),
                    dict(row_x=grid.row_x[:-1]), dict(col_y=grid.col_y[1:]), dict(weights=WEIGHTS[:100]),
                    dict(box=(y0, 121, x0, x1)), dict(box=(-1, y1, x0, x1)), dict(frame_shape=(120, 160, 4)),
-                   dict(frame=frame[:60]), dict(mode=1), dict(mode=7), dict(render_hw=(1, 1)),
+                   dict(frame=frame[:60]), dict(mode=1), dict(mode=2), dict(mode=7), dict(render_hw=(1, 1)),
                    dict(col_x=np.ascontiguousarray(grid.col_x[::-1] * np.where(np.arange(x1 - x0) % 2, 1, -1)
                                                    .astype(np.int32)))):
         with pytest.raises(ValueError, match="paste_box"):

@@ -343,3 +343,45 @@ async def test_render_rpc_returns_an_mp4_with_video_and_audio(tmp_path):
             assert c.streams.audio and c.streams.video
             n = sum(1 for _ in c.decode(video=0))
         assert n == 40 and progress and progress[-1] == 40
+
+
+async def test_registration_reports_what_it_found_and_transparent_cuts_out_the_person():
+    """The default face models (MediaPipe) on the real photograph through the public API: RegisterAvatar and
+    GetAvatar report the face, the crop and the warnings; a photograph without a face is refused unless the client
+    gives a crop box; a transparent frame keeps the whole person (the suit, far outside the face crop) opaque and
+    the background clear."""
+    import cv2
+    from skimage import data
+
+    async with embedded_service() as (stub, _):
+        avatar = await _register(stub)
+        face = avatar.face
+        assert face.face_models == "mediapipe" and face.faces_found == 1 and face.person_matte
+        assert "face_landmark.tflite" in face.models and "selfie_segmentation.tflite" in face.models
+        box, crop = face.face_box, face.crop
+        assert 40 < box.x0 < box.x1 < 100 and 5 < box.y0 < box.y1 < 60, box  # her face in the 160x128 portrait
+        assert box.x0 < crop.center_x < box.x1 and abs(crop.rotation_deg) < 10 and crop.size > box.x1 - box.x0
+        assert len(face.eye_open) == 2 and min(face.eye_open) > 0.25
+        assert any(w.startswith("the face is small") for w in face.warnings), face.warnings
+        got = await stub.GetAvatar(avatar_pb2.GetAvatarRequest(avatar_id=avatar.avatar_id))
+        assert got.face == face
+
+        coffee = cv2.imencode(".png", data.coffee()[:, :, ::-1])[1].tobytes()
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.RegisterAvatar(avatar_pb2.RegisterAvatarRequest(media=coffee, filename="coffee.png"))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "no face found" in err.value.details()
+        boxed = await stub.RegisterAvatar(avatar_pb2.RegisterAvatarRequest(
+            media=coffee, filename="coffee.png", crop=common_pb2.CropOptions(box=common_pb2.CropBox(
+                x0=150, y0=50, x1=450, y1=350))))
+        assert boxed.face.face_box.x1 == 450 and any("no face found inside" in w for w in boxed.face.warnings)
+
+        cfg = config(avatar.avatar_id, output=common_pb2.OutputOptions(
+            encoding=common_pb2.FRAME_ENCODING_RAW_RGB, background=common_pb2.BACKGROUND_TRANSPARENT,
+            paste_back=True))
+        out, code, _ = await collect(stub, requests(cfg, chunks(speech_pcm16(0.4))))
+        assert code == grpc.StatusCode.OK
+        frame = frames_of(out)[0]
+        rgba = np.frombuffer(frame.data, np.uint8).reshape(frame.height, frame.width, 4)
+        assert rgba[5, 5, 3] == 0 and rgba[5, 150, 3] == 0             # flag and wall: cut away
+        assert rgba[110, 60, 3] == 255 and rgba[100, 100, 3] == 255    # the suit, below the face crop: kept
+        assert rgba[int(crop.center_y), int(crop.center_x), 3] == 255  # the face

@@ -5,6 +5,7 @@ browser download) with a fake microphone playing a WAV file, against `ditto webr
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -87,6 +88,41 @@ def quota_is_free(address: str) -> bool:
     return False
 
 
+def check_framing_is_drawn(page) -> None:
+    """The page draws what registration found over the uploaded portrait: the crop square (turned by the face's
+    roll) and the face box, in their colours, at the coordinates the service reported; and lists the warnings."""
+    page.wait_for_function("window.ditto.preview !== null", timeout=30_000)
+    face = page.evaluate("window.ditto.registration.face")
+    assert face["face_models"] == "mediapipe" and face["faces_found"] == 1, face
+    scale = page.evaluate("window.ditto.preview.scale")
+    pixels = page.evaluate("""() => { const c = document.getElementById('preview');
+        const data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        return {w: c.width, h: c.height, data: Array.from(data)}; }""")
+    w, h = pixels["w"], pixels["h"]
+
+    def near(x: float, y: float, colour: tuple[int, int, int]) -> bool:
+        """Some pixel within 1 px of (x, y) has about this colour (the strokes are 2 px wide, anti-aliased)."""
+        for yy in range(int(y) - 1, int(y) + 2):
+            for xx in range(int(x) - 1, int(x) + 2):
+                if 0 <= xx < w and 0 <= yy < h:
+                    r, g, b = pixels["data"][4 * (yy * w + xx): 4 * (yy * w + xx) + 3]
+                    if all(abs(v - c) < 60 for v, c in zip((r, g, b), colour, strict=True)):
+                        return True
+        return False
+
+    crop, box = face["crop"], face["face_box"]
+    a, half = math.radians(crop["rotation_deg"]), crop["size"] * scale / 2
+    cx, cy = crop["center_x"] * scale, crop["center_y"] * scale
+    left = (cx - half * math.cos(a), cy - half * math.sin(a))      # the square's left and bottom edges' middles
+    bottom = (cx - half * math.sin(a), cy + half * math.cos(a))    # (its top lies above this small portrait)
+    crop_colour, face_colour = (255, 212, 0), (48, 208, 255)
+    assert near(*left, crop_colour) and near(*bottom, crop_colour), (left, bottom, crop)
+    assert not near(cx, cy, crop_colour)
+    assert near(box["x0"] * scale, (box["y0"] + box["y1"]) / 2 * scale, face_colour), box
+    info = page.inner_text("#faceInfo")
+    assert "face models: mediapipe" in info and "the face is small" in info, info
+
+
 # CI (CI=true) installs chromium in .ci/run, so there a missing browser fails the test instead of skipping it
 def wait_for_free_quota(address: str, timeout: float = 15) -> None:
     deadline = time.monotonic() + timeout
@@ -117,6 +153,7 @@ def test_page_talks_to_the_avatar_in_a_real_browser(stack, tmp_path):
             # upload the portrait (RegisterAvatar through the gateway)
             page.set_input_files("#portrait", str(portrait))
             page.wait_for_function("document.getElementById('avatarId').value.length > 0", timeout=120_000)
+            check_framing_is_drawn(page)
             page.select_option("#emotion", "happy")
 
             # start: the fake microphone plays the WAV; at least 20 frames must be decoded for its 3 s of speech

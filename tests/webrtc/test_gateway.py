@@ -335,6 +335,9 @@ async def test_portrait_upload_is_bounded_and_refusals_are_explained():
             r = await http.post(f"{url}/avatars", data=portrait_png(), headers=key)
             avatar = await r.json()
             assert r.status == 200 and (avatar["width"], avatar["height"]) == (160, 128), avatar
+            face = avatar["face"]  # what registration found, for the page to draw
+            assert face["faces_found"] == 1 and set(face["crop"]) == {"center_x", "center_y", "size", "rotation_deg"}
+            assert face["face_box"]["x1"] > face["face_box"]["x0"] and len(face["eye_open"]) == 2
             r = await http.get(f"{url}/config")
             assert "happy" in (await r.json())["emotions"]
             r = await http.get(f"{url}/readyz")

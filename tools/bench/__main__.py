@@ -19,6 +19,7 @@ PARTS = {
     "motion": "tools.bench.motion",
     "renderer": "tools.bench.renderer",
     "postprocess": "tools.bench.postprocess",
+    "matte": "tools.bench.matte",  # the person matte: per source frame at registration, per output frame
     "onnxruntime": "tools.bench.onnxruntime",
     "serving": "tools.bench.serving",
     "bus_reliability": "tools.bench.bus_reliability",

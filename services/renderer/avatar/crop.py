@@ -19,7 +19,29 @@ F32 = np.float32
 _ANCHORS = {
     203: ((0, 6, 12, 18), (24, 30, 36, 42), (48, 66)),
     106: ((33, 35, 40, 39), (87, 89, 94, 93), (52, 61)),
+    # MediaPipe's 468-point mesh (and the 478 with irises): per eye its two corners and the lid midpoints, the
+    # inner lips' midpoints; the same roles as the 4 eye points and 2 lip points of the 203-point layout
+    468: ((33, 133, 159, 145), (263, 362, 386, 374), (13, 14)),
 }
+
+# The mesh points that stand in for the 203-point layout's extent. The mesh also covers the forehead up to the hair
+# line, which the 203 (and 106) points do not: their outline runs from ear to ear along the jaw, and their highest
+# points are the brows. So the rule takes the jaw line (234 -> chin 152 -> 454), the brows, the eyes, the nose and
+# the lips: the same extent, hence the same crop scale (2.3) and vertical offset (-0.125) as the reference's.
+MESH_EXTENT = (
+    # jaw line, from the right cheek (image left) at eye height round the chin to the left cheek
+    234, 93, 132, 58, 172, 136, 150, 149, 176, 148, 152, 377, 400, 378, 379, 365, 397, 288, 361, 323, 454,
+    # brows (upper and lower edges)
+    70, 63, 105, 66, 107, 46, 53, 52, 65, 55, 300, 293, 334, 296, 336, 276, 283, 282, 295, 285,
+    # eyes
+    33, 7, 163, 144, 145, 153, 154, 155, 133, 246, 161, 160, 159, 158, 157, 173,
+    263, 249, 390, 373, 374, 380, 381, 382, 362, 466, 388, 387, 386, 385, 384, 398,
+    # nose ridge and wings
+    168, 6, 197, 195, 5, 4, 1, 2, 98, 327,
+    # lips, outer and inner
+    61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39, 40, 185,
+    78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 415, 310, 311, 312, 13, 82, 81, 80, 191,
+)
 
 
 @dataclass(frozen=True)
@@ -57,10 +79,12 @@ class Crop:
 
 
 def anchor_points(pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(eye centre, lip centre), float32 [2] each, for a 203- or 106-point layout."""
+    """(eye centre, lip centre), float32 [2] each, for a 203- or 106-point layout or a 468/478-point mesh."""
     n = pts.shape[0]
+    if n == 478:
+        n = 468  # the mesh with the 10 iris points after its own 468
     if n not in _ANCHORS:
-        raise ValueError(f"landmarks must have 203 or 106 points, got {n}")
+        raise ValueError(f"landmarks must have 203, 106, 468 or 478 points, got {n}")
     left, right, lip = _ANCHORS[n]
     eye = (np.mean(pts[list(left)], axis=0) + np.mean(pts[list(right)], axis=0)) / 2
     mouth = (pts[lip[0]] + pts[lip[1]]) / 2
@@ -68,9 +92,12 @@ def anchor_points(pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def rect_from_landmarks(pts: np.ndarray, scale: float, vy_ratio: float) -> Rect:
-    """The scaled square around all landmarks, in the face's own (roll-corrected) axes."""
+    """The scaled square around all landmarks, in the face's own (roll-corrected) axes. A 468/478-point mesh counts
+    with its `MESH_EXTENT` points (the 203-point layout's extent)."""
     pts = np.asarray(pts, dtype=F32)
     eye, lip = anchor_points(pts)
+    if pts.shape[0] in (468, 478):
+        pts = pts[list(MESH_EXTENT)]
     uy = lip - eye
     norm = np.linalg.norm(uy)
     uy = np.array([0, 1], dtype=F32) if norm <= 1e-3 else uy / norm

@@ -1,8 +1,8 @@
 """Eye state of the source: openness [2] and eye-ball offset [6] from the 478-point face mesh (docs/model.md §6.4).
 
-The mesh itself (MediaPipe FaceMesh with irises) is an optional auxiliary model. `MeshProvider` runs it when
-available; without it the features fall back to `DEFAULT_EYE_OPEN` / `DEFAULT_EYE_BALL` (eyes open, looking
-straight ahead), which the condition vector accepts like measured values.
+The mesh comes from MediaPipe's face mesh and iris models (`faces.py`, the default), or from the official weights'
+face-landmarker models (`sessions.py`); without any, the features fall back to `DEFAULT_EYE_OPEN` /
+`DEFAULT_EYE_BALL` (eyes open, looking straight ahead), which the condition vector accepts like measured values.
 """
 
 from __future__ import annotations
@@ -15,6 +15,9 @@ EPS = 1e-8
 # Neutral values used when no face mesh model is available: an open eye (lid distances summed over three lid
 # pairs are about 0.6 of the eye width on a relaxed open eye) and the iris centred between the corners.
 DEFAULT_EYE_OPEN = np.array([0.6, 0.6], dtype=F32)
+# Below this an eye counts as closed: the three lid distances of a shut eye sum to a small fraction of its width (an
+# open eye measures 0.6 to 1.2; the astronaut portrait 1.1).
+CLOSED_EYE_OPENNESS = 0.25
 DEFAULT_EYE_BALL = np.zeros(6, dtype=F32)
 
 # MediaPipe mesh indices: (outer corner, inner corner, three (lower, upper) lid pairs, iris centre).

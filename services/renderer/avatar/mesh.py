@@ -1,4 +1,5 @@
-"""The 478-point face mesh from the official ONNX pair `blaze_face.onnx` + `face_mesh.onnx` (docs/model.md §6.4).
+"""BlazeFace decoding (`BlazeFace`, for any runtime: the MediaPipe .tflite in LiteRT, `faces.py`, or an ONNX export)
+and the 478-point face mesh from the official ONNX pair `blaze_face.onnx` + `face_mesh.onnx` (docs/model.md §6.4).
 
 This is the MediaPipe face-landmarker pipeline without MediaPipe:
 
@@ -151,7 +152,8 @@ def decode(regressors: np.ndarray, logits: np.ndarray, anchors: np.ndarray,
     Box centre and keypoints are offsets from the anchor centre, sizes absolute, all in input pixels (scale 128)."""
     s = float(cfg.anchors.input_size)
     reg = np.asarray(regressors, dtype=F32).reshape(len(anchors), 4 + 2 * cfg.num_keypoints)
-    scores = 1.0 / (1.0 + np.exp(-np.clip(np.asarray(logits, dtype=F32).reshape(-1), -cfg.score_clip, cfg.score_clip)))
+    clipped = np.clip(np.asarray(logits, dtype=np.float64).reshape(-1), -cfg.score_clip, cfg.score_clip)
+    scores = (1.0 / (1.0 + np.exp(-clipped))).astype(F32)
     keep = scores >= cfg.min_score
     reg, a, scores = reg[keep], anchors[keep], scores[keep]
     centre = reg[:, :2] / s + a
@@ -240,6 +242,44 @@ def _pick(outputs: list[np.ndarray], names: list[str], size: int, prefer: str | 
     raise ValueError(f"no model output with {size} values among {shapes}")
 
 
+class BlazeFace:
+    """BlazeFace short-range (step 1): RGB uint8 image -> every face after weighted NMS, in image pixels, best first.
+    The session is anything with ONNX Runtime's `get_inputs`, `get_outputs` and `run` (an ONNX export, or the
+    MediaPipe .tflite through `litert.TfliteSession`)."""
+
+    def __init__(self, session: Any, cfg: DetectorConfig = DetectorConfig()):
+        self.session, self.cfg = session, cfg
+        self.input = InputSpec.of(session, cfg.anchors.input_size)
+        if self.input.size != cfg.anchors.input_size:
+            raise ValueError(f"blaze_face input is {self.input.size}x{self.input.size}; the short-range "
+                             f"anchors need {cfg.anchors.input_size}x{cfg.anchors.input_size}")
+        self.outputs = [o.name for o in session.get_outputs()]
+        self.anchors = ssd_anchors(cfg.anchors)
+
+    def letterbox(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(input [S, S, 3] uint8: the image scaled to fit and centred, zero padding; 3x3 input -> image map)."""
+        h, w = image.shape[:2]
+        size = self.input.size
+        s = min(size / w, size / h)
+        in_to_img = np.array([[1 / s, 0, -(size - s * w) / 2 / s], [0, 1 / s, -(size - s * h) / 2 / s], [0, 0, 1]])
+        x = cv2.warpAffine(image, _cv_matrix(in_to_img), (size, size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                           borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+        return x, in_to_img
+
+    def detect(self, image: np.ndarray) -> FaceDetections:
+        """All faces after NMS, in image pixels, best first."""
+        x, in_to_img = self.letterbox(image)
+        outs = self.session.run(None, self.input.feed(x, -1.0, 1.0))
+        n = len(self.anchors)
+        reg = _pick(outs, self.outputs, n * (4 + 2 * self.cfg.num_keypoints))
+        logits = _pick(outs, self.outputs, n)
+        dets = weighted_nms(decode(reg, logits, self.anchors, self.cfg), self.cfg.nms_iou)
+        size = float(self.input.size)
+        boxes = _apply(in_to_img, dets.boxes.reshape(-1, 2, 2) * size).reshape(-1, 4)
+        kps = _apply(in_to_img, dets.keypoints * size)
+        return FaceDetections(boxes.astype(F32), kps.astype(F32), dets.scores)
+
+
 class OnnxFaceMesh:
     """RGB uint8 image -> [1, 478, 3] normalised MediaPipe mesh, or None when BlazeFace finds no face.
 
@@ -250,39 +290,20 @@ class OnnxFaceMesh:
 
     def __init__(self, blaze_session: Any, mesh_session: Any, cfg: DetectorConfig = DetectorConfig(),
                  roi_scale: float = 1.5):
-        self.blaze, self.mesh, self.cfg, self.roi_scale = blaze_session, mesh_session, cfg, roi_scale
-        self.blaze_in = InputSpec.of(blaze_session, cfg.anchors.input_size)
+        self.detector = BlazeFace(blaze_session, cfg)
+        self.mesh, self.cfg, self.roi_scale = mesh_session, cfg, roi_scale
         self.mesh_in = InputSpec.of(mesh_session, 256)
-        if self.blaze_in.size != cfg.anchors.input_size:
-            raise ValueError(f"blaze_face input is {self.blaze_in.size}x{self.blaze_in.size}; the short-range "
-                             f"anchors need {cfg.anchors.input_size}x{cfg.anchors.input_size}")
-        self.blaze_out = [o.name for o in blaze_session.get_outputs()]
         self.mesh_out = [o.name for o in mesh_session.get_outputs()]
-        self.anchors = ssd_anchors(cfg.anchors)
 
-    # step 1 -------------------------------------------------------------------------------------------------
+    @property
+    def blaze_in(self) -> InputSpec:
+        return self.detector.input
+
     def letterbox(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(input [S, S, 3] uint8: the image scaled to fit and centred, zero padding; 3x3 input -> image map)."""
-        h, w = image.shape[:2]
-        size = self.blaze_in.size
-        s = min(size / w, size / h)
-        in_to_img = np.array([[1 / s, 0, -(size - s * w) / 2 / s], [0, 1 / s, -(size - s * h) / 2 / s], [0, 0, 1]])
-        x = cv2.warpAffine(image, _cv_matrix(in_to_img), (size, size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                           borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
-        return x, in_to_img
+        return self.detector.letterbox(image)
 
     def detect(self, image: np.ndarray) -> FaceDetections:
-        """All faces after NMS, in image pixels, best first."""
-        x, in_to_img = self.letterbox(image)
-        outs = self.blaze.run(None, self.blaze_in.feed(x, -1.0, 1.0))
-        n = len(self.anchors)
-        reg = _pick(outs, self.blaze_out, n * (4 + 2 * self.cfg.num_keypoints))
-        logits = _pick(outs, self.blaze_out, n)
-        dets = weighted_nms(decode(reg, logits, self.anchors, self.cfg), self.cfg.nms_iou)
-        size = float(self.blaze_in.size)
-        boxes = _apply(in_to_img, dets.boxes.reshape(-1, 2, 2) * size).reshape(-1, 4)
-        kps = _apply(in_to_img, dets.keypoints * size)
-        return FaceDetections(boxes.astype(F32), kps.astype(F32), dets.scores)
+        return self.detector.detect(image)
 
     # steps 2 and 3 ------------------------------------------------------------------------------------------
     def crop(self, image: np.ndarray, roi: Roi) -> np.ndarray:

@@ -1,14 +1,15 @@
 """Avatar registration: source media -> everything the motion stage and the renderer need (docs/model.md §6).
 
-Per source frame: find the face (detector + 106 landmarks on the first frame, the previous frame's 203 landmarks
-after that), 203 landmarks, the 512 roll-corrected crop and its `M_c2o`, the 256 extractor input, the motion
-extractor's `x_s_info`, the appearance volume `f_s`, and the eye features. Video sources get their motion info
-box-filtered over time (`smo_k_s` = 13).
+Per source frame: find the face and place the crop (`framing.py`: MediaPipe's mesh tracked frame to frame by
+default, or InsightFace's 106/203 points), the 512 roll-corrected crop and its `M_c2o`, the 256 extractor input, the
+motion extractor's `x_s_info`, the appearance volume `f_s`, the eye features and, when the person matte model is
+there, the alpha that transparent and green backgrounds cut along (`matte.py`). Video sources get their motion info
+box-filtered over time (`smo_k_s` = 13). What was found is the avatar's `report` (RegisterAvatar's answer).
 
-Without face-finding models (synthetic weights, or files missing) the crop is an explicit box when the caller
-gives one, otherwise the centred square of the frame. Results are cached per avatar under `cache_dir`, keyed by
-the media bytes, the crop settings and the identity of the weights, so registering the same avatar twice costs
-one file read.
+Without face models (DITTO_MEDIA__FACE_MODELS=none) the crop is an explicit box when the caller gives one, otherwise
+the centred square of the frame. Results are cached per avatar under `cache_dir`, keyed by the media bytes, the crop
+settings and the identity of the weights and face models, so registering the same avatar twice costs one file
+read.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import io
 import json
 import logging
 import weakref
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,8 +30,11 @@ from ditto.accel import atomic_dir
 from ditto.codec import as_numpy
 from ditto.keypoints import transform_keypoints
 
-from .crop import CropSettings, Rect, box_crop_matrix, crop_image, crop_matrix, to_input_256, warp_crop
+from ..putback import feather_mask
+from .crop import CropSettings, to_input_256, warp_crop
 from .eyes import eye_features
+from .framing import FaceReport, NoFaceError, frame_faces  # noqa: F401 (NoFaceError: raised from here)
+from .matte import with_head
 from .sessions import AuxModels
 
 log = logging.getLogger(__name__)
@@ -41,16 +44,12 @@ MOTION_KEYS = ("pitch", "yaw", "roll", "t", "exp", "scale", "kp")
 SMOOTH_KERNEL = 13   # smo_k_s
 CROP_SIZE = 512
 BATCH = 8            # source frames per extractor call
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 
 
 class MediaError(ValueError):
     """The source bytes are not a readable image or video."""
-
-
-class NoFaceError(ValueError):
-    """No face was found in the source."""
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -235,6 +234,8 @@ class Avatar:
     width: int
     height: int
     lmk203: np.ndarray | None = None      # [n, 203, 2] when landmarks were found
+    alpha: list[np.ndarray] | None = None  # per source frame uint8 [H, W]: the person matte with the head's room
+    report: FaceReport | None = None      # what registration found (RegisterAvatar's answer)
     cache_hit: bool = False
     notes: list[str] = field(default_factory=list)
 
@@ -250,6 +251,7 @@ class Avatar:
                   *(v for info in self.x_s_info for v in info.values())]
         if self.lmk203 is not None:
             arrays.append(self.lmk203)
+        arrays += self.alpha or []
         features = sum(int(f.numel()) * int(f.element_size()) for f in self.f_s)
         return sum(int(a.nbytes) for a in arrays) + features
 
@@ -320,41 +322,6 @@ def avatar_key(media: bytes, crop: CropSettings, models: Any, aux: AuxModels, te
 # registration
 
 
-def _crop_matrices(frames: Sequence[np.ndarray], crop: CropSettings,
-                   aux: AuxModels) -> tuple[list[np.ndarray], np.ndarray | None]:
-    """M_o2c per frame, and the 203 landmarks when face finding ran."""
-    if not aux.can_find_faces:
-        h, w = frames[0].shape[:2]
-        if crop.box is not None:
-            m = box_crop_matrix(crop.box, CROP_SIZE, crop.scale, crop.vy_ratio)
-        else:  # centred square of the frame, pixel-centre convention
-            side = F32(min(h, w))
-            m = crop_matrix(Rect(np.array([(w - 1) / 2, (h - 1) / 2], dtype=F32), np.array([side, side]), 0.0),
-                            CROP_SIZE, rotate=False)
-        return [m] * len(frames), None
-    assert aux.detector is not None and aux.landmark106 is not None and aux.landmark203 is not None
-    mats, lmks = [], []
-    prev: np.ndarray | None = None
-    for i, frame in enumerate(frames):
-        if prev is None:
-            box: np.ndarray | None = None
-            if crop.box is not None:
-                box = np.array([*crop.box, 1.0], dtype=F32)
-            else:
-                box = aux.detector.detect(frame).largest()
-                if box is None:
-                    where = "the image" if len(frames) == 1 else f"frame {i} of the video"
-                    raise NoFaceError(f"no face found in {where}; use a portrait with one clearly visible face, "
-                                      "or pass an explicit crop box")
-            seed = aux.landmark106(frame, box)
-        else:
-            seed = prev  # tracking: the previous frame's 203 landmarks
-        prev = aux.landmark203(frame, seed)
-        lmks.append(prev)
-        mats.append(crop_image(frame, prev, CROP_SIZE, crop.scale, crop.vy_ratio, crop.rotate).M_o2c)
-    return mats, np.stack(lmks)
-
-
 def _extract(models: Any, inputs: np.ndarray) -> tuple[dict[str, np.ndarray], list[Any]]:
     """Run the motion and appearance extractors over [n, 3, 256, 256] in batches."""
     import torch
@@ -386,14 +353,17 @@ def register_avatar(media: bytes, filename: str | None, crop: CropSettings, mode
         if cached is not None:
             return cached
     frames, is_video = load_media(media, filename, crop.max_size, crop.max_frames, limits)
-    mats, lmk203 = _crop_matrices(frames, crop, aux)
-    crops = [warp_crop(f, m, CROP_SIZE) for f, m in zip(frames, mats, strict=True)]
+    framing = frame_faces(frames, crop, aux)
+    crops = [warp_crop(f, m, CROP_SIZE) for f, m in zip(frames, framing.mats, strict=True)]
     inputs = np.concatenate([to_input_256(c.image) for c in crops])  # [n, 3, 256, 256]
     info, f_s = _extract(models, inputs)
     if is_video:
         info = {k: smooth(v) for k, v in info.items()}
-    meshes = [aux.mesh(c.image) for c in crops] if aux.mesh is not None else []
-    if meshes and all(m is not None for m in meshes):
+    meshes = [aux.mesh(c.image) for c in crops] if aux.mesh is not None and framing.eye_open is None else []
+    if framing.eye_open is not None and framing.eye_ball is not None:
+        eye_open, eye_ball = framing.eye_open, framing.eye_ball
+        notes = ["eye features: measured by the MediaPipe face mesh and iris models"]
+    elif meshes and all(m is not None for m in meshes):
         eye_open, eye_ball = eye_features(np.concatenate([m for m in meshes if m is not None]))
         notes = [f"eye features: measured by {getattr(aux.mesh, 'source', type(aux.mesh).__name__)}"]
     elif meshes:
@@ -403,6 +373,10 @@ def register_avatar(media: bytes, filename: str | None, crop: CropSettings, mode
     else:
         eye_open, eye_ball = eye_features(None, len(frames))
         notes = ["eye features: neutral defaults (no face mesh)"]
+    alpha = None
+    if aux.matte is not None:  # the person matte, with room for the moving head inside the face crop
+        feather = feather_mask()
+        alpha = [with_head(aux.matte(f), m, feather) for f, m in zip(frames, framing.mats, strict=True)]
     h, w = frames[0].shape[:2]
     avatar = Avatar(
         avatar_id=avatar_id,
@@ -411,8 +385,8 @@ def register_avatar(media: bytes, filename: str | None, crop: CropSettings, mode
         f_s=f_s,
         M_c2o=np.stack([c.M_c2o for c in crops]).astype(F32),
         eye_open=eye_open, eye_ball=eye_ball,
-        is_video=is_video, width=w, height=h, lmk203=lmk203,
-        notes=[*aux.notes, *notes],
+        is_video=is_video, width=w, height=h, lmk203=framing.lmk203, alpha=alpha, report=framing.report,
+        notes=[*aux.notes, *framing.notes, *notes],
     )
     if cache_dir is not None:
         save_cached(avatar, media, filename, crop, cache_dir)
@@ -431,12 +405,15 @@ def save_cached(avatar: Avatar, media: bytes, filename: str | None, crop: CropSe
     if avatar.lmk203 is not None:
         arrays["lmk203"] = avatar.lmk203
     meta = {"version": CACHE_VERSION, "filename": filename, "is_video": avatar.is_video,
-            "max_size": crop.max_size, "max_frames": crop.max_frames, "notes": avatar.notes}
+            "max_size": crop.max_size, "max_frames": crop.max_frames, "notes": avatar.notes,
+            "report": avatar.report.to_json() if avatar.report else None}
     # a concurrent registration of the same avatar may publish first; then its files are kept
     with atomic_dir(Path(cache_dir) / avatar.avatar_id) as tmp:
         (tmp / "media.bin").write_bytes(media)
         np.savez(tmp / "info.npz", **arrays)  # type: ignore[arg-type]
         torch.save(torch.cat([t.detach().cpu() for t in avatar.f_s]), tmp / "f_s.pt")
+        if avatar.alpha is not None:  # mostly 0 and 255: compresses to a few percent
+            np.savez_compressed(tmp / "alpha.npz", alpha=np.stack(avatar.alpha))
         (tmp / "meta.json").write_text(json.dumps(meta))
 
 
@@ -456,7 +433,12 @@ def load_cached(avatar_id: str, cache_dir: Path, models: Any, limits: MediaLimit
         with np.load(folder / "info.npz") as z:
             arrays = {k: z[k] for k in z.files}
         f_s = torch.load(folder / "f_s.pt", map_location=getattr(models, "device", "cpu"), weights_only=True)
-    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        alpha = None
+        if (folder / "alpha.npz").is_file():
+            with np.load(folder / "alpha.npz") as z:
+                alpha = list(z["alpha"])
+        report = FaceReport.from_json(meta["report"]) if meta.get("report") else None
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
         log.warning("avatar cache entry %s unreadable (%s); registering again", folder, err)
         return None
     n = len(frames)
@@ -466,6 +448,6 @@ def load_cached(avatar_id: str, cache_dir: Path, models: Any, limits: MediaLimit
         x_s_info=[{k: arrays[k][i:i + 1] for k in MOTION_KEYS} for i in range(n)],
         f_s=[f_s[i:i + 1] for i in range(n)],
         M_c2o=arrays["M_c2o"], eye_open=arrays["eye_open"], eye_ball=arrays["eye_ball"],
-        is_video=bool(meta["is_video"]), width=w, height=h, lmk203=arrays.get("lmk203"),
-        cache_hit=True, notes=list(meta.get("notes", [])),
+        is_video=bool(meta["is_video"]), width=w, height=h, lmk203=arrays.get("lmk203"), alpha=alpha,
+        report=report, cache_hit=True, notes=list(meta.get("notes", [])),
     )

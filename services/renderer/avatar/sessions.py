@@ -1,6 +1,15 @@
-"""ONNX Runtime sessions of the auxiliary models (face detector, landmark models, face mesh).
+"""The auxiliary models of registration: face finding, eyes and the person matte (`AuxModels`).
 
-They come from a weights folder in the official layout (`ditto.weights.OFFICIAL_FILES`: det_10g, landmark106,
+`AuxModels.open(choice, ...)` is what the renderer uses: the face models the deployment chose
+(`DITTO_MEDIA__FACE_MODELS`):
+- `mediapipe` (default): the four MediaPipe models (Apache-2.0) from the cache `make setup` fills
+  (`ditto.face_models`), run in LiteRT. Missing files or runtime stop the start with how to get them.
+- `insightface`: SCRFD det_10g, 2d106det and the 203-point model from the weights folder (the reference's models,
+  **non-commercial research use only**), for the crop; eyes and matte still from the MediaPipe models.
+- `none`: nothing; the crop is the client's box or the centred square, eyes neutral, no person matte.
+
+`AuxModels.load(weights)` is the reference's own set, as the training data preparation uses it: ONNX Runtime
+sessions from a weights folder in the official layout (`ditto.weights.OFFICIAL_FILES`: det_10g, landmark106,
 landmark203, face_landmarker, blaze_face, face_mesh). Fallbacks, documented because they change what registration
 does:
 - detector or either landmark model missing (or `--weights synthetic`): no face finding. Registration uses the
@@ -23,8 +32,12 @@ import numpy as np
 from ditto.weights import resolve
 
 from .detection import FaceDetector
+from .faces import MediaPipeFaces
 from .landmarks import Landmark106, Landmark203
+from .matte import PersonMatte
 from .mesh import OnnxFaceMesh
+
+FACE_MODEL_CHOICES = ("mediapipe", "insightface", "none")
 
 
 def providers(device: str = "cpu") -> list[str]:
@@ -81,16 +94,62 @@ class AuxModels:
     landmark106: Landmark106 | None = None
     landmark203: Landmark203 | None = None
     mesh: MeshProvider | OnnxFaceMesh | None = None
+    faces: MediaPipeFaces | None = None     # MediaPipe detection, mesh, tracking and eyes
+    matte: PersonMatte | None = None        # MediaPipe selfie segmentation
+    choice: str = "none"                    # the face models that place the crop (FACE_MODEL_CHOICES)
+    models: list[str] = field(default_factory=list)  # the model files, as registration reports them
     identity: str = "none"  # part of the avatar cache key: which files produced the landmarks
     notes: list[str] = field(default_factory=list)
 
     @property
     def can_find_faces(self) -> bool:
+        """The InsightFace set (SCRFD + 106 + 203 points) is there."""
         return self.detector is not None and self.landmark106 is not None and self.landmark203 is not None
 
     @classmethod
     def none(cls, reason: str = "no auxiliary models") -> AuxModels:
         return cls(notes=[reason])
+
+    @classmethod
+    def open(cls, choice: str, weights: str | Path = "synthetic", device: str = "cpu",
+             models_dir: str | Path | None = None) -> AuxModels:
+        """The face models `choice` names (see the module docstring). Raises `ditto.face_models.FaceModelsMissing`,
+        `litert.LiteRtMissing` or FileNotFoundError, each saying what to install or set."""
+        from ditto import face_models
+
+        if choice not in FACE_MODEL_CHOICES:
+            raise ValueError(f"face models must be one of {', '.join(FACE_MODEL_CHOICES)}, got {choice!r}")
+        if choice == "none":
+            aux = cls.none("face models off (DITTO_MEDIA__FACE_MODELS=none)")
+            aux.identity = "none"
+            return aux
+        paths = face_models.locate(models_dir)
+        from .litert import TfliteSession
+
+        faces = MediaPipeFaces(*(TfliteSession(paths[n]) for n in ("face_detection", "face_landmark",
+                                                                   "iris_landmark")))
+        matte = PersonMatte(TfliteSession(paths["selfie_segmentation"]))
+        mediapipe = [paths[n].name for n in face_models.MODELS]
+        ident = hashlib.sha256(f"{choice};".encode())
+        for f in face_models.MODELS.values():
+            ident.update(f.sha256.encode())
+        if choice == "insightface":
+            aux = cls.load(weights, device)
+            if not aux.can_find_faces:
+                raise FileNotFoundError(
+                    "DITTO_MEDIA__FACE_MODELS=insightface needs InsightFace's det_10g.onnx and 2d106det.onnx and the "
+                    "203-point landmark203.onnx in the weights folder (`ditto weights fetch`); their licence is "
+                    "non-commercial research only. The default, mediapipe, needs none of them. "
+                    f"({'; '.join(aux.notes)})")
+            aux.mesh = None  # the eyes come from the MediaPipe models
+            aux.models = [resolve(weights, n).name for n in ("det_10g", "landmark106", "landmark203")] + mediapipe
+            ident.update(aux.identity.encode())
+        else:
+            aux = cls(models=mediapipe)
+        aux.faces, aux.matte, aux.choice = faces, matte, choice
+        aux.identity = ident.hexdigest()[:16]
+        aux.notes.append(f"face models: {choice} ({', '.join(aux.models)})")
+        return aux
 
     @classmethod
     def load(cls, weights: str | Path, device: str = "cpu") -> AuxModels:
@@ -113,6 +172,7 @@ class AuxModels:
                 ident.update(f"{n}:{st.st_size}:{int(st.st_mtime)};".encode())
         aux.mesh = _load_mesh(weights, device, ident, aux.notes)
         aux.identity = ident.hexdigest()[:16]
+        aux.choice = "insightface" if aux.can_find_faces else "none"
         return aux
 
 

@@ -5,8 +5,9 @@
 const $ = (id) => document.getElementById(id);
 const state = {            // also read by the browser test
   pc: null, session: null, frames: 0, fpsWindow: [], stats: null, micTrack: null, audioCtx: null,
-  width: 0, height: 0, error: "",
+  width: 0, height: 0, error: "", registration: null, preview: null,
 };
+const CROP_COLOUR = "#ffd400", FACE_COLOUR = "#30d0ff";
 window.ditto = state;
 
 function headers(extra = {}) {
@@ -45,9 +46,59 @@ async function uploadPortrait() {
   const r = await fetch("/avatars", { method: "POST", headers: headers({ "Content-Type": file.type || "application/octet-stream" }), body: file });
   if (!r.ok) { status(`portrait refused (${r.status}): ${await failure(r)}`, true); return; }
   const avatar = await r.json();
+  state.registration = avatar;
   $("avatarId").value = avatar.avatar_id;
   rememberAvatar(avatar.avatar_id);
   status(`avatar ${avatar.avatar_id.slice(0, 12)}... registered, ${avatar.width}x${avatar.height}`);
+  await drawFraming(file, avatar);
+}
+
+async function firstFrame(file) {
+  // an image decodes directly; a video shows its first frame
+  try { return await createImageBitmap(file); } catch { /* not an image */ }
+  const video = document.createElement("video");
+  video.muted = true; video.src = URL.createObjectURL(file);
+  await new Promise((resolve, reject) => { video.onloadeddata = resolve; video.onerror = reject; });
+  return video;
+}
+
+// The uploaded portrait with what registration found drawn over it: the face box and the square the model sees
+// (the crop, turned by the face's roll). Coordinates are the registered frame's pixels (avatar.width x height).
+async function drawFraming(file, avatar) {
+  const face = avatar.face || {};
+  const canvas = $("preview"), ctx = canvas.getContext("2d");
+  const scale = Math.min(1, 288 / avatar.width);
+  canvas.width = Math.round(avatar.width * scale); canvas.height = Math.round(avatar.height * scale);
+  try {
+    ctx.drawImage(await firstFrame(file), 0, 0, canvas.width, canvas.height);
+  } catch {
+    ctx.fillStyle = "#333"; ctx.fillRect(0, 0, canvas.width, canvas.height);
+  }
+  ctx.lineWidth = 2;
+  if (face.face_box) {
+    const b = face.face_box;
+    ctx.strokeStyle = FACE_COLOUR;
+    ctx.strokeRect(b.x0 * scale, b.y0 * scale, (b.x1 - b.x0) * scale, (b.y1 - b.y0) * scale);
+  }
+  if (face.crop && face.crop.size) {
+    const c = face.crop;
+    ctx.save();
+    ctx.translate(c.center_x * scale, c.center_y * scale);
+    ctx.rotate(c.rotation_deg * Math.PI / 180);
+    ctx.strokeStyle = CROP_COLOUR;
+    ctx.strokeRect(-c.size * scale / 2, -c.size * scale / 2, c.size * scale, c.size * scale);
+    ctx.restore();
+  }
+  state.preview = { scale, width: canvas.width, height: canvas.height };
+  const eyes = (face.eye_open || []).map((v) => v.toFixed(2)).join(" / ");
+  const lines = [`face models: ${face.face_models || "?"}` + (face.faces_found ? `, ${face.faces_found} face(s) found` : ""),
+                 eyes ? `eye openness: ${eyes}` : "eye openness: not measured",
+                 face.person_matte ? "transparent / green: cut along the person" : "transparent / green: face crop only"];
+  const info = $("faceInfo");
+  info.replaceChildren(document.createTextNode(lines.join("\n")), ...(face.warnings || []).map((w) => {
+    const p = document.createElement("div"); p.className = "warn"; p.textContent = `⚠ ${w}`; return p;
+  }));
+  $("framing").hidden = false;
 }
 
 async function audioTrack() {

@@ -26,15 +26,15 @@ _sym_db = _symbol_database.Default()
 from . import common_pb2 as ditto_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x64itto/v1/avatar.proto\x12\x08\x64itto.v1\x1a\x15\x64itto/v1/common.proto\"%\n\x10GetAvatarRequest\x12\x11\n\tavatar_id\x18\x01 \x01(\t\"\x16\n\x14\x44\x65leteAvatarResponse\"\'\n\x11GetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x7f\n\x0bSessionInfo\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\tavatar_id\x18\x02 \x01(\t\x12\x13\n\x0b\x66rames_sent\x18\x03 \x01(\x03\x12\x15\n\raudio_seconds\x18\x04 \x01(\x01\x12\r\n\x05\x65poch\x18\x05 \x01(\x03\x12\x0e\n\x06\x61\x63tive\x18\x06 \x01(\x08\"]\n\x15RegisterAvatarRequest\x12\r\n\x05media\x18\x01 \x01(\x0c\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12#\n\x04\x63rop\x18\x03 \x01(\x0b\x32\x15.ditto.v1.CropOptions\"}\n\x16RegisterAvatarResponse\x12\x11\n\tavatar_id\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06height\x18\x03 \x01(\r\x12\x15\n\rsource_frames\x18\x04 \x01(\r\x12\x1a\n\x12\x61lready_registered\x18\x05 \x01(\x08\"\xe1\x02\n\rSessionConfig\x12\x11\n\tavatar_id\x18\x01 \x01(\t\x12+\n\x0c\x61udio_format\x18\x02 \x01(\x0b\x32\x15.ditto.v1.AudioFormat\x12\'\n\x06output\x18\x03 \x01(\x0b\x32\x17.ditto.v1.OutputOptions\x12)\n\x07\x65motion\x18\x04 \x01(\x0b\x32\x18.ditto.v1.EmotionControl\x12*\n\x08\x63ontrols\x18\x05 \x01(\x0b\x32\x18.ditto.v1.MotionControls\x12)\n\x0bidle_policy\x18\x06 \x01(\x0e\x32\x14.ditto.v1.IdlePolicy\x12\x16\n\x0esampling_steps\x18\x07 \x01(\r\x12\x16\n\x0emax_duration_s\x18\x08 \x01(\r\x12\x16\n\x0eidle_timeout_s\x18\t \x01(\r\x12\x0c\n\x04seed\x18\n \x01(\x03\x12\x0f\n\x07overlap\x18\x0b \x01(\r\"D\n\nAudioChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12(\n\x08\x63ontrols\x18\x02 \x03(\x0b\x32\x16.ditto.v1.TimedControl\"d\n\rControlUpdate\x12(\n\x08\x63ontrols\x18\x01 \x03(\x0b\x32\x16.ditto.v1.TimedControl\x12)\n\x07overall\x18\x02 \x01(\x0b\x32\x18.ditto.v1.MotionControls\"\x0b\n\tInterrupt\"\x0c\n\nEndOfAudio\"\x0b\n\tKeepAlive\"\x9a\x02\n\x0f\x43onverseRequest\x12)\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x17.ditto.v1.SessionConfigH\x00\x12%\n\x05\x61udio\x18\x02 \x01(\x0b\x32\x14.ditto.v1.AudioChunkH\x00\x12*\n\x07\x63ontrol\x18\x03 \x01(\x0b\x32\x17.ditto.v1.ControlUpdateH\x00\x12(\n\tinterrupt\x18\x04 \x01(\x0b\x32\x13.ditto.v1.InterruptH\x00\x12,\n\x0c\x65nd_of_audio\x18\x05 \x01(\x0b\x32\x14.ditto.v1.EndOfAudioH\x00\x12)\n\nkeep_alive\x18\x06 \x01(\x0b\x32\x13.ditto.v1.KeepAliveH\x00\x42\x06\n\x04kind\"\xb5\x01\n\x0eSessionStarted\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0b\n\x03\x66ps\x18\x02 \x01(\r\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0e\n\x06height\x18\x04 \x01(\r\x12)\n\x08\x65ncoding\x18\x05 \x01(\x0e\x32\x17.ditto.v1.FrameEncoding\x12\x1b\n\x13\x61udio_look_ahead_ms\x18\x06 \x01(\r\x12\x1b\n\x13\x61udio_read_ahead_ms\x18\x07 \x01(\r\"\xa0\x01\n\nVideoFrame\x12\r\n\x05index\x18\x01 \x01(\x03\x12\x0e\n\x06pts_ms\x18\x02 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\r\n\x05width\x18\x04 \x01(\r\x12\x0e\n\x06height\x18\x05 \x01(\r\x12)\n\x08\x65ncoding\x18\x06 \x01(\x0e\x32\x17.ditto.v1.FrameEncoding\x12\r\n\x05\x65poch\x18\x07 \x01(\x03\x12\x0c\n\x04idle\x18\x08 \x01(\x08\"1\n\x08LagEvent\x12\x0e\n\x06lag_ms\x18\x01 \x01(\x01\x12\x15\n\rdelivered_fps\x18\x02 \x01(\x01\"T\n\x10InterruptedEvent\x12\x18\n\x10last_frame_index\x18\x01 \x01(\x03\x12\x13\n\x0blast_pts_ms\x18\x02 \x01(\x03\x12\x11\n\tnew_epoch\x18\x03 \x01(\x03\"-\n\x0cWarningEvent\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x98\x01\n\x0cSessionEvent\x12!\n\x03lag\x18\x01 \x01(\x0b\x32\x12.ditto.v1.LagEventH\x00\x12\x31\n\x0binterrupted\x18\x02 \x01(\x0b\x32\x1a.ditto.v1.InterruptedEventH\x00\x12)\n\x07warning\x18\x03 \x01(\x0b\x32\x16.ditto.v1.WarningEventH\x00\x42\x07\n\x05\x65vent\"[\n\x0b\x46inalStatus\x12 \n\x06status\x18\x01 \x01(\x0b\x32\x10.ditto.v1.Status\x12\x13\n\x0b\x66rames_sent\x18\x02 \x01(\x03\x12\x15\n\raudio_seconds\x18\x03 \x01(\x01\"\xbf\x01\n\x10\x43onverseResponse\x12+\n\x07started\x18\x01 \x01(\x0b\x32\x18.ditto.v1.SessionStartedH\x00\x12%\n\x05\x66rame\x18\x02 \x01(\x0b\x32\x14.ditto.v1.VideoFrameH\x00\x12\'\n\x05\x65vent\x18\x03 \x01(\x0b\x32\x16.ditto.v1.SessionEventH\x00\x12&\n\x05\x66inal\x18\x04 \x01(\x0b\x32\x15.ditto.v1.FinalStatusH\x00\x42\x06\n\x04kind\"\xf6\x01\n\rRenderRequest\x12\x11\n\tavatar_id\x18\x01 \x01(\t\x12\r\n\x05\x61udio\x18\x02 \x01(\x0c\x12\x16\n\x0e\x61udio_filename\x18\x03 \x01(\t\x12)\n\x07\x65motion\x18\x04 \x01(\x0b\x32\x18.ditto.v1.EmotionControl\x12*\n\x08\x63ontrols\x18\x05 \x01(\x0b\x32\x18.ditto.v1.MotionControls\x12.\n\x0etimed_controls\x18\x06 \x03(\x0b\x32\x16.ditto.v1.TimedControl\x12\x16\n\x0esampling_steps\x18\x07 \x01(\r\x12\x0c\n\x04seed\x18\x08 \x01(\x03\";\n\x0eRenderProgress\x12\x13\n\x0b\x66rames_done\x18\x01 \x01(\x03\x12\x14\n\x0c\x66rames_total\x18\x02 \x01(\x03\"\x83\x01\n\x0eRenderResponse\x12,\n\x08progress\x18\x01 \x01(\x0b\x32\x18.ditto.v1.RenderProgressH\x00\x12\x13\n\tmp4_chunk\x18\x02 \x01(\x0cH\x00\x12&\n\x05\x66inal\x18\x03 \x01(\x0b\x32\x15.ditto.v1.FinalStatusH\x00\x42\x06\n\x04kind*X\n\nIdlePolicy\x12\x1b\n\x17IDLE_POLICY_UNSPECIFIED\x10\x00\x12\x15\n\x11IDLE_POLICY_ALIVE\x10\x01\x12\x16\n\x12IDLE_POLICY_FREEZE\x10\x02\x32\xbc\x03\n\x06\x41vatar\x12S\n\x0eRegisterAvatar\x12\x1f.ditto.v1.RegisterAvatarRequest\x1a .ditto.v1.RegisterAvatarResponse\x12\x45\n\x08\x43onverse\x12\x19.ditto.v1.ConverseRequest\x1a\x1a.ditto.v1.ConverseResponse(\x01\x30\x01\x12=\n\x06Render\x12\x17.ditto.v1.RenderRequest\x1a\x18.ditto.v1.RenderResponse0\x01\x12I\n\tGetAvatar\x12\x1a.ditto.v1.GetAvatarRequest\x1a .ditto.v1.RegisterAvatarResponse\x12J\n\x0c\x44\x65leteAvatar\x12\x1a.ditto.v1.GetAvatarRequest\x1a\x1e.ditto.v1.DeleteAvatarResponse\x12@\n\nGetSession\x12\x1b.ditto.v1.GetSessionRequest\x1a\x15.ditto.v1.SessionInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x64itto/v1/avatar.proto\x12\x08\x64itto.v1\x1a\x15\x64itto/v1/common.proto\"%\n\x10GetAvatarRequest\x12\x11\n\tavatar_id\x18\x01 \x01(\t\"\x16\n\x14\x44\x65leteAvatarResponse\"\'\n\x11GetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x7f\n\x0bSessionInfo\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\tavatar_id\x18\x02 \x01(\t\x12\x13\n\x0b\x66rames_sent\x18\x03 \x01(\x03\x12\x15\n\raudio_seconds\x18\x04 \x01(\x01\x12\r\n\x05\x65poch\x18\x05 \x01(\x03\x12\x0e\n\x06\x61\x63tive\x18\x06 \x01(\x08\"]\n\x15RegisterAvatarRequest\x12\r\n\x05media\x18\x01 \x01(\x0c\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12#\n\x04\x63rop\x18\x03 \x01(\x0b\x32\x15.ditto.v1.CropOptions\"\xa1\x01\n\x16RegisterAvatarResponse\x12\x11\n\tavatar_id\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06height\x18\x03 \x01(\r\x12\x15\n\rsource_frames\x18\x04 \x01(\r\x12\x1a\n\x12\x61lready_registered\x18\x05 \x01(\x08\x12\"\n\x04\x66\x61\x63\x65\x18\x06 \x01(\x0b\x32\x14.ditto.v1.FaceReport\"\xe1\x02\n\rSessionConfig\x12\x11\n\tavatar_id\x18\x01 \x01(\t\x12+\n\x0c\x61udio_format\x18\x02 \x01(\x0b\x32\x15.ditto.v1.AudioFormat\x12\'\n\x06output\x18\x03 \x01(\x0b\x32\x17.ditto.v1.OutputOptions\x12)\n\x07\x65motion\x18\x04 \x01(\x0b\x32\x18.ditto.v1.EmotionControl\x12*\n\x08\x63ontrols\x18\x05 \x01(\x0b\x32\x18.ditto.v1.MotionControls\x12)\n\x0bidle_policy\x18\x06 \x01(\x0e\x32\x14.ditto.v1.IdlePolicy\x12\x16\n\x0esampling_steps\x18\x07 \x01(\r\x12\x16\n\x0emax_duration_s\x18\x08 \x01(\r\x12\x16\n\x0eidle_timeout_s\x18\t \x01(\r\x12\x0c\n\x04seed\x18\n \x01(\x03\x12\x0f\n\x07overlap\x18\x0b \x01(\r\"D\n\nAudioChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12(\n\x08\x63ontrols\x18\x02 \x03(\x0b\x32\x16.ditto.v1.TimedControl\"d\n\rControlUpdate\x12(\n\x08\x63ontrols\x18\x01 \x03(\x0b\x32\x16.ditto.v1.TimedControl\x12)\n\x07overall\x18\x02 \x01(\x0b\x32\x18.ditto.v1.MotionControls\"\x0b\n\tInterrupt\"\x0c\n\nEndOfAudio\"\x0b\n\tKeepAlive\"\x9a\x02\n\x0f\x43onverseRequest\x12)\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x17.ditto.v1.SessionConfigH\x00\x12%\n\x05\x61udio\x18\x02 \x01(\x0b\x32\x14.ditto.v1.AudioChunkH\x00\x12*\n\x07\x63ontrol\x18\x03 \x01(\x0b\x32\x17.ditto.v1.ControlUpdateH\x00\x12(\n\tinterrupt\x18\x04 \x01(\x0b\x32\x13.ditto.v1.InterruptH\x00\x12,\n\x0c\x65nd_of_audio\x18\x05 \x01(\x0b\x32\x14.ditto.v1.EndOfAudioH\x00\x12)\n\nkeep_alive\x18\x06 \x01(\x0b\x32\x13.ditto.v1.KeepAliveH\x00\x42\x06\n\x04kind\"\xb5\x01\n\x0eSessionStarted\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0b\n\x03\x66ps\x18\x02 \x01(\r\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0e\n\x06height\x18\x04 \x01(\r\x12)\n\x08\x65ncoding\x18\x05 \x01(\x0e\x32\x17.ditto.v1.FrameEncoding\x12\x1b\n\x13\x61udio_look_ahead_ms\x18\x06 \x01(\r\x12\x1b\n\x13\x61udio_read_ahead_ms\x18\x07 \x01(\r\"\xa0\x01\n\nVideoFrame\x12\r\n\x05index\x18\x01 \x01(\x03\x12\x0e\n\x06pts_ms\x18\x02 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\r\n\x05width\x18\x04 \x01(\r\x12\x0e\n\x06height\x18\x05 \x01(\r\x12)\n\x08\x65ncoding\x18\x06 \x01(\x0e\x32\x17.ditto.v1.FrameEncoding\x12\r\n\x05\x65poch\x18\x07 \x01(\x03\x12\x0c\n\x04idle\x18\x08 \x01(\x08\"1\n\x08LagEvent\x12\x0e\n\x06lag_ms\x18\x01 \x01(\x01\x12\x15\n\rdelivered_fps\x18\x02 \x01(\x01\"T\n\x10InterruptedEvent\x12\x18\n\x10last_frame_index\x18\x01 \x01(\x03\x12\x13\n\x0blast_pts_ms\x18\x02 \x01(\x03\x12\x11\n\tnew_epoch\x18\x03 \x01(\x03\"-\n\x0cWarningEvent\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x98\x01\n\x0cSessionEvent\x12!\n\x03lag\x18\x01 \x01(\x0b\x32\x12.ditto.v1.LagEventH\x00\x12\x31\n\x0binterrupted\x18\x02 \x01(\x0b\x32\x1a.ditto.v1.InterruptedEventH\x00\x12)\n\x07warning\x18\x03 \x01(\x0b\x32\x16.ditto.v1.WarningEventH\x00\x42\x07\n\x05\x65vent\"[\n\x0b\x46inalStatus\x12 \n\x06status\x18\x01 \x01(\x0b\x32\x10.ditto.v1.Status\x12\x13\n\x0b\x66rames_sent\x18\x02 \x01(\x03\x12\x15\n\raudio_seconds\x18\x03 \x01(\x01\"\xbf\x01\n\x10\x43onverseResponse\x12+\n\x07started\x18\x01 \x01(\x0b\x32\x18.ditto.v1.SessionStartedH\x00\x12%\n\x05\x66rame\x18\x02 \x01(\x0b\x32\x14.ditto.v1.VideoFrameH\x00\x12\'\n\x05\x65vent\x18\x03 \x01(\x0b\x32\x16.ditto.v1.SessionEventH\x00\x12&\n\x05\x66inal\x18\x04 \x01(\x0b\x32\x15.ditto.v1.FinalStatusH\x00\x42\x06\n\x04kind\"\xa0\x02\n\rRenderRequest\x12\x11\n\tavatar_id\x18\x01 \x01(\t\x12\r\n\x05\x61udio\x18\x02 \x01(\x0c\x12\x16\n\x0e\x61udio_filename\x18\x03 \x01(\t\x12)\n\x07\x65motion\x18\x04 \x01(\x0b\x32\x18.ditto.v1.EmotionControl\x12*\n\x08\x63ontrols\x18\x05 \x01(\x0b\x32\x18.ditto.v1.MotionControls\x12.\n\x0etimed_controls\x18\x06 \x03(\x0b\x32\x16.ditto.v1.TimedControl\x12\x16\n\x0esampling_steps\x18\x07 \x01(\r\x12\x0c\n\x04seed\x18\x08 \x01(\x03\x12(\n\nbackground\x18\t \x01(\x0e\x32\x14.ditto.v1.Background\";\n\x0eRenderProgress\x12\x13\n\x0b\x66rames_done\x18\x01 \x01(\x03\x12\x14\n\x0c\x66rames_total\x18\x02 \x01(\x03\"\x83\x01\n\x0eRenderResponse\x12,\n\x08progress\x18\x01 \x01(\x0b\x32\x18.ditto.v1.RenderProgressH\x00\x12\x13\n\tmp4_chunk\x18\x02 \x01(\x0cH\x00\x12&\n\x05\x66inal\x18\x03 \x01(\x0b\x32\x15.ditto.v1.FinalStatusH\x00\x42\x06\n\x04kind*X\n\nIdlePolicy\x12\x1b\n\x17IDLE_POLICY_UNSPECIFIED\x10\x00\x12\x15\n\x11IDLE_POLICY_ALIVE\x10\x01\x12\x16\n\x12IDLE_POLICY_FREEZE\x10\x02\x32\xbc\x03\n\x06\x41vatar\x12S\n\x0eRegisterAvatar\x12\x1f.ditto.v1.RegisterAvatarRequest\x1a .ditto.v1.RegisterAvatarResponse\x12\x45\n\x08\x43onverse\x12\x19.ditto.v1.ConverseRequest\x1a\x1a.ditto.v1.ConverseResponse(\x01\x30\x01\x12=\n\x06Render\x12\x17.ditto.v1.RenderRequest\x1a\x18.ditto.v1.RenderResponse0\x01\x12I\n\tGetAvatar\x12\x1a.ditto.v1.GetAvatarRequest\x1a .ditto.v1.RegisterAvatarResponse\x12J\n\x0c\x44\x65leteAvatar\x12\x1a.ditto.v1.GetAvatarRequest\x1a\x1e.ditto.v1.DeleteAvatarResponse\x12@\n\nGetSession\x12\x1b.ditto.v1.GetSessionRequest\x1a\x15.ditto.v1.SessionInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ditto.v1.avatar_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_IDLEPOLICY']._serialized_start=2783
-  _globals['_IDLEPOLICY']._serialized_end=2871
+  _globals['_IDLEPOLICY']._serialized_start=2862
+  _globals['_IDLEPOLICY']._serialized_end=2950
   _globals['_GETAVATARREQUEST']._serialized_start=58
   _globals['_GETAVATARREQUEST']._serialized_end=95
   _globals['_DELETEAVATARRESPONSE']._serialized_start=97
@@ -45,44 +45,44 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SESSIONINFO']._serialized_end=289
   _globals['_REGISTERAVATARREQUEST']._serialized_start=291
   _globals['_REGISTERAVATARREQUEST']._serialized_end=384
-  _globals['_REGISTERAVATARRESPONSE']._serialized_start=386
-  _globals['_REGISTERAVATARRESPONSE']._serialized_end=511
-  _globals['_SESSIONCONFIG']._serialized_start=514
-  _globals['_SESSIONCONFIG']._serialized_end=867
-  _globals['_AUDIOCHUNK']._serialized_start=869
-  _globals['_AUDIOCHUNK']._serialized_end=937
-  _globals['_CONTROLUPDATE']._serialized_start=939
-  _globals['_CONTROLUPDATE']._serialized_end=1039
-  _globals['_INTERRUPT']._serialized_start=1041
-  _globals['_INTERRUPT']._serialized_end=1052
-  _globals['_ENDOFAUDIO']._serialized_start=1054
-  _globals['_ENDOFAUDIO']._serialized_end=1066
-  _globals['_KEEPALIVE']._serialized_start=1068
-  _globals['_KEEPALIVE']._serialized_end=1079
-  _globals['_CONVERSEREQUEST']._serialized_start=1082
-  _globals['_CONVERSEREQUEST']._serialized_end=1364
-  _globals['_SESSIONSTARTED']._serialized_start=1367
-  _globals['_SESSIONSTARTED']._serialized_end=1548
-  _globals['_VIDEOFRAME']._serialized_start=1551
-  _globals['_VIDEOFRAME']._serialized_end=1711
-  _globals['_LAGEVENT']._serialized_start=1713
-  _globals['_LAGEVENT']._serialized_end=1762
-  _globals['_INTERRUPTEDEVENT']._serialized_start=1764
-  _globals['_INTERRUPTEDEVENT']._serialized_end=1848
-  _globals['_WARNINGEVENT']._serialized_start=1850
-  _globals['_WARNINGEVENT']._serialized_end=1895
-  _globals['_SESSIONEVENT']._serialized_start=1898
-  _globals['_SESSIONEVENT']._serialized_end=2050
-  _globals['_FINALSTATUS']._serialized_start=2052
-  _globals['_FINALSTATUS']._serialized_end=2143
-  _globals['_CONVERSERESPONSE']._serialized_start=2146
-  _globals['_CONVERSERESPONSE']._serialized_end=2337
-  _globals['_RENDERREQUEST']._serialized_start=2340
-  _globals['_RENDERREQUEST']._serialized_end=2586
-  _globals['_RENDERPROGRESS']._serialized_start=2588
-  _globals['_RENDERPROGRESS']._serialized_end=2647
-  _globals['_RENDERRESPONSE']._serialized_start=2650
-  _globals['_RENDERRESPONSE']._serialized_end=2781
-  _globals['_AVATAR']._serialized_start=2874
-  _globals['_AVATAR']._serialized_end=3318
+  _globals['_REGISTERAVATARRESPONSE']._serialized_start=387
+  _globals['_REGISTERAVATARRESPONSE']._serialized_end=548
+  _globals['_SESSIONCONFIG']._serialized_start=551
+  _globals['_SESSIONCONFIG']._serialized_end=904
+  _globals['_AUDIOCHUNK']._serialized_start=906
+  _globals['_AUDIOCHUNK']._serialized_end=974
+  _globals['_CONTROLUPDATE']._serialized_start=976
+  _globals['_CONTROLUPDATE']._serialized_end=1076
+  _globals['_INTERRUPT']._serialized_start=1078
+  _globals['_INTERRUPT']._serialized_end=1089
+  _globals['_ENDOFAUDIO']._serialized_start=1091
+  _globals['_ENDOFAUDIO']._serialized_end=1103
+  _globals['_KEEPALIVE']._serialized_start=1105
+  _globals['_KEEPALIVE']._serialized_end=1116
+  _globals['_CONVERSEREQUEST']._serialized_start=1119
+  _globals['_CONVERSEREQUEST']._serialized_end=1401
+  _globals['_SESSIONSTARTED']._serialized_start=1404
+  _globals['_SESSIONSTARTED']._serialized_end=1585
+  _globals['_VIDEOFRAME']._serialized_start=1588
+  _globals['_VIDEOFRAME']._serialized_end=1748
+  _globals['_LAGEVENT']._serialized_start=1750
+  _globals['_LAGEVENT']._serialized_end=1799
+  _globals['_INTERRUPTEDEVENT']._serialized_start=1801
+  _globals['_INTERRUPTEDEVENT']._serialized_end=1885
+  _globals['_WARNINGEVENT']._serialized_start=1887
+  _globals['_WARNINGEVENT']._serialized_end=1932
+  _globals['_SESSIONEVENT']._serialized_start=1935
+  _globals['_SESSIONEVENT']._serialized_end=2087
+  _globals['_FINALSTATUS']._serialized_start=2089
+  _globals['_FINALSTATUS']._serialized_end=2180
+  _globals['_CONVERSERESPONSE']._serialized_start=2183
+  _globals['_CONVERSERESPONSE']._serialized_end=2374
+  _globals['_RENDERREQUEST']._serialized_start=2377
+  _globals['_RENDERREQUEST']._serialized_end=2665
+  _globals['_RENDERPROGRESS']._serialized_start=2667
+  _globals['_RENDERPROGRESS']._serialized_end=2726
+  _globals['_RENDERRESPONSE']._serialized_start=2729
+  _globals['_RENDERRESPONSE']._serialized_end=2860
+  _globals['_AVATAR']._serialized_start=2953
+  _globals['_AVATAR']._serialized_end=3397
 # @@protoc_insertion_point(module_scope)

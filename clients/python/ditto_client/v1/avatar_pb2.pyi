@@ -61,18 +61,20 @@ class RegisterAvatarRequest(_message.Message):
     def __init__(self, media: _Optional[bytes] = ..., filename: _Optional[str] = ..., crop: _Optional[_Union[_common_pb2.CropOptions, _Mapping]] = ...) -> None: ...
 
 class RegisterAvatarResponse(_message.Message):
-    __slots__ = ("avatar_id", "width", "height", "source_frames", "already_registered")
+    __slots__ = ("avatar_id", "width", "height", "source_frames", "already_registered", "face")
     AVATAR_ID_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FRAMES_FIELD_NUMBER: _ClassVar[int]
     ALREADY_REGISTERED_FIELD_NUMBER: _ClassVar[int]
+    FACE_FIELD_NUMBER: _ClassVar[int]
     avatar_id: str
     width: int
     height: int
     source_frames: int
     already_registered: bool
-    def __init__(self, avatar_id: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., source_frames: _Optional[int] = ..., already_registered: _Optional[bool] = ...) -> None: ...
+    face: _common_pb2.FaceReport
+    def __init__(self, avatar_id: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., source_frames: _Optional[int] = ..., already_registered: _Optional[bool] = ..., face: _Optional[_Union[_common_pb2.FaceReport, _Mapping]] = ...) -> None: ...
 
 class SessionConfig(_message.Message):
     __slots__ = ("avatar_id", "audio_format", "output", "emotion", "controls", "idle_policy", "sampling_steps", "max_duration_s", "idle_timeout_s", "seed", "overlap")
@@ -241,7 +243,7 @@ class ConverseResponse(_message.Message):
     def __init__(self, started: _Optional[_Union[SessionStarted, _Mapping]] = ..., frame: _Optional[_Union[VideoFrame, _Mapping]] = ..., event: _Optional[_Union[SessionEvent, _Mapping]] = ..., final: _Optional[_Union[FinalStatus, _Mapping]] = ...) -> None: ...
 
 class RenderRequest(_message.Message):
-    __slots__ = ("avatar_id", "audio", "audio_filename", "emotion", "controls", "timed_controls", "sampling_steps", "seed")
+    __slots__ = ("avatar_id", "audio", "audio_filename", "emotion", "controls", "timed_controls", "sampling_steps", "seed", "background")
     AVATAR_ID_FIELD_NUMBER: _ClassVar[int]
     AUDIO_FIELD_NUMBER: _ClassVar[int]
     AUDIO_FILENAME_FIELD_NUMBER: _ClassVar[int]
@@ -250,6 +252,7 @@ class RenderRequest(_message.Message):
     TIMED_CONTROLS_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_STEPS_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    BACKGROUND_FIELD_NUMBER: _ClassVar[int]
     avatar_id: str
     audio: bytes
     audio_filename: str
@@ -258,7 +261,8 @@ class RenderRequest(_message.Message):
     timed_controls: _containers.RepeatedCompositeFieldContainer[_common_pb2.TimedControl]
     sampling_steps: int
     seed: int
-    def __init__(self, avatar_id: _Optional[str] = ..., audio: _Optional[bytes] = ..., audio_filename: _Optional[str] = ..., emotion: _Optional[_Union[_common_pb2.EmotionControl, _Mapping]] = ..., controls: _Optional[_Union[_common_pb2.MotionControls, _Mapping]] = ..., timed_controls: _Optional[_Iterable[_Union[_common_pb2.TimedControl, _Mapping]]] = ..., sampling_steps: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
+    background: _common_pb2.Background
+    def __init__(self, avatar_id: _Optional[str] = ..., audio: _Optional[bytes] = ..., audio_filename: _Optional[str] = ..., emotion: _Optional[_Union[_common_pb2.EmotionControl, _Mapping]] = ..., controls: _Optional[_Union[_common_pb2.MotionControls, _Mapping]] = ..., timed_controls: _Optional[_Iterable[_Union[_common_pb2.TimedControl, _Mapping]]] = ..., sampling_steps: _Optional[int] = ..., seed: _Optional[int] = ..., background: _Optional[_Union[_common_pb2.Background, str]] = ...) -> None: ...
 
 class RenderProgress(_message.Message):
     __slots__ = ("frames_done", "frames_total")

@@ -201,6 +201,38 @@ class CropBox(_message.Message):
     y1: float
     def __init__(self, x0: _Optional[float] = ..., y0: _Optional[float] = ..., x1: _Optional[float] = ..., y1: _Optional[float] = ...) -> None: ...
 
+class CropSquare(_message.Message):
+    __slots__ = ("center_x", "center_y", "size", "rotation_deg")
+    CENTER_X_FIELD_NUMBER: _ClassVar[int]
+    CENTER_Y_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    ROTATION_DEG_FIELD_NUMBER: _ClassVar[int]
+    center_x: float
+    center_y: float
+    size: float
+    rotation_deg: float
+    def __init__(self, center_x: _Optional[float] = ..., center_y: _Optional[float] = ..., size: _Optional[float] = ..., rotation_deg: _Optional[float] = ...) -> None: ...
+
+class FaceReport(_message.Message):
+    __slots__ = ("face_models", "models", "faces_found", "face_box", "crop", "eye_open", "person_matte", "warnings")
+    FACE_MODELS_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    FACES_FOUND_FIELD_NUMBER: _ClassVar[int]
+    FACE_BOX_FIELD_NUMBER: _ClassVar[int]
+    CROP_FIELD_NUMBER: _ClassVar[int]
+    EYE_OPEN_FIELD_NUMBER: _ClassVar[int]
+    PERSON_MATTE_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    face_models: str
+    models: _containers.RepeatedScalarFieldContainer[str]
+    faces_found: int
+    face_box: CropBox
+    crop: CropSquare
+    eye_open: _containers.RepeatedScalarFieldContainer[float]
+    person_matte: bool
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, face_models: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., faces_found: _Optional[int] = ..., face_box: _Optional[_Union[CropBox, _Mapping]] = ..., crop: _Optional[_Union[CropSquare, _Mapping]] = ..., eye_open: _Optional[_Iterable[float]] = ..., person_matte: _Optional[bool] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class Status(_message.Message):
     __slots__ = ("code", "message")
     CODE_FIELD_NUMBER: _ClassVar[int]

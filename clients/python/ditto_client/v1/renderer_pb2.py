@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from . import common_pb2 as ditto_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x64itto/v1/renderer.proto\x12\x08\x64itto.v1\x1a\x15\x64itto/v1/common.proto\"(\n\x13\x46orgetAvatarRequest\x12\x11\n\tavatar_id\x18\x01 \x01(\t\"$\n\x14\x46orgetAvatarResponse\x12\x0c\n\x04held\x18\x01 \x01(\x08\"p\n\x15RegisterSourceRequest\x12\r\n\x05media\x18\x01 \x01(\x0c\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12#\n\x04\x63rop\x18\x03 \x01(\x0b\x32\x15.ditto.v1.CropOptions\x12\x11\n\ttenant_id\x18\x04 \x01(\t\"\xae\x01\n\x16RegisterSourceResponse\x12\x11\n\tavatar_id\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06height\x18\x03 \x01(\r\x12\x15\n\rsource_frames\x18\x04 \x01(\r\x12/\n\x0bmotion_info\x18\x05 \x01(\x0b\x32\x1a.ditto.v1.AvatarMotionInfo\x12\x1a\n\x12\x61lready_registered\x18\x06 \x01(\x08\"J\n\x0cRenderConfig\x12\x11\n\tavatar_id\x18\x01 \x01(\t\x12\'\n\x06output\x18\x02 \x01(\x0b\x32\x17.ditto.v1.OutputOptions\"\x9d\x01\n\x13RenderFramesRequest\x12(\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x16.ditto.v1.RenderConfigH\x00\x12-\n\tkeypoints\x18\x02 \x01(\x0b\x32\x18.ditto.v1.KeypointFramesH\x00\x12$\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x15.ditto.v1.EndOfStreamH\x00\x42\x07\n\x05\x65vent\"v\n\rRenderedFrame\x12\r\n\x05index\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0e\n\x06height\x18\x04 \x01(\r\x12)\n\x08\x65ncoding\x18\x05 \x01(\x0e\x32\x17.ditto.v1.FrameEncoding\"l\n\x14RenderFramesResponse\x12(\n\x05\x66rame\x18\x01 \x01(\x0b\x32\x17.ditto.v1.RenderedFrameH\x00\x12!\n\x05\x66inal\x18\x02 \x01(\x0b\x32\x10.ditto.v1.StatusH\x00\x42\x07\n\x05\x65vent2\x81\x02\n\x08Renderer\x12S\n\x0eRegisterAvatar\x12\x1f.ditto.v1.RegisterSourceRequest\x1a .ditto.v1.RegisterSourceResponse\x12Q\n\x0cRenderFrames\x12\x1d.ditto.v1.RenderFramesRequest\x1a\x1e.ditto.v1.RenderFramesResponse(\x01\x30\x01\x12M\n\x0c\x46orgetAvatar\x12\x1d.ditto.v1.ForgetAvatarRequest\x1a\x1e.ditto.v1.ForgetAvatarResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x64itto/v1/renderer.proto\x12\x08\x64itto.v1\x1a\x15\x64itto/v1/common.proto\"(\n\x13\x46orgetAvatarRequest\x12\x11\n\tavatar_id\x18\x01 \x01(\t\"$\n\x14\x46orgetAvatarResponse\x12\x0c\n\x04held\x18\x01 \x01(\x08\"p\n\x15RegisterSourceRequest\x12\r\n\x05media\x18\x01 \x01(\x0c\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12#\n\x04\x63rop\x18\x03 \x01(\x0b\x32\x15.ditto.v1.CropOptions\x12\x11\n\ttenant_id\x18\x04 \x01(\t\"\xd2\x01\n\x16RegisterSourceResponse\x12\x11\n\tavatar_id\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06height\x18\x03 \x01(\r\x12\x15\n\rsource_frames\x18\x04 \x01(\r\x12/\n\x0bmotion_info\x18\x05 \x01(\x0b\x32\x1a.ditto.v1.AvatarMotionInfo\x12\x1a\n\x12\x61lready_registered\x18\x06 \x01(\x08\x12\"\n\x04\x66\x61\x63\x65\x18\x07 \x01(\x0b\x32\x14.ditto.v1.FaceReport\"J\n\x0cRenderConfig\x12\x11\n\tavatar_id\x18\x01 \x01(\t\x12\'\n\x06output\x18\x02 \x01(\x0b\x32\x17.ditto.v1.OutputOptions\"\x9d\x01\n\x13RenderFramesRequest\x12(\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x16.ditto.v1.RenderConfigH\x00\x12-\n\tkeypoints\x18\x02 \x01(\x0b\x32\x18.ditto.v1.KeypointFramesH\x00\x12$\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x15.ditto.v1.EndOfStreamH\x00\x42\x07\n\x05\x65vent\"v\n\rRenderedFrame\x12\r\n\x05index\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0e\n\x06height\x18\x04 \x01(\r\x12)\n\x08\x65ncoding\x18\x05 \x01(\x0e\x32\x17.ditto.v1.FrameEncoding\"l\n\x14RenderFramesResponse\x12(\n\x05\x66rame\x18\x01 \x01(\x0b\x32\x17.ditto.v1.RenderedFrameH\x00\x12!\n\x05\x66inal\x18\x02 \x01(\x0b\x32\x10.ditto.v1.StatusH\x00\x42\x07\n\x05\x65vent2\x81\x02\n\x08Renderer\x12S\n\x0eRegisterAvatar\x12\x1f.ditto.v1.RegisterSourceRequest\x1a .ditto.v1.RegisterSourceResponse\x12Q\n\x0cRenderFrames\x12\x1d.ditto.v1.RenderFramesRequest\x1a\x1e.ditto.v1.RenderFramesResponse(\x01\x30\x01\x12M\n\x0c\x46orgetAvatar\x12\x1d.ditto.v1.ForgetAvatarRequest\x1a\x1e.ditto.v1.ForgetAvatarResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,15 +40,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTERSOURCEREQUEST']._serialized_start=140
   _globals['_REGISTERSOURCEREQUEST']._serialized_end=252
   _globals['_REGISTERSOURCERESPONSE']._serialized_start=255
-  _globals['_REGISTERSOURCERESPONSE']._serialized_end=429
-  _globals['_RENDERCONFIG']._serialized_start=431
-  _globals['_RENDERCONFIG']._serialized_end=505
-  _globals['_RENDERFRAMESREQUEST']._serialized_start=508
-  _globals['_RENDERFRAMESREQUEST']._serialized_end=665
-  _globals['_RENDEREDFRAME']._serialized_start=667
-  _globals['_RENDEREDFRAME']._serialized_end=785
-  _globals['_RENDERFRAMESRESPONSE']._serialized_start=787
-  _globals['_RENDERFRAMESRESPONSE']._serialized_end=895
-  _globals['_RENDERER']._serialized_start=898
-  _globals['_RENDERER']._serialized_end=1155
+  _globals['_REGISTERSOURCERESPONSE']._serialized_end=465
+  _globals['_RENDERCONFIG']._serialized_start=467
+  _globals['_RENDERCONFIG']._serialized_end=541
+  _globals['_RENDERFRAMESREQUEST']._serialized_start=544
+  _globals['_RENDERFRAMESREQUEST']._serialized_end=701
+  _globals['_RENDEREDFRAME']._serialized_start=703
+  _globals['_RENDEREDFRAME']._serialized_end=821
+  _globals['_RENDERFRAMESRESPONSE']._serialized_start=823
+  _globals['_RENDERFRAMESRESPONSE']._serialized_end=931
+  _globals['_RENDERER']._serialized_start=934
+  _globals['_RENDERER']._serialized_end=1191
 # @@protoc_insertion_point(module_scope)

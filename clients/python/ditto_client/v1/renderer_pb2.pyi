@@ -32,20 +32,22 @@ class RegisterSourceRequest(_message.Message):
     def __init__(self, media: _Optional[bytes] = ..., filename: _Optional[str] = ..., crop: _Optional[_Union[_common_pb2.CropOptions, _Mapping]] = ..., tenant_id: _Optional[str] = ...) -> None: ...
 
 class RegisterSourceResponse(_message.Message):
-    __slots__ = ("avatar_id", "width", "height", "source_frames", "motion_info", "already_registered")
+    __slots__ = ("avatar_id", "width", "height", "source_frames", "motion_info", "already_registered", "face")
     AVATAR_ID_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FRAMES_FIELD_NUMBER: _ClassVar[int]
     MOTION_INFO_FIELD_NUMBER: _ClassVar[int]
     ALREADY_REGISTERED_FIELD_NUMBER: _ClassVar[int]
+    FACE_FIELD_NUMBER: _ClassVar[int]
     avatar_id: str
     width: int
     height: int
     source_frames: int
     motion_info: _common_pb2.AvatarMotionInfo
     already_registered: bool
-    def __init__(self, avatar_id: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., source_frames: _Optional[int] = ..., motion_info: _Optional[_Union[_common_pb2.AvatarMotionInfo, _Mapping]] = ..., already_registered: _Optional[bool] = ...) -> None: ...
+    face: _common_pb2.FaceReport
+    def __init__(self, avatar_id: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., source_frames: _Optional[int] = ..., motion_info: _Optional[_Union[_common_pb2.AvatarMotionInfo, _Mapping]] = ..., already_registered: _Optional[bool] = ..., face: _Optional[_Union[_common_pb2.FaceReport, _Mapping]] = ...) -> None: ...
 
 class RenderConfig(_message.Message):
     __slots__ = ("avatar_id", "output")
