@@ -38,7 +38,9 @@ _first_frame = telemetry.histogram("ditto_first_frame_seconds", "First audio chu
 _lag = telemetry.gauge("ditto_session_lag_seconds", "How far behind realtime a session's frames are", ("session",))
 _frames = telemetry.counter("ditto_frames_sent_total", "Frames delivered to clients", ())
 _late = telemetry.counter("ditto_frames_late_total", "Frames sent more than one frame late", ())
-_active = telemetry.gauge("ditto_sessions_active", "Open sessions on this replica", ())
+_active = telemetry.gauge("ditto_sessions_active", "Open sessions on this replica, per tenant", ("tenant",))
+_ended = telemetry.counter("ditto_sessions_ended_total", "Sessions ended after they started, by final status code "
+                           "(CANCELLED: the client went away)", ("code",))
 _fps = telemetry.gauge("ditto_session_delivered_fps", "Delivered frames per second, per session", ("session",))
 
 SAMPLE_BYTES = {common_pb2.SAMPLE_FORMAT_PCM_S16LE: 2, common_pb2.SAMPLE_FORMAT_FLOAT32LE: 4}
@@ -245,7 +247,7 @@ class Session:
         await self._publish(bus_pb2.ENTRY_KIND_START, spec.SerializeToString())
         self._tasks.append(asyncio.create_task(self._pace()))
         self._tasks.append(asyncio.create_task(self._housekeeping()))
-        _active.inc()
+        _active.labels(self.tenant.id).inc()
 
     # ---- client side ----
     async def audio(self, data: bytes, idle: bool = False) -> None:
@@ -639,7 +641,8 @@ class Session:
         for t in self._tasks:
             t.cancel()
         self.frames_in.put_nowait(None)
-        _active.dec()
+        _active.labels(self.tenant.id).dec()
+        _ended.labels(self.final[0].name if self.final else "CANCELLED").inc()
         try:
             _lag.remove(self.session_id)
             _fps.remove(self.session_id)
