@@ -4,9 +4,10 @@ Each step runs `users` virtual users at once. A user opens a session, speaks `an
 (realtime-paced: a chunk when it would be spoken; bursty: each answer handed over whole, as text-to-speech does,
 the SDK writing it as fast as the server reads), barges in `barge_in_s` after an answer's first frame when asked,
 ends the audio and reads every frame until the final status; then it opens the next session, until the step's
-time (or session count) is used up. A step ends when its last session has; the next begins after it, so every
-step's figures are its own. Nothing runs unbounded: a session is cut after the plan's timeout, the whole run after
-`max_total_s`.
+time (or session count) is used up. A user refused for good (no retry hint, or one that would pass the step's end)
+stops for the step; one whose session failed pauses a second before the next. A step ends when its last session
+has; the next begins after it, so every step's figures are its own. Nothing runs unbounded: a session is cut after
+the plan's timeout, the whole run after `max_total_s`.
 
 What a session records (`SessionRecord`) is measured on this side of the API: first frame = first audio chunk
 handed to the SDK -> first frame received; delivered fps over each epoch's frames; lag = how late a frame arrives
@@ -31,6 +32,7 @@ from ditto_app.loadtest.plan import LoadPlan
 
 FRAME_S = 0.04
 FPS_WINDOW_S = 2.0  # the fps-over-time series counts frames over this window, once a second
+FAILURE_PAUSE_S = 1.0  # a user whose session failed waits this long before its next one
 
 
 # ---------------------------------------------------------------------------------------------- the speech
@@ -363,6 +365,10 @@ async def _step(client: Any, plan: LoadPlan, avatar_id: str, speech: Speech, clo
             finally:
                 open_now -= 1
                 done.append(rec)
+            if rec.code == "REFUSED":
+                return  # refused for good (no hint, or none that fits the step): this user's step is over
+            if rec.code != "OK":
+                await asyncio.sleep(FAILURE_PAUSE_S)  # a server failing fast must not get a tight loop of calls
 
     tasks = [asyncio.create_task(user(u)) for u in range(users)]
     try:

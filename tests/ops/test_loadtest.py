@@ -213,3 +213,15 @@ def test_bursty_speech_with_barge_in_measures_interrupt_to_silence(one_at_a_time
     assert rec["frames"] >= 50  # the second answer whole, after some of the first
     json_path, html_path = write_reports(summary, tmp_path)
     assert "Interrupt to silence per step" in html_path.read_text()
+
+
+@pytest.mark.e2e
+def test_a_user_refused_for_good_stops_instead_of_hammering(one_at_a_time):
+    """NOT_FOUND carries no retry hint: each user records its refusal and starts nothing more in the step (a
+    server that fails fast gets no tight loop of calls)."""
+    p = LoadPlan(server=one_at_a_time.address, avatar_id="no-such-avatar", steps=[2], step_s=3)
+    summary = summarize(asyncio.run(run_load(p, Progress(open(os.devnull, "w")))))
+    assert [(r["code"], [f["code"] for f in r["refusals"]]) for r in summary["sessions"]] == \
+        [("REFUSED", ["NOT_FOUND"])] * 2
+    assert summary["verdict"] == ("holds no tested load at p95 first frame <= 1000 ms and >= 24 fps; at 2 sessions: "
+                                  "2 of 2 sessions were refused (2 NOT_FOUND)")
