@@ -9,11 +9,11 @@ loads it as it is. The PrometheusRule carries the same groups:
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import yaml
+from generated import write_or_check
 
 HERE = Path(__file__).resolve().parents[1] / "observability"
 RULES = HERE / "alerts.rules.yml"
@@ -49,18 +49,7 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--check", action="store_true", help="exit 1 when the committed file differs")
-    args = ap.parse_args(argv)
-    text = render()
-    if args.check:
-        if not OUTPUT.is_file() or OUTPUT.read_text() != text:
-            print(f"{OUTPUT} is stale: run python deploy/tools/gen_prometheusrule.py", file=sys.stderr)
-            return 1
-        return 0
-    OUTPUT.write_text(text)
-    print(f"wrote {OUTPUT}")
-    return 0
+    return write_or_check(__file__, OUTPUT, render, argv)
 
 
 if __name__ == "__main__":
