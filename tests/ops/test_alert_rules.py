@@ -28,19 +28,19 @@ from ops_helpers import (
 sys.path.insert(0, str(ROOT / "tests" / "deploy"))
 from deploy_support import K8S_VERSIONS, kubectl, validate_k8s  # noqa: E402
 
-pytestmark = requires_prometheus
-
 
 def promtool(*args: str, cwd: Path = OBSERVABILITY) -> subprocess.CompletedProcess:
     return subprocess.run([tool("promtool"), *args], cwd=cwd, capture_output=True, text=True, timeout=120)
 
 
+@requires_prometheus
 def test_rules_pass_promtool_check():
     out = promtool("check", "rules", RULES.name)
     assert out.returncode == 0, out.stdout + out.stderr
     assert f"SUCCESS: {len(alert_rules())} rules found" in out.stdout
 
 
+@requires_prometheus
 def test_every_alert_has_a_unit_test_that_fires_it_and_they_pass():
     cases = yaml.safe_load(RULE_TESTS.read_text())["tests"]
     fired = {check["alertname"] for case in cases for check in case["alert_rule_test"] if check["exp_alerts"]}
@@ -53,6 +53,7 @@ def test_every_alert_has_a_unit_test_that_fires_it_and_they_pass():
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+@requires_prometheus
 @pytest.mark.parametrize(("alert", "before", "after"), [
     ("DittoStageNoLiveWorker", "(ditto_stage_workers) < 1", "(ditto_stage_workers) < 0"),
     ("DittoRefusalsHigh", 'reason=~"capacity|unavailable"', 'reason=~"capacity|unavailable|quota"'),
@@ -67,6 +68,7 @@ def test_the_unit_tests_catch_a_broken_rule(tmp_path, alert, before, after):
     assert out.returncode != 0 and f"alertname: {alert}" in out.stdout + out.stderr, out.stdout + out.stderr
 
 
+@requires_prometheus
 def test_dashboard_queries_parse(tmp_path):
     """Every panel query as a recording rule, `$__rate_interval` as Grafana would fill it: promtool parses them."""
     exprs = dashboard_exprs()
