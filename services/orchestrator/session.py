@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 FPS = 25
 FRAME_S = 1 / FPS
+READ_AHEAD_SLACK_S = 5 * FRAME_S  # frames in transit: counted as taken here, not yet by the client
 
 log = telemetry.get_logger("ditto.orchestrator")
 _first_frame = telemetry.histogram("ditto_first_frame_seconds", "First audio chunk to first frame sent", (),
@@ -284,6 +285,12 @@ class Session:
         """Audio seconds sent into the pipeline whose frames the client has not taken yet (interrupted epochs'
         audio included until the pipeline has dropped it)."""
         return self.debt_s + self.counters.audio_s - self.counters.frames * FRAME_S
+
+    def _waiting_for_frames(self) -> bool:
+        """The client's audio fills the read-ahead: a client that paces by it (the SDK does) holds the rest of its
+        speech until frames come back, so it is the one waiting. Frames on their way count as taken here before the
+        client has counted them, hence a few frames of slack."""
+        return self._in_flight_s() >= self.read_ahead_s - READ_AHEAD_SLACK_S
 
     @property
     def read_ahead_s(self) -> float:
@@ -580,8 +587,10 @@ class Session:
                     await self.fail(grpc.StatusCode.DEADLINE_EXCEEDED,
                                     f"session reached its maximum duration of {self.max_duration_s:.0f} s")
                     return
-                # after EndOfAudio the client has nothing more to say while the last frames drain: no idle timeout
-                if (not self.ended_audio and not self.waiting_for_credit
+                # after EndOfAudio the client has nothing more to say while the last frames drain, and while its
+                # audio is held back (by our credits, or by its own pacing to the read-ahead) it waits for us: no idle
+                # timeout then
+                if (not self.ended_audio and not self.waiting_for_credit and not self._waiting_for_frames()
                         and now - self.last_client_msg > self.idle_timeout_s):
                     await self.fail(grpc.StatusCode.DEADLINE_EXCEEDED,
                                     f"no message from the client for {self.idle_timeout_s:.0f} s; send audio or "
