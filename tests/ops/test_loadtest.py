@@ -198,11 +198,11 @@ def test_the_html_report_is_self_contained_and_draws_every_chart(refused_then_ad
 
 @pytest.mark.e2e
 def test_bursty_speech_with_barge_in_measures_interrupt_to_silence(one_at_a_time, tmp_path):
-    """Through the API this time: one session, each 2 s answer handed over at once, interrupted 0.3 s after its
+    """Through the API this time: one session, each 1.2 s answer handed over at once, interrupted 0.3 s after its
     first frame, then the second answer played out."""
     (tmp_path / "p.png").write_bytes(portrait_png())
     p = LoadPlan(server=one_at_a_time.address, portrait=tmp_path / "p.png", steps=[1], step_s=0.5,
-                 max_sessions_per_step=1, speech="bursty", speech_s=2.0, barge_in_s=0.3, target_first_frame_ms=600000,
+                 max_sessions_per_step=1, speech="bursty", speech_s=1.2, barge_in_s=0.3, target_first_frame_ms=600000,
                  min_fps=0.5, keep_share=0.5)
     run = asyncio.run(run_load(p, Progress(open(os.devnull, "w"))))
     summary = summarize(run)
@@ -210,7 +210,7 @@ def test_bursty_speech_with_barge_in_measures_interrupt_to_silence(one_at_a_time
     assert rec["code"] == "OK", rec
     assert len(rec["interrupts_ms"]) == 1 and 0 < rec["interrupts_ms"][0] < 10_000
     assert summary["steps"][0]["interrupt_to_silence_ms"]["p50"] == pytest.approx(rec["interrupts_ms"][0], abs=0.1)
-    assert rec["frames"] >= 50  # the second answer whole, after some of the first
+    assert rec["frames"] > 30  # the second answer whole (30 frames), after some of the first
     json_path, html_path = write_reports(summary, tmp_path)
     assert "Interrupt to silence per step" in html_path.read_text()
 
