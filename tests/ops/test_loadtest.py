@@ -24,7 +24,8 @@ from ditto_app.loadtest.summary import step_summary, verdict
 from ditto_app.loadtest.svg import nice_ticks
 
 CHROMIUM = os.environ.get("DITTO_TEST_CHROMIUM", "/usr/bin/chromium")
-LENIENT = ("--target-first-frame-ms", "600000", "--min-fps", "0.5", "--keep-share", "0.5")  # a 2-core CPU
+# a 2-core CPU shared with other jobs: lenient targets, and no session cut for being slow
+LENIENT = ("--target-first-frame-ms", "600000", "--min-fps", "0.5", "--keep-share", "0.5", "--session-timeout-s", "600")
 
 
 # ---------------------------------------------------------------------------------------------- without a server
@@ -203,7 +204,7 @@ def test_bursty_speech_with_barge_in_measures_interrupt_to_silence(one_at_a_time
     (tmp_path / "p.png").write_bytes(portrait_png())
     p = LoadPlan(server=one_at_a_time.address, portrait=tmp_path / "p.png", steps=[1], step_s=0.5,
                  max_sessions_per_step=1, speech="bursty", speech_s=1.2, barge_in_s=0.3, target_first_frame_ms=600000,
-                 min_fps=0.5, keep_share=0.5)
+                 min_fps=0.5, keep_share=0.5, session_timeout_s=600)
     run = asyncio.run(run_load(p, Progress(open(os.devnull, "w"))))
     summary = summarize(run)
     (rec,) = summary["sessions"]
