@@ -10,6 +10,8 @@ setup: $(VENV)/.installed $(VENV)/.paste-built face-models
 $(VENV)/.installed: pyproject.toml setup.py clients/python/pyproject.toml
 	@tools/need-system-package redis-server redis-server "the tests start a throwaway Redis server"
 	@tools/need-system-package cc gcc "the paste-back pass, services/renderer/_paste.c, is compiled at install"
+	@tools/need-system-package promtool prometheus "the alert rules are checked with promtool, and a test runs Prometheus" \
+		|| echo "continuing without prometheus: the alert-rule tests say what to install"
 	test -x $(PY) || python3 -m venv $(VENV)
 	@tools/need-system-package "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["include"])')/Python.h" \
 		python3-dev "the paste-back pass is a C extension built against Python's headers"

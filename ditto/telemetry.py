@@ -4,7 +4,8 @@
   variables ride along with every log line of the task that set them.
 - OpenTelemetry: one tracer provider with a console or OTLP exporter, or none; it runs without a collector.
   `inject()` / `extract()` carry the W3C trace context inside bus entries so one chunk's trace spans processes.
-- Prometheus: one registry per process (`REGISTRY`), served on `metrics_port` when set.
+- Prometheus: one registry per process (`REGISTRY`), served on `metrics_port` when set. Metrics are declared beside
+  the code that sets them (`counter`, `gauge`, `histogram`); the GPU memory gauge is read here, at scrape time.
 """
 
 from __future__ import annotations
@@ -18,12 +19,36 @@ import structlog
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
 
 from ditto.config import TelemetrySettings
 from ditto.redaction import redact_event
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 _configured = False
+
+
+class _GpuMemory:
+    """`ditto_gpu_memory_bytes{device, kind}` at scrape time: what PyTorch holds on each CUDA device of this process
+    (`allocated` by tensors, `reserved` by its caching allocator) and the device's memory in use by every process
+    (`device_used`). Read only once the process has initialised CUDA itself, so a scrape never creates a CUDA
+    context; a process without a GPU exports the family with no samples."""
+
+    def collect(self) -> Any:
+        family = GaugeMetricFamily("ditto_gpu_memory_bytes", "GPU memory: held by this process's tensors "
+                                   "(allocated), by its allocator (reserved), in use on the device (device_used)",
+                                   labels=("device", "kind"))
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+            for i in range(torch.cuda.device_count()):
+                free, total = torch.cuda.mem_get_info(i)
+                family.add_metric([f"cuda:{i}", "allocated"], float(torch.cuda.memory_allocated(i)))
+                family.add_metric([f"cuda:{i}", "reserved"], float(torch.cuda.memory_reserved(i)))
+                family.add_metric([f"cuda:{i}", "device_used"], float(total - free))
+        yield family
+
+
+REGISTRY.register(_GpuMemory())
 
 
 def setup(settings: TelemetrySettings | None = None, service_name: str | None = None) -> None:

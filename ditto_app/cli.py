@@ -24,6 +24,8 @@ COMMANDS: dict[str, str] = {
     "train": "ditto_app.train_cli",
     "worker": "ditto_app.worker_cli",
     "demo": "ditto_app.demo_cli",
+    "status": "ditto_app.status_cli",
+    "loadtest": "ditto_app.loadtest_cli",
     "livekit-worker": "integrations.livekit.cli",
     "webrtc-gateway": "services.webrtc_gateway.cli",
 }

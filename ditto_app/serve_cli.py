@@ -104,7 +104,7 @@ async def report_stage_health(orch, server, names: list[str], log) -> None:
     serving: bool | None = None
     while True:
         try:
-            missing = await orch.placer.missing_stages()
+            missing = await orch.check_stages()  # and ditto_stage_workers, which the "no live worker" alert reads
         except Exception as err:  # Redis away: sessions cannot start either
             missing = [f"session store ({type(err).__name__})"]
         if serving != (not missing):

@@ -10,11 +10,11 @@ them by hand would drift from `DITTO_BUS__SLOTS`; run this after changing it:
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import yaml
+from generated import write_or_check
 
 K8S = Path(__file__).resolve().parents[1] / "k8s"
 CONFIG = K8S / "base" / "config.yaml"
@@ -97,18 +97,7 @@ def render(slots: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="only report whether the file is up to date")
-    args = parser.parse_args(argv)
-    text = render(slot_count())
-    if args.check:
-        if not OUTPUT.exists() or OUTPUT.read_text() != text:
-            print(f"{OUTPUT} is stale: run python deploy/tools/gen_scaledobjects.py", file=sys.stderr)
-            return 1
-        return 0
-    OUTPUT.write_text(text)
-    print(f"wrote {OUTPUT}")
-    return 0
+    return write_or_check(__file__, OUTPUT, lambda: render(slot_count()), argv)
 
 
 if __name__ == "__main__":

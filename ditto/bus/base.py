@@ -144,6 +144,10 @@ class Bus(abc.ABC):
         ...
 
     @abc.abstractmethod
+    async def oldest_entry(self, stream: str) -> bus_pb2.StreamEntry | None:
+        """The first entry still in the stream, i.e. the oldest work not yet done (None when it is empty)."""
+
+    @abc.abstractmethod
     async def delete_stream(self, stream: str) -> None:
         ...
 

@@ -169,6 +169,12 @@ class MemoryBus(Bus):
     async def stream_length(self, stream: str) -> int:
         return len(self._stream(stream).entries)
 
+    async def oldest_entry(self, stream: str) -> bus_pb2.StreamEntry | None:
+        entries = self._stream(stream).entries
+        if not entries:
+            return None
+        return bus_pb2.StreamEntry.FromString(next(iter(entries.values())))
+
     async def delete_stream(self, stream: str) -> None:
         self._streams.pop(stream, None)
 

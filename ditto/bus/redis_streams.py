@@ -277,6 +277,10 @@ class RedisBus(Bus):
     async def stream_length(self, stream: str) -> int:
         return int(await self._call(self.r.xlen(stream)))
 
+    async def oldest_entry(self, stream: str) -> bus_pb2.StreamEntry | None:
+        found = self._parse(stream, await self._call(self.r.xrange(stream, count=1)), 0)
+        return found[0].entry if found else None
+
     async def delete_stream(self, stream: str) -> None:
         await self._call(self.r.delete(stream))
         self._groups = {g for g in self._groups if g[0] != stream}

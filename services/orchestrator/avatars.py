@@ -10,6 +10,7 @@ import grpc
 from ditto import rpc, telemetry
 from ditto.avatar_keys import info_key, source_key
 from ditto.bus import Bus
+from ditto.bus.worker import addresses_key
 from ditto_client.v1 import renderer_pb2, renderer_pb2_grpc
 
 log = telemetry.get_logger("ditto.orchestrator")
@@ -43,7 +44,7 @@ class GrpcRegistrar(Registrar):
     async def _addresses(self) -> list[str]:
         if self.address:
             return [self.address]
-        return await self.bus.live_members(self.bus.key("renderer", "addrs"))
+        return await self.bus.live_members(addresses_key(self.bus, "renderer"))
 
     async def register(self, request: renderer_pb2.RegisterSourceRequest) -> renderer_pb2.RegisterSourceResponse:
         addresses = await self._addresses()

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from ditto.bus import Bus
 from ditto.bus.base import Admission, AdmissionRequest, StageSlots
-from ditto.bus.worker import held_slots_key
+from ditto.bus.worker import held_slots_key, workers_key
 
 STAGES = ("audio_encoder", "motion_generator", "renderer")
 PLACEMENT_TTL_S = 15
@@ -93,6 +93,10 @@ class Placer:
         members = await self.bus.live_members(held_slots_key(self.bus, stage))
         return sorted(int(m) for m in members if int(m) < self.slots)
 
+    async def live_workers(self, stage: str) -> list[str]:
+        """The ids of the stage's running workers (their presence on the bus, renewed with their leases)."""
+        return await self.bus.live_members(workers_key(self.bus, stage))
+
     async def load(self, stage: str) -> dict[int, int]:
         counts: dict[int, int] = {}
         for m in await self.bus.live_members(self.load_key(stage)):
@@ -119,10 +123,6 @@ class Placer:
         if admission.refused:
             raise self.refusal(admission)
         return Placement(admission.slots)
-
-    async def missing_stages(self) -> list[str]:
-        """The stages no live worker serves now (no slot of theirs is held): sessions cannot start until it is []."""
-        return [stage for stage in STAGES if not await self.held_slots(stage)]
 
     def refusal(self, admission: Admission) -> NoCapacity:
         stage = admission.stage

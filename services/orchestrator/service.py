@@ -18,12 +18,38 @@ from ditto.redaction import redact
 from ditto_client.v1 import avatar_pb2, avatar_pb2_grpc, common_pb2, renderer_pb2
 from services.orchestrator.avatars import AvatarRegistry, Registrar, RegistrationError
 from services.orchestrator.config import OrchestratorSettings
-from services.orchestrator.placement import NoCapacity, Placement, Placer
+from services.orchestrator.placement import STAGES, NoCapacity, Placement, Placer
 from services.orchestrator.session import Session, SessionError, validate_config
 from services.orchestrator.tenants import SESSION_KEY_TTL_S, AuthError, Quotas, Tenant, TenantDirectory
 
 log = telemetry.get_logger("ditto.orchestrator")
-_refused = telemetry.counter("ditto_sessions_refused_total", "Sessions refused at admission", ("reason",))
+_refused = telemetry.counter("ditto_sessions_refused_total", "Sessions refused before they started, by reason "
+                             "(quota, capacity, auth, request, unavailable) and status code", ("reason", "code"))
+_admitted = telemetry.counter("ditto_sessions_admitted_total", "Sessions admitted, per tenant", ("tenant",))
+_workers = telemetry.gauge("ditto_stage_workers", "Live workers of each stage, as this orchestrator sees them on the "
+                           "bus (0: sessions cannot start)", ("stage",))
+
+
+def replicas_key(bus: Bus) -> str:
+    """Live-member set of the running orchestrator replicas (members: replica ids)."""
+    return bus.key("orchestrators")
+
+
+def count_refusal(err: BaseException) -> None:
+    """Count a session that was refused before it started (ditto_sessions_refused_total), by why and the status the
+    client got."""
+    if isinstance(err, NoCapacity):
+        reason, code = "capacity", grpc.StatusCode.RESOURCE_EXHAUSTED
+    elif isinstance(err, BusError):
+        reason, code = "unavailable", grpc.StatusCode.UNAVAILABLE
+    elif isinstance(err, AuthError):
+        code = err.code
+        reason = "quota" if code == grpc.StatusCode.RESOURCE_EXHAUSTED else "auth"
+    elif isinstance(err, SessionError):
+        reason, code = "request", err.code
+    else:
+        reason, code = "request", grpc.StatusCode.UNKNOWN
+    _refused.labels(reason, code.name).inc()
 
 
 class Orchestrator:
@@ -37,7 +63,7 @@ class Orchestrator:
         self.avatars = AvatarRegistry(bus, registrar)
         self.sessions: dict[str, Session] = {}
         self.frames_stream = bus.key("frames", settings.replica_id())
-        self.replicas_key = bus.key("orchestrators")
+        self.replicas_key = replicas_key(bus)
         # CPU-heavy request work (Render's audio decode, MP4 muxing) runs in threads, this many at once
         self.heavy = asyncio.Semaphore(settings.max_concurrent_decodes)
         self._dispatcher: asyncio.Task | None = None
@@ -124,11 +150,10 @@ class Orchestrator:
             used_key=self.quotas.used_key(tenant.id), max_seconds=tenant.session_minutes * 60,
             ttl_ms=SESSION_KEY_TTL_S * 1000)
         if admission.refused in ("sessions", "seconds"):
-            _refused.labels("quota").inc()
             raise self.quotas.refusal(tenant, admission)
         if admission.refused:
-            _refused.labels("capacity").inc()
             raise self.placer.refusal(admission)
+        _admitted.labels(tenant.id).inc()
         placement = Placement(admission.slots)
         remaining = await self.quotas.remaining_s(tenant)
         session = Session(self, tenant, config, avatar, placement, offline=offline, session_id=session_id)
@@ -138,6 +163,16 @@ class Orchestrator:
         await session.start()
         log.info("session started", avatar=config.avatar_id, slots=placement.slots, offline=offline)
         return session
+
+    async def check_stages(self) -> list[str]:
+        """The stages no live worker serves now (sessions cannot start until this is []); sets ditto_stage_workers
+        from the workers' presence on the bus."""
+        missing = []
+        for stage in STAGES:
+            _workers.labels(stage).set(len(await self.placer.live_workers(stage)))
+            if not await self.placer.held_slots(stage):
+                missing.append(stage)
+        return missing
 
     async def close_session(self, session: Session) -> None:
         await session.close()
@@ -269,12 +304,17 @@ class AvatarService(avatar_pb2_grpc.AvatarServicer):
                 context.set_code(session.final[0])
                 context.set_details(session.final[1])
         except (AuthError, SessionError) as err:
+            if session is None:
+                count_refusal(err)
             yield _refusal(context, err.code, str(err))
         except NoCapacity as err:
+            count_refusal(err)
             _trailing_retry(context, err.retry_after_ms)
             yield _refusal(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
                            f"{err} (retry after {err.retry_after_ms} ms)")
         except BusError as err:
+            if session is None:
+                count_refusal(err)
             yield _refusal(context, grpc.StatusCode.UNAVAILABLE, _unavailable("session store", err))
         finally:
             if reader:
@@ -291,8 +331,11 @@ class AvatarService(avatar_pb2_grpc.AvatarServicer):
             async for msg in render_job(self.orch, tenant, request):
                 yield msg
         except (AuthError, SessionError, RenderJobError) as err:
+            if isinstance(err, AuthError):  # a bad key or the tenant's quota: an admission decision
+                count_refusal(err)
             await context.abort(err.code, str(err))
         except NoCapacity as err:
+            count_refusal(err)
             _trailing_retry(context, err.retry_after_ms)
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{err} (retry after {err.retry_after_ms} ms)")
         except BusError as err:

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 FPS = 25
 FRAME_S = 1 / FPS
+READ_AHEAD_SLACK_S = 5 * FRAME_S  # frames in transit: counted as taken here, not yet by the client
 
 log = telemetry.get_logger("ditto.orchestrator")
 _first_frame = telemetry.histogram("ditto_first_frame_seconds", "First audio chunk to first frame sent", (),
@@ -38,7 +39,9 @@ _first_frame = telemetry.histogram("ditto_first_frame_seconds", "First audio chu
 _lag = telemetry.gauge("ditto_session_lag_seconds", "How far behind realtime a session's frames are", ("session",))
 _frames = telemetry.counter("ditto_frames_sent_total", "Frames delivered to clients", ())
 _late = telemetry.counter("ditto_frames_late_total", "Frames sent more than one frame late", ())
-_active = telemetry.gauge("ditto_sessions_active", "Open sessions on this replica", ())
+_active = telemetry.gauge("ditto_sessions_active", "Open sessions on this replica, per tenant", ("tenant",))
+_ended = telemetry.counter("ditto_sessions_ended_total", "Sessions ended after they started, by final status code "
+                           "(CANCELLED: the client went away)", ("code",))
 _fps = telemetry.gauge("ditto_session_delivered_fps", "Delivered frames per second, per session", ("session",))
 
 SAMPLE_BYTES = {common_pb2.SAMPLE_FORMAT_PCM_S16LE: 2, common_pb2.SAMPLE_FORMAT_FLOAT32LE: 4}
@@ -245,7 +248,7 @@ class Session:
         await self._publish(bus_pb2.ENTRY_KIND_START, spec.SerializeToString())
         self._tasks.append(asyncio.create_task(self._pace()))
         self._tasks.append(asyncio.create_task(self._housekeeping()))
-        _active.inc()
+        _active.labels(self.tenant.id).inc()
 
     # ---- client side ----
     async def audio(self, data: bytes, idle: bool = False) -> None:
@@ -282,6 +285,12 @@ class Session:
         """Audio seconds sent into the pipeline whose frames the client has not taken yet (interrupted epochs'
         audio included until the pipeline has dropped it)."""
         return self.debt_s + self.counters.audio_s - self.counters.frames * FRAME_S
+
+    def _waiting_for_frames(self) -> bool:
+        """The client's audio fills the read-ahead: a client that paces by it (the SDK does) holds the rest of its
+        speech until frames come back, so it is the one waiting. Frames on their way count as taken here before the
+        client has counted them, hence a few frames of slack."""
+        return self._in_flight_s() >= self.read_ahead_s - READ_AHEAD_SLACK_S
 
     @property
     def read_ahead_s(self) -> float:
@@ -578,8 +587,10 @@ class Session:
                     await self.fail(grpc.StatusCode.DEADLINE_EXCEEDED,
                                     f"session reached its maximum duration of {self.max_duration_s:.0f} s")
                     return
-                # after EndOfAudio the client has nothing more to say while the last frames drain: no idle timeout
-                if (not self.ended_audio and not self.waiting_for_credit
+                # after EndOfAudio the client has nothing more to say while the last frames drain, and while its
+                # audio is held back (by our credits, or by its own pacing to the read-ahead) it waits for us: no idle
+                # timeout then
+                if (not self.ended_audio and not self.waiting_for_credit and not self._waiting_for_frames()
                         and now - self.last_client_msg > self.idle_timeout_s):
                     await self.fail(grpc.StatusCode.DEADLINE_EXCEEDED,
                                     f"no message from the client for {self.idle_timeout_s:.0f} s; send audio or "
@@ -639,7 +650,8 @@ class Session:
         for t in self._tasks:
             t.cancel()
         self.frames_in.put_nowait(None)
-        _active.dec()
+        _active.labels(self.tenant.id).dec()
+        _ended.labels(self.final[0].name if self.final else "CANCELLED").inc()
         try:
             _lag.remove(self.session_id)
             _fps.remove(self.session_id)

@@ -36,7 +36,10 @@ Obj = dict[str, Any]
 
 
 def load_tool(name: str) -> ModuleType:
-    """A module of deploy/tools by file name (deploy/ is not a Python package)."""
+    """A module of deploy/tools by file name (deploy/ is not a Python package; its tools import each other as
+    scripts do, from their own folder)."""
+    if str(DEPLOY / "tools") not in sys.path:
+        sys.path.insert(0, str(DEPLOY / "tools"))
     spec = importlib.util.spec_from_file_location(f"deploy_tools_{name}", DEPLOY / "tools" / f"{name}.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)

@@ -68,13 +68,16 @@ async def test_read_blocks_until_publish(bus):
 async def test_commit_is_atomic_and_trims_only_acknowledged(bus):
     s, out = bus.slot_stream("stage", 0), bus.slot_stream("next", 0)
     await bus.ensure_group(s, "stage")
+    assert await bus.oldest_entry(s) is None
     for i in range(3):
         await bus.publish(s, entry("a", i, i))
     got = await bus.read("stage", "c1", [s], count=10)
     assert await bus.pending_count(s, "stage") == 3
+    assert (await bus.oldest_entry(s)).seq == 0
     await bus.commit("stage", Commit(outputs=[(out, entry("a", 0, 10))], state={"k": b"v"},
                                      acks=[(s, got[0].entry_id)]))
     assert await bus.stream_length(s) == 2  # the acknowledged entry is gone, the two unacknowledged stay
+    assert (await bus.oldest_entry(s)).seq == 1  # the oldest work not yet done
     assert await bus.pending_count(s, "stage") == 2
     assert await bus.backlog(s, "stage") == 2
     assert await bus.stream_length(out) == 1

@@ -319,6 +319,28 @@ async def test_a_client_held_back_by_credits_is_not_idle():
         assert len(frames_of(out)) == 150
 
 
+async def test_an_sdk_client_holding_speech_back_for_frames_is_not_idle():
+    """The SDK writes speech only as far ahead as the server reads (SessionStarted.audio_read_ahead_ms) and holds the
+    rest until frames come back; while the read-ahead is full the client is waiting for the service, so a pipeline
+    slower than the idle timeout to its first frames must not end the session (found by `ditto loadtest`: bursty
+    sessions under load ended with DEADLINE_EXCEEDED before their first frame)."""
+    from ditto_client import AsyncAvatarClient
+
+    async with embedded_service(idle_timeout_s=1) as (stub, orch):
+        avatar = await _register(stub)
+        async with AsyncAvatarClient(stub.address) as client:
+            stream = await client.open_session(avatar.avatar_id, idle_policy=avatar_pb2.IDLE_POLICY_FREEZE)
+            for chunk in chunks(speech_pcm16(6.0)):  # a whole answer at once, as text-to-speech hands it over
+                await stream.send_audio(chunk)
+            await stream.end_audio()
+            frames, final = 0, None
+            async for msg in stream:
+                frames += msg.WhichOneof("kind") == "frame"
+                final = msg.final.status if msg.WhichOneof("kind") == "final" else final
+        assert final is not None and final.code == 0, final
+        assert frames == 150
+
+
 async def test_render_rpc_returns_an_mp4_with_video_and_audio(tmp_path):
     import av
 

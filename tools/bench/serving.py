@@ -1,18 +1,17 @@
-"""Serving benchmark, in the manner of a realtime avatar load test: N clients talk at once, each streaming speech at
-realtime pace (200 ms chunks sent when they would be spoken) and receiving the video. Per concurrency level it
-reports first-frame latency percentiles (first audio chunk sent -> first frame received) and the frame rate each
-session is delivered at, for the embedded server (`ditto serve`, one process, in-memory bus) and for the distributed
-stack (ditto_app.cluster.LocalCluster: Redis, one worker process per stage, an orchestrator), so the
-latency the distributed path adds shows. Tiny profile with synthetic weights: it measures the serving machinery
-(transport, pacing, batching across sessions), not model speed. `python -m tools.bench` (`make bench`) calls
-`run`.
+"""Serving benchmark, with the load test operators run (`ditto loadtest`, ditto_app/loadtest): steps of 1, 2 and 4
+sessions at once, each session speaking SECONDS of speech, realtime-paced (200 ms chunks sent when they would be
+spoken) and again bursty (each answer handed over at once, as text-to-speech does). Per step: first-frame latency
+percentiles (first audio chunk sent -> first frame received), the frame rate each session is delivered at, lag,
+refusals and errors, for the embedded server (`ditto serve`, one process, in-memory bus) and for the distributed
+stack (ditto_app.cluster.LocalCluster: Redis, one worker process per stage, an orchestrator), so the latency the
+distributed path adds shows. Each run's HTML report is written next to serving.json. Tiny profile with synthetic
+weights: it measures the serving machinery (transport, pacing, batching across sessions), not model speed.
+`python -m tools.bench` (`make bench`) calls `run`.
 
-Two more cases. Bursty speech: a text-to-speech voice hands over audio faster than realtime, so the first
-BURST_S of audio is sent at once and the rest stays that far ahead of realtime; first-frame latency is reported
-next to the realtime-paced figures. Spread: SPREAD_SESSIONS equal sessions on a distributed stack with two workers
-per stage, and again with one worker per stage while the first half starts and a second joining before the other
-half: completion time (first audio sent -> last frame) of the slowest over the fastest, target <= 1.2, with the
-number of sessions each worker got.
+One more case, spread: SPREAD_SESSIONS equal sessions on a distributed stack with two workers per stage, and again
+with one worker per stage while the first half starts and a second joining before the other half: completion time
+(first audio sent -> last frame) of the slowest over the fastest, target <= 1.2, with the number of sessions each
+worker got (as `ditto status` reads it).
 """
 
 from __future__ import annotations
@@ -31,11 +30,10 @@ import numpy as np
 from ditto_app.cluster import ServeProcess, start_serve, stop_group
 from tools.bench import record
 
-LEVELS = (1, 2, 4)          # concurrent sessions
-ROUNDS = {1: 3, 2: 2, 4: 1}  # repeated so every level has 3-4 first-frame samples
+LEVELS = [1, 2, 4]          # sessions at once, one load-test step each
+SESSIONS_PER_STEP = 4       # every step runs this many sessions (1 at once: 4 in a row; 4 at once: one round)
 SECONDS = 4.0               # speech per session
 CHUNK_MS = 200
-BURST_S = 2.0               # bursty speech: this much audio at once, then the rest stays this far ahead
 SPREAD_SESSIONS = 4
 SESSION_TIMEOUT_S = 900      # a session on an overloaded CPU takes minutes; the bench measures it, not a deadline
 
@@ -57,20 +55,15 @@ def _portrait() -> bytes:
     return cv2.imencode(".png", cv2.resize(data.astronaut()[:, :, ::-1], (160, 128)))[1].tobytes()
 
 
-def _speech(seconds: float, seed: int, rate: int = 16000) -> bytes:
-    t = np.arange(int(rate * seconds)) / rate
-    env = 0.5 * (1 + np.sin(2 * np.pi * 4 * t + np.random.default_rng(seed).uniform(0, 6)))
-    voice = sum(np.sin(2 * np.pi * f * t) / (k + 1) for k, f in enumerate((130, 260, 650, 1100)))
-    return (np.clip(0.25 * env * voice, -1, 1) * 32767).astype("<i2").tobytes()
-
-
-async def _session(stub, avatar_id: str, seed: int, burst_s: float = 0.0,
-                   started: asyncio.Event | None = None, seconds: float = SECONDS) -> SessionResult:
+async def _session(stub, avatar_id: str, seed: int, started: asyncio.Event | None = None,
+                   seconds: float = SECONDS) -> SessionResult:
+    """One realtime-paced session of the spread case, timed to its last frame."""
     import grpc
 
+    from ditto_app.loadtest.driver import synthetic_speech
     from ditto_client.v1 import avatar_pb2, common_pb2
 
-    pcm = _speech(seconds, seed)
+    pcm = synthetic_speech(seconds).pcm
     step = 16000 * CHUNK_MS // 1000 * 2
     cfg = avatar_pb2.SessionConfig(
         avatar_id=avatar_id, seed=seed + 1, idle_policy=avatar_pb2.IDLE_POLICY_FREEZE,
@@ -83,8 +76,7 @@ async def _session(stub, avatar_id: str, seed: int, burst_s: float = 0.0,
         yield avatar_pb2.ConverseRequest(config=cfg)
         t0 = time.monotonic()
         for i, start in enumerate(range(0, len(pcm), step)):
-            # realtime pace, or `burst_s` ahead of it (the first burst_s at once)
-            await asyncio.sleep(max(0.0, t0 + i * CHUNK_MS / 1000 - burst_s - time.monotonic()))
+            await asyncio.sleep(max(0.0, t0 + i * CHUNK_MS / 1000 - time.monotonic()))  # realtime pace
             if not first_sent:
                 first_sent.append(time.monotonic())
             yield avatar_pb2.ConverseRequest(audio=avatar_pb2.AudioChunk(data=pcm[start:start + step]))
@@ -109,78 +101,58 @@ async def _session(stub, avatar_id: str, seed: int, burst_s: float = 0.0,
                          completion_s=arrivals[-1] - first_sent[0] if arrivals and first_sent else float("nan"))
 
 
-async def _load(address: str) -> dict:
-    import grpc
+def _load(address: str, name: str, out_dir: Path, logs: Path) -> dict:
+    """The load test at LEVELS, realtime-paced then bursty; each run's HTML report lands in `out_dir`."""
+    from ditto_app.loadtest import LoadPlan, run_load, summarize
+    from ditto_app.loadtest.report import html
 
-    from ditto import rpc
-    from ditto_client.v1 import avatar_pb2, avatar_pb2_grpc
-
-    async with grpc.aio.insecure_channel(address, options=rpc.channel_options()) as channel:
-        stub = avatar_pb2_grpc.AvatarStub(channel)
-        avatar = await stub.RegisterAvatar(avatar_pb2.RegisterAvatarRequest(media=_portrait(), filename="p.png"),
-                                           timeout=120)
-        await _session(stub, avatar.avatar_id, 0)  # warm-up: first-call costs stay out of the numbers
-        levels: dict = {}
-        for burst_s, key in ((0.0, ""), (BURST_S, "bursty_")):
-            for n in LEVELS:
-                results: list[SessionResult] = []
-                for r in range(ROUNDS[n]):
-                    results += await asyncio.gather(*(_session(stub, avatar.avatar_id, 100 * r + k, burst_s)
-                                                      for k in range(n)))
-                first = np.array([x.first_frame_s for x in results])
-                levels[f"{key}{n}"] = {
-                    "sessions": len(results),
-                    "first_frame_ms": {f"p{q}": round(float(np.nanpercentile(first, q)) * 1000, 1)
-                                       for q in (50, 90, 95, 99)},
-                    "delivered_fps": {"min": round(min(x.fps for x in results), 2),
-                                      "mean": round(float(np.mean([x.fps for x in results])), 2)},
-                    "frames_complete": all(x.frames == x.expected for x in results),
-                    "errors": sorted({x.code for x in results if x.code != "OK"}),
-                }
-                print(f"  {key or 'realtime_'}{n} concurrent: {json.dumps(levels[f'{key}{n}'])}", flush=True)
-        return levels
-
-
-def _placements(redis_url: str, prefix: str, slots: int) -> dict[str, dict[str, int]]:
-    """Per stage, how many of the live sessions each worker serves (placement keys and slot leases in Redis)."""
-    import redis
-
-    from services.orchestrator.placement import STAGES
-
-    client = redis.Redis.from_url(redis_url)
-    try:
-        out: dict[str, dict[str, int]] = {}
-        for stage in STAGES:
-            owners = client.mget([f"{prefix}:{stage}:lease:{k}" for k in range(slots)])
-            counts: dict[str, int] = {}
-            for key in client.scan_iter(match=f"{prefix}:placement:{stage}:*", count=1000):
-                owner = owners[int(key.decode().split(":")[-2])]
-                name = owner.decode() if isinstance(owner, bytes) else str(owner or "(none)")
-                counts[name] = counts.get(name, 0) + 1
-            out[stage] = counts
-        return out
-    finally:
-        client.close()
+    portrait = logs / "portrait.png"
+    portrait.write_bytes(_portrait())
+    common = {"server": address, "speech_s": SECONDS, "chunk_ms": CHUNK_MS, "session_timeout_s": SESSION_TIMEOUT_S,
+              "step_s": SESSION_TIMEOUT_S, "max_sessions_per_step": SESSIONS_PER_STEP, "keep_going": True}
+    warm = asyncio.run(run_load(LoadPlan(portrait=portrait, steps=[1], **{**common, "max_sessions_per_step": 1})))
+    levels: dict = {}
+    for speech, key in (("realtime", ""), ("bursty", "bursty_")):  # first-call costs stayed in the warm-up
+        summary = summarize(asyncio.run(run_load(LoadPlan(avatar_id=warm.avatar_id, steps=LEVELS, speech=speech,
+                                                          **common))))
+        (out_dir / f"serving-{name}-{speech}.html").write_text(html(summary))
+        for step in summary["steps"]:
+            levels[f"{key}{step['users']}"] = {
+                "sessions": step["sessions"],
+                "first_frame_ms": step["first_frame_ms"],
+                "delivered_fps": step["fps"],
+                "fps_kept_share": step["fps_kept_share"],
+                "lag_ms": step["lag_ms"],
+                "frames_complete": step["frames_complete"],
+                "refusals": step["refusals"]["by_code"],
+                "errors": step["errors"],
+            }
+        levels[f"{key}verdict"] = summary["verdict"]
+        print(f"  {speech}: {summary['verdict']}", flush=True)
+    return levels
 
 
-def _workers_live(redis_url: str, prefix: str, slots: int, workers: int) -> bool:
-    import redis
+def _workers(cluster) -> dict:
+    """Per stage, its live workers with their slots and sessions, as `ditto status` reads them from Redis."""
+    from ditto.bus import RedisBus
+    from ditto_app.status import snapshot
 
-    from services.orchestrator.placement import STAGES
+    async def read() -> dict:
+        bus = RedisBus(cluster.redis_url, cluster.prefix)
+        try:
+            snap = await snapshot(bus, cluster.slots, 4, bus.url)
+        finally:
+            await bus.close()
+        return {st.stage: [w for w in st.workers if w.slots] for st in snap.stages}
 
-    client = redis.Redis.from_url(redis_url)
-    try:
-        return all(len({o for o in client.mget([f"{prefix}:{stage}:lease:{k}" for k in range(slots)]) if o})
-                   >= workers for stage in STAGES)
-    finally:
-        client.close()
+    return asyncio.run(read())
 
 
 def _wait_workers_live(cluster, workers: int, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
-    while not _workers_live(cluster.redis_url, cluster.prefix, cluster.slots, workers):
+    while not all(len(live) >= workers for live in _workers(cluster).values()):
         if time.monotonic() > deadline:
-            raise TimeoutError(f"not {workers} live workers per stage after {timeout} s")
+            raise TimeoutError(f"not {workers} live workers holding slots per stage after {timeout} s")
         time.sleep(0.1)
 
 
@@ -207,19 +179,19 @@ async def _spread_run(cluster, joining: bool) -> dict:
             await asyncio.to_thread(_second_workers, cluster)
         half = SPREAD_SESSIONS // 2
         events = [asyncio.Event() for _ in range(SPREAD_SESSIONS)]
-        tasks = [asyncio.create_task(_session(stub, avatar.avatar_id, 10 + k, 0.0, events[k])) for k in range(half)]
+        tasks = [asyncio.create_task(_session(stub, avatar.avatar_id, 10 + k, events[k])) for k in range(half)]
         if joining:
             await asyncio.gather(*(e.wait() for e in events[:half]))
             await asyncio.to_thread(_second_workers, cluster)  # joins while the first half is speaking
-        tasks += [asyncio.create_task(_session(stub, avatar.avatar_id, 10 + k, 0.0, events[k]))
+        tasks += [asyncio.create_task(_session(stub, avatar.avatar_id, 10 + k, events[k]))
                   for k in range(half, SPREAD_SESSIONS)]
         await asyncio.gather(*(e.wait() for e in events))
-        placed = _placements(cluster.redis_url, cluster.prefix, cluster.slots)
+        placed = await asyncio.to_thread(_workers, cluster)
         results = await asyncio.gather(*tasks)
     done = [x.completion_s for x in results]
     return {"sessions": SPREAD_SESSIONS, "completion_s": [round(x, 2) for x in done],
             "spread": round(max(done) / min(done), 3), "target": 1.2,
-            "sessions_per_worker": {stage: sorted(c.values()) for stage, c in placed.items()},
+            "sessions_per_worker": {stage: sorted(w.sessions for w in live) for stage, live in placed.items()},
             "frames_complete": all(x.frames == x.expected for x in results),
             "errors": sorted({x.code for x in results if x.code != "OK"})}
 
@@ -257,13 +229,14 @@ def run(out_dir: Path, with_spread: bool = True) -> dict:
     logs = Path(tempfile.mkdtemp(prefix="ditto-bench-serving-"))
     result: dict = {"setup": {"profile": "tiny", "weights": "synthetic", "device": "cpu",
                               "audio_s_per_session": SECONDS, "chunk_ms": CHUNK_MS, "encoding": "JPEG",
-                              "clients": "realtime-paced, one process",
+                              "sessions_per_step": SESSIONS_PER_STEP,
+                              "clients": "ditto loadtest (realtime-paced, then bursty), one process",
                               "cpus": os.cpu_count(), "logs": str(logs)}}
 
     print("serving bench: embedded (ditto serve, in-memory bus)", flush=True)
     server = _start_embedded(logs / "embedded.log")
     try:
-        result["embedded"] = asyncio.run(_load(server.address))
+        result["embedded"] = _load(server.address, "embedded", out_dir, logs)
     finally:
         stop_group(server.popen, 20)
 
@@ -271,15 +244,16 @@ def run(out_dir: Path, with_spread: bool = True) -> dict:
     cluster = LocalCluster(prefix=f"ditto-bench-{uuid.uuid4().hex[:8]}", slots=8, log_dir=logs / "cluster")
     try:
         cluster.start(timeout=180)
-        result["distributed"] = asyncio.run(_load(cluster.address))
+        result["distributed"] = _load(cluster.address, "distributed", out_dir, logs)
     finally:
         cluster.stop()
         cluster.purge()
 
     added = {}
-    for key in result["embedded"]:
-        e, d = result["embedded"][key]["first_frame_ms"], result["distributed"][key]["first_frame_ms"]
-        added[key] = {k: round(d[k] - e[k], 1) for k in e}
+    for key, level in result["embedded"].items():  # the levels (the verdicts are strings)
+        e, d = (x.get(key) for x in (result["embedded"], result["distributed"]))
+        if isinstance(level, dict) and e["first_frame_ms"] and d["first_frame_ms"]:
+            added[key] = {k: round(d["first_frame_ms"][k] - e["first_frame_ms"][k], 1) for k in e["first_frame_ms"]}
     result["distributed_added_first_frame_ms"] = added
     earlier = out_dir / "serving.json"
     if with_spread or not earlier.is_file():
