@@ -154,7 +154,7 @@ async def run_session(client: Any, plan: LoadPlan, avatar_id: str, speech: Speec
     import grpc
 
     from ditto_client import session_config
-    from ditto_client.sdk import retry_hint_ms
+    from ditto_client.status import retry_hint_ms
     from ditto_client.v1 import avatar_pb2
 
     cfg = session_config(avatar_id, sample_rate_hz=speech.rate, channels=speech.channels, seed=rec.user + 1,
