@@ -15,14 +15,15 @@ object is made from what loading hands over. `load(spec, backend, device)` walks
 4. the stage's backend opens them: ONNX Runtime sessions (`ditto.accel.onnx_session`) or TensorRT engines, built on
    first use and cached by GPU, TensorRT version, graph and build options (`ditto.accel.TensorRTEngine`).
 
-A network published as ONNX (HuBERT) has nothing to build or export: its file is handed over as it is, and the
-runtime that opens it checks it.
+A network published as ONNX (`PublishedOnnx`: HuBERT) has nothing to build or export: its file is handed over as it
+is, and the runtime that opens it checks it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -34,15 +35,22 @@ BackendT = TypeVar("BackendT")
 
 @dataclass(frozen=True)
 class NetworkSpec:
-    """One network of a stage. Either `build` + `weights` (+ `export`, `export_path` for the ONNX backends), or
-    `onnx`: a network that is published as an ONNX file."""
+    """One network of a stage: how to build it, where its weights are, how it is exported and where that export is
+    cached (named by content)."""
 
     name: str                                              # the stage's name for it; the stem of its cached files
-    weights: WeightsSource | None = None
-    build: Callable[[], Any] | None = None                 # the network from its config, weights not loaded yet
-    export: Callable[[Any, Path], object] | None = None    # writes the loaded network's ONNX graph to a path
-    export_path: Callable[[Any], Path] | None = None       # where that export is cached, named by content
-    onnx: Path | None = None
+    weights: WeightsSource
+    build: Callable[[], Any]                               # the network from its config, weights not loaded yet
+    export: Callable[[Any, Path], object]                  # writes the loaded network's ONNX graph to a path
+    export_path: Callable[[Any], Path]                     # where that export is cached, named by content
+
+
+@dataclass(frozen=True)
+class PublishedOnnx:
+    """A network that is published as an ONNX file (HuBERT): nothing to build or export."""
+
+    name: str
+    path: Path
 
 
 @dataclass(frozen=True)
@@ -51,34 +59,34 @@ class ModelSpec(Generic[BackendT]):
     handed over} (a loaded torch module for 'torch', an ONNX file otherwise)."""
 
     what: str                                              # in messages: "the motion backend 'tensorrt' needs ..."
-    networks: Sequence[NetworkSpec]
+    networks: Sequence[NetworkSpec | PublishedOnnx]
     backends: Mapping[str, Callable[[dict[str, Any]], BackendT]]
     default: str                                           # what 'auto' means
 
 
 def load(spec: ModelSpec[BackendT], backend: str, device: str) -> BackendT:
-    """The stage's backend for `backend` ('auto' or one of `spec.backends`) on `device`, in one pass."""
+    """The stage's backend for `backend` ('auto' or one of `spec.backends`) on `device`, in one pass: every network
+    goes through a step before the next step starts."""
     chosen = spec.default if backend == "auto" else backend
     if chosen not in spec.backends:
         raise ValueError(f"{spec.what} backend must be one of {', '.join(('auto', *spec.backends))}, got {backend!r}")
     require_runtime(chosen, str(device), f"the {spec.what} backend {chosen!r}")
-    ready = {net.name: (build_network(net) if chosen == "torch" else onnx_file(net)) for net in spec.networks}
-    return spec.backends[chosen](ready)
+    built = [net for net in spec.networks if isinstance(net, NetworkSpec)]
+    models = {net.name: load_weights(net.build(), net.weights) for net in built}
+    if chosen == "torch":
+        return spec.backends[chosen](models)
+    files = {net.name: net.path for net in spec.networks if isinstance(net, PublishedOnnx)}
+    names = {net.name: net.export_path(models[net.name]) for net in built}      # by content: a hit skips the export
+    files |= {net.name: cached_export(names[net.name], partial(net.export, models[net.name])) for net in built}
+    return spec.backends[chosen](files)
 
 
 def build_network(net: NetworkSpec) -> Any:
     """The network built and its weights read, checked and loaded; in eval mode, on the CPU."""
-    if net.build is None or net.weights is None:
-        raise ValueError(f"{net.name} is published as ONNX; it has no PyTorch network to build")
     return load_weights(net.build(), net.weights)
 
 
 def onnx_file(net: NetworkSpec) -> Path:
-    """The network's ONNX file: as published, or our export of the loaded network, written once and reused."""
-    if net.onnx is not None:
-        return net.onnx
-    if net.export is None or net.export_path is None:
-        raise ValueError(f"{net.name} has no ONNX export")
+    """The network's ONNX export, written on first use into a file named by its content and reused after."""
     model = build_network(net)
-    export = net.export
-    return cached_export(net.export_path(model), lambda tmp: export(model, tmp))
+    return cached_export(net.export_path(model), partial(net.export, model))

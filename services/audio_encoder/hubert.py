@@ -19,7 +19,7 @@ import numpy as np
 from ditto import loading
 from ditto.accel import BackendError as BackendError  # re-exported: callers catch the stage's errors from here
 from ditto.accel import EngineSpec, TensorRTEngine, import_tensorrt, onnx_session, require_cuda
-from ditto.loading import ModelSpec, NetworkSpec
+from ditto.loading import ModelSpec, PublishedOnnx
 from ditto.weights import CheckpointError
 from services.audio_encoder.hubert_model import INPUT_NAME, OUTPUT_NAME
 from services.audio_encoder.windows import WINDOW
@@ -172,8 +172,7 @@ def model_spec(onnx_path: str | Path, device: str = "cpu", max_batch: int = DEFA
     """The audio stage's loading (`ditto.loading`): HuBERT is published as an ONNX file, so there is nothing to build
     or export; ONNX Runtime opens it on the device, or TensorRT builds an engine of it into cache_dir (default: beside
     the file)."""
-    hubert = NetworkSpec("hubert", onnx=Path(onnx_path))
-    return ModelSpec("HuBERT", [hubert], default="onnxruntime", backends={
+    return ModelSpec("HuBERT", [PublishedOnnx("hubert", Path(onnx_path))], default="onnxruntime", backends={
         "onnxruntime": lambda ready: OnnxHubert(ready["hubert"], device, max_batch=max_batch),
         "tensorrt": lambda ready: TensorRTHubert(ready["hubert"], device, max_batch, cache_dir),
     })

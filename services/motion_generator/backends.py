@@ -21,7 +21,7 @@ import numpy as np
 
 from ditto import accel, loading
 from ditto.accel import BackendError as BackendError  # re-exported: callers catch the stage's errors from here
-from ditto.accel import EngineSpec, TensorRTEngine, file_sha256, import_tensorrt, require_cuda
+from ditto.accel import EngineSpec, TensorRTEngine, file_sha256
 from ditto.loading import ModelSpec, NetworkSpec
 from ditto.weights import Checkpoint, CheckpointError
 
@@ -103,8 +103,6 @@ class TensorRTBackend:
 
     def __init__(self, onnx_path: str | Path, profile: str = "full", device: str = "cuda",
                  cache_dir: str | Path | None = None, max_batch: int = TRT_MAX_BATCH) -> None:
-        import_tensorrt("the motion backend 'tensorrt'")
-        require_cuda("the motion backend 'tensorrt'")
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.cfg = MotionDiTConfig.for_profile(profile)
