@@ -7,8 +7,8 @@ over the target. A reader sees either no file or a complete one; two writers rac
 the last rename wins, which is harmless because both wrote the same content (cache files are named by it).
 
 - `file_sha256`, `digest`: content hashes for cache keys.
-- `atomic_path`, `write_bytes_atomic`, `atomic_dir`, `partial_path` (for a writer that stays open): the one way
-  files and folders are published.
+- `atomic_path` (`atomic_paths` for several files in one block), `write_bytes_atomic`, `atomic_dir`, `partial_path`
+  (for a writer that stays open): the one way files and folders are published.
 - `cached_export(path, export)`: an ONNX (or any) file produced once and reused; stages name it by its source's
   content.
 - `require_runtime(backend, device)`: fail in a second, before any export, where a backend cannot run.
@@ -28,7 +28,7 @@ import os
 import shutil
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,14 +70,24 @@ def partial_path(path: Path) -> Path:
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temporary path to write instead of `path`; renamed over `path` when the block ends without error, removed
     when it raises."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = partial_path(path)
+    with atomic_paths([path]) as tmp:
+        yield tmp[Path(path)]
+
+
+@contextlib.contextmanager
+def atomic_paths(paths: Iterable[str | Path]) -> Iterator[dict[Path, Path]]:
+    """`atomic_path` for several files written in one block: {target: temporary path}; each temporary file is renamed
+    over its target when the block ends without error, and all are removed when it raises."""
+    tmp = {Path(p): partial_path(Path(p)) for p in paths}
+    for path in tmp:
+        path.parent.mkdir(parents=True, exist_ok=True)
     try:
         yield tmp
-        os.replace(tmp, path)
+        for path, t in tmp.items():
+            os.replace(t, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        for t in tmp.values():
+            t.unlink(missing_ok=True)
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:

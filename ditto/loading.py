@@ -11,7 +11,8 @@ object is made from what loading hands over. `load(spec, backend, device)` walks
 2. each network is built from its config and its weights are read, checked against it and loaded
    (`ditto.weights.load_weights`: errors name the file and the first bad key);
 3. 'torch' hands the loaded modules to the stage's backend; 'onnxruntime' and 'tensorrt' export each network to
-   ONNX once, into a file named by its content (`ditto.accel.cached_export`), and hand over the files;
+   ONNX once, into a file named by its content (written whole or not at all: `ditto.accel.atomic_paths`), and hand
+   over the files;
 4. the stage's backend opens them: ONNX Runtime sessions (`ditto.accel.onnx_session`) or TensorRT engines, built on
    first use and cached by GPU, TensorRT version, graph and build options (`ditto.accel.TensorRTEngine`).
 
@@ -27,7 +28,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from ditto.accel import cached_export, require_runtime
+from ditto.accel import atomic_paths, cached_export, require_runtime
 from ditto.weights import WeightsSource, load_weights
 
 BackendT = TypeVar("BackendT")
@@ -75,9 +76,12 @@ def load(spec: ModelSpec[BackendT], backend: str, device: str) -> BackendT:
     models = {net.name: load_weights(net.build(), net.weights) for net in built}
     if chosen == "torch":
         return spec.backends[chosen](models)
-    files = {net.name: net.path for net in spec.networks if isinstance(net, PublishedOnnx)}
-    names = {net.name: net.export_path(models[net.name]) for net in built}      # by content: a hit skips the export
-    files |= {net.name: cached_export(names[net.name], partial(net.export, models[net.name])) for net in built}
+    files = {net.name: net.export_path(models[net.name]) for net in built}      # named by content
+    missing = [net for net in built if not files[net.name].is_file()]          # a cached export is not redone
+    with atomic_paths(files[net.name] for net in missing) as tmp:
+        for net in missing:
+            net.export(models[net.name], tmp[files[net.name]])
+    files |= {net.name: net.path for net in spec.networks if isinstance(net, PublishedOnnx)}
     return spec.backends[chosen](files)
 
 
