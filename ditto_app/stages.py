@@ -85,18 +85,20 @@ def build_stage(name: str, weights_dir: Path, profile: str, bus: Bus, device: st
         motion_stage = MotionStage(generator, clamp)
         motion_handler = SessionStageHandler(motion_stage, max_batch=generator.max_batch)
         return BuiltStage(name, motion_handler, [motion_server.service(motion_stage, motion_handler.batcher)])
-    from services.renderer import server as renderer_server
-    from services.renderer.avatar.register import MediaLimits
-    from services.renderer.avatar.sessions import AuxModels
-    from services.renderer.core import RendererCore
-    from services.renderer.session_stage import RendererStage
+    if name == "renderer":
+        from services.renderer import server as renderer_server
+        from services.renderer.avatar.register import MediaLimits
+        from services.renderer.avatar.sessions import AuxModels
+        from services.renderer.core import RendererCore
+        from services.renderer.session_stage import RendererStage
 
-    aux = AuxModels.load(weights_dir, device)
-    m = media or MediaSettings()
-    core = RendererCore(
-        models, aux, cache_dir / "avatars" if cache_dir else None,
-        limits=MediaLimits(m.max_image_pixels, m.max_video_frames, m.max_video_s),
-        max_concurrent_registrations=m.max_concurrent_registrations, cache_ttl_s=m.avatar_cache_ttl_s,
-        max_avatar_bytes=m.max_avatar_memory_mb * 1024 * 1024)
-    render_handler = SessionStageHandler(RendererStage(core, bus), max_batch=64)
-    return BuiltStage(name, render_handler, [renderer_server.service(core, render_handler.batcher)])
+        aux = AuxModels.load(weights_dir, device)
+        m = media or MediaSettings()
+        core = RendererCore(
+            models, aux, cache_dir / "avatars" if cache_dir else None,
+            limits=MediaLimits(m.max_image_pixels, m.max_video_frames, m.max_video_s),
+            max_concurrent_registrations=m.max_concurrent_registrations, cache_ttl_s=m.avatar_cache_ttl_s,
+            max_avatar_bytes=m.max_avatar_memory_mb * 1024 * 1024)
+        render_handler = SessionStageHandler(RendererStage(core, bus), max_batch=64)
+        return BuiltStage(name, render_handler, [renderer_server.service(core, render_handler.batcher)])
+    raise ValueError(f"unknown stage {name!r}; one of {', '.join(STAGES)}")
