@@ -89,6 +89,10 @@ def _factories(cfg: RendererConfig) -> dict[str, Callable[[], nn.Module]]:
     }
 
 
+def _cache_dir(cache_dir: str | Path | None) -> Path:
+    return Path(cache_dir) if cache_dir is not None else default_cache_dir() / "renderer"
+
+
 def build_networks(profile: str = "full", names: tuple[str, ...] = NETWORKS) -> dict[str, nn.Module]:
     """The networks `names` (default: all five) with unloaded weights, in eval mode, keyed like `OFFICIAL_FILES`."""
     factories = _factories(RendererConfig.for_profile(profile))
@@ -103,7 +107,7 @@ def network_specs(weights: str | Path, profile: str = "full", seed: int = 0, cac
     """The five networks as loading sees them: built for `profile`, weights from a folder in the official layout or
     "synthetic" (golden-init v1 with `seed`, in memory), exported into `cache_dir/onnx/` with `grid_sample`."""
     factories = _factories(RendererConfig.for_profile(profile))
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "renderer"
+    cache = _cache_dir(cache_dir)
     specs = []
     for name in NETWORKS:
         container = OFFICIAL_FILES[name].container
@@ -129,7 +133,7 @@ def model_spec(weights: str | Path, profile: str, device: torch.device, cache_di
     """The renderer's loading: its five networks on 'torch', 'onnxruntime' (our fp32 exports) or 'tensorrt' (engines
     of them, cached in `cache_dir/trt/`). ONNX Runtime's CPU provider runs 5-D GridSample; TensorRT and older CUDA
     providers do not (the CUDA one falls back to the CPU for it), so graphs for CUDA get the gather decomposition."""
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "renderer"
+    cache = _cache_dir(cache_dir)
     grid: GridSampleMode = "decomposed" if device.type == "cuda" else "native"
     return ModelSpec("renderer", network_specs(weights, profile, seed, cache, grid), default="torch", backends={
         "torch": lambda ready: TorchBackend(ready, device),
