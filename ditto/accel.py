@@ -1,5 +1,5 @@
-"""Accelerator plumbing shared by the three stages: content hashes, atomic file writes, the ONNX export cache, and
-TensorRT 10 engines (import, build, cache key, runner).
+"""Accelerator plumbing shared by the three stages: content hashes, atomic file writes, the ONNX export cache, ONNX
+Runtime sessions, and TensorRT 10 engines (import, build, cache key, runner).
 
 Caches live on volumes that several processes (pods, workers) share, so every file is written the same way: into a
 temporary file with a name no other writer can pick (process id + random suffix) in the target's folder, then renamed
@@ -7,10 +7,13 @@ over the target. A reader sees either no file or a complete one; two writers rac
 the last rename wins, which is harmless because both wrote the same content (cache files are named by it).
 
 - `file_sha256`, `digest`: content hashes for cache keys.
-- `atomic_path`, `write_bytes_atomic`, `atomic_dir`, `partial_path` (for a writer that stays open): the one way
-  files and folders are published.
+- `atomic_path` (`atomic_paths` for several files in one block), `write_bytes_atomic`, `atomic_dir`, `partial_path`
+  (for a writer that stays open): the one way files and folders are published.
 - `cached_export(path, export)`: an ONNX (or any) file produced once and reused; stages name it by its source's
   content.
+- `require_runtime(backend, device)`: fail in a second, before any export, where a backend cannot run.
+- `onnx_session(path, device)`: an ONNX Runtime session with the providers for the device and the CPU options
+  measured best (`onnx_cpu_options`).
 - `import_tensorrt`, `EngineSpec`, `build_engine`, `engine_key`, `TensorRTEngine`: a TensorRT engine of an ONNX graph,
   cached as `<cache_dir>/<stem>-<key>.engine` where the key covers the GPU, its compute capability, the TensorRT
   version, the ONNX content and the build options, so an engine only ever runs where it was built. TensorRT needs a
@@ -25,7 +28,7 @@ import os
 import shutil
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,14 +70,24 @@ def partial_path(path: Path) -> Path:
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temporary path to write instead of `path`; renamed over `path` when the block ends without error, removed
     when it raises."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = partial_path(path)
+    with atomic_paths([path]) as tmp:
+        yield tmp[Path(path)]
+
+
+@contextlib.contextmanager
+def atomic_paths(paths: Iterable[str | Path]) -> Iterator[dict[Path, Path]]:
+    """`atomic_path` for several files written in one block: {target: temporary path}; each temporary file is renamed
+    over its target when the block ends without error, and all are removed when it raises."""
+    tmp = {Path(p): partial_path(Path(p)) for p in paths}
+    for path in tmp:
+        path.parent.mkdir(parents=True, exist_ok=True)
     try:
         yield tmp
-        os.replace(tmp, path)
+        for path, t in tmp.items():
+            os.replace(t, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        for t in tmp.values():
+            t.unlink(missing_ok=True)
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
@@ -107,6 +120,70 @@ def cached_export(path: str | Path, export: Callable[[Path], object]) -> Path:
         with atomic_path(path) as tmp:
             export(tmp)
     return path
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ONNX Runtime
+
+
+def onnx_providers(device: str) -> list[Any]:
+    """Execution providers for a device: 'cpu', or 'cuda[:N]' with the CPU for the nodes CUDA lacks."""
+    import onnxruntime as ort
+
+    if not device.startswith("cuda"):
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise BackendError(f"device {device!r} asked for, but this ONNX Runtime has no CUDA provider: install "
+                           "onnxruntime-gpu (pip install '.[gpu]') or use device 'cpu'")
+    index = int(device.split(":", 1)[1]) if ":" in device else 0
+    return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+
+
+def onnx_cpu_options(threads: int | None = None) -> Any:
+    """The CPU session options measured best (tools/bench/onnxruntime.py, bench/results/onnxruntime.json): all
+    graph optimisations (NCHWc layout, fusions), one intra-op pool as wide as PyTorch's, sequential execution, and
+    no spin-waiting -- spinning threads cost the most where the cores are shared with other processes."""
+    import onnxruntime as ort
+    import torch
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = threads or torch.get_num_threads()
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return so
+
+
+def onnx_session(path: str | Path, device: str = "cpu", options: Any | None = None,
+                 threads: int | None = None) -> Any:
+    """An ONNX Runtime session of `path` on `device`; `options` default to `onnx_cpu_options(threads)` on the CPU.
+    A missing or unreadable file is a CheckpointError naming it."""
+    import onnxruntime as ort
+
+    from ditto.weights import CheckpointError
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found. Run `ditto weights fetch`, or use --weights synthetic")
+    providers = onnx_providers(str(device))
+    if options is None and not str(device).startswith("cuda"):
+        options = onnx_cpu_options(threads)
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as err:  # onnxruntime raises its own exception types
+        raise CheckpointError(f"{path}: ONNX Runtime cannot load it ({err}); the file may be truncated: delete it "
+                              "and fetch it again") from err
+
+
+def require_runtime(backend: str, device: str, what: str) -> None:
+    """Fail now, with what to do, when `backend` cannot run on `device` here (before any weights are read or any
+    export is written): TensorRT needs its package and a CUDA GPU, ONNX Runtime on CUDA needs onnxruntime-gpu."""
+    if backend == "tensorrt":
+        import_tensorrt(what)
+        require_cuda(what)
+    elif backend == "onnxruntime":
+        onnx_providers(str(device))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -232,6 +309,10 @@ class TensorRTEngine:
         require_cuda()
         self.torch = torch
         self.onnx_path = Path(onnx_path)
+        if not self.onnx_path.is_file():
+            from ditto.weights import CheckpointError
+
+            raise CheckpointError(f"{self.onnx_path}: file not found")
         index = self.device.index if self.device.index is not None else torch.cuda.current_device()
         self.path = Path(cache_dir) / f"{stem or self.onnx_path.stem}-{engine_key(self.onnx_path, spec, index)}.engine"
         if not self.path.is_file():

@@ -82,26 +82,74 @@ def read_state_dict(path: str | Path, container: Container = "plain") -> dict[st
     return dict(obj)
 
 
-def check_state_dict(expected: Mapping[str, Any], got: Mapping[str, Any], source: str | Path) -> None:
-    """Strict comparison of key sets and shapes; raises CheckpointError naming the first bad key."""
+def check_state_dict(expected: Mapping[str, Any], got: Mapping[str, Any], source: object) -> None:
+    """Strict comparison with a network's own state_dict; raises CheckpointError naming the first bad key.
+
+    Key sets and shapes must match, every value must be a finite tensor, and entries that are one tensor in the
+    network (a submodule shared by several layers, e.g. the MotionDiT's rotary frequencies) must be equal."""
+    import torch
+
     for key, ref in expected.items():
         if key not in got:
             raise CheckpointError(f"{source}: missing key '{key}' (expected shape {tuple(ref.shape)})")
-        if tuple(got[key].shape) != tuple(ref.shape):
+        value = got[key]
+        if not torch.is_tensor(value):
+            raise CheckpointError(f"{source}: key '{key}' is {type(value).__name__}, not a tensor")
+        if tuple(value.shape) != tuple(ref.shape):
             raise CheckpointError(
-                f"{source}: key '{key}' has shape {tuple(got[key].shape)}, the network expects {tuple(ref.shape)}"
+                f"{source}: key '{key}' has shape {tuple(value.shape)}, the network expects {tuple(ref.shape)}"
             )
     for key in got:
         if key not in expected:
             raise CheckpointError(f"{source}: unexpected key '{key}' (not part of this network or profile)")
+    for alias, first in shared_groups(expected).items():
+        if not torch.equal(got[alias], got[first]):
+            raise CheckpointError(f"{source}: key '{alias}' differs from '{first}'; the network holds them as one "
+                                  "shared tensor, so every copy must be equal")
+    for key, value in got.items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise CheckpointError(f"{source}: key '{key}' holds NaN or infinite values")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Weights in a `.pth`/`.pt` file (official or trained) and how its state_dict is wrapped."""
+
+    path: Path
+    container: Container = "plain"
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+
+@dataclass(frozen=True)
+class Generated:
+    """Weights made in memory by the golden-init v1 rule (synthetic weights without files)."""
+
+    seed: int
+
+    def __str__(self) -> str:
+        return f"golden-init v1 seed {self.seed}"
+
+
+WeightsSource = Checkpoint | Generated
+
+
+def load_weights(module: Any, source: WeightsSource) -> Any:
+    """Read (or generate) the weights, check them against `module` strictly and load them; returns the module in
+    eval mode. Every error is a CheckpointError naming the file and the first bad key."""
+    if isinstance(source, Checkpoint):
+        state = read_state_dict(source.path, source.container)
+    else:
+        state = golden_state_dict(module, source.seed)
+    check_state_dict(module.state_dict(), state, source)
+    module.load_state_dict(state, strict=True)
+    return module.eval()
 
 
 def load_module(module: Any, path: str | Path, container: Container = "plain") -> Any:
     """Load an official checkpoint into `module` strictly, then switch it to eval mode."""
-    sd = read_state_dict(path, container)
-    check_state_dict(module.state_dict(), sd, path)
-    module.load_state_dict(sd, strict=True)
-    return module.eval()
+    return load_weights(module, Checkpoint(Path(path), container))
 
 
 # ---------------------------------------------------------------------------------------------------------------

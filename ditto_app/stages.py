@@ -14,6 +14,8 @@ from ditto.stage_runtime import SessionStageHandler
 from ditto.weights import OFFICIAL_FILES
 
 STAGES = ("audio_encoder", "motion_generator", "renderer")
+# where each stage keeps its ONNX exports and TensorRT engines inside the cache folder
+CACHE_FOLDERS = {"audio_encoder": "audio", "motion_generator": "motion", "renderer": "renderer"}
 
 
 @dataclass
@@ -38,37 +40,47 @@ def _device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def load_models(name: str, weights_dir: Path, profile: str, device: str, backend: str = "auto",
+                cache_dir: Path | None = None) -> Any:
+    """A stage's networks loaded from the weights folder, on its backend (`ditto.loading`, one pass per stage).
+
+    ONNX exports and TensorRT engines live in `cache_dir/<audio|motion|renderer>` (the weights folder may be
+    read-only), where `ditto weights build-engines` puts them."""
+    if name not in STAGES:
+        raise ValueError(f"unknown stage {name!r}; one of {', '.join(STAGES)}")
+    cache = cache_dir / CACHE_FOLDERS[name] if cache_dir is not None else None
+    if name == "audio_encoder":
+        from services.audio_encoder.hubert import open_onnx_backend
+
+        return open_onnx_backend(weights_dir / OFFICIAL_FILES["hubert"].path, backend, device, cache_dir=cache)
+    if name == "motion_generator":
+        from services.motion_generator.backends import open_stage_backend
+
+        return open_stage_backend(weights_dir / OFFICIAL_FILES["lmdm"].path, profile, device, backend, cache)
+    from services.renderer.models import RendererModels
+
+    return RendererModels.load(weights_dir, profile=profile, device=device, backend=backend, cache_dir=cache)
+
+
 def build_stage(name: str, weights_dir: Path, profile: str, bus: Bus, device: str = "auto",
                 backend: str = "auto", cache_dir: Path | None = None, media: MediaSettings | None = None
                 ) -> BuiltStage:
     device = _device(device)
+    models = load_models(name, weights_dir, profile, device, backend, cache_dir)
     if name == "audio_encoder":
         from services.audio_encoder import server as audio_server
-        from services.audio_encoder.hubert import open_onnx_backend
         from services.audio_encoder.session_stage import AudioEncoderStage
 
-        onnx_path = weights_dir / OFFICIAL_FILES["hubert"].path
-        if backend == "tensorrt":
-            from services.audio_encoder.hubert import TensorRTHubert
-
-            # engines live in the cache volume (the weights folder may be read-only), where build-engines puts them
-            hubert: Any = TensorRTHubert(onnx_path, device, cache_dir=(cache_dir / "audio") if cache_dir else None)
-        else:
-            hubert = open_onnx_backend(onnx_path, "onnxruntime" if backend == "onnxruntime" else "auto", device)
-        audio = AudioEncoderStage(hubert)
+        audio = AudioEncoderStage(models)
         audio_handler = SessionStageHandler(audio, max_batch=16)
         return BuiltStage(name, audio_handler, [audio_server.service(audio, audio_handler.batcher)])
     if name == "motion_generator":
         from ditto_app.synthetic import is_synthetic
         from services.motion_generator import server as motion_server
-        from services.motion_generator.backends import open_stage_backend
         from services.motion_generator.generator import MotionGenerator
         from services.motion_generator.session_stage import MotionStage, synthetic_motion_range
 
-        # torch for 'auto'; ONNX Runtime and TensorRT run our own ONNX export, cached with the engines in cache_dir
-        motion = open_stage_backend(weights_dir / OFFICIAL_FILES["lmdm"].path, profile, device, backend,
-                                    cache_dir / "motion" if cache_dir else None)
-        generator = MotionGenerator(motion)
+        generator = MotionGenerator(models)
         clamp = synthetic_motion_range() if is_synthetic(weights_dir) else None
         motion_stage = MotionStage(generator, clamp)
         motion_handler = SessionStageHandler(motion_stage, max_batch=generator.max_batch)
@@ -78,12 +90,8 @@ def build_stage(name: str, weights_dir: Path, profile: str, bus: Bus, device: st
         from services.renderer.avatar.register import MediaLimits
         from services.renderer.avatar.sessions import AuxModels
         from services.renderer.core import RendererCore
-        from services.renderer.models import RendererModels
         from services.renderer.session_stage import RendererStage
 
-        rbackend: Any = backend if backend in ("torch", "onnxruntime", "tensorrt") else "torch"
-        models = RendererModels.load(weights_dir, profile=profile, device=device, backend=rbackend,
-                                     cache_dir=cache_dir / "renderer" if cache_dir else None)
         m = media or MediaSettings()
         aux = AuxModels.open(m.face_models, weights_dir, device, m.face_models_dir)
         core = RendererCore(

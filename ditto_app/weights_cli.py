@@ -162,7 +162,6 @@ def _synthetic(args: argparse.Namespace) -> int:
 def _build_engines(args: argparse.Namespace) -> int:
     """Build (or find cached) TensorRT engines for this GPU: the renderer networks, HuBERT and the MotionDiT. Safe to
     run from several pods at once on a shared cache volume: engines are written to a temporary file, then renamed."""
-    from ditto.weights import OFFICIAL_FILES
     from ditto_app.synthetic import profile_of, resolve_weights
 
     weights = resolve_weights(args.weights, args.profile)
@@ -170,19 +169,13 @@ def _build_engines(args: argparse.Namespace) -> int:
     args.cache.mkdir(parents=True, exist_ok=True)
     try:
         from ditto.accel import import_tensorrt, require_cuda
+        from ditto_app.stages import STAGES, load_models
 
         import_tensorrt()
         require_cuda("building TensorRT engines (they are built on the GPU they will run on)")
-        from services.audio_encoder.hubert import TensorRTHubert
-        from services.renderer.models import RendererModels
-
-        # the same sub-folders the stages read (ditto_app/stages.py): <cache>/renderer, <cache>/audio, <cache>/motion
-        RendererModels.load(weights, profile=profile, device="cuda", backend="tensorrt",
-                            cache_dir=args.cache / "renderer")
-        TensorRTHubert(weights / OFFICIAL_FILES["hubert"].path, "cuda", cache_dir=args.cache / "audio")
-        from services.motion_generator.backends import open_stage_backend
-
-        open_stage_backend(weights / OFFICIAL_FILES["lmdm"].path, profile, "cuda", "tensorrt", args.cache / "motion")
+        for stage in STAGES:            # into the sub-folders the stages read: <cache>/audio, /motion, /renderer
+            print(f"{stage}: building or finding its engines ...", flush=True)
+            load_models(stage, weights, profile, "cuda", "tensorrt", args.cache)
     except (RuntimeError, ImportError) as err:
         print(f"cannot build TensorRT engines: {err}", file=sys.stderr)
         return 1

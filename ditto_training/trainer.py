@@ -254,10 +254,9 @@ def _save(model: torch.nn.Module, optimizer: Any, ckpt_dir: Path, epoch: int, st
 
 def _resume(path: str, model: MotionDecoder, optimizer: Any) -> tuple[int, int]:
     """Load weights (strictly); with the matching .state.pt also the optimiser and counters."""
-    from ditto.weights import read_state_dict
-    from services.motion_generator.models import load_state_into
+    from ditto.weights import Checkpoint, load_weights
 
-    load_state_into(model, read_state_dict(path, "model_state_dict"), path)
+    load_weights(model, Checkpoint(Path(path), "model_state_dict"))
     model.train()
     state_path = Path(path).with_name(Path(path).stem + ".state.pt")
     if state_path.is_file():

@@ -3,7 +3,8 @@
 1. what the machine has: CUDA device, TensorRT, ONNX Runtime's CUDA/TensorRT providers, torchvision's GPU JPEG;
    what is missing is listed with the checks it makes us skip;
 2. the `gpu`-marked tests (pytest -m gpu);
-3. full-profile benchmarks in fp16 of the renderer networks, the MotionDiT and HuBERT at batch 1, 4, 16;
+3. full-profile benchmarks in fp16 of the renderer networks, the MotionDiT and HuBERT at batch 1, 4, 16 (the
+   `tools/bench` parts' own measurements, run under autocast with this check's batches and budgets);
 4. warp + decoder eager, torch.compile, torch.compile with CUDA graphs (mode reduce-overhead) and a hand-captured
    CUDA graph, at batch 1, 4, 16 (each checked against eager);
 5. post-processing per output frame at 512x512 and 1080p: the paste-back on the device (`blend_torch`, checked
@@ -208,41 +209,22 @@ def renderer_bench(plan: Plan, budget_s: float) -> dict:
 
 
 def motion_bench(plan: Plan, budget_s: float) -> dict:
-    from services.motion_generator.generator import MotionGenerator
-    from services.motion_generator.models import TorchBackend, synthetic_motion_decoder
-    from tools.bench.motion import WINDOWS_PER_SECOND_REALTIME, _window_seconds
+    from tools.bench import motion as bench
 
-    gen = MotionGenerator(TorchBackend(synthetic_motion_decoder(plan.profile), plan.device))
-    deadline = time.monotonic() + budget_s
-    rows: list[dict] = []
+    gen = bench.generator(plan.profile, plan.device)
     with _autocast(plan.device):
-        for b in plan.batches:
-            if time.monotonic() > deadline:
-                rows.append({"batch": b, "skipped": f"over the {budget_s:.0f} s budget"})
-                continue
-            sec = _window_seconds(gen, b, 10, plan.iterations)
-            rows.append({"batch": b, "ms_per_batch_10_steps": round(1000 * sec, 2), "windows_per_s": round(b / sec, 2),
-                         "sessions_realtime": round(b / sec / WINDOWS_PER_SECOND_REALTIME, 2)})
+        rows = bench.by_batch(gen, plan.batches, steps=10, repeats=plan.iterations, budget_s=budget_s)
     return {"profile": plan.profile, "device": plan.device, "precision": _precision(plan), "rows": rows}
 
 
 def audio_bench(plan: Plan, budget_s: float) -> dict:
     from services.audio_encoder.hubert import TorchHubert
     from services.audio_encoder.hubert_model import HubertShape, random_hubert
-    from services.audio_encoder.windows import WINDOW
+    from tools.bench import audio as bench
 
     hubert = TorchHubert(random_hubert(HubertShape.profile(plan.profile), seed=0), plan.device)
-    deadline = time.monotonic() + budget_s
-    rows: list[dict] = []
     with _autocast(plan.device):
-        for b in plan.batches:
-            if time.monotonic() > deadline:
-                rows.append({"batch": b, "skipped": f"over the {budget_s:.0f} s budget"})
-                continue
-            windows = np.random.default_rng(b).standard_normal((b, WINDOW)).astype(np.float32)
-            sec = _time(functools.partial(hubert.encode_windows, windows), plan.device, plan.iterations)
-            ms = 1000 * sec / b
-            rows.append({"batch": b, "ms_per_window": round(ms, 3), "realtime_factor": round(200 / ms, 2)})
+        rows = bench.rows(f"torch-{plan.device}", hubert, plan.batches, plan.iterations, budget_s)
     return {"profile": plan.profile, "device": plan.device, "precision": _precision(plan), "rows": rows}
 
 

@@ -2,7 +2,8 @@
 
 - `OnnxHubert`: ONNX Runtime (CPU or CUDA) on the official `hubert_streaming_fix_kv.onnx` / `hubert.onnx`
   ([1, N] -> [T, 1024], no batch axis: windows run one by one) or on our batched export ([B, N] -> [B, T, 1024]).
-- `TensorRTHubert`: a TensorRT 10 fp32 engine built from either ONNX file and cached beside it.
+- `TensorRTHubert`: a TensorRT 10 fp32 engine built from either ONNX file and cached beside it (or in a cache folder).
+- `open_onnx_backend(path, backend, device)`: the stage's loading (`model_spec`, walked by `ditto.loading`).
 - `TorchHubert`: a transformers `HubertModel` (a local checkpoint folder, or random for tests).
 - `FunctionHubert`: any per-call function with the official session's contract, e.g. the golden fake HuBERT.
 """
@@ -15,7 +16,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ditto.accel import BackendError, EngineSpec, TensorRTEngine, import_tensorrt, require_cuda
+from ditto import loading
+from ditto.accel import BackendError as BackendError  # re-exported: callers catch the stage's errors from here
+from ditto.accel import EngineSpec, TensorRTEngine, import_tensorrt, onnx_session, require_cuda
+from ditto.loading import ModelSpec, PublishedOnnx
+from ditto.weights import CheckpointError
 from services.audio_encoder.hubert_model import INPUT_NAME, OUTPUT_NAME
 from services.audio_encoder.windows import WINDOW
 
@@ -55,37 +60,13 @@ class FunctionHubert:
 # ONNX Runtime
 
 
-def _cuda_index(device: str) -> int:
-    return int(device.split(":", 1)[1]) if ":" in device else 0
-
-
 class OnnxHubert:
     """ONNX Runtime session on a HuBERT ONNX file with the reference's names (input_values -> encoding_out)."""
 
     def __init__(self, path: str | Path, device: str = "cpu", threads: int = 0,
                  max_batch: int = DEFAULT_MAX_BATCH) -> None:
-        import onnxruntime as ort
-
-        from ditto.weights import CheckpointError
-
         self.path = Path(path)
-        if not self.path.is_file():
-            raise CheckpointError(f"{self.path}: HuBERT ONNX file not found. Run `ditto weights fetch`, or use "
-                                  "--weights synthetic")
-        providers: list[Any] = ["CPUExecutionProvider"]
-        if device.startswith("cuda"):
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise BackendError(f"device {device} asked for, but this onnxruntime has no CUDA provider "
-                                   "(install onnxruntime-gpu, or use --device cpu)")
-            providers.insert(0, ("CUDAExecutionProvider", {"device_id": _cuda_index(device)}))
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=providers)
-        except Exception as err:  # onnxruntime raises its own exception types
-            raise CheckpointError(f"{self.path}: ONNX Runtime cannot load it ({err}); the file may be truncated: "
-                                  "delete it and fetch it again") from err
+        self.session = onnx_session(self.path, device, threads=threads or None)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if [i.name for i in inputs] != [INPUT_NAME] or OUTPUT_NAME not in [o.name for o in outputs]:
             raise CheckpointError(
@@ -186,11 +167,20 @@ class TorchHubert:
         return np.concatenate(parts)
 
 
+def model_spec(onnx_path: str | Path, device: str = "cpu", max_batch: int = DEFAULT_MAX_BATCH,
+               cache_dir: str | Path | None = None) -> ModelSpec[HubertBackend]:
+    """The audio stage's loading (`ditto.loading`): HuBERT is published as an ONNX file, so there is nothing to build
+    or export; ONNX Runtime opens it on the device, or TensorRT builds an engine of it into cache_dir (default: beside
+    the file)."""
+    return ModelSpec("HuBERT", [PublishedOnnx("hubert", Path(onnx_path))], default="onnxruntime", backends={
+        "onnxruntime": lambda ready: OnnxHubert(ready["hubert"], device, max_batch=max_batch),
+        "tensorrt": lambda ready: TensorRTHubert(ready["hubert"], device, max_batch, cache_dir),
+    })
+
+
 def open_onnx_backend(path: str | Path, backend: str = "auto", device: str = "cpu",
-                      max_batch: int = DEFAULT_MAX_BATCH) -> HubertBackend:
-    """The backend for a HuBERT ONNX file: 'onnxruntime', 'tensorrt', or 'auto' (ONNX Runtime on the device)."""
-    if backend == "tensorrt":
-        return TensorRTHubert(path, device if device.startswith("cuda") else "cuda", max_batch)
-    if backend in ("auto", "onnxruntime"):
-        return OnnxHubert(path, device, max_batch=max_batch)
-    raise BackendError(f"backend {backend!r} cannot run an ONNX file; use 'onnxruntime' or 'tensorrt'")
+                      max_batch: int = DEFAULT_MAX_BATCH, cache_dir: str | Path | None = None) -> HubertBackend:
+    """The backend for a HuBERT ONNX file: 'onnxruntime', 'tensorrt', or 'auto' (ONNX Runtime on the device). The
+    weights exist only as ONNX, so 'torch' runs them on ONNX Runtime too."""
+    return loading.load(model_spec(path, device, max_batch, cache_dir),
+                        "onnxruntime" if backend == "torch" else backend, device)

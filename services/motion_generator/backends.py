@@ -1,7 +1,9 @@
-"""Serving backends of the MotionDiT one-step graph: which runtime runs it, and the ONNX / engine caches.
+"""Serving backends of the MotionDiT one-step graph: what the stage loads, which runtime runs it, and its caches.
 
-- `open_stage_backend(checkpoint, profile, device, backend, cache_dir)`: 'torch', 'onnxruntime', 'tensorrt' or
-  'auto' (PyTorch) -> a `MotionBackend` (numpy `one_step(x, cond_frame, cond, time_cond)`).
+- `model_spec(checkpoint, profile, device, cache_dir)`: the stage's loading (`ditto.loading`): the one network
+  `lmdm`, its checkpoint, its ONNX export, and the three backends 'torch', 'onnxruntime', 'tensorrt'.
+- `open_stage_backend(checkpoint, profile, device, backend, cache_dir)`: that spec loaded for a backend ('auto' is
+  PyTorch) -> a `MotionBackend` (numpy `one_step(x, cond_frame, cond, time_cond)`).
 - `cached_onnx(checkpoint, profile, cache_dir)`: our ONNX export of the guided one-step graph, written once per
   checkpoint content (`lmdm-<profile>-<sha256>-opset<N>.onnx`) and reused.
 - `TensorRTBackend`: a TensorRT 10 fp32 engine (the reference builds LMDM in fp32, no TF32) of that ONNX with a dynamic
@@ -12,32 +14,26 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from ditto import accel
-from ditto.accel import (
-    BackendError,
-    EngineSpec,
-    TensorRTEngine,
-    cached_export,
-    file_sha256,
-    import_tensorrt,
-    require_cuda,
-)
-from ditto.weights import CheckpointError
+from ditto import accel, loading
+from ditto.accel import BackendError as BackendError  # re-exported: callers catch the stage's errors from here
+from ditto.accel import EngineSpec, TensorRTEngine, file_sha256
+from ditto.loading import ModelSpec, NetworkSpec
+from ditto.weights import Checkpoint, CheckpointError
 
-from .dit import MotionDiTConfig
-from .export import INPUT_NAMES, OPSET, OUTPUT_NAMES
-from .models import MotionBackend
+from .dit import MotionDecoder, MotionDiTConfig
+from .export import INPUT_NAMES, OPSET, OUTPUT_NAMES, export_onnx
+from .models import MotionBackend, OnnxBackend, TorchBackend
 
-BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
 TRT_MAX_BATCH = 64            # MotionGenerator's default max_batch: one engine call per batched diffusion step
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# ONNX export cache
+# What the stage loads
 
 
 def onnx_cache_path(checkpoint: str | Path, profile: str, cache_dir: str | Path) -> Path:
@@ -48,13 +44,39 @@ def onnx_cache_path(checkpoint: str | Path, profile: str, cache_dir: str | Path)
     return Path(cache_dir) / f"lmdm-{profile}-{file_sha256(checkpoint)[:20]}-opset{OPSET}.onnx"
 
 
+def lmdm_network(checkpoint: str | Path, profile: str, cache_dir: str | Path) -> NetworkSpec:
+    """The MotionDiT: built for `profile`, weights from an official or trained checkpoint ({'model_state_dict': ...}),
+    exported as the guided one-step graph into cache_dir, named by the checkpoint's content."""
+    return NetworkSpec("lmdm", Checkpoint(Path(checkpoint), "model_state_dict"),
+                       build=partial(MotionDecoder, MotionDiTConfig.for_profile(profile)), export=export_onnx,
+                       export_path=lambda _model: onnx_cache_path(checkpoint, profile, cache_dir))
+
+
+def model_spec(checkpoint: str | Path, profile: str, device: str = "cpu", cache_dir: str | Path | None = None,
+               max_batch: int = TRT_MAX_BATCH) -> ModelSpec[MotionBackend]:
+    """The motion stage's loading. 'auto' is PyTorch on every device (TensorRT is opt-in: its first start builds an
+    engine); 'onnxruntime' and 'tensorrt' run our ONNX export, cached with the engines in cache_dir."""
+    if cache_dir is None:
+        from ditto.config import default_cache_dir
+
+        cache_dir = default_cache_dir() / "motion"
+    cache = Path(cache_dir)
+    return ModelSpec("motion", [lmdm_network(checkpoint, profile, cache)], default="torch", backends={
+        "torch": lambda ready: TorchBackend(ready["lmdm"], device),
+        "onnxruntime": lambda ready: OnnxBackend(ready["lmdm"], profile, device),
+        "tensorrt": lambda ready: TensorRTBackend(ready["lmdm"], profile, device, cache / "trt", max_batch),
+    })
+
+
+def open_stage_backend(checkpoint: str | Path, profile: str, device: str = "cpu", backend: str = "auto",
+                       cache_dir: str | Path | None = None, max_batch: int = TRT_MAX_BATCH) -> MotionBackend:
+    """The motion stage's backend for a .pth checkpoint (see `model_spec`)."""
+    return loading.load(model_spec(checkpoint, profile, device, cache_dir, max_batch), backend, device)
+
+
 def cached_onnx(checkpoint: str | Path, profile: str, cache_dir: str | Path) -> Path:
     """The one-step ONNX graph of `checkpoint`, exported on first use into cache_dir and reused afterwards."""
-    from .export import export_onnx
-    from .models import load_motion_decoder
-
-    path = onnx_cache_path(checkpoint, profile, cache_dir)
-    return cached_export(path, lambda tmp: export_onnx(load_motion_decoder(checkpoint, profile), tmp))
+    return loading.onnx_file(lmdm_network(checkpoint, profile, cache_dir))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -81,15 +103,11 @@ class TensorRTBackend:
 
     def __init__(self, onnx_path: str | Path, profile: str = "full", device: str = "cuda",
                  cache_dir: str | Path | None = None, max_batch: int = TRT_MAX_BATCH) -> None:
-        import_tensorrt("the motion backend 'tensorrt'")
-        require_cuda("the motion backend 'tensorrt'")
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.cfg = MotionDiTConfig.for_profile(profile)
         self.max_batch = max_batch
         onnx_path = Path(onnx_path)
-        if not onnx_path.is_file():
-            raise CheckpointError(f"{onnx_path}: file not found")
         self.engine = TensorRTEngine(onnx_path, device, cache_dir or onnx_path.parent, engine_spec(max_batch),
                                      stem="lmdm")
 
@@ -108,42 +126,3 @@ class TensorRTBackend:
         outs = self.engine.run(feeds, OUTPUT_NAMES)
         pred_noise, x_start = (outs[k].float().cpu().numpy() for k in OUTPUT_NAMES)   # .cpu() waits for the launch
         return pred_noise, x_start
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Choosing one
-
-
-def _onnx_providers(device: str) -> list[str]:
-    import onnxruntime as ort
-
-    if not device.startswith("cuda"):
-        return ["CPUExecutionProvider"]
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        raise BackendError("ONNX Runtime has no CUDA provider here: install onnxruntime-gpu (pip install '.[gpu]') "
-                           "or use device 'cpu'")
-    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-
-
-def open_stage_backend(checkpoint: str | Path, profile: str, device: str = "cpu", backend: str = "auto",
-                       cache_dir: str | Path | None = None, max_batch: int = TRT_MAX_BATCH) -> MotionBackend:
-    """The motion stage's backend for a .pth checkpoint. 'auto' is PyTorch on every device (TensorRT is opt-in: its
-    first start builds an engine); 'onnxruntime' and 'tensorrt' use our ONNX export cached in cache_dir."""
-    from .models import OnnxBackend, TorchBackend, load_motion_decoder
-
-    if backend not in BACKENDS:
-        raise ValueError(f"motion backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    if backend in ("auto", "torch"):
-        return TorchBackend(load_motion_decoder(checkpoint, profile), device)
-    if cache_dir is None:
-        from ditto.config import default_cache_dir
-
-        cache_dir = default_cache_dir() / "motion"
-    cache_dir = Path(cache_dir)
-    if backend == "tensorrt":
-        import_tensorrt("the motion backend 'tensorrt'")       # fail before a long export when TensorRT cannot run
-        require_cuda("the motion backend 'tensorrt'")
-        onnx_path = cached_onnx(checkpoint, profile, cache_dir)
-        return TensorRTBackend(onnx_path, profile, device, cache_dir / "trt", max_batch)
-    providers = _onnx_providers(device)
-    return OnnxBackend(cached_onnx(checkpoint, profile, cache_dir), profile, providers)

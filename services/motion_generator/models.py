@@ -1,7 +1,8 @@
 """Loading the MotionDiT and running its guided one-step call on a backend (PyTorch or ONNX Runtime).
 
 - `load_motion_decoder(path, profile)`: the official `lmdm_v0.4_hubert.pth` as published, or any checkpoint our
-  training writes (same container: a dict with 'model_state_dict'); errors name the file and the key.
+  training writes (same container: a dict with 'model_state_dict'), checked and loaded by `ditto.weights.load_weights`
+  (errors name the file and the first bad key; the 11 rotary copies must agree, being one shared tensor).
 - `GuidedOneStep`: the inference graph (docs/model.md §3.4), the module we export to ONNX.
 - `TorchBackend` / `OnnxBackend`: numpy in, numpy out `one_step(x, cond_frame, cond, t) -> (pred_noise, x_start)`,
   the callable the numpy DDIM sampler drives.
@@ -18,7 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ditto.weights import OFFICIAL_FILES, CheckpointError, check_state_dict, golden_state_dict, read_state_dict
+from ditto.accel import onnx_session
+from ditto.weights import OFFICIAL_FILES, Checkpoint, CheckpointError, Generated, load_weights
 
 from .diffusion import cosine_schedule
 from .dit import MotionDecoder, MotionDiTConfig
@@ -34,37 +36,13 @@ class MotionBackend(Protocol):
                  t: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
 
-def rotary_aliases(module: MotionDecoder) -> list[str]:
-    return [k for k in module.state_dict() if k.endswith("rotary.freqs")]
-
-
-def load_state_into(model: MotionDecoder, sd: dict[str, Any], source: str | Path) -> MotionDecoder:
-    """Strict load with clear errors; the 11 aliased rotary entries must agree (they are one tensor)."""
-    check_state_dict(model.state_dict(), sd, source)
-    keys = rotary_aliases(model)
-    first = sd[keys[0]]
-    for k in keys[1:]:
-        if not torch.equal(torch.as_tensor(sd[k]), torch.as_tensor(first)):
-            raise CheckpointError(f"{source}: key '{k}' differs from '{keys[0]}'; the rotary frequencies are one "
-                                  "shared tensor and all 11 copies must be equal")
-    for k, v in sd.items():
-        if not torch.is_tensor(v):
-            raise CheckpointError(f"{source}: key '{k}' is {type(v).__name__}, not a tensor")
-        if not torch.isfinite(v).all():
-            raise CheckpointError(f"{source}: key '{k}' holds NaN or infinite values")
-    model.load_state_dict(sd, strict=True)
-    return model.eval()
-
-
 def load_motion_decoder(path: str | Path, profile: str = "full") -> MotionDecoder:
     """Official or trained checkpoint ({'model_state_dict': ...}) -> MotionDecoder in eval mode."""
-    model = MotionDecoder(MotionDiTConfig.for_profile(profile))
-    return load_state_into(model, read_state_dict(path, "model_state_dict"), path)
+    return load_weights(MotionDecoder(MotionDiTConfig.for_profile(profile)), Checkpoint(Path(path), "model_state_dict"))
 
 
 def synthetic_motion_decoder(profile: str = "full", seed: int = SYNTHETIC_SEED) -> MotionDecoder:
-    model = MotionDecoder(MotionDiTConfig.for_profile(profile))
-    return load_state_into(model, golden_state_dict(model, seed), f"golden-init v1 seed {seed}")
+    return load_weights(MotionDecoder(MotionDiTConfig.for_profile(profile)), Generated(seed))
 
 
 def save_checkpoint(model: MotionDecoder, path: str | Path, **extra: Any) -> Path:
@@ -121,19 +99,9 @@ class OnnxBackend:
 
     name = "onnxruntime"
 
-    def __init__(self, path: str | Path, profile: str = "full", providers: list[str] | None = None) -> None:
-        import onnxruntime as ort
-
-        path = Path(path)
-        if not path.is_file():
-            raise CheckpointError(f"{path}: file not found")
+    def __init__(self, path: str | Path, profile: str = "full", device: str = "cpu") -> None:
         self.cfg = MotionDiTConfig.for_profile(profile)
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        try:
-            self.session = ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
-        except Exception as err:
-            raise CheckpointError(f"{path}: ONNX Runtime cannot load it ({err})") from err
+        self.session = onnx_session(path, device)
         names = [i.name for i in self.session.get_inputs()]
         if names != ["x", "cond_frame", "cond", "time_cond"]:
             raise CheckpointError(f"{path}: inputs {names}, expected x, cond_frame, cond, time_cond")
@@ -154,7 +122,7 @@ def open_backend(weights: str | Path, profile: str = "full", device: str = "cpu"
     if path.is_dir():
         path = path / OFFICIAL_FILES["lmdm"].path
     if path.suffix == ".onnx":
-        return OnnxBackend(path, profile)
+        return OnnxBackend(path, profile, device)
     if path.suffix in (".pth", ".pt"):
         return TorchBackend(load_motion_decoder(path, profile), device)
     raise CheckpointError(f"{path}: unknown model format (use .pth/.pt for PyTorch or .onnx for ONNX Runtime)")

@@ -11,17 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
-from ditto.accel import EngineSpec, TensorRTEngine, import_tensorrt
+from ditto.accel import EngineSpec, TensorRTEngine, onnx_session
 
-from .export import GRID_SAMPLE_SCOPE, NETWORK_IO, export_cached
-from .networks.grid_sample import GridSampleMode
+from .export import GRID_SAMPLE_SCOPE, NETWORK_IO
 
-BackendName = Literal["torch", "onnxruntime", "tensorrt"]
 FP16_NETWORKS = frozenset({"appearance_extractor", "warp_network", "decoder"})   # fp32: motion_extractor, stitch
 TRT_FP16_NETWORKS = FP16_NETWORKS | {"stitch_network"}                           # the reference's engines
 TRT_MAX_BATCH = 16
@@ -33,17 +31,6 @@ class RendererBackend(Protocol):
     max_batch: int | None            # None: any batch
 
     def run(self, network: str, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
-
-
-def make_backend(name: str, networks: Mapping[str, nn.Module], device: torch.device,
-                 cache_dir: Path) -> RendererBackend:
-    if name == "torch":
-        return TorchBackend(networks, device)
-    if name == "onnxruntime":
-        return OnnxRuntimeBackend.from_networks(networks, device, cache_dir)
-    if name == "tensorrt":
-        return TensorRTBackend.from_networks(networks, device, cache_dir)
-    raise ValueError(f"backend must be 'torch', 'onnxruntime' or 'tensorrt', got {name!r}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -70,53 +57,16 @@ class TorchBackend:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def cpu_session_options(threads: int | None = None) -> Any:
-    """The CPU session options measured best (tools/bench/onnxruntime.py, bench/results/onnxruntime.json): all
-    graph optimisations (NCHWc layout, fusions), one intra-op pool as wide as PyTorch's, sequential execution, and
-    no spin-waiting -- spinning threads cost the most where the cores are shared with other processes."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = threads or torch.get_num_threads()
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return so
-
-
 class OnnxRuntimeBackend:
-    """ONNX Runtime sessions over our own fp32 exports (CPU, or CUDA with CPU fallback)."""
+    """ONNX Runtime sessions over our own fp32 exports (CPU, or CUDA with CPU fallback; `ditto.accel.onnx_session`)."""
 
     name = "onnxruntime"
     max_batch: int | None = None
 
     def __init__(self, onnx_paths: Mapping[str, Path], device: torch.device,
                  session_options: Any | None = None) -> None:
-        import onnxruntime as ort
-
         self.device = device
-        if device.type == "cuda":
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise RuntimeError("ONNX Runtime has no CUDA provider here: install onnxruntime-gpu "
-                                   "(pip install '.[gpu]') or use device='cpu'")
-            providers: list[Any] = [("CUDAExecutionProvider", {"device_id": device.index or 0}),
-                                    "CPUExecutionProvider"]
-        else:
-            providers = ["CPUExecutionProvider"]
-            if session_options is None:
-                session_options = cpu_session_options()
-        self.sessions = {name: ort.InferenceSession(str(path), sess_options=session_options, providers=providers)
-                         for name, path in onnx_paths.items()}
-
-    @classmethod
-    def from_networks(cls, networks: Mapping[str, nn.Module], device: torch.device,
-                      cache_dir: Path) -> OnnxRuntimeBackend:
-        # ONNX Runtime's CPU provider runs 5-D GridSample; older CUDA providers fall back to the CPU for it, so
-        # CUDA sessions get the gather decomposition instead.
-        mode: GridSampleMode = "decomposed" if device.type == "cuda" else "native"
-        paths = {name: export_cached(name, net.float().cpu(), cache_dir, mode) for name, net in networks.items()}
-        return cls(paths, device)
+        self.sessions = {name: onnx_session(path, str(device), session_options) for name, path in onnx_paths.items()}
 
     def run(self, network: str, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         io = NETWORK_IO[network]
@@ -144,14 +94,6 @@ class TensorRTBackend:
             spec = EngineSpec(batch=(1, opt_batch, max_batch), fp16=name in TRT_FP16_NETWORKS,
                               fp32_layer_prefix=GRID_SAMPLE_SCOPE, optimization_level=5)
             self.engines[name] = TensorRTEngine(path, device, cache_dir / "trt", spec, stem=name)
-
-    @classmethod
-    def from_networks(cls, networks: Mapping[str, nn.Module], device: torch.device,
-                      cache_dir: Path) -> TensorRTBackend:
-        import_tensorrt()          # fail before a long export when TensorRT is missing
-        paths = {name: export_cached(name, net.float().cpu(), cache_dir, "decomposed")
-                 for name, net in networks.items()}
-        return cls(paths, device, cache_dir)
 
     def run(self, network: str, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         io = NETWORK_IO[network]

@@ -156,10 +156,15 @@ def weights_digest(module: nn.Module) -> str:
     return h.hexdigest()
 
 
+def export_path(name: str, cache_dir: str | Path, grid_sample: GridSampleMode, module: nn.Module) -> Path:
+    """Where the export of these weights in this mode is cached: `cache_dir/onnx/<name>-<weights digest>-<mode>.onnx`
+    (only the warp network has a grid-sample mode)."""
+    mode = grid_sample if name == "warp_network" else "native"
+    return Path(cache_dir) / "onnx" / f"{name}-{weights_digest(module)[:16]}-{mode}.onnx"
+
+
 def export_cached(name: str, module: nn.Module, cache_dir: str | Path,
                   grid_sample: GridSampleMode = "native") -> Path:
     """Export into `cache_dir/onnx/`, reusing a previous export of the same weights and mode."""
-    mode = grid_sample if name == "warp_network" else "native"
-    path = Path(cache_dir) / "onnx" / f"{name}-{weights_digest(module)[:16]}-{mode}.onnx"
-    return cached_export(path, lambda tmp: export_network(name, module, tmp, mode))
-
+    return cached_export(export_path(name, cache_dir, grid_sample, module),
+                         lambda tmp: export_network(name, module, tmp, grid_sample))

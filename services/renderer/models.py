@@ -12,8 +12,9 @@ B is any batch: rows may belong to different sessions. Weights come from a folde
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,11 +22,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from ditto.weights import OFFICIAL_FILES, golden_state_dict, load_module, resolve
+from ditto import loading
+from ditto.config import default_cache_dir
+from ditto.loading import ModelSpec, NetworkSpec, build_network
+from ditto.weights import OFFICIAL_FILES, Checkpoint, Generated, WeightsSource, resolve
 
-from .backends import BackendName, RendererBackend, make_backend
+from .backends import OnnxRuntimeBackend, RendererBackend, TensorRTBackend, TorchBackend
+from .export import export_network, export_path
 from .networks.appearance_extractor import AppearanceConfig, AppearanceFeatureExtractor
 from .networks.decoder import DecoderConfig, SPADEDecoder
+from .networks.grid_sample import GridSampleMode
 from .networks.motion_extractor import MOTION_OUTPUTS, MotionConfig, MotionExtractor
 from .networks.stitching_network import StitchingConfig, StitchingNetwork
 from .networks.warping_network import WarpingConfig, WarpingNetwork
@@ -73,20 +79,45 @@ class RendererConfig:
         return self.decoder.output_size
 
 
+def _factories(cfg: RendererConfig) -> dict[str, Callable[[], nn.Module]]:
+    return {
+        "appearance_extractor": partial(AppearanceFeatureExtractor, cfg.appearance),
+        "motion_extractor": partial(MotionExtractor, cfg.motion),
+        "stitch_network": partial(StitchingNetwork, cfg.stitching),
+        "warp_network": partial(WarpingNetwork, cfg.warping),
+        "decoder": partial(SPADEDecoder, cfg.decoder),
+    }
+
+
+def _cache_dir(cache_dir: str | Path | None) -> Path:
+    return Path(cache_dir) if cache_dir is not None else default_cache_dir() / "renderer"
+
+
 def build_networks(profile: str = "full", names: tuple[str, ...] = NETWORKS) -> dict[str, nn.Module]:
     """The networks `names` (default: all five) with unloaded weights, in eval mode, keyed like `OFFICIAL_FILES`."""
-    cfg = RendererConfig.for_profile(profile)
-    factories: dict[str, Callable[[], nn.Module]] = {
-        "appearance_extractor": lambda: AppearanceFeatureExtractor(cfg.appearance),
-        "motion_extractor": lambda: MotionExtractor(cfg.motion),
-        "stitch_network": lambda: StitchingNetwork(cfg.stitching),
-        "warp_network": lambda: WarpingNetwork(cfg.warping),
-        "decoder": lambda: SPADEDecoder(cfg.decoder),
-    }
+    factories = _factories(RendererConfig.for_profile(profile))
     unknown = set(names) - set(factories)
     if unknown:
         raise KeyError(f"unknown renderer networks {sorted(unknown)}; expected some of {list(NETWORKS)}")
     return {name: factories[name]().eval() for name in names}
+
+
+def network_specs(weights: str | Path, profile: str = "full", seed: int = 0, cache_dir: str | Path | None = None,
+                  grid_sample: GridSampleMode = "native") -> list[NetworkSpec]:
+    """The five networks as loading sees them: built for `profile`, weights from a folder in the official layout or
+    "synthetic" (golden-init v1 with `seed`, in memory), exported into `cache_dir/onnx/` with `grid_sample`."""
+    factories = _factories(RendererConfig.for_profile(profile))
+    cache = _cache_dir(cache_dir)
+    specs = []
+    for name in NETWORKS:
+        container = OFFICIAL_FILES[name].container
+        assert container is not None
+        source: WeightsSource = (Generated(seed) if str(weights) == "synthetic"
+                                 else Checkpoint(resolve(weights, name), container))
+        specs.append(NetworkSpec(name, source, build=factories[name],
+                                 export=partial(export_network, name, grid_sample=grid_sample),
+                                 export_path=partial(export_path, name, cache, grid_sample)))
+    return specs
 
 
 def load_networks(weights: str | Path, profile: str = "full", seed: int = 0) -> dict[str, nn.Module]:
@@ -94,15 +125,21 @@ def load_networks(weights: str | Path, profile: str = "full", seed: int = 0) -> 
 
     `weights` is a folder in the official layout or "synthetic" (golden-init v1 with `seed`, in memory).
     """
-    nets = build_networks(profile)
-    for name, net in nets.items():
-        if str(weights) == "synthetic":
-            net.load_state_dict(golden_state_dict(net, seed), strict=True)
-        else:
-            container = OFFICIAL_FILES[name].container
-            assert container is not None
-            load_module(net, resolve(weights, name), container)
-    return nets
+    return {spec.name: build_network(spec) for spec in network_specs(weights, profile, seed)}
+
+
+def model_spec(weights: str | Path, profile: str, device: torch.device, cache_dir: str | Path | None = None,
+               seed: int = 0) -> ModelSpec[RendererBackend]:
+    """The renderer's loading: its five networks on 'torch', 'onnxruntime' (our fp32 exports) or 'tensorrt' (engines
+    of them, cached in `cache_dir/trt/`). ONNX Runtime's CPU provider runs 5-D GridSample; TensorRT and older CUDA
+    providers do not (the CUDA one falls back to the CPU for it), so graphs for CUDA get the gather decomposition."""
+    cache = _cache_dir(cache_dir)
+    grid: GridSampleMode = "decomposed" if device.type == "cuda" else "native"
+    return ModelSpec("renderer", network_specs(weights, profile, seed, cache, grid), default="torch", backends={
+        "torch": lambda ready: TorchBackend(ready, device),
+        "onnxruntime": lambda ready: OnnxRuntimeBackend(ready, device),
+        "tensorrt": lambda ready: TensorRTBackend(ready, device, cache),
+    })
 
 
 class RendererModels:
@@ -114,21 +151,13 @@ class RendererModels:
 
     @classmethod
     def load(cls, weights: str | Path, profile: str = "full", device: str = "cpu",
-             backend: BackendName = "torch", cache_dir: str | Path | None = None, seed: int = 0) -> RendererModels:
-        """Load all five networks. backend "onnxruntime"/"tensorrt" exports our own ONNX once into
-        `cache_dir` (default ~/.cache/ditto/renderer) and builds sessions or engines from it."""
+             backend: str = "torch", cache_dir: str | Path | None = None,
+             seed: int = 0) -> RendererModels:
+        """Load all five networks (`model_spec`; 'auto' is 'torch'). backend "onnxruntime"/"tensorrt" exports our
+        own ONNX once into `cache_dir` (default ~/.cache/ditto/renderer) and builds sessions or engines from it."""
         cfg = RendererConfig.for_profile(profile)
-        nets = load_networks(weights, profile, seed)
-        return cls.from_networks(nets, cfg, device=device, backend=backend, cache_dir=cache_dir)
-
-    @classmethod
-    def from_networks(cls, networks: Mapping[str, nn.Module], cfg: RendererConfig, device: str = "cpu",
-                      backend: BackendName = "torch", cache_dir: str | Path | None = None) -> RendererModels:
-        if cache_dir is None:
-            from ditto.config import default_cache_dir
-
-            cache_dir = default_cache_dir() / "renderer"
-        return cls(make_backend(backend, networks, _device(device), Path(cache_dir)), cfg)
+        dev = _device(device)
+        return cls(loading.load(model_spec(weights, profile, dev, cache_dir, seed), backend, str(dev)), cfg)
 
     # -- sizes --------------------------------------------------------------------------------------------------
 

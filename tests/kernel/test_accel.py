@@ -87,6 +87,20 @@ def test_a_failed_export_leaves_neither_the_file_nor_a_temporary(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_files_written_in_one_block_are_published_when_it_ends_and_removed_when_it_fails(tmp_path):
+    paths = [tmp_path / "onnx" / f"{name}.onnx" for name in ("a", "b")]
+    with pytest.raises(RuntimeError, match="second export crashed"), accel.atomic_paths(paths) as tmp:
+        tmp[paths[0]].write_bytes(b"a")
+        assert not paths[0].exists()                     # nothing is published before the block ends
+        raise RuntimeError("second export crashed")
+    assert list((tmp_path / "onnx").iterdir()) == []
+    with accel.atomic_paths(paths) as tmp:
+        for path in paths:
+            tmp[path].write_bytes(path.stem.encode())
+    assert [p.read_bytes() for p in paths] == [b"a", b"b"]
+    assert sorted(p.name for p in (tmp_path / "onnx").iterdir()) == ["a.onnx", "b.onnx"]
+
+
 def test_two_processes_publish_the_same_folder_at_once(tmp_path):
     folder = tmp_path / "avatars" / "abc"
     writers = _run_two(_race_dir, lambda i: (str(folder), i))

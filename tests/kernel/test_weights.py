@@ -76,3 +76,19 @@ def test_checkpoint_errors_name_file_and_key(tmp_path):
     assert set(read_state_dict(tmp_path / "wrapped.pth", "retarget_shoulder")) == set(sd)
     with pytest.raises(CheckpointError, match="model_state_dict"):
         read_state_dict(good, "model_state_dict")
+
+
+def test_every_network_gets_the_value_checks(tmp_path):
+    # formerly the MotionDiT's own checks, now the kernel's for every checkpoint: shared tensors agree, values finite
+    sd = golden_state_dict(Toy(), 1)
+    aliased = dict(sd, **{"inner.rotary.freqs": sd["rotary.freqs"] + 1})
+    torch.save(aliased, tmp_path / "aliased.pth")
+    with pytest.raises(CheckpointError, match=r"aliased\.pth: key 'inner\.rotary\.freqs' differs from 'rotary\.freqs'"):
+        load_module(Toy(), tmp_path / "aliased.pth")
+    nan = dict(sd, **{"conv.weight": torch.full_like(sd["conv.weight"], float("nan"))})
+    torch.save(nan, tmp_path / "nan.pth")
+    with pytest.raises(CheckpointError, match=r"nan\.pth: key 'conv\.weight' holds NaN"):
+        load_module(Toy(), tmp_path / "nan.pth")
+    torch.save(dict(sd, **{"conv.bias": [0.0] * 8}), tmp_path / "list.pth")
+    with pytest.raises(CheckpointError, match=r"key 'conv\.bias' is list, not a tensor"):
+        load_module(Toy(), tmp_path / "list.pth")

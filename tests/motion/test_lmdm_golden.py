@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from ditto.weights import golden_state_dict
+from ditto.weights import Generated, load_weights
 from services.motion_generator.diffusion import SampleTrace, cosine_schedule, ddim_sample, step_constants
 from services.motion_generator.dit import MotionDecoder, MotionDiTConfig
-from services.motion_generator.models import TorchBackend, load_state_into
+from services.motion_generator.models import TorchBackend
 from tests.conftest import golden_case, scaled_error
 
 
@@ -23,7 +23,7 @@ def golden_backend() -> TorchBackend:
     ours = [(k, list(v.shape)) for k, v in model.state_dict().items()]
     theirs = [(k, v["shape"]) for k, v in manifest["state_dict"].items()]
     assert ours == theirs, "state_dict keys, shapes or order differ from the official manifest"
-    load_state_into(model, golden_state_dict(model, case["seed"]), "golden-init")
+    load_weights(model, Generated(case["seed"]))
     return TorchBackend(model)
 
 

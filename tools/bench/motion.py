@@ -36,27 +36,44 @@ def _window_seconds(gen, batch: int, steps: int, repeats: int) -> float:
     return best
 
 
-def run(out_dir: Path, profile: str = "full", repeats: int = 1) -> dict:
-    import torch
-
+def generator(profile: str, device: str):
+    """The streaming generator on a full- or tiny-size MotionDiT with synthetic weights, PyTorch on `device`."""
     from services.motion_generator.generator import MotionGenerator
     from services.motion_generator.models import TorchBackend, synthetic_motion_decoder
+
+    return MotionGenerator(TorchBackend(synthetic_motion_decoder(profile), device))
+
+
+def by_batch(gen, batches: tuple[int, ...] = BATCHES, steps: int = 10, repeats: int = 1,
+             budget_s: float = float("inf")) -> list[dict]:
+    """One row per batch size: ms per batched window, windows per second, realtime sessions; batches that start
+    after `budget_s` are listed as skipped."""
+    deadline = time.monotonic() + budget_s
+    rows: list[dict] = []
+    for b in batches:
+        if time.monotonic() > deadline:
+            rows.append({"batch": b, "skipped": f"over the {budget_s:.0f} s budget"})
+            continue
+        sec = _window_seconds(gen, b, steps, repeats)
+        wps = b / sec
+        rows.append({"batch": b, "steps": steps, "ms_per_batch": round(1000 * sec, 1),
+                     "windows_per_s": round(wps, 2), "sessions_realtime": round(wps / WINDOWS_PER_SECOND_REALTIME, 2)})
+    return rows
+
+
+def run(out_dir: Path, profile: str = "full", repeats: int = 1) -> dict:
+    import torch
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    gen = MotionGenerator(TorchBackend(synthetic_motion_decoder(profile), device))
+    gen = generator(profile, device)
     result: dict = {"profile": profile, "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
                     "torch_threads": torch.get_num_threads(), "backend": "torch fp32",
-                    "ms_per_window": {}, "by_batch_10_steps": []}
+                    "ms_per_window": {}}
     for steps in STEPS:
         result["ms_per_window"][f"{steps}_steps"] = round(1000 * _window_seconds(gen, 1, steps, repeats), 1)
-    for b in BATCHES:
-        sec = _window_seconds(gen, b, 10, repeats)
-        wps = b / sec
-        result["by_batch_10_steps"].append({"batch": b, "ms_per_batch": round(1000 * sec, 1),
-                                            "windows_per_s": round(wps, 2),
-                                            "sessions_realtime": round(wps / WINDOWS_PER_SECOND_REALTIME, 2)})
+    result["by_batch_10_steps"] = by_batch(gen, BATCHES, 10, repeats)
     return result
 
 

@@ -101,7 +101,7 @@ def run(out_dir: Path, profile: str = "full", reps: int = 3, budget_s: float = 9
     result: dict[str, Any] = {"profile": profile, "onnxruntime": ort.__version__, "torch": torch.__version__,
                               "torch_threads": threads, "cpus": os.cpu_count(), "target_ratio": TARGET_RATIO,
                               "timing": "best of interleaved calls, batch 1",
-                              "project_default": "all+threads+nospin (backends.cpu_session_options)", "networks": {}}
+                              "project_default": "all+threads+nospin (ditto.accel.onnx_cpu_options)", "networks": {}}
     cache = Path(tempfile.gettempdir()) / "ditto-bench-ort"
     torch_backend = TorchBackend(nets, torch.device("cpu"))
     for name in networks:

@@ -40,7 +40,7 @@ def run(out_dir: Path, profile: str = "full", device: str = "auto", backend: str
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    models = RendererModels.load("synthetic", profile=profile, device=device, backend=backend)  # type: ignore[arg-type]
+    models = RendererModels.load("synthetic", profile=profile, device=device, backend=backend)
     dev = models.device
     cfg = models.cfg
     gen = torch.Generator().manual_seed(0)
