@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 import torch
 
-from ditto.weights import golden_state_dict
+from ditto.weights import Generated, load_weights
 from services.motion_generator.dit import MotionDecoder, MotionDiTConfig
 from services.motion_generator.generator import AvatarMotion, KeypointBatch, MotionGenerator, SessionSettings
-from services.motion_generator.models import TorchBackend, load_state_into
+from services.motion_generator.models import TorchBackend
 from services.motion_generator.stitch import MOTION_SLICES, info_to_motion
 from services.motion_generator.streaming import SEQ, MotionStream, Window, offline_motion, offline_windows
 from tests.conftest import golden_case, scaled_error
@@ -186,7 +186,7 @@ class Run:
 def runs() -> Iterator[dict[str, Run]]:
     io = case()
     model = MotionDecoder(MotionDiTConfig.full())
-    load_state_into(model, golden_state_dict(model, int(golden_case(CASE)[0]["seed"])), "golden-init")
+    load_weights(model, Generated(int(golden_case(CASE)[0]["seed"])))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)       # module fixtures run before the per-test one-thread fixture (tests/motion)
     try:
