@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, Protocol
 
 from ditto import telemetry
 from ditto.config import DecodeSettings
@@ -58,7 +58,12 @@ class InProcess:
         return await asyncio.to_thread(self.run, name, *args, **kwargs)
 
 
-Decoder = InProcess  # the interface; DecoderPool has the same two methods
+class Decoder(Protocol):
+    """Where jobs run: `InProcess` or a `DecoderPool`."""
+
+    def run(self, name: str, *args: Any, stop: threading.Event | None = None, **kwargs: Any) -> Any: ...
+
+    async def run_async(self, name: str, *args: Any, **kwargs: Any) -> Any: ...
 
 
 class _Helper:
