@@ -135,6 +135,7 @@ def decode_audio(source: bytes | str | Path, *, what: str = "the audio", rate: i
         if not streams:
             raise MediaError(f"{what}: the file has no audio stream")
         stream = streams[0]
+        stream.codec_context.thread_count = 1
         header_rate, header_channels = stream.codec_context.sample_rate, stream.codec_context.channels
         if header_rate and not MIN_RATE <= header_rate <= MAX_RATE:
             raise MediaError(f"{what}: sample rate {header_rate} Hz is out of range ({MIN_RATE}..{MAX_RATE} Hz)")

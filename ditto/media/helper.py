@@ -95,6 +95,7 @@ def serve(fd: int, memory_mb: int) -> int:
     _limit_memory(memory_mb)
     faults = os.environ.get(FAULTS_ENV) == "1"
     conn = Connection(fd)
+    conn.send(("ready",))
     while True:
         try:
             name, args, kwargs = conn.recv()

@@ -39,6 +39,7 @@ from ditto.media.errors import DecodeFailed, DecoderCrashed, DecodeTimeout, Deco
 from ditto.media.jobs import JOBS, job
 
 log = telemetry.get_logger("ditto.media")
+START_TIMEOUT_S = 120.0  # a helper's start (importing its decoders) on a loaded machine; not part of a call's limit
 _failures = telemetry.counter("ditto_decoder_failures_total", "Decodes that crashed their helper process or broke "
                               "its memory or time limit", ("reason",))
 
@@ -78,6 +79,7 @@ class _Helper:
         theirs.close()
         self.conn = Connection(ours.detach())
         self.healthy = True
+        self.ready = False  # it says so once its decoders are imported: a call's time limit starts after that
 
     @property
     def pid(self) -> int:
@@ -113,8 +115,20 @@ class _Helper:
                 raise DecodeTimeout(f"decoding this file took longer than {timeout_s:g} s (DITTO_DECODE__TIMEOUT_S) "
                                     "and was stopped; send a shorter or simpler file")
 
+    def _await_ready(self, stop: threading.Event | None) -> None:
+        try:
+            self._wait(time.monotonic() + START_TIMEOUT_S, stop, START_TIMEOUT_S)
+            if self.conn.recv() != ("ready",):
+                raise EOFError("unexpected first message")
+        except (EOFError, OSError, DecodeTimeout) as err:
+            self.healthy = False
+            raise RuntimeError(f"a media decoder process could not start: it {self._how_it_ended()}") from err
+        self.ready = True
+
     def call(self, name: str, args: tuple, kwargs: dict, timeout_s: float, memory_mb: int,
              stop: threading.Event | None) -> Any:
+        if not self.ready:
+            self._await_ready(stop)
         deadline = time.monotonic() + timeout_s
         try:
             self.conn.send((name, args, kwargs))

@@ -133,6 +133,7 @@ def _video_frames(media: bytes, kind: Sniffed, what: str, max_frames: int, max_s
             if not container.streams.video:
                 raise MediaError(f"{what} has no video stream and is not an image")
             stream = container.streams.video[0]
+            stream.codec_context.thread_count = 1  # a helper decodes one file on one core: the pool is the parallelism
             width, height = stream.codec_context.width, stream.codec_context.height
             check_pixels(width, height, what, limits)
             seconds = None
@@ -220,7 +221,7 @@ def _h264(first: np.ndarray, second: np.ndarray, rest: Iterator[np.ndarray]) -> 
     with av.open(buf, mode="w", format="mp4") as out:
         stream = out.add_stream("libx264", rate=NORMALISED_FPS)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.codec_context.options = {"crf": str(NORMALISED_CRF), "preset": "veryfast"}
+        stream.codec_context.options = {"crf": str(NORMALISED_CRF), "preset": "veryfast", "threads": "1"}
         for frame in itertools.chain((first, second), rest):
             if frame.shape[:2] != (height, width):  # a stream that changed size: keep the first size
                 import cv2
