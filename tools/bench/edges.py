@@ -1,7 +1,10 @@
 """Reliability benchmark of the service's edges (`make bench`, part `edges`): what each memory/CPU bomb costs a
 `ditto serve` process (peak and retained memory, answer, time), how long a cancelled or abandoned session holds its
 tenant's quota, and the orchestrator's memory over time while a client reads no frames (embedded, and the
-distributed stack's orchestrator over Redis).
+distributed stack's orchestrator over Redis). `isolation`: what one tenant's hostile files and calls cost a second
+server shared with another tenant (a decoder made to abort through the test-only hook, a decode past the helpers'
+memory limit, 8-channel and 192 kHz audio, a PNG named .mp4, uploads that never send a body, JPEGs carrying huge
+colour profiles, a 4 MiB id, a client that reads no 720p RAW frames).
 
 Tiny profile, synthetic weights, loopback only. Numbers name the machine (tools/bench.py adds it).
 """
@@ -21,7 +24,19 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from tools.hostile import channel, ditto_serve, huge_png, measure, rss_mb, silent_flac, static_video
+from tools.hostile import (
+    channel,
+    decoder_fault,
+    ditto_serve,
+    encoded_audio,
+    huge_png,
+    jpeg_with_icc_profile,
+    measure,
+    rss_mb,
+    silent_flac,
+    static_video,
+    wav_without_layout,
+)
 
 KEY = "bench-key"
 AUTH = (("x-api-key", KEY),)
@@ -145,18 +160,18 @@ async def _reclaim(server) -> dict:
     return out
 
 
-async def _non_reading(address: str, pid: int, seconds: float, metadata=AUTH) -> dict:
+async def _non_reading(address: str, pid: int, seconds: float, metadata=AUTH, size=(640, 480)) -> dict:
     """A client that pushes 48 kHz stereo audio and reads nothing after SessionStarted; RSS of `pid` each second."""
     from ditto_client.v1 import avatar_pb2, avatar_pb2_grpc
 
     async with channel(address) as ch:
         stub = avatar_pb2_grpc.AvatarStub(ch)
-        avatar_id = (await stub.RegisterAvatar(avatar_pb2.RegisterAvatarRequest(media=_portrait(640, 480)),
+        avatar_id = (await stub.RegisterAvatar(avatar_pb2.RegisterAvatarRequest(media=_portrait(*size)),
                                                metadata=metadata)).avatar_id
         rss0 = rss_mb(pid)
         call = stub.Converse(metadata=metadata)
         await call.write(avatar_pb2.ConverseRequest(config=_config(avatar_id)))
-        await call.read()
+        read_ahead_ms = (await call.read()).started.audio_read_ahead_ms
         second = (np.random.default_rng(0).standard_normal((48000, 2)) * 0.1).astype("<f4").tobytes()
 
         async def push() -> None:
@@ -171,8 +186,8 @@ async def _non_reading(address: str, pid: int, seconds: float, metadata=AUTH) ->
             samples.append(round(rss_mb(pid) - rss0, 1))
         pusher.cancel()
         call.cancel()
-    return {"seconds": seconds, "rss_start_mb": round(rss0, 1), "growth_mb_each_s": samples,
-            "max_growth_mb": max(samples)}
+    return {"seconds": seconds, "frame": f"{size[0]}x{size[1]} RAW_RGB", "read_ahead_ms": read_ahead_ms,
+            "rss_start_mb": round(rss0, 1), "growth_mb_each_s": samples, "max_growth_mb": max(samples)}
 
 
 def run(out_dir: Path) -> dict:
@@ -192,7 +207,163 @@ def run(out_dir: Path) -> dict:
             result["quota_reclaim_s"] = asyncio.run(_reclaim(server))
             result["non_reading_client_embedded"] = asyncio.run(_non_reading(server.address, server.pid, seconds))
         result["non_reading_client_distributed_orchestrator"] = _distributed_non_reading(tmp, seconds)
+        with ditto_serve(tmp, _isolation_env(tmp)) as server:
+            result["isolation"] = asyncio.run(_isolation(server))
+            result["isolation"]["non_reading_client_720p"] = asyncio.run(_non_reading(
+                server.address, server.pid, seconds / 2, MALLORY, (1280, 720)))
     return result
+
+
+MALLORY, ALICE = (("x-api-key", "bench-mallory"),), (("x-api-key", "bench-alice"),)
+ISOLATION = {"decode_memory_mb": 128, "max_image_pixels": 100_000_000, "upload_body_timeout_s": 10,
+             "mallory_max_uploads": 2}
+
+
+def _isolation_env(tmp: Path) -> dict[str, str]:
+    """Two tenants; the helpers' test-only fault hook on (this is a test bench); a small decode memory limit with
+    a large pixel limit, so a picture inside the pixel limit can still pass the memory limit."""
+    from services.orchestrator.tenants import hash_key
+
+    keys = tmp / "isolation-tenants.json"
+    keys.write_text(json.dumps({"tenants": [
+        {"id": "mallory", "api_key_sha256": hash_key("bench-mallory"), "max_uploads": ISOLATION["mallory_max_uploads"]},
+        {"id": "alice", "api_key_sha256": hash_key("bench-alice")}]}))
+    return {"DITTO_API_KEYS_FILE": str(keys), "DITTO_MODEL__CACHE_DIR": str(tmp / "cache-isolation"),
+            "DITTO_TELEMETRY__LOG_LEVEL": "warning", "DITTO_TEST_DECODER_FAULTS": "1",
+            "DITTO_DECODE__MAX_MEMORY_MB": str(ISOLATION["decode_memory_mb"]),
+            "DITTO_MEDIA__MAX_IMAGE_PIXELS": str(ISOLATION["max_image_pixels"]),
+            "DITTO_UPLOAD_BODY_TIMEOUT_S": str(ISOLATION["upload_body_timeout_s"])}
+
+
+def _helpers(pid: int) -> set[int]:
+    import psutil
+
+    return {p.pid for p in psutil.Process(pid).children(recursive=True)
+            if "ditto.media.helper" in " ".join(p.cmdline())}
+
+
+async def _isolation(server) -> dict:
+    from ditto_client.v1 import avatar_pb2, avatar_pb2_grpc
+
+    out: dict = {"settings": dict(ISOLATION)}
+    async with channel(server.address) as ch:
+        stub = avatar_pb2_grpc.AvatarStub(ch)
+
+        async def register(media: bytes, name: str = "a.png", metadata=MALLORY):
+            return await stub.RegisterAvatar(avatar_pb2.RegisterAvatarRequest(media=media, filename=name),
+                                             metadata=metadata, timeout=300)
+
+        avatar_id = (await register(_portrait())).avatar_id
+
+        async def render(audio: bytes, name: str = "a"):
+            return [m async for m in stub.Render(avatar_pb2.RenderRequest(avatar_id=avatar_id, audio=audio,
+                                                                          audio_filename=name), metadata=MALLORY)]
+
+        async def measured(name: str, make) -> None:
+            t0 = time.monotonic()
+            with measure(server.pid) as mem:
+                try:
+                    await make()
+                    code = "OK"
+                except grpc.aio.AioRpcError as err:
+                    code = err.code().name
+            out[name] = {"answer": code, "seconds": round(time.monotonic() - t0, 2),
+                         "peak_growth_mb": round(mem.peak_growth, 1), "retained_mb": round(mem.retained, 1)}
+            print(name, out[name], flush=True)
+
+        helpers_before = _helpers(server.pid)
+        wav8, flac192 = wav_without_layout(8, 16000, 1.0), encoded_audio("flac", "flac", "6.1", 192000, 2.0)
+        await measured("render_1s_8ch_16kHz_wav", lambda: render(wav8))  # killed the server before
+        await measured("render_2s_7ch_192kHz_flac", lambda: render(flac192))  # UNKNOWN before (AAC above 96 kHz)
+        await measured("decoder_abort_register", lambda: register(decoder_fault("abort")))
+        await measured("decoder_abort_render", lambda: render(decoder_fault("abort")))
+        await measured("png_100MP_past_the_decode_memory_limit", lambda: register(huge_png(10000, 10000)))
+        await measured("png_15000x15000_named_bomb.mp4", lambda: register(huge_png(15000, 15000), "bomb.mp4"))
+        huge_id = "a" * (4 * 1024 * 1024)
+        await measured("get_avatar_4MiB_id", lambda: stub.GetAvatar(avatar_pb2.GetAvatarRequest(avatar_id=huge_id),
+                                                                     metadata=MALLORY))
+        out["decoder_helpers"] = {"before": len(helpers_before), "after": len(_helpers(server.pid)),
+                                  "replaced": len(helpers_before - _helpers(server.pid)),
+                                  "server_alive": server.popen.poll() is None}
+        out["flac_590s_7ch_192kHz_silence_no_length"] = await _decode_cost(stub, server, avatar_id)
+        out["jpegs_64x64_with_15.5MB_colour_profile"] = await _profile_jpegs(register, server, 20)
+    out["uploads_without_body"] = await _stalled_uploads(server)
+    return out
+
+
+async def _decode_cost(stub, server, avatar_id: str) -> dict:
+    """A 590 s FLAC of silence, 7 channels at 192 kHz, length stripped (+9.6 GB and 89 s of decoding before): the
+    time to the Render's first progress (the decode is done then) and the server's peak meanwhile; then cancelled."""
+    from ditto_client.v1 import avatar_pb2
+
+    flac = silent_flac(590, rate=192000, strip_length=True, layout="6.1")
+    t0 = time.monotonic()
+    with measure(server.pid) as mem:
+        call = stub.Render(avatar_pb2.RenderRequest(avatar_id=avatar_id, audio=flac, audio_filename="s.flac"),
+                           metadata=MALLORY)
+        first = await call.read()
+        took = time.monotonic() - t0
+        call.cancel()
+    result = {"file_kb": round(len(flac) / 1024), "first_message": first.WhichOneof("kind"),
+              "decoded_in_s": round(took, 2), "server_peak_growth_mb": round(mem.peak_growth, 1)}
+    print("flac_590s", result, flush=True)
+    return result
+
+
+async def _profile_jpegs(register, server, n: int) -> dict:
+    """`n` different 64x64 JPEGs, each with a 15.5 MB colour profile (2.85 s and 17.8 MB of server memory each, kept
+    30 days, before): what the server keeps (the in-memory store holds the normalised copies) and the time each."""
+    jpegs = [jpeg_with_icc_profile(64, 64, 15_500_000, seed) for seed in range(n)]
+    times = []
+    with measure(server.pid) as mem:
+        for jpeg in jpegs:
+            t0 = time.monotonic()
+            await register(jpeg, "p.jpg")
+            times.append(time.monotonic() - t0)
+    result = {"registered": n, "upload_mb_each": round(len(jpegs[0]) / 2**20, 1),
+              "seconds_each_median": round(sorted(times)[n // 2], 2), "server_retained_mb": round(mem.retained, 1),
+              "server_peak_growth_mb": round(mem.peak_growth, 1)}
+    print("jpegs", result, flush=True)
+    return result
+
+
+async def _stalled_uploads(server) -> dict:
+    """Mallory opens four RegisterAvatar calls that send headers and never a body (its share: two slots); how
+    alice fares meanwhile, and when the stalled calls end."""
+    from ditto_client.v1 import avatar_pb2, avatar_pb2_grpc
+
+    never = asyncio.Event()
+
+    async def no_body():
+        await never.wait()
+        yield avatar_pb2.RegisterAvatarRequest()
+
+    async with channel(server.address) as ch:
+        stalled_call = ch.stream_unary("/ditto.v1.Avatar/RegisterAvatar",
+                                       request_serializer=avatar_pb2.RegisterAvatarRequest.SerializeToString,
+                                       response_deserializer=avatar_pb2.RegisterAvatarResponse.FromString)
+        t0 = time.monotonic()
+        ending = [asyncio.create_task(_ended(stalled_call(no_body(), metadata=MALLORY), t0)) for _ in range(4)]
+        while sum(t.done() for t in ending) < 2 and time.monotonic() - t0 < 60:  # beyond the share: refused
+            await asyncio.sleep(0.05)
+        a0 = time.monotonic()
+        await avatar_pb2_grpc.AvatarStub(ch).RegisterAvatar(avatar_pb2.RegisterAvatarRequest(media=_portrait()),
+                                                            metadata=ALICE, timeout=300)
+        alice_s = time.monotonic() - a0
+        ends = sorted(await asyncio.gather(*ending), key=lambda e: e[1])
+    result = {"mallory_calls": [{"answer": code, "ended_after_s": s} for code, s in ends],
+              "alice_register_s_meanwhile": round(alice_s, 2)}
+    print("stalled", result, flush=True)
+    return result
+
+
+async def _ended(call, t0: float) -> tuple[str, float]:
+    try:
+        await call
+        code = "OK"
+    except grpc.aio.AioRpcError as err:
+        code = err.code().name
+    return code, round(time.monotonic() - t0, 2)
 
 
 def _distributed_non_reading(tmp: Path, seconds: float) -> dict:
