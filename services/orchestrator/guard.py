@@ -60,18 +60,18 @@ class UploadGuard(grpc.aio.ServerInterceptor):
             tenant = self._tenants().authenticate(details.invocation_metadata)
         except AuthError as err:
             return _refusal(handler, err.code, str(err))
-        share = tenant.max_uploads or self.max_concurrent
+        if self.in_progress >= self.max_concurrent:
+            return _refusal(handler, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"{self.in_progress} uploads (RegisterAvatar/Render) are in progress on this server, the "
+                            f"limit (DITTO_MAX_CONCURRENT_UPLOADS={self.max_concurrent}); retry after the "
+                            "retry-after-ms trailer", (("retry-after-ms", "1000"),))
+        share = tenant.max_uploads or self.max_concurrent  # open mode: the server's slots are its own
         held = self.per_tenant.get(tenant.id, 0)
         if held >= share:
             return _refusal(handler, grpc.StatusCode.RESOURCE_EXHAUSTED,
                             f"tenant {tenant.id} has {held} of its {share} uploads (RegisterAvatar/Render) in "
                             "progress (max_uploads in the tenants file); wait for one to finish, then retry after "
                             "the retry-after-ms trailer", (("retry-after-ms", "1000"),))
-        if self.in_progress >= self.max_concurrent:
-            return _refusal(handler, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                            f"{self.in_progress} uploads (RegisterAvatar/Render) are in progress on this server, the "
-                            f"limit (DITTO_MAX_CONCURRENT_UPLOADS={self.max_concurrent}); retry after the "
-                            "retry-after-ms trailer", (("retry-after-ms", "1000"),))
         self.in_progress += 1
         self.per_tenant[tenant.id] = held + 1
         return self._released(handler, tenant.id)

@@ -89,11 +89,13 @@ async def _bombs(server) -> dict:
                                                                           audio_filename=name), metadata=AUTH)]
 
         # inputs are made first, so the time measured is the server's
-        png20, png30, video = huge_png(20000, 20000), huge_png(30000, 30000), static_video(750)
+        png20, png30, png15 = huge_png(20000, 20000), huge_png(30000, 30000), huge_png(15000, 15000)
+        video = static_video(750)
         flac, flac_no_length, body = silent_flac(7200), silent_flac(7200, strip_length=True), b"\1" * 30_000_000
         cases = {
             "png_20000x20000": lambda: register(png20, "a.png"),
             "png_30000x30000": lambda: register(png30, "a.png"),
+            "png_15000x15000_named_bomb.mp4": lambda: register(png15, "bomb.mp4"),
             "h264_750_frames_1280x720": lambda: register(video, "a.mp4"),
             "flac_2h_silence_length_in_header": lambda: render(flac, "a.flac"),
             "flac_2h_silence_no_length": lambda: render(flac_no_length, "a.flac"),
@@ -101,21 +103,25 @@ async def _bombs(server) -> dict:
                 body, "a.png", (("x-api-key", "wrong"),)) for _ in range(10)), return_exceptions=True),
         }
         for name, make in cases.items():
-            t0 = time.monotonic()
-            with measure(server.pid) as mem:
-                try:
-                    reply = await make()
-                    code: object
-                    if isinstance(reply, list) and reply and isinstance(reply[0], BaseException):
-                        code = sorted({r.code().name for r in reply if isinstance(r, grpc.aio.AioRpcError)})
-                    else:
-                        code = "OK"
-                except grpc.aio.AioRpcError as err:
-                    code = err.code().name
-            out[name] = {"answer": code, "seconds": round(time.monotonic() - t0, 2),
-                         "peak_growth_mb": round(mem.peak_growth, 1), "retained_mb": round(mem.retained, 1)}
-            print(name, out[name], flush=True)
+            out[name] = await _cost(server.pid, name, make)
     return out
+
+
+async def _cost(pid: int, name: str, make) -> dict:
+    """The answer to `make()` (a call, or a gather of calls), the seconds it took and what it cost process `pid`."""
+    t0 = time.monotonic()
+    with measure(pid) as mem:
+        try:
+            reply = await make()
+            code: object = "OK"
+            if isinstance(reply, list) and reply and isinstance(reply[0], BaseException):
+                code = sorted({r.code().name for r in reply if isinstance(r, grpc.aio.AioRpcError)})
+        except grpc.aio.AioRpcError as err:
+            code = err.code().name
+    result = {"answer": code, "seconds": round(time.monotonic() - t0, 2),
+              "peak_growth_mb": round(mem.peak_growth, 1), "retained_mb": round(mem.retained, 1)}
+    print(name, result, flush=True)
+    return result
 
 
 async def _admitted(stub, avatar_id: str) -> bool:
@@ -260,16 +266,7 @@ async def _isolation(server) -> dict:
                                                                           audio_filename=name), metadata=MALLORY)]
 
         async def measured(name: str, make) -> None:
-            t0 = time.monotonic()
-            with measure(server.pid) as mem:
-                try:
-                    await make()
-                    code = "OK"
-                except grpc.aio.AioRpcError as err:
-                    code = err.code().name
-            out[name] = {"answer": code, "seconds": round(time.monotonic() - t0, 2),
-                         "peak_growth_mb": round(mem.peak_growth, 1), "retained_mb": round(mem.retained, 1)}
-            print(name, out[name], flush=True)
+            out[name] = await _cost(server.pid, name, make)
 
         helpers_before = _helpers(server.pid)
         wav8, flac192 = wav_without_layout(8, 16000, 1.0), encoded_audio("flac", "flac", "6.1", 192000, 2.0)
@@ -278,7 +275,6 @@ async def _isolation(server) -> dict:
         await measured("decoder_abort_register", lambda: register(decoder_fault("abort")))
         await measured("decoder_abort_render", lambda: render(decoder_fault("abort")))
         await measured("png_100MP_past_the_decode_memory_limit", lambda: register(huge_png(10000, 10000)))
-        await measured("png_15000x15000_named_bomb.mp4", lambda: register(huge_png(15000, 15000), "bomb.mp4"))
         huge_id = "a" * (4 * 1024 * 1024)
         await measured("get_avatar_4MiB_id", lambda: stub.GetAvatar(avatar_pb2.GetAvatarRequest(avatar_id=huge_id),
                                                                      metadata=MALLORY))
