@@ -19,6 +19,7 @@ import numpy as np
 from ditto.media.errors import MediaError
 from ditto.media.sniff import IMAGE_NAMES, VIDEO_NAMES, Sniffed, sniff
 
+DEFAULT_MAX_SIZE = 1920  # the long side a source is scaled down to (CropOptions.max_size 0 means this)
 NORMALISED_FPS = 25
 NORMALISED_CRF = 18  # as the output writer: visually lossless for a source the avatar is built from
 
@@ -58,7 +59,7 @@ def check_pixels(width: int, height: int, what: str, limits: MediaLimits) -> Non
                          "smaller picture (a portrait needs about 1 megapixel)")
 
 
-def limit_size(frame: np.ndarray, max_size: int = 1920) -> np.ndarray:
+def limit_size(frame: np.ndarray, max_size: int = DEFAULT_MAX_SIZE) -> np.ndarray:
     """Resize so the long side is at most `max_size` (bilinear), then drop the last row/column of odd sides."""
     import cv2
 
@@ -161,7 +162,7 @@ def _kept(max_frames: int, limits: MediaLimits) -> int:
     return min(max_frames, limits.max_video_frames) if max_frames else limits.max_video_frames
 
 
-def decode_frames(media: bytes, what: str = "the source", max_size: int = 1920, max_frames: int = 0,
+def decode_frames(media: bytes, what: str = "the source", max_size: int = DEFAULT_MAX_SIZE, max_frames: int = 0,
                   limits: MediaLimits | None = None) -> DecodedVisual:
     """An image or a short video -> RGB frames (long side at most `max_size`, even sides). Videos keep their first
     `max_frames` frames (0 = as many as `limits` allow)."""
@@ -182,7 +183,7 @@ def decode_frames(media: bytes, what: str = "the source", max_size: int = 1920, 
     return DecodedVisual(frames, is_video)
 
 
-def normalise(media: bytes, what: str = "the source", max_size: int = 1920, max_frames: int = 0,
+def normalise(media: bytes, what: str = "the source", max_size: int = DEFAULT_MAX_SIZE, max_frames: int = 0,
               limits: MediaLimits | None = None) -> NormalisedMedia:
     """The copy to store: an image becomes a PNG of its decoded pixels after the size limit (lossless, so the
     avatar is the one the upload gives); a video becomes an H.264 MP4 of the frames kept, made while they are

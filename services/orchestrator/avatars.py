@@ -9,6 +9,7 @@ colour profile costs a few KB. Each tenant's stored copies are counted and weigh
 from __future__ import annotations
 
 import abc
+import contextlib
 import hashlib
 from typing import TYPE_CHECKING
 
@@ -16,10 +17,10 @@ import grpc
 
 from ditto import rpc, telemetry
 from ditto.avatar_keys import info_key, quota_key, source_key
-from ditto.bus import Bus
+from ditto.bus import Bus, BusError, Reservation
 from ditto.media import MediaError, short
 from ditto.media.pool import Decoder
-from ditto.media.visual import MediaLimits, NormalisedMedia
+from ditto.media.visual import DEFAULT_MAX_SIZE, MediaLimits, NormalisedMedia
 from ditto_client.v1 import renderer_pb2, renderer_pb2_grpc
 
 if TYPE_CHECKING:
@@ -90,9 +91,6 @@ class GrpcRegistrar(Registrar):
         return held
 
 
-DEFAULT_MAX_SIZE = 1920  # CropOptions.max_size 0 means this (the renderer's default)
-
-
 def _member(record: bytes) -> str:
     return hashlib.sha256(record).hexdigest()[:32]
 
@@ -128,8 +126,9 @@ class AvatarRegistry:
         try:
             info = await self.registrar.register(source)
         except BaseException:
-            if not held.existed:
-                await self.bus.unreserve(quota_key(self.bus, tenant.id), _member(record))
+            if not held.existed:  # its place is given back (the original error is what the caller hears)
+                with contextlib.suppress(BusError):
+                    await self.bus.unreserve(quota_key(self.bus, tenant.id), _member(record))
             raise
         existed = await self.bus.get_state(info_key(self.bus, tenant.id, info.avatar_id)) is not None
         info.already_registered = existed
@@ -139,7 +138,7 @@ class AvatarRegistry:
         return info
 
     @staticmethod
-    def _refusal(tenant: Tenant, held, size: int) -> str:
+    def _refusal(tenant: Tenant, held: Reservation, size: int) -> str:
         if held.refused == "count":
             return (f"tenant {tenant.id} has {held.count} of {tenant.max_avatars} avatars registered (max_avatars "
                     "in the tenants file); delete one with DeleteAvatar first")
