@@ -195,10 +195,14 @@ class RendererCore:
         for folder in self.cache_dir.iterdir():
             meta = folder / "meta.json"
             try:
-                stale = folder.is_dir() and (not meta.exists() or t - meta.stat().st_mtime > self.cache_ttl_s)
+                if folder.name.startswith("."):  # a registration being written (ditto.accel.atomic_dir), maybe by
+                    # another process sharing the folder: only an abandoned one, untouched for the TTL, goes
+                    stale = folder.is_dir() and t - folder.stat().st_mtime > self.cache_ttl_s
+                else:
+                    stale = folder.is_dir() and (not meta.exists() or t - meta.stat().st_mtime > self.cache_ttl_s)
             except OSError:
                 continue
-            if stale and folder.name not in self._avatars and not folder.name.endswith(".tmp"):
+            if stale and folder.name not in self._avatars:
                 shutil.rmtree(folder, ignore_errors=True)
                 removed += 1
         return removed

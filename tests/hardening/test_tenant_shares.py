@@ -85,7 +85,7 @@ async def test_stored_avatars_are_normalised_copies_counted_against_a_quota(bus,
     byte quota refuses what would pass max_avatar_mb. Accounting is one atomic step per registration, on either
     bus."""
     tenants = two_tenants(tmp_path, max_avatars=3, max_avatar_mb=0.05)
-    async with service_over(bus, tenants) as (stub, orch):
+    async with service_over(bus, tenants, model={"cache_dir": tmp_path / "cache"}) as (stub, orch):
         jpegs = [jpeg_with_icc_profile(64, 64, 15_500_000, seed) for seed in range(4)]
         ids = []
         for jpeg in jpegs[:3]:
