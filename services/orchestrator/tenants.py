@@ -35,13 +35,16 @@ class Tenant:
     id: str
     max_sessions: int = 16
     session_minutes: float = 0.0  # 0 = unlimited
-    max_uploads: int = 0  # RegisterAvatar/Render calls in progress at once; 0 = only the server-wide cap
+    max_uploads: int = DEFAULT_MAX_UPLOADS  # RegisterAvatar/Render calls in progress at once; 0 = the server's cap
     max_avatars: int = DEFAULT_MAX_AVATARS  # avatars stored at once
     max_avatar_mb: float = DEFAULT_MAX_AVATAR_MB  # their stored (normalised) media, in MB
 
     @property
     def max_avatar_bytes(self) -> int:
         return int(self.max_avatar_mb * 1024 * 1024)
+
+
+OPEN_TENANT = Tenant("default", max_uploads=0)  # without a tenants file: one tenant, with all the server's uploads
 
 
 class TenantEntry(BaseModel):
@@ -115,7 +118,7 @@ class TenantDirectory:
 
     def authenticate(self, metadata: tuple | list | None) -> Tenant:
         if self.open_mode:
-            return Tenant("default")
+            return OPEN_TENANT
         key = None
         for k, v in metadata or ():
             if k == "x-api-key":
