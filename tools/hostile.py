@@ -102,14 +102,15 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
 
-def huge_png(width: int, height: int) -> bytes:
-    """A valid 1-bit grayscale PNG of width x height (all black): about 1 KB per 10 megapixels on the wire,
-    width x height x 3 bytes once decoded to colour."""
-    row = b"\0" * (1 + (width + 7) // 8)  # filter byte + packed bits
+def huge_png(width: int, height: int, colour: bool = False) -> bytes:
+    """A valid PNG of width x height (all black): 1-bit grayscale, about 1 KB per 10 megapixels on the wire; or
+    `colour`, 8-bit RGB, about 3 KB per megapixel (and some seconds to make), which decoders that keep the file's
+    own pixel format (FFmpeg) also expand to width x height x 3 bytes."""
+    row = b"\0" * (1 + (3 * width if colour else (width + 7) // 8))  # filter byte + the row's bytes
     comp = zlib.compressobj(9)
     parts = [comp.compress(row) for _ in range(height)]
     parts.append(comp.flush())
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    ihdr = struct.pack(">IIBBBBB", width, height, 8 if colour else 1, 2 if colour else 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", b"".join(parts)) + \
         _png_chunk(b"IEND", b"")
 

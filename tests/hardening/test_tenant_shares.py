@@ -57,9 +57,9 @@ async def test_a_tenant_that_sends_no_body_cannot_starve_the_others(tmp_path):
                 assert time.monotonic() < guard_deadline, "the stalled calls never reached the server"
                 await asyncio.sleep(0.02)
             opened = time.monotonic()
-            for _ in range(2):
+            for _ in range(2):  # refused at once (a call let in would wait for its body: bounded here)
                 with pytest.raises(grpc.aio.AioRpcError) as err:
-                    await stalled_register(ch, MALLORY)
+                    await asyncio.wait_for(stalled_register(ch, MALLORY), 30)
                 assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
                 assert "tenant mallory has 2 of its 2 uploads" in err.value.details()
                 assert "max_uploads" in err.value.details()

@@ -89,7 +89,7 @@ async def _bombs(server) -> dict:
                                                                           audio_filename=name), metadata=AUTH)]
 
         # inputs are made first, so the time measured is the server's
-        png20, png30, png15 = huge_png(20000, 20000), huge_png(30000, 30000), huge_png(15000, 15000)
+        png20, png30, png15 = huge_png(20000, 20000), huge_png(30000, 30000), huge_png(15000, 15000, colour=True)
         video = static_video(750)
         flac, flac_no_length, body = silent_flac(7200), silent_flac(7200, strip_length=True), b"\1" * 30_000_000
         cases = {
