@@ -146,7 +146,10 @@ def decode_audio(source: bytes | str | Path, *, what: str = "the audio", rate: i
             if header_s is not None and header_s > max_seconds:
                 raise MediaTooLong(f"{what} lasts {header_s:.0f} s (from its header), above the limit of "
                                    f"{max_seconds:g} s", header_s, True)
-        parts: list[np.ndarray] = []
+        # one growing buffer (glibc grows a large one in place with mremap): what a decode holds is the output,
+        # once, never a list of pieces plus their concatenation
+        out_bytes = bytearray()
+        width = 0
         total = 0
         resampler: Any = None
         shape: tuple[str, int] | None = None  # (layout, rate) the resampler was made for
@@ -154,14 +157,15 @@ def decode_audio(source: bytes | str | Path, *, what: str = "the audio", rate: i
         track: _AacTrack | None = None
 
         def take(frames: list) -> None:
-            nonlocal total
+            nonlocal total, width
             for out in frames:
                 x = out.to_ndarray().reshape(-1, channels)  # packed: [1, n * channels] -> [n, channels]
                 if mono and channels > 1:
                     x = mixdown(x)[:, None]
+                width = x.shape[1]
                 if not np.isfinite(x).all():
                     raise MediaError(f"{what}: decoded audio contains NaN or infinite samples")
-                parts.append(np.ascontiguousarray(x, dtype=np.float32))
+                out_bytes.extend(memoryview(np.ascontiguousarray(x, dtype=np.float32)).cast("B"))
                 total += x.shape[0]
             if max_seconds is not None and total > max_seconds * out_rate:
                 raise MediaTooLong(f"{what} lasts more than the limit of {max_seconds:g} s", total / out_rate, False)
@@ -202,8 +206,7 @@ def decode_audio(source: bytes | str | Path, *, what: str = "the audio", rate: i
                              "damaged") from err
     if total == 0:
         raise MediaError(f"{what}: the audio stream holds no samples")
-    width = 1 if mono else parts[0].shape[1]
-    return DecodedAudio(np.concatenate(parts, axis=0).reshape(-1, width), out_rate, source_rate,
+    return DecodedAudio(np.frombuffer(out_bytes, dtype=np.float32).reshape(-1, width), out_rate, source_rate,
                         header_channels or channels, aac_bytes)
 
 

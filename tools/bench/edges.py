@@ -268,6 +268,7 @@ async def _isolation(server) -> dict:
         async def measured(name: str, make) -> None:
             out[name] = await _cost(server.pid, name, make)
 
+        await render(wav_without_layout(1, 16000, 1.0))  # warm: the models' working memory is not a case's cost
         helpers_before = _helpers(server.pid)
         wav8, flac192 = wav_without_layout(8, 16000, 1.0), encoded_audio("flac", "flac", "6.1", 192000, 2.0)
         await measured("render_1s_8ch_16kHz_wav", lambda: render(wav8))  # killed the server before
