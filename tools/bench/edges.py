@@ -166,19 +166,29 @@ async def _reclaim(server) -> dict:
     return out
 
 
-async def _non_reading(address: str, pid: int, seconds: float, metadata=AUTH, size=(640, 480)) -> dict:
-    """A client that pushes 48 kHz stereo audio and reads nothing after SessionStarted; RSS of `pid` each second."""
+async def _non_reading(address: str, pid: int, seconds: float, metadata=AUTH, size=(640, 480),
+                       warm: bool = False) -> dict:
+    """A client that pushes 48 kHz stereo audio and reads nothing after SessionStarted; RSS of `pid` each second.
+    `warm`: a session that reads everything goes first, so the stages' working memory at this size is in the
+    baseline and the growth is what the non-reading client holds."""
     from ditto_client.v1 import avatar_pb2, avatar_pb2_grpc
 
+    second = (np.random.default_rng(0).standard_normal((48000, 2)) * 0.1).astype("<f4").tobytes()
     async with channel(address) as ch:
         stub = avatar_pb2_grpc.AvatarStub(ch)
         avatar_id = (await stub.RegisterAvatar(avatar_pb2.RegisterAvatarRequest(media=_portrait(*size)),
                                                metadata=metadata)).avatar_id
+        if warm:
+            reads = stub.Converse(iter([avatar_pb2.ConverseRequest(config=_config(avatar_id)),
+                                        avatar_pb2.ConverseRequest(audio=avatar_pb2.AudioChunk(data=second)),
+                                        avatar_pb2.ConverseRequest(end_of_audio=avatar_pb2.EndOfAudio())]),
+                                  metadata=metadata)
+            async for _ in reads:
+                pass
         rss0 = rss_mb(pid)
         call = stub.Converse(metadata=metadata)
         await call.write(avatar_pb2.ConverseRequest(config=_config(avatar_id)))
         read_ahead_ms = (await call.read()).started.audio_read_ahead_ms
-        second = (np.random.default_rng(0).standard_normal((48000, 2)) * 0.1).astype("<f4").tobytes()
 
         async def push() -> None:
             while True:
@@ -215,8 +225,14 @@ def run(out_dir: Path) -> dict:
         result["non_reading_client_distributed_orchestrator"] = _distributed_non_reading(tmp, seconds)
         with ditto_serve(tmp, _isolation_env(tmp)) as server:
             result["isolation"] = asyncio.run(_isolation(server))
-            result["isolation"]["non_reading_client_720p"] = asyncio.run(_non_reading(
-                server.address, server.pid, seconds / 2, MALLORY, (1280, 720)))
+            raw720 = {"bounded_in_bytes": asyncio.run(_non_reading(
+                server.address, server.pid, seconds / 2, MALLORY, (1280, 720), warm=True))}
+        # the same client against a server whose credits count seconds only (the window before it was bounded in
+        # bytes too), in the same run
+        with ditto_serve(tmp, {**_isolation_env(tmp), "DITTO_OUTGOING_BUFFER_MB": "100000"}) as server:
+            raw720["window_in_seconds_only"] = asyncio.run(_non_reading(
+                server.address, server.pid, seconds / 2, MALLORY, (1280, 720), warm=True))
+        result["isolation"]["non_reading_client_720p"] = raw720
     return result
 
 
@@ -309,6 +325,8 @@ async def _drain(call) -> None:
 async def _profile_jpegs(register, server, n: int) -> dict:
     """`n` different 64x64 JPEGs, each with a 15.5 MB colour profile (2.85 s and 17.8 MB of server memory each, kept
     30 days, before): what the server keeps (the in-memory store holds the normalised copies) and the time each."""
+    from ditto.media.pool import InProcess
+
     jpegs = [jpeg_with_icc_profile(64, 64, 15_500_000, seed) for seed in range(n)]
     times = []
     with measure(server.pid) as mem:
@@ -316,8 +334,9 @@ async def _profile_jpegs(register, server, n: int) -> dict:
             t0 = time.monotonic()
             await register(jpeg, "p.jpg")
             times.append(time.monotonic() - t0)
+    stored = len(InProcess().run("normalise", jpegs[0]).media)  # the server's own function: the copy it keeps
     result = {"registered": n, "upload_mb_each": round(len(jpegs[0]) / 2**20, 1),
-              "seconds_each_median": round(sorted(times)[n // 2], 2), "server_retained_mb": round(mem.retained, 1),
+              "stored_kb_each": round(stored / 1024, 1), "seconds_each_median": round(sorted(times)[n // 2], 2),
               "server_peak_growth_mb": round(mem.peak_growth, 1)}
     print("jpegs", result, flush=True)
     return result
