@@ -74,6 +74,11 @@ def _test_fault(args: tuple) -> None:
         os._exit(9)
 
 
+def _write_all(fd: int, data: memoryview) -> None:
+    while data:
+        data = data[os.write(fd, data):]
+
+
 def _out_of_memory(err: BaseException) -> bool:
     if isinstance(err, MemoryError):
         return True
@@ -114,8 +119,8 @@ def serve(fd: int, memory_mb: int) -> int:
             buffers: list[pickle.PickleBuffer] = []
             head = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
             conn.send(("result", [b.raw().nbytes for b in buffers], head))
-            for b in buffers:
-                conn.send_bytes(b.raw())
+            for b in buffers:  # raw, unframed: the pool reads each straight into its final memory
+                _write_all(fd, b.raw())
             del value, buffers, head
         except MediaTooLong as err:
             conn.send(("error", "too_long", str(err), err.seconds, err.from_header))

@@ -12,7 +12,7 @@ its place; every other call, on other helpers or in the server itself, goes on. 
 `concurrent.futures.ProcessPoolExecutor` on purpose: one dead worker breaks such an executor for every caller.
 
 Jobs are named (`JOBS`), not pickled callables: a helper runs only the decoding functions of this package. Results
-travel back with pickle protocol 5, numpy arrays as out-of-band buffers received straight into their final memory,
+travel back with pickle protocol 5, numpy arrays as out-of-band raw buffers read straight into their final memory,
 so a video's frames are never held twice. `InProcess` runs the same jobs in the calling process (local tools, tests
 of the decoding itself).
 """
@@ -125,6 +125,20 @@ class _Helper:
             raise RuntimeError(f"a media decoder process could not start: it {self._how_it_ended()}") from err
         self.ready = True
 
+    def _read_raw(self, size: int, deadline: float, stop: threading.Event | None, timeout_s: float) -> bytearray:
+        """`size` raw bytes, read from the socket straight into their final buffer (Connection.recv_bytes_into
+        would read them into a temporary first: a second copy of a video's frames or a file's samples)."""
+        buf = bytearray(size)
+        view = memoryview(buf)
+        done = 0
+        while done < size:
+            self._wait(deadline, stop, timeout_s)
+            n = os.readv(self.conn.fileno(), [view[done:]])
+            if n == 0:
+                raise EOFError("the helper closed its socket")
+            done += n
+        return buf
+
     def call(self, name: str, args: tuple, kwargs: dict, timeout_s: float, memory_mb: int,
              stop: threading.Event | None) -> Any:
         if not self.ready:
@@ -136,12 +150,7 @@ class _Helper:
             message = self.conn.recv()
             if message[0] == "result":
                 _, sizes, head = message
-                buffers = []
-                for size in sizes:
-                    buf = bytearray(size)
-                    self._wait(deadline, stop, timeout_s)
-                    self.conn.recv_bytes_into(buf)
-                    buffers.append(buf)
+                buffers = [self._read_raw(size, deadline, stop, timeout_s) for size in sizes]
                 return pickle.loads(head, buffers=buffers)
         except (EOFError, OSError) as err:
             self.healthy = False
