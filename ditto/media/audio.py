@@ -165,7 +165,7 @@ def decode_audio(source: bytes | str | Path, *, what: str = "the audio", rate: i
                 width = x.shape[1]
                 if not np.isfinite(x).all():
                     raise MediaError(f"{what}: decoded audio contains NaN or infinite samples")
-                out_bytes.extend(memoryview(np.ascontiguousarray(x, dtype=np.float32)).cast("B"))
+                out_bytes.extend(np.ascontiguousarray(x, dtype=np.float32).data.cast("B"))
                 total += x.shape[0]
             if max_seconds is not None and total > max_seconds * out_rate:
                 raise MediaTooLong(f"{what} lasts more than the limit of {max_seconds:g} s", total / out_rate, False)
