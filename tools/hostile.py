@@ -65,6 +65,23 @@ class MemoryReading:
         return self.after - self.before
 
 
+def decoder_helpers(pid: int) -> set[int]:
+    """The pids of process `pid`'s decoder helper processes (`python -m ditto.media.helper`), from /proc."""
+    found = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:  # gone meanwhile
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])  # the field after the state
+        if parent == pid and b"ditto.media.helper" in cmdline:
+            found.add(int(proc.name))
+    return found
+
+
 @contextlib.contextmanager
 def measure(pid: int) -> Iterator[MemoryReading]:
     reading = MemoryReading(rss_mb(pid), 0.0, 0.0)

@@ -14,7 +14,6 @@ import json
 
 import av
 import grpc
-import psutil
 import pytest
 from hardening_helpers import channel, ditto_serve, huge_png, measure, portrait_png, speech_pcm16
 from serving_helpers import chunks, config
@@ -24,6 +23,7 @@ from services.orchestrator.tenants import hash_key
 from tools.hostile import (
     LAYOUTS,
     decoder_fault,
+    decoder_helpers,
     encoded_audio,
     silent_flac,
     video_with_audio,
@@ -49,12 +49,6 @@ def server(tmp_path_factory):
            "DITTO_MAX_RENDER_AUDIO_S": str(RENDER_LIMIT_S), "DITTO_MEDIA__MAX_IMAGE_PIXELS": str(MAX_PIXELS)}
     with ditto_serve(tmp, env) as s:
         yield s
-
-
-def helper_pids(pid: int) -> set[int]:
-    """The server's decoder helper processes."""
-    return {p.pid for p in psutil.Process(pid).children(recursive=True)
-            if "ditto.media.helper" in " ".join(p.cmdline())}
 
 
 async def register(address: str, media: bytes, filename: str = "", metadata=MALLORY):
@@ -124,7 +118,7 @@ async def test_a_crashing_or_bombing_decoder_fails_only_its_own_call(server, ava
     frames_flowing = asyncio.Event()
     alice = asyncio.create_task(alice_session(server.address, alice_avatar, 4.0, frames_flowing))
     await asyncio.wait_for(frames_flowing.wait(), 120)
-    before = helper_pids(server.pid)
+    before = decoder_helpers(server.pid)
     assert before, "the server decodes in no helper process"
 
     with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -148,7 +142,7 @@ async def test_a_crashing_or_bombing_decoder_fails_only_its_own_call(server, ava
     assert code == grpc.StatusCode.OK, details
     assert frames == 100, f"alice's 4 s session delivered {frames} of 100 frames"
     assert server.popen.poll() is None
-    after = helper_pids(server.pid)
+    after = decoder_helpers(server.pid)
     assert len(after) == len(before) and after != before, f"helpers {before} -> {after}: none was replaced"
     again = await register(server.address, portrait_png((72, 64)))  # the replaced helpers decode as before
     assert again.avatar_id

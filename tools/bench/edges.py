@@ -27,6 +27,7 @@ import numpy as np
 from tools.hostile import (
     channel,
     decoder_fault,
+    decoder_helpers,
     ditto_serve,
     encoded_audio,
     huge_png,
@@ -257,13 +258,6 @@ def _isolation_env(tmp: Path) -> dict[str, str]:
             "DITTO_UPLOAD_BODY_TIMEOUT_S": str(ISOLATION["upload_body_timeout_s"])}
 
 
-def _helpers(pid: int) -> set[int]:
-    import psutil
-
-    return {p.pid for p in psutil.Process(pid).children(recursive=True)
-            if "ditto.media.helper" in " ".join(p.cmdline())}
-
-
 async def _isolation(server) -> dict:
     from ditto_client.v1 import avatar_pb2, avatar_pb2_grpc
 
@@ -285,7 +279,7 @@ async def _isolation(server) -> dict:
             out[name] = await _cost(server.pid, name, make)
 
         await render(wav_without_layout(1, 16000, 1.0))  # warm: the models' working memory is not a case's cost
-        helpers_before = _helpers(server.pid)
+        helpers_before = decoder_helpers(server.pid)
         wav8, flac192 = wav_without_layout(8, 16000, 1.0), encoded_audio("flac", "flac", "6.1", 192000, 2.0)
         await measured("render_1s_8ch_16kHz_wav", lambda: render(wav8))  # killed the server before
         await measured("render_2s_7ch_192kHz_flac", lambda: render(flac192))  # UNKNOWN before (AAC above 96 kHz)
@@ -295,8 +289,8 @@ async def _isolation(server) -> dict:
         huge_id = "a" * (4 * 1024 * 1024)
         await measured("get_avatar_4MiB_id", lambda: stub.GetAvatar(avatar_pb2.GetAvatarRequest(avatar_id=huge_id),
                                                                      metadata=MALLORY))
-        out["decoder_helpers"] = {"before": len(helpers_before), "after": len(_helpers(server.pid)),
-                                  "replaced": len(helpers_before - _helpers(server.pid)),
+        out["decoder_helpers"] = {"before": len(helpers_before), "after": len(decoder_helpers(server.pid)),
+                                  "replaced": len(helpers_before - decoder_helpers(server.pid)),
                                   "server_alive": server.popen.poll() is None}
         out["flac_590s_7ch_192kHz_silence_no_length"] = await _decode_cost(stub, server)
         out["jpegs_64x64_with_15.5MB_colour_profile"] = await _profile_jpegs(register, server, 20)
