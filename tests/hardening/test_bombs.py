@@ -14,7 +14,7 @@ import json
 
 import grpc
 import pytest
-from hardening_helpers import channel, ditto_serve, huge_png, measure, silent_flac, static_video
+from hardening_helpers import channel, ditto_serve, huge_png, measure, register, silent_flac, static_video
 from serving_helpers import chunks, embedded_service, portrait_png, speech_pcm16
 
 from ditto.config import load_settings
@@ -40,9 +40,7 @@ def server(tmp_path_factory):
 
 
 async def _register(address: str, media: bytes, filename: str = "", metadata=AUTH):
-    async with channel(address) as ch:
-        return await avatar_pb2_grpc.AvatarStub(ch).RegisterAvatar(
-            avatar_pb2.RegisterAvatarRequest(media=media, filename=filename), metadata=metadata, timeout=120)
+    return await register(address, media, filename, metadata)
 
 
 async def _still_serves(address: str) -> None:

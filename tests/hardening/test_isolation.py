@@ -16,6 +16,7 @@ import av
 import grpc
 import pytest
 from hardening_helpers import channel, ditto_serve, huge_png, measure, portrait_png, speech_pcm16
+from hardening_helpers import register as shared_register
 from serving_helpers import chunks, config
 
 from ditto_client.v1 import avatar_pb2, avatar_pb2_grpc, common_pb2
@@ -52,9 +53,7 @@ def server(tmp_path_factory):
 
 
 async def register(address: str, media: bytes, filename: str = "", metadata=MALLORY):
-    async with channel(address) as ch:
-        return await avatar_pb2_grpc.AvatarStub(ch).RegisterAvatar(
-            avatar_pb2.RegisterAvatarRequest(media=media, filename=filename), metadata=metadata, timeout=120)
+    return await shared_register(address, media, filename, metadata)
 
 
 async def render(address: str, avatar_id: str, audio: bytes, filename: str = "a", metadata=MALLORY) -> bytes:
