@@ -14,3 +14,10 @@ def source_key(bus: Bus, tenant: str, avatar_id: str) -> str:
 def info_key(bus: Bus, tenant: str, avatar_id: str) -> str:
     """The avatar's registration answer (size, motion info)."""
     return bus.key("avatar", tenant, avatar_id, "info")
+
+
+def quota_key(bus: Bus, tenant: str) -> str:
+    """The tenant's stored avatars as a weighted set (`Bus.reserve`): one member per stored source record (its
+    SHA-256), weighing its bytes, expiring with it. One key, so the count and bytes check is one atomic script
+    (on a Redis Cluster, one node)."""
+    return bus.key("avatar", tenant, "quota")

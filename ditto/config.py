@@ -108,6 +108,18 @@ class MediaSettings(BaseModel):
                                          "fills)")
 
 
+class DecodeSettings(BaseModel):
+    """The helper processes that decode untrusted media (images, videos, audio files: `ditto.media.pool`). A crash, a
+    memory or a time limit breach there fails that one call with INVALID_ARGUMENT; the process that asked, and every
+    other session in it, go on."""
+
+    helpers: int = Field(2, ge=1, le=64, description="decoder processes per server process (started on first use, "
+                         "reused; a crashed one is replaced); more decodes wait for one")
+    max_memory_mb: int = Field(1024, ge=16, description="address space one decode may take in its helper, beyond "
+                               "the helper's own start-up footprint (RLIMIT_AS)")
+    timeout_s: float = Field(60.0, gt=0, description="longest decode; past it the helper is killed and replaced")
+
+
 class Settings(BaseSettings):
     """Settings common to every process."""
 
@@ -117,6 +129,7 @@ class Settings(BaseSettings):
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     media: MediaSettings = Field(default_factory=MediaSettings)
+    decode: DecodeSettings = Field(default_factory=DecodeSettings)
     grpc_host: str = "127.0.0.1"
     grpc_port: int = Field(0, ge=0, le=65535, description="0 = any free port")
     advertise_host: str | None = Field(None, description="the host other processes dial for this worker's gRPC API "

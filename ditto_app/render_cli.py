@@ -106,7 +106,7 @@ async def render(args: argparse.Namespace) -> int:
     tenant = Tenant("local")
     try:
         try:
-            info = await orch.avatars.register(tenant.id, renderer_pb2.RegisterSourceRequest(
+            info = await orch.avatars.register(tenant, renderer_pb2.RegisterSourceRequest(
                 media=args.avatar.read_bytes(), filename=args.avatar.name, crop=_crop(args)))
         except Exception as err:
             print(f"error: cannot use {args.avatar} as a portrait: {err}", file=sys.stderr)

@@ -59,7 +59,7 @@ class EmbeddedStack:
         for name in STAGES:
             self.stages[name] = await asyncio.to_thread(build_stage, name, self.weights, self.profile, self.bus,
                                                         self.device, self.backend, self.settings.model.cache_dir,
-                                                        self.settings.media)
+                                                        self.settings.media, self.settings.decode)
             worker = SlotWorker(self.bus, self.stages[name].handler, f"embedded-{name}",
                                 WorkerSettings.from_bus(self.settings.bus, slots=slots, block_ms=20))
             self.workers.append(worker)

@@ -9,7 +9,7 @@ from typing import Any
 
 from ditto import rpc
 from ditto.bus import Bus
-from ditto.config import MediaSettings
+from ditto.config import DecodeSettings, MediaSettings
 from ditto.stage_runtime import SessionStageHandler
 from ditto.weights import OFFICIAL_FILES
 
@@ -63,8 +63,8 @@ def load_models(name: str, weights_dir: Path, profile: str, device: str, backend
 
 
 def build_stage(name: str, weights_dir: Path, profile: str, bus: Bus, device: str = "auto",
-                backend: str = "auto", cache_dir: Path | None = None, media: MediaSettings | None = None
-                ) -> BuiltStage:
+                backend: str = "auto", cache_dir: Path | None = None, media: MediaSettings | None = None,
+                decode: DecodeSettings | None = None) -> BuiltStage:
     device = _device(device)
     models = load_models(name, weights_dir, profile, device, backend, cache_dir)
     if name == "audio_encoder":
@@ -86,8 +86,9 @@ def build_stage(name: str, weights_dir: Path, profile: str, bus: Bus, device: st
         motion_handler = SessionStageHandler(motion_stage, max_batch=generator.max_batch)
         return BuiltStage(name, motion_handler, [motion_server.service(motion_stage, motion_handler.batcher)])
     if name == "renderer":
+        from ditto.media.pool import shared_pool
+        from ditto.media.visual import MediaLimits
         from services.renderer import server as renderer_server
-        from services.renderer.avatar.register import MediaLimits
         from services.renderer.avatar.sessions import AuxModels
         from services.renderer.core import RendererCore
         from services.renderer.session_stage import RendererStage
@@ -98,7 +99,8 @@ def build_stage(name: str, weights_dir: Path, profile: str, bus: Bus, device: st
             models, aux, cache_dir / "avatars" if cache_dir else None,
             limits=MediaLimits(m.max_image_pixels, m.max_video_frames, m.max_video_s),
             max_concurrent_registrations=m.max_concurrent_registrations, cache_ttl_s=m.avatar_cache_ttl_s,
-            max_avatar_bytes=m.max_avatar_memory_mb * 1024 * 1024)
+            max_avatar_bytes=m.max_avatar_memory_mb * 1024 * 1024,
+            decoder=shared_pool(decode))  # client media is decoded in helper processes, never in the worker
         render_handler = SessionStageHandler(RendererStage(core, bus), max_batch=64)
         return BuiltStage(name, render_handler, [renderer_server.service(core, render_handler.batcher)])
     raise ValueError(f"unknown stage {name!r}; one of {', '.join(STAGES)}")

@@ -49,7 +49,7 @@ async def run_worker(args: argparse.Namespace) -> int:
     bus = RedisBus(settings.bus.redis_url, settings.bus.prefix, settings.bus.state_ttl_s)
     device = args.device if args.device != "auto" else settings.model.device
     built = build_stage(args.stage, weights, profile, bus, device, args.backend or settings.model.backend,
-                        settings.model.cache_dir, settings.media)
+                        settings.model.cache_dir, settings.media, settings.decode)
     port = args.port if args.port is not None else settings.grpc_port
     server = await rpc.start_server(built.services, settings.grpc_host, port, settings.max_message_bytes)
     owner = settings.worker_id

@@ -1,6 +1,16 @@
 """The bus between stages: Redis Streams across processes, or in memory inside one."""
 
-from ditto.bus.base import Admission, AdmissionRequest, Bus, BusError, Commit, Delivery, LeaseLost, StageSlots
+from ditto.bus.base import (
+    Admission,
+    AdmissionRequest,
+    Bus,
+    BusError,
+    Commit,
+    Delivery,
+    LeaseLost,
+    Reservation,
+    StageSlots,
+)
 from ditto.bus.memory import MemoryBus
 from ditto.bus.redis_streams import RedisBus
 from ditto.config import BusSettings
@@ -13,4 +23,4 @@ def make_bus(settings: BusSettings) -> Bus:
 
 
 __all__ = ["Admission", "AdmissionRequest", "Bus", "BusError", "Commit", "Delivery", "LeaseLost", "MemoryBus",
-           "RedisBus", "StageSlots", "make_bus"]
+           "RedisBus", "Reservation", "StageSlots", "make_bus"]

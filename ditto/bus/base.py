@@ -67,6 +67,18 @@ class Admission:
 
 
 @dataclass(frozen=True)
+class Reservation:
+    """The answer of `Bus.reserve`. `refused` is "" (held), "count" or "weight" (the set is full); `count` and
+    `weight` are the set's totals after the call (before it, when refused); `existed`: the member was held already
+    and was only refreshed."""
+
+    refused: str = ""
+    count: int = 0
+    weight: int = 0
+    existed: bool = False
+
+
+@dataclass(frozen=True)
 class Delivery:
     stream: str
     entry_id: str
@@ -208,6 +220,18 @@ class Bus(abc.ABC):
     @abc.abstractmethod
     async def expire_stream(self, stream: str, ttl_ms: int) -> bool:
         """Give a stream a TTL (refreshed by calling again). False when the stream does not exist."""
+
+    # ---- weighted sets with a cap (a tenant's stored avatars: how many, and their bytes) ----
+    @abc.abstractmethod
+    async def reserve(self, key: str, member: str, weight: int, max_count: int, max_weight: int,
+                      ttl_ms: int) -> Reservation:
+        """In one atomic step: drop the expired members of `key`; refresh `member` if it is held (its weight and
+        expiry), else add it only if the set then holds at most `max_count` members weighing at most `max_weight`
+        in all. One key per call, so it runs on one Redis Cluster node."""
+
+    @abc.abstractmethod
+    async def unreserve(self, key: str, member: str) -> None:
+        ...
 
     @abc.abstractmethod
     async def admit(self, request: AdmissionRequest) -> Admission:

@@ -12,7 +12,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ditto.bus.base import Admission, AdmissionRequest, Bus, Commit, Delivery, LeaseLost
+from ditto.bus.base import Admission, AdmissionRequest, Bus, Commit, Delivery, LeaseLost, Reservation
 from ditto_client.v1 import bus_pb2
 
 
@@ -44,6 +44,7 @@ class MemoryBus(Bus):
         self._leases: dict[str, tuple[str, float]] = {}
         self._state: dict[str, tuple[bytes, float]] = {}
         self._members: dict[str, dict[str, float]] = {}  # key -> member -> monotonic expiry
+        self._weighted: dict[str, dict[str, tuple[int, float]]] = {}  # key -> member -> (weight, monotonic expiry)
         self._counter = itertools.count(1)
         self._changed = asyncio.Condition()
 
@@ -210,6 +211,25 @@ class MemoryBus(Bus):
         for m in dead:
             del members[m]
         return dead
+
+    async def reserve(self, key: str, member: str, weight: int, max_count: int, max_weight: int,
+                      ttl_ms: int) -> Reservation:
+        # no await inside: atomic on the event loop
+        now = time.monotonic()
+        held = {m: v for m, v in self._weighted.get(key, {}).items() if v[1] > now}
+        existed = held.pop(member, None) is not None
+        count, total = len(held), sum(w for w, _ in held.values())
+        if not existed:
+            if count + 1 > max_count:
+                return Reservation("count", count, total)
+            if total + weight > max_weight:
+                return Reservation("weight", count, total)
+        held[member] = (weight, now + ttl_ms / 1000)
+        self._weighted[key] = held
+        return Reservation("", count + 1, total + weight, existed)
+
+    async def unreserve(self, key: str, member: str) -> None:
+        self._weighted.get(key, {}).pop(member, None)
 
     async def admit(self, request: AdmissionRequest) -> Admission:
         # No await inside: the check and the writes happen in one step of the event loop, so it is atomic.

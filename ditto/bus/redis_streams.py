@@ -9,7 +9,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
-from ditto.bus.base import Admission, AdmissionRequest, Bus, BusError, Commit, Delivery, LeaseLost
+from ditto.bus.base import Admission, AdmissionRequest, Bus, BusError, Commit, Delivery, LeaseLost, Reservation
 from ditto.redaction import redact, redact_url, remember_url
 from ditto_client.v1 import bus_pb2
 
@@ -132,6 +132,35 @@ return out
 """
 
 
+# Weighted sets: members "<member>:<weight>" in a sorted set scored by expiry. KEYS: the set. ARGV: member, weight,
+# max_count, max_weight, ttl_ms. Returns {refused, count, weight, existed}.
+_RESERVE = _NOW + """
+local member, weight = ARGV[1], tonumber(ARGV[2])
+local max_count, max_weight, ttl = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local count, total, existing = 0, 0, nil
+for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local id, w = string.match(m, '^(.*):(%d+)$')
+  if id == member then existing = m elseif id then count = count + 1; total = total + tonumber(w) end
+end
+if existing == nil then
+  if count + 1 > max_count then return {'count', count, total, 0} end
+  if total + weight > max_weight then return {'weight', count, total, 0} end
+else
+  redis.call('ZREM', KEYS[1], existing)
+end
+redis.call('ZADD', KEYS[1], now + ttl, member .. ':' .. weight)
+if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
+return {'', count + 1, total + weight, existing and 1 or 0}
+"""
+_UNRESERVE = """
+for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  if string.match(m, '^(.*):%d+$') == ARGV[1] then redis.call('ZREM', KEYS[1], m) end
+end
+return 1
+"""
+
+
 def _s(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
@@ -150,6 +179,8 @@ class RedisBus(Bus):
         self._live = self.r.register_script(_LIVE)
         self._reap = self.r.register_script(_REAP)
         self._admit = self.r.register_script(_ADMIT)
+        self._reserve = self.r.register_script(_RESERVE)
+        self._unreserve = self.r.register_script(_UNRESERVE)
         self._groups: set[tuple[str, str]] = set()
 
     def _error(self, err: BaseException) -> BusError:
@@ -320,6 +351,15 @@ class RedisBus(Bus):
 
     async def expire_stream(self, stream: str, ttl_ms: int) -> bool:
         return bool(await self._call(self.r.pexpire(stream, ttl_ms)))
+
+    async def reserve(self, key: str, member: str, weight: int, max_count: int, max_weight: int,
+                      ttl_ms: int) -> Reservation:
+        res = [_s(v) for v in await self._call(self._reserve(keys=[key], args=[member, weight, max_count,
+                                                                                max_weight, ttl_ms]))]
+        return Reservation(res[0], int(res[1]), int(res[2]), res[3] == "1")
+
+    async def unreserve(self, key: str, member: str) -> None:
+        await self._call(self._unreserve(keys=[key], args=[member]))
 
     async def admit(self, request: AdmissionRequest) -> Admission:
         r = request

@@ -13,11 +13,12 @@ from typing import Literal
 
 import numpy as np
 
+from ditto.media.audio import MAX_CHANNELS, MAX_RATE, MIN_RATE, mixdown
+from ditto.media.errors import MediaError, MediaTooLong
+
 SampleFormat = Literal["pcm_s16le", "float32le"]
 SAMPLE_BYTES: dict[str, int] = {"pcm_s16le": 2, "float32le": 4}
 
-MIN_RATE, MAX_RATE = 8000, 192000
-MAX_CHANNELS = 8
 # A streaming chunk longer than this is almost certainly a client bug (a whole file sent as one chunk, a wrong
 # sample rate); refusing it bounds the memory and latency one push can cost the worker.
 DEFAULT_MAX_CHUNK_SECONDS = 60.0
@@ -107,17 +108,6 @@ def decode_chunk(data: bytes | bytearray | memoryview | np.ndarray, fmt: InputFo
     return mixdown(x)
 
 
-def mixdown(x: np.ndarray) -> np.ndarray:
-    """[n, C] -> [n], the plain channel mean. Summed channel by channel so every sample's value depends only on
-    that sample frame, never on how many frames came in the same chunk."""
-    mono = x[:, 0].copy()
-    for c in range(1, x.shape[1]):
-        mono += x[:, c]
-    if x.shape[1] > 1:
-        mono /= x.shape[1]
-    return mono
-
-
 def _array_samples(data: np.ndarray, fmt: InputFormat) -> np.ndarray:
     """An array chunk as [n, channels], keeping int16 as int16 and floats as floats."""
     if data.size == 0:
@@ -171,72 +161,20 @@ class DecodedFile:
             yield self.samples[start:start + step]
 
 
-def _header_seconds(container, stream) -> float | None:
-    if stream.duration is not None and stream.time_base is not None:
-        return float(stream.duration * stream.time_base)
-    if container.duration is not None:
-        import av
-
-        return container.duration / av.time_base
-    return None
-
-
 def decode_file(path: str | Path, max_seconds: float | None = None) -> DecodedFile:
-    """Decode the first audio stream of a file (wav, mp3, m4a, ogg, webm, ...) with PyAV.
+    """Decode the first audio stream of a local file (wav, mp3, m4a, ogg, webm, ...) at its own rate and channels.
 
-    Samples are converted to planar float without changing rate or channel layout, so mixdown and resampling
-    stay ours and the whole-file path equals the streaming path on the same samples. With `max_seconds`, a file
-    whose header says it is longer is refused before decoding, and decoding stops as soon as the running total
-    passes the limit (`AudioTooLong`): a small file of hours of silence costs no more than the limit.
+    The samples are interleaved float without changing rate or channel layout, so mixdown and resampling stay ours
+    and the whole-file path equals the streaming path on the same samples (`ditto.media.audio.decode_audio`, in this
+    process: the file is the user's own). With `max_seconds`, a file whose header says it is longer is refused
+    before decoding, and decoding stops as soon as the running total passes the limit (`AudioTooLong`).
     """
-    import av
+    from ditto.media.audio import decode_audio
 
-    path = Path(path)
-    if not path.is_file():
-        raise AudioError(f"{path}: no such audio file")
     try:
-        container = av.open(str(path))
-    except av.FFmpegError as err:
-        raise AudioError(f"{path}: cannot open as an audio file ({err}); use wav, mp3, m4a, ogg or webm") from err
-    with container:
-        streams = [s for s in container.streams if s.type == "audio"]
-        if not streams:
-            raise AudioError(f"{path}: the file has no audio stream")
-        stream = streams[0]
-        if max_seconds is not None:
-            header_s = _header_seconds(container, stream)
-            if header_s is not None and header_s > max_seconds:
-                raise AudioTooLong(f"{path}: the audio lasts {header_s:.0f} s (from its header), above the limit of "
-                                   f"{max_seconds:g} s", header_s, True)
-        parts: list[np.ndarray] = []
-        rate = 0
-        total = 0
-        resampler = None
-        try:
-            for frame in container.decode(stream):
-                if not isinstance(frame, av.AudioFrame):
-                    continue
-                if resampler is None:
-                    rate = frame.sample_rate
-                    # format only: rate and layout stay as decoded (None = keep the input's)
-                    resampler = av.AudioResampler(format="fltp", layout=frame.layout, rate=frame.sample_rate)
-                for out in resampler.resample(frame):
-                    parts.append(out.to_ndarray().T)  # [n, channels]
-                    total += parts[-1].shape[0]
-                if max_seconds is not None and rate and total > max_seconds * rate:
-                    raise AudioTooLong(f"{path}: the audio lasts more than the limit of {max_seconds:g} s",
-                                       total / rate, False)
-            if resampler is not None:
-                for out in resampler.resample(None):
-                    parts.append(out.to_ndarray().T)
-        except av.FFmpegError as err:
-            raise AudioError(f"{path}: cannot decode the audio ({err}); the codec may be unsupported or the file "
-                             "damaged") from err
-    if not parts or sum(p.shape[0] for p in parts) == 0:
-        raise AudioError(f"{path}: the audio stream holds no samples")
-    samples = np.ascontiguousarray(np.concatenate(parts, axis=0), dtype=np.float32)
-    if not np.isfinite(samples).all():
-        raise AudioError(f"{path}: decoded audio contains NaN or infinite samples")
-    if not MIN_RATE <= rate <= MAX_RATE:
-        raise AudioError(f"{path}: sample rate {rate} Hz is out of range ({MIN_RATE}..{MAX_RATE} Hz)")
-    return DecodedFile(samples, rate)
+        decoded = decode_audio(Path(path), what=str(path), max_seconds=max_seconds)
+    except MediaTooLong as err:
+        raise AudioTooLong(str(err), err.seconds, err.from_header) from err
+    except MediaError as err:
+        raise AudioError(str(err)) from err
+    return DecodedFile(decoded.samples, decoded.sample_rate)

@@ -1,17 +1,31 @@
 """Avatar registry: registration goes to a renderer (in-process or over gRPC); the result and the source media are
-kept per tenant on the bus's state store, so any orchestrator replica and any renderer worker can serve it."""
+kept per tenant on the bus's state store, so any orchestrator replica and any renderer worker can serve it.
+
+What is kept is not the upload but its normalised copy (`ditto.media.visual.normalise`, made in a decoder helper
+process): the decoded pixels re-encoded, no metadata, colour profile or audio, so a 64x64 JPEG carrying a 15 MB
+colour profile costs a few KB. Each tenant's stored copies are counted and weighed against its `max_avatars` and
+`max_avatar_mb` (tenants file) in one atomic step before the renderer does any work."""
 
 from __future__ import annotations
 
 import abc
+import contextlib
+import hashlib
+from typing import TYPE_CHECKING
 
 import grpc
 
 from ditto import rpc, telemetry
-from ditto.avatar_keys import info_key, source_key
-from ditto.bus import Bus
+from ditto.avatar_keys import info_key, quota_key, source_key
+from ditto.bus import Bus, BusError, Reservation
 from ditto.bus.worker import addresses_key
+from ditto.media import MediaError, short
+from ditto.media.pool import Decoder
+from ditto.media.visual import DEFAULT_MAX_SIZE, MediaLimits, NormalisedMedia
 from ditto_client.v1 import renderer_pb2, renderer_pb2_grpc
+
+if TYPE_CHECKING:
+    from services.orchestrator.tenants import Tenant
 
 log = telemetry.get_logger("ditto.orchestrator")
 
@@ -78,21 +92,60 @@ class GrpcRegistrar(Registrar):
         return held
 
 
+def _member(record: bytes) -> str:
+    return hashlib.sha256(record).hexdigest()[:32]
+
+
 class AvatarRegistry:
-    def __init__(self, bus: Bus, registrar: Registrar) -> None:
+    def __init__(self, bus: Bus, registrar: Registrar, decoder: Decoder, limits: MediaLimits | None = None) -> None:
         self.bus = bus
         self.registrar = registrar
+        self.decoder = decoder
+        self.limits = limits or MediaLimits()
 
-    async def register(self, tenant: str, request: renderer_pb2.RegisterSourceRequest
+    async def normalise(self, request: renderer_pb2.RegisterSourceRequest) -> NormalisedMedia:
+        """The copy to keep, made in a decoder helper (header checks first, by the bytes' own format)."""
+        what = f"'{short(request.filename)}'" if request.filename else "the media"
+        try:
+            return await self.decoder.run_async("normalise", request.media, what,
+                                                request.crop.max_size or DEFAULT_MAX_SIZE, request.crop.max_frames,
+                                                self.limits)
+        except MediaError as err:
+            raise RegistrationError(grpc.StatusCode.INVALID_ARGUMENT, str(err)) from err
+
+    async def register(self, tenant: Tenant, request: renderer_pb2.RegisterSourceRequest
                        ) -> renderer_pb2.RegisterSourceResponse:
-        request.tenant_id = tenant
-        info = await self.registrar.register(request)
-        existed = await self.bus.get_state(info_key(self.bus, tenant, info.avatar_id)) is not None
+        normalised = await self.normalise(request)
+        source = renderer_pb2.RegisterSourceRequest(media=normalised.media, filename=normalised.filename,
+                                                    crop=request.crop, tenant_id=tenant.id)
+        record = source.SerializeToString(deterministic=True)
+        # counted and weighed before the renderer works: a tenant at its quota costs no registration
+        held = await self.bus.reserve(quota_key(self.bus, tenant.id), _member(record), len(record),
+                                      tenant.max_avatars, tenant.max_avatar_bytes, AVATAR_TTL_S * 1000)
+        if held.refused:
+            raise RegistrationError(grpc.StatusCode.RESOURCE_EXHAUSTED, self._refusal(tenant, held, len(record)))
+        try:
+            info = await self.registrar.register(source)
+        except BaseException:
+            if not held.existed:  # its place is given back (the original error is what the caller hears)
+                with contextlib.suppress(BusError):
+                    await self.bus.unreserve(quota_key(self.bus, tenant.id), _member(record))
+            raise
+        existed = await self.bus.get_state(info_key(self.bus, tenant.id, info.avatar_id)) is not None
         info.already_registered = existed
-        await self.bus.set_state(source_key(self.bus, tenant, info.avatar_id), request.SerializeToString(),
+        await self.bus.set_state(source_key(self.bus, tenant.id, info.avatar_id), record, AVATAR_TTL_S)
+        await self.bus.set_state(info_key(self.bus, tenant.id, info.avatar_id), info.SerializeToString(),
                                  AVATAR_TTL_S)
-        await self.bus.set_state(info_key(self.bus, tenant, info.avatar_id), info.SerializeToString(), AVATAR_TTL_S)
         return info
+
+    @staticmethod
+    def _refusal(tenant: Tenant, held: Reservation, size: int) -> str:
+        if held.refused == "count":
+            return (f"tenant {tenant.id} has {held.count} of {tenant.max_avatars} avatars registered (max_avatars "
+                    "in the tenants file); delete one with DeleteAvatar first")
+        return (f"tenant {tenant.id} stores {held.weight / 2**20:.1f} MB of avatar media; this one ({size / 2**20:.2f}"
+                f" MB) would pass its {tenant.max_avatar_mb:g} MB (max_avatar_mb in the tenants file); delete an "
+                "avatar with DeleteAvatar first, or send a smaller or shorter source")
 
     async def get(self, tenant: str, avatar_id: str) -> renderer_pb2.RegisterSourceResponse | None:
         raw = await self.bus.get_state(info_key(self.bus, tenant, avatar_id)) if avatar_id else None
@@ -105,7 +158,10 @@ class AvatarRegistry:
     async def delete(self, tenant: str, avatar_id: str) -> bool:
         if await self.get(tenant, avatar_id) is None:
             return False
+        record = await self.bus.get_state(source_key(self.bus, tenant, avatar_id))
         await self.bus.set_state(info_key(self.bus, tenant, avatar_id), None)
         await self.bus.set_state(source_key(self.bus, tenant, avatar_id), None)
+        if record is not None:
+            await self.bus.unreserve(quota_key(self.bus, tenant), _member(record))
         await self.registrar.forget(avatar_id)
         return True

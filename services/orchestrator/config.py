@@ -28,7 +28,10 @@ class OrchestratorSettings(Settings):
     frames_stream_ttl_s: int = Field(60, ge=4, description="TTL of this replica's frames stream in Redis, refreshed "
                                      "every ttl/4 while it runs: what a killed replica leaves is gone after it")
     max_concurrent_uploads: int = Field(4, ge=1, description="RegisterAvatar and Render calls in progress at once "
-                                        "on this replica (each may hold a large body); more are refused at once")
+                                        "on this replica (each may hold a large body); more are refused at once. "
+                                        "Each tenant has its own share too (max_uploads in the tenants file)")
+    upload_body_timeout_s: float = Field(30.0, gt=0, description="end a RegisterAvatar or Render call whose request "
+                                         "has not arrived this long after its headers (DEADLINE_EXCEEDED)")
     max_concurrent_decodes: int = Field(2, ge=1, description="CPU-heavy decodes (Render audio, MP4 muxing) run "
                                         "at once in worker threads, off the event loop")
     lag_report_every_s: float = Field(1.0, gt=0)
@@ -36,6 +39,8 @@ class OrchestratorSettings(Settings):
     max_sampling_steps: int = Field(50, ge=1, le=1000, description="largest DDIM step count a client may ask for")
     default_overlap: int = Field(70, ge=0, le=79)
     outgoing_buffer_frames: int = Field(50, ge=2, description="messages buffered per session for a slow client")
+    outgoing_buffer_mb: float = Field(32.0, gt=0, description="video a session may hold for its client beyond the "
+                                      "look-ahead, in MB: large raw frames shrink the credit window to fit")
     client_stall_s: float = Field(20.0, gt=0, description="end a session with RESOURCE_EXHAUSTED when its client "
                                   "has not taken a frame for this long while frames wait")
     max_control_spans: int = Field(64, ge=1, description="live time-coded control spans per session")

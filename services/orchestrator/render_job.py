@@ -1,5 +1,5 @@
-"""Offline jobs: one whole audio file -> an MP4 (H.264 + the original audio as AAC), or with a transparent
-background a WebM (VP9 with alpha + Opus); a green background is an MP4 of the person on green.
+"""Offline jobs: one whole audio file -> an MP4 (H.264 + the file's audio as AAC), or with a transparent
+background a WebM (VP9 with alpha + the audio as Opus); a green background is an MP4 of the person on green.
 
 The same session machinery as a live Converse, with no pacing and no idle feed: the audio goes through the stage
 workers as fast as credits allow and the frames are written as they come. `ditto render` runs this over the
@@ -17,8 +17,10 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from ditto.media import MediaError, MediaTooLong, short
+from ditto.media.audio import DecodedAudio
 from ditto_client.v1 import avatar_pb2, common_pb2
-from services.orchestrator.session import SessionError
+from services.orchestrator.session import SessionError, check_id, check_name
 from services.orchestrator.tenants import Tenant
 
 CHUNK_S = 0.2
@@ -30,27 +32,26 @@ class RenderJobError(Exception):
         self.code = code
 
 
-def decode_audio_bytes(audio: bytes, filename: str = "", max_seconds: float | None = None) -> tuple[np.ndarray, int]:
-    """Any file PyAV reads -> float32 [n, channels] at its own rate. Blocking and CPU-heavy: run it in a thread."""
-    from services.audio_encoder.formats import AudioError, AudioTooLong, decode_file
-
-    if not audio:
+async def decode_render_audio(orch, request: avatar_pb2.RenderRequest) -> DecodedAudio:
+    """The Render file as 16 kHz mono float (what the features need) plus the AAC track of the MP4, decoded in one
+    of the server's decoder helper processes: a file that crashes FFmpeg, or needs more memory or time than the
+    helper's limits, fails this job with INVALID_ARGUMENT and nothing else."""
+    if not request.audio:
         raise RenderJobError(grpc.StatusCode.INVALID_ARGUMENT, "audio is empty; send a whole audio file")
-    suffix = Path(filename).suffix if filename else ""
-    with tempfile.NamedTemporaryFile(suffix=suffix) as f:
-        f.write(audio)
-        f.flush()
-        try:
-            decoded = decode_file(f.name, max_seconds)
-        except AudioTooLong as err:
-            how = f"lasts {err.seconds:.0f} s" if err.from_header else "lasts longer than that"
-            raise RenderJobError(grpc.StatusCode.INVALID_ARGUMENT,
-                                 f"the audio {how}; one Render job takes at most {max_seconds:g} s "
-                                 "(DITTO_MAX_RENDER_AUDIO_S): split it, or stream it with Converse") from err
-        except AudioError as err:
-            raise RenderJobError(grpc.StatusCode.INVALID_ARGUMENT, str(err).replace(f.name, filename or "audio")
-                                 ) from err
-    return np.ascontiguousarray(decoded.samples, dtype=np.float32), decoded.sample_rate
+    max_seconds = float(orch.settings.max_render_audio_s)
+    what = f"'{short(request.audio_filename)}'" if request.audio_filename else "the audio"
+    try:
+        async with orch.heavy:
+            decoded: DecodedAudio = await orch.decoder.run_async("decode_for_render", request.audio, what,
+                                                                 max_seconds)
+    except MediaTooLong as err:
+        how = f"lasts {err.seconds:.0f} s" if err.from_header else "lasts longer than that"
+        raise RenderJobError(grpc.StatusCode.INVALID_ARGUMENT,
+                             f"the audio {how}; one Render job takes at most {max_seconds:g} s "
+                             "(DITTO_MAX_RENDER_AUDIO_S): split it, or stream it with Converse") from err
+    except MediaError as err:
+        raise RenderJobError(grpc.StatusCode.INVALID_ARGUMENT, str(err)) from err
+    return decoded
 
 
 async def run_render(orch, tenant: Tenant, request: avatar_pb2.RenderRequest, mp4_path: Path,
@@ -60,15 +61,16 @@ async def run_render(orch, tenant: Tenant, request: avatar_pb2.RenderRequest, mp
     from services.orchestrator.guard import in_thread
     from services.renderer.encode import Mp4Writer, WebmAlphaWriter
 
+    check_id(request.avatar_id, "avatar_id")
+    check_name(request.audio_filename, "audio_filename")
     limit_bytes = orch.settings.max_render_audio_bytes
     if len(request.audio) > limit_bytes:
         raise RenderJobError(grpc.StatusCode.INVALID_ARGUMENT,
                              f"audio file of {len(request.audio)} bytes exceeds the limit of {limit_bytes} bytes "
                              "(DITTO_MAX_RENDER_AUDIO_BYTES); compress it (e.g. Opus) or stream it with Converse")
-    # decoding is CPU-heavy: a worker thread, so every other session on this server keeps running
-    samples, rate = await in_thread(orch.heavy, decode_audio_bytes, request.audio, request.audio_filename,
-                                    float(orch.settings.max_render_audio_s))
-    seconds = samples.shape[0] / rate
+    decoded = await decode_render_audio(orch, request)
+    samples, rate = decoded.samples, decoded.sample_rate
+    seconds = decoded.seconds
     total = math.ceil(seconds * 25)
     config = avatar_pb2.SessionConfig(
         avatar_id=request.avatar_id,
@@ -103,7 +105,7 @@ async def run_render(orch, tenant: Tenant, request: avatar_pb2.RenderRequest, mp
                 frame = np.frombuffer(f.data, dtype=np.uint8).reshape(f.height, f.width, -1)
                 if writer is None:
                     kind_of = WebmAlphaWriter if frame.shape[2] == 4 else Mp4Writer
-                    writer = kind_of(mp4_path, f.width, f.height, fps=25, audio=request.audio)
+                    writer = kind_of(mp4_path, f.width, f.height, fps=25, audio_track=decoded.aac_track)
                 await in_thread(orch.heavy, writer.write, frame)  # H.264 encoding: off the event loop
                 session.taken(msg)
                 written += 1

@@ -14,12 +14,15 @@ import grpc
 
 from ditto import telemetry
 from ditto.bus import Bus, BusError, Commit
+from ditto.media import short
+from ditto.media.pool import Decoder, shared_pool
+from ditto.media.visual import MediaLimits
 from ditto.redaction import redact
 from ditto_client.v1 import avatar_pb2, avatar_pb2_grpc, common_pb2, renderer_pb2
 from services.orchestrator.avatars import AvatarRegistry, Registrar, RegistrationError
 from services.orchestrator.config import OrchestratorSettings
 from services.orchestrator.placement import STAGES, NoCapacity, Placement, Placer
-from services.orchestrator.session import Session, SessionError, validate_config
+from services.orchestrator.session import Session, SessionError, check_id, check_name, validate_config
 from services.orchestrator.tenants import SESSION_KEY_TTL_S, AuthError, Quotas, Tenant, TenantDirectory
 
 log = telemetry.get_logger("ditto.orchestrator")
@@ -54,13 +57,17 @@ def count_refusal(err: BaseException) -> None:
 
 class Orchestrator:
     def __init__(self, settings: OrchestratorSettings, bus: Bus, registrar: Registrar,
-                 tenants: TenantDirectory | None = None) -> None:
+                 tenants: TenantDirectory | None = None, decoder: Decoder | None = None) -> None:
         self.settings = settings
         self.bus = bus
         self.tenants = tenants or TenantDirectory.from_file(settings.api_keys_file)
         self.quotas = Quotas(bus)
         self.placer = Placer(bus, settings.bus.slots, settings.sessions_per_slot)
-        self.avatars = AvatarRegistry(bus, registrar)
+        # client media (avatars to normalise, Render audio) is decoded in helper processes, never in this one
+        self.decoder: Decoder = decoder or shared_pool(settings.decode)
+        m = settings.media
+        self.avatars = AvatarRegistry(bus, registrar, self.decoder,
+                                      MediaLimits(m.max_image_pixels, m.max_video_frames, m.max_video_s))
         self.sessions: dict[str, Session] = {}
         self.frames_stream = bus.key("frames", settings.replica_id())
         self.replicas_key = replicas_key(bus)
@@ -140,8 +147,8 @@ class Orchestrator:
         validate_config(config, self.settings.max_sampling_steps)
         avatar = await self.avatars.get(tenant.id, config.avatar_id)
         if avatar is None:
-            raise SessionError(grpc.StatusCode.NOT_FOUND,
-                               f"avatar '{config.avatar_id}' is not registered for this tenant; call RegisterAvatar")
+            raise SessionError(grpc.StatusCode.NOT_FOUND, f"avatar '{short(config.avatar_id)}' is not registered for "
+                               "this tenant; call RegisterAvatar")
         session_id = uuid.uuid4().hex
         # One atomic step: the tenant's quota is checked and the session counted and placed together, so concurrent
         # calls can never both take the last place.
@@ -188,7 +195,8 @@ def public_interceptors(orch: Orchestrator) -> list[grpc.aio.ServerInterceptor]:
     """What the public server runs before any handler: authentication and upload slots ahead of large bodies."""
     from services.orchestrator.guard import UploadGuard
 
-    return [UploadGuard(lambda: orch.tenants, orch.settings.max_concurrent_uploads)]
+    return [UploadGuard(lambda: orch.tenants, orch.settings.max_concurrent_uploads,
+                        orch.settings.upload_body_timeout_s)]
 
 
 def _trailing_retry(context: grpc.aio.ServicerContext, ms: int) -> None:
@@ -223,9 +231,10 @@ class AvatarService(avatar_pb2_grpc.AvatarServicer):
                                    f"media of {len(request.media)} bytes exceeds the limit of "
                                    f"{self.orch.settings.max_avatar_bytes} bytes (DITTO_MAX_AVATAR_BYTES); send a "
                                    "smaller image or a shorter video")
+            check_name(request.filename, "filename")
             req = renderer_pb2.RegisterSourceRequest(media=request.media, filename=request.filename,
                                                      crop=request.crop)
-            info = await self.orch.avatars.register(tenant.id, req)
+            info = await self.orch.avatars.register(tenant, req)
             return avatar_pb2.RegisterAvatarResponse(avatar_id=info.avatar_id, width=info.width, height=info.height,
                                                      source_frames=info.source_frames,
                                                      already_registered=info.already_registered, face=info.face)
@@ -244,18 +253,26 @@ class AvatarService(avatar_pb2_grpc.AvatarServicer):
         except BusError as err:
             await context.abort(grpc.StatusCode.UNAVAILABLE, _unavailable("avatar store", err))
 
+    async def _checked_id(self, context, value: str, field: str) -> None:
+        try:
+            check_id(value, field)
+        except SessionError as err:
+            await context.abort(err.code, str(err))
+
     async def GetAvatar(self, request, context):
+        await self._checked_id(context, request.avatar_id, "avatar_id")
         info = await self._on_avatar_store(context, lambda t: self.orch.avatars.get(t.id, request.avatar_id))
         if info is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no avatar '{request.avatar_id}' for this tenant")
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no avatar '{short(request.avatar_id)}' for this tenant")
         return avatar_pb2.RegisterAvatarResponse(avatar_id=info.avatar_id, width=info.width, height=info.height,
                                                  source_frames=info.source_frames, already_registered=True,
                                                  face=info.face)
 
     async def DeleteAvatar(self, request, context):
+        await self._checked_id(context, request.avatar_id, "avatar_id")
         ok = await self._on_avatar_store(context, lambda t: self.orch.avatars.delete(t.id, request.avatar_id))
         if not ok:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no avatar '{request.avatar_id}' for this tenant")
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no avatar '{short(request.avatar_id)}' for this tenant")
         return avatar_pb2.DeleteAvatarResponse()
 
     async def GetSession(self, request, context):
@@ -263,9 +280,10 @@ class AvatarService(avatar_pb2_grpc.AvatarServicer):
             tenant = self._tenant(context)
         except AuthError as err:
             await context.abort(err.code, str(err))
+        await self._checked_id(context, request.session_id, "session_id")
         s = self.orch.sessions.get(request.session_id)
         if s is None or s.tenant.id != tenant.id:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no session '{request.session_id}' for this tenant")
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no session '{short(request.session_id)}' for this tenant")
         return s.info()
 
     async def Converse(self, request_iterator, context) -> AsyncIterator[avatar_pb2.ConverseResponse]:

@@ -53,6 +53,25 @@ class SessionError(Exception):
         self.code = code
 
 
+MAX_ID_CHARS = 128  # ids are 32 hex characters; anything far longer is not one of ours
+MAX_NAME_CHARS = 255  # file names, as a file system allows
+
+
+def check_id(value: str, field_name: str) -> None:
+    """An id longer than any the service hands out is refused, naming its length only: a reply's message travels
+    in gRPC metadata, and echoing megabytes there would turn the answer into RESOURCE_EXHAUSTED."""
+    if len(value) > MAX_ID_CHARS:
+        raise SessionError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"{field_name} has {len(value)} characters; ids are at most {MAX_ID_CHARS} (use the id "
+                           "the service returned)")
+
+
+def check_name(value: str, field_name: str) -> None:
+    if len(value) > MAX_NAME_CHARS:
+        raise SessionError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"{field_name} has {len(value)} characters; at most {MAX_NAME_CHARS}")
+
+
 def validate_audio_format(fmt: common_pb2.AudioFormat) -> None:
     if fmt.sample_format not in SAMPLE_BYTES:
         raise SessionError(grpc.StatusCode.INVALID_ARGUMENT,
@@ -132,6 +151,7 @@ def validate_output(o: common_pb2.OutputOptions) -> None:
 
 
 def validate_config(c: avatar_pb2.SessionConfig, max_sampling_steps: int = 50) -> None:
+    check_id(c.avatar_id, "config.avatar_id")
     validate_audio_format(c.audio_format)
     validate_output(c.output)
     validate_controls(c.controls, "config.controls")
@@ -292,12 +312,29 @@ class Session:
         client has counted them, hence a few frames of slack."""
         return self._in_flight_s() >= self.read_ahead_s - READ_AHEAD_SLACK_S
 
+    def video_frame_bytes(self) -> int:
+        """What one frame of this session's output weighs, at most: raw RGB(A) exactly; JPEG, PNG (transparent
+        backgrounds) and H.264 by a generous bound on their compression."""
+        out = self.config.output
+        pixels = max(int(self.avatar.width) * int(self.avatar.height), 1)
+        if not out.paste_back:
+            pixels = max(pixels, 512 * 512)  # the crop itself
+        channels = 4 if out.background == common_pb2.BACKGROUND_TRANSPARENT else 3
+        if out.encoding == common_pb2.FRAME_ENCODING_RAW_RGB:
+            return pixels * channels
+        return pixels * channels // 4
+
     @property
     def read_ahead_s(self) -> float:
         """Audio seconds read ahead of the frames the client has taken (announced as SessionStarted's
-        audio_read_ahead_ms)."""
-        limit = self.orch.settings.credits_s + self.look_ahead_s
-        return limit * 4 if self.offline else limit
+        audio_read_ahead_ms): the look-ahead, which makes no frame yet, plus the credits. The credits are bounded
+        in bytes too: a client that reads nothing holds at most `outgoing_buffer_mb` of frames (times the copies
+        on their way), however large each frame is, yet never less than one motion window's advance of credit."""
+        s = self.orch.settings
+        credit = s.credits_s * 4 + self.look_ahead_s * 3 if self.offline else s.credits_s
+        by_bytes = s.outgoing_buffer_mb * 1024 * 1024 / (self.video_frame_bytes() * FPS)
+        one_window = (80 - self.overlap) * FRAME_S
+        return self.look_ahead_s + max(min(credit, by_bytes), one_window)
 
     async def _wait_credit(self) -> None:
         """Out of credits: stop reading the client (gRPC flow control reaches it) until it takes frames."""

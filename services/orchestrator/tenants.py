@@ -1,7 +1,8 @@
 """Tenants: API keys (only their SHA-256 is stored), concurrency and session-minute quotas.
 
 Tenants file (`DITTO_API_KEYS_FILE`, mounted from a Kubernetes Secret):
-    {"tenants": [{"id": "acme", "api_key_sha256": "<hex>", "max_sessions": 8, "session_minutes": 6000}]}
+    {"tenants": [{"id": "acme", "api_key_sha256": "<hex>", "max_sessions": 8, "session_minutes": 6000,
+                  "max_uploads": 2, "max_avatars": 100, "max_avatar_mb": 256}]}
 Make a key's hash with `python -m services.orchestrator.tenants hash KEY`. Without a file the orchestrator runs in
 open development mode: every caller is tenant "default" with the default quotas. A configured file that is empty,
 malformed or lists no tenant stops the start.
@@ -24,11 +25,26 @@ from ditto.bus.base import Admission
 SESSION_KEY_TTL_S = 15
 
 
+DEFAULT_MAX_UPLOADS = 2
+DEFAULT_MAX_AVATARS = 100
+DEFAULT_MAX_AVATAR_MB = 256.0
+
+
 @dataclass(frozen=True)
 class Tenant:
     id: str
     max_sessions: int = 16
     session_minutes: float = 0.0  # 0 = unlimited
+    max_uploads: int = DEFAULT_MAX_UPLOADS  # RegisterAvatar/Render calls in progress at once; 0 = the server's cap
+    max_avatars: int = DEFAULT_MAX_AVATARS  # avatars stored at once
+    max_avatar_mb: float = DEFAULT_MAX_AVATAR_MB  # their stored (normalised) media, in MB
+
+    @property
+    def max_avatar_bytes(self) -> int:
+        return int(self.max_avatar_mb * 1024 * 1024)
+
+
+OPEN_TENANT = Tenant("default", max_uploads=0)  # without a tenants file: one tenant, with all the server's uploads
 
 
 class TenantEntry(BaseModel):
@@ -40,6 +56,10 @@ class TenantEntry(BaseModel):
     api_key_sha256: str = Field(description="SHA-256 of the key, 64 hex characters")
     max_sessions: int = Field(16, ge=1)
     session_minutes: float = Field(0.0, ge=0)
+    max_uploads: int = Field(DEFAULT_MAX_UPLOADS, ge=1, description="RegisterAvatar and Render calls of this tenant "
+                             "in progress at once (its share of the server's DITTO_MAX_CONCURRENT_UPLOADS)")
+    max_avatars: int = Field(DEFAULT_MAX_AVATARS, ge=1, description="avatars this tenant may keep registered")
+    max_avatar_mb: float = Field(DEFAULT_MAX_AVATAR_MB, gt=0, description="stored media of those avatars, in MB")
 
     @field_validator("api_key_sha256")
     @classmethod
@@ -50,7 +70,8 @@ class TenantEntry(BaseModel):
         return value.lower()
 
     def tenant(self) -> Tenant:
-        return Tenant(self.id, self.max_sessions, self.session_minutes)
+        return Tenant(self.id, self.max_sessions, self.session_minutes, self.max_uploads, self.max_avatars,
+                      self.max_avatar_mb)
 
 
 class TenantsFile(BaseModel):
@@ -97,7 +118,7 @@ class TenantDirectory:
 
     def authenticate(self, metadata: tuple | list | None) -> Tenant:
         if self.open_mode:
-            return Tenant("default")
+            return OPEN_TENANT
         key = None
         for k, v in metadata or ():
             if k == "x-api-key":

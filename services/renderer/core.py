@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 from cachetools import LRUCache
 
+from ditto.media.pool import Decoder, InProcess
 from ditto.stage_runtime import MicroBatcher
 from ditto_client.v1 import bus_pb2, common_pb2
 
@@ -113,7 +114,8 @@ class RendererCore:
 
     def __init__(self, models: Any, aux: AuxModels | None = None, cache_dir: Path | None = None,
                  stitch: bool = True, max_avatar_bytes: int = 4 << 30, limits: MediaLimits | None = None,
-                 max_concurrent_registrations: int = 2, cache_ttl_s: float = 24 * 3600):
+                 max_concurrent_registrations: int = 2, cache_ttl_s: float = 24 * 3600,
+                 decoder: Decoder | None = None):
         self.models = models
         self.aux = aux or AuxModels.none()
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
@@ -122,6 +124,9 @@ class RendererCore:
         self._device_frames: Any = None  # gpu_post.DeviceFrames, made on the first GPU paste-back
         self.max_avatar_bytes = max_avatar_bytes
         self.limits = limits or MediaLimits()
+        # where media is decoded: a server passes its pool of helper processes (a crash or a bomb there fails one
+        # registration, not the renderer); library use decodes in this process
+        self.decoder: Decoder = decoder or InProcess()
         self.cache_ttl_s = cache_ttl_s
         # the most recently used avatars, bounded by the memory they hold (a video avatar can hold 100x a photo's)
         self._avatars: LRUCache[str, Avatar] = LRUCache(max_avatar_bytes, getsizeof=lambda a: a.nbytes)
@@ -136,7 +141,7 @@ class RendererCore:
         with self._registering:
             try:
                 avatar = register_avatar(media, filename, crop, self.models, self.aux, self.cache_dir, tenant=tenant,
-                                         limits=self.limits)
+                                         limits=self.limits, decoder=self.decoder)
             finally:
                 release_memory()
         known = avatar.avatar_id in self._avatars or avatar.cache_hit
@@ -152,7 +157,7 @@ class RendererCore:
     def avatar(self, avatar_id: str) -> Avatar | None:
         avatar = self._avatars.get(avatar_id)
         if avatar is None and self.cache_dir is not None and _safe_id(avatar_id):
-            avatar = load_cached(avatar_id, self.cache_dir, self.models, self.limits)
+            avatar = load_cached(avatar_id, self.cache_dir, self.models, self.limits, self.decoder)
             if avatar is not None and avatar.nbytes <= self.max_avatar_bytes:
                 self._remember(avatar)  # (one registered under a larger budget is served, not kept)
         if avatar is not None:
@@ -190,10 +195,14 @@ class RendererCore:
         for folder in self.cache_dir.iterdir():
             meta = folder / "meta.json"
             try:
-                stale = folder.is_dir() and (not meta.exists() or t - meta.stat().st_mtime > self.cache_ttl_s)
+                if folder.name.startswith("."):  # a registration being written (ditto.accel.atomic_dir), maybe by
+                    # another process sharing the folder: only an abandoned one, untouched for the TTL, goes
+                    stale = folder.is_dir() and t - folder.stat().st_mtime > self.cache_ttl_s
+                else:
+                    stale = folder.is_dir() and (not meta.exists() or t - meta.stat().st_mtime > self.cache_ttl_s)
             except OSError:
                 continue
-            if stale and folder.name not in self._avatars and not folder.name.endswith(".tmp"):
+            if stale and folder.name not in self._avatars:
                 shutil.rmtree(folder, ignore_errors=True)
                 removed += 1
         return removed

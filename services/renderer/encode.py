@@ -5,14 +5,17 @@
   alpha channel.
 - `H264Encoder`: one Annex-B access unit per frame with no frame delay (x264 `zerolatency`, no B-frames),
   yuv420p, CRF 18 as the reference's writer. The first unit carries SPS/PPS and an IDR.
-- `Mp4Writer`: H.264 (yuv420p, CRF 18, 25 fps) plus the audio of any file PyAV reads, re-encoded as AAC, in one MP4.
+- `Mp4Writer`: H.264 (yuv420p, CRF 18, 25 fps) plus an audio track, in one MP4. The track is AAC made by
+  `ditto.media.audio` (at a rate and layout AAC takes, whatever the source's), copied in as it is.
 - `WebmAlphaWriter`: the same for RGBA frames: VP9 with its alpha plane (yuva420p) plus the audio as Opus, in a WebM
-  (the transparent video that browsers, OBS and editors read).
+  (the transparent video that browsers, OBS and editors read). The Opus is made from that same AAC track, our own
+  bytes: the client's file is never decoded in the serving process.
 """
 
 from __future__ import annotations
 
 import enum
+import io
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -169,17 +172,20 @@ def make_encoder(encoding: int, width: int, height: int, jpeg_quality: int = 90,
 
 
 class Mp4Writer:
-    """Writes RGB frames as H.264 into an MP4 and, on `close()`, muxes the audio of `audio` (a path or bytes of any
-    container PyAV reads) as AAC. Use as a context manager."""
+    """Writes RGB frames as H.264 into an MP4 and, on `close()`, the audio track. `audio_track` is an M4A of AAC
+    made by `ditto.media.audio` (a Render job's decoder helper makes it from the client's file); `audio`, a path or
+    the bytes of a file on this machine, is turned into one here. Use as a context manager."""
 
-    container, video_codec, pix_fmt, frame_format, audio_codec = "mp4", "libx264", "yuv420p", "rgb24", "aac"
+    container, video_codec, pix_fmt, frame_format = "mp4", "libx264", "yuv420p", "rgb24"
 
     def __init__(self, path: str | Path, width: int, height: int, fps: int = 25, crf: int = 18,
-                 audio: str | Path | bytes | None = None, audio_bitrate: int = 128_000):
+                 audio: str | Path | bytes | None = None, audio_track: bytes | None = None):
         if width % 2 or height % 2:
             raise EncodeError(f"{self.video_codec} {self.pix_fmt} needs even width and height, got {width}x{height}")
         import av
 
+        if audio is not None and audio_track is None:
+            audio_track = _local_aac_track(audio)
         self.path = Path(path)
         self.width, self.height, self.fps = width, height, fps
         self._out: Any = av.open(str(self.path), mode="w", format=self.container)
@@ -188,31 +194,17 @@ class Mp4Writer:
         self._video.codec_context.options = self._video_options(crf)
         self._audio_in: Any = None
         self._audio: Any = None
-        if audio is not None:
-            self._open_audio(audio, audio_bitrate)
+        if audio_track:
+            self._audio_in = av.open(io.BytesIO(audio_track), mode="r")
+            # every stream is declared before the first packet is written; the audio is muxed at close()
+            self._audio = self._add_audio_stream(self._audio_in.streams.audio[0])
         self.frames = 0
-
-    def _open_audio(self, audio: str | Path | bytes, bitrate: int) -> None:
-        import io
-
-        import av
-
-        src = io.BytesIO(audio) if isinstance(audio, bytes | bytearray) else str(audio)
-        try:
-            self._audio_in = av.open(src, mode="r")
-        except av.error.FFmpegError as err:
-            raise EncodeError(f"cannot read the audio ({err})") from err
-        if not self._audio_in.streams.audio:
-            raise EncodeError("the audio file has no audio stream")
-        rate = self._audio_rate(self._audio_in.streams.audio[0].rate or 16000)
-        self._audio = self._out.add_stream(self.audio_codec, rate=rate)
-        self._audio.bit_rate = bitrate
 
     def _video_options(self, crf: int) -> dict[str, str]:
         return _x264_options(crf, low_latency=False)
 
-    def _audio_rate(self, source_rate: int) -> int:
-        return source_rate
+    def _add_audio_stream(self, template: Any) -> Any:
+        return self._out.add_stream_from_template(template)  # the AAC packets are copied as they are
 
     def write(self, frame: np.ndarray) -> None:
         frame = _check_frame(frame, (4,) if self.frame_format == "rgba" else (3,))
@@ -228,20 +220,10 @@ class Mp4Writer:
         self.frames += 1
 
     def _mux_audio(self) -> None:
-        import av
-
-        # AAC takes 1024-sample frames in fltp; the resampler converts and re-chunks whatever the source holds
-        resampler = av.AudioResampler(format="fltp", layout="stereo" if self._audio.channels > 1 else "mono",
-                                      rate=self._audio.rate, frame_size=self._audio.codec_context.frame_size or 1024)
-        for frame in self._audio_in.decode(audio=0):
-            frame.pts = None
-            for rf in resampler.resample(frame):
-                for packet in self._audio.encode(rf):
-                    self._out.mux(packet)
-        for rf in resampler.resample(None):
-            for packet in self._audio.encode(rf):
-                self._out.mux(packet)
-        for packet in self._audio.encode(None):
+        for packet in self._audio_in.demux(self._audio_in.streams.audio[0]):
+            if packet.dts is None:  # the demuxer's end-of-stream marker
+                continue
+            packet.stream = self._audio
             self._out.mux(packet)
 
     def close(self) -> None:
@@ -263,13 +245,40 @@ class Mp4Writer:
 
 
 class WebmAlphaWriter(Mp4Writer):
-    """RGBA frames as VP9 with alpha into a WebM, and the audio as Opus (48 kHz)."""
+    """RGBA frames as VP9 with alpha into a WebM, and the audio track re-encoded as Opus (48 kHz)."""
 
-    container, video_codec, pix_fmt, frame_format, audio_codec = "webm", "libvpx-vp9", "yuva420p", "rgba", "libopus"
+    container, video_codec, pix_fmt, frame_format = "webm", "libvpx-vp9", "yuva420p", "rgba"
 
     def _video_options(self, crf: int) -> dict[str, str]:
         # constant quality (b=0 with a CRF); libvpx's realtime speed 8 keeps a CPU render from waiting on the encoder
         return {"crf": str(max(crf, 24)), "b": "0", "deadline": "realtime", "cpu-used": "8", "row-mt": "1"}
 
-    def _audio_rate(self, source_rate: int) -> int:
-        return 48000  # what Opus takes; the resampler converts
+    def _add_audio_stream(self, template: Any) -> Any:
+        stream = self._out.add_stream("libopus", rate=48000)  # the rate Opus takes; the resampler converts
+        stream.layout = "stereo" if template.channels > 1 else "mono"
+        return stream
+
+    def _mux_audio(self) -> None:
+        import av
+
+        # the AAC track is decoded (it is our own encoder's output) and re-chunked into Opus frames
+        resampler = av.AudioResampler(format=self._audio.format.name, layout=self._audio.layout.name,
+                                      rate=self._audio.rate, frame_size=self._audio.codec_context.frame_size or 960)
+        for frame in self._audio_in.decode(audio=0):
+            frame.pts = None
+            for rf in resampler.resample(frame):
+                self._out.mux(self._audio.encode(rf))
+        for rf in resampler.resample(None):
+            self._out.mux(self._audio.encode(rf))
+        self._out.mux(self._audio.encode(None))
+
+
+def _local_aac_track(audio: str | Path | bytes) -> bytes:
+    """The AAC track of a file on this machine (the `ditto converse` and training tools' own files)."""
+    from ditto.media.audio import aac_track
+    from ditto.media.errors import MediaError
+
+    try:
+        return aac_track(audio)
+    except MediaError as err:
+        raise EncodeError(f"cannot read the audio ({err})") from err

@@ -58,3 +58,10 @@ async def service_over(bus: Bus, tenants: TenantDirectory | None = None, slots: 
         await client_channel.close()
         await server.stop(1)
         await stack.stop()
+
+
+async def register(address: str, media: bytes, filename: str = "", metadata=()) -> avatar_pb2.RegisterAvatarResponse:
+    """RegisterAvatar on the server at `address`, over a channel of its own."""
+    async with channel(address) as ch:
+        return await avatar_pb2_grpc.AvatarStub(ch).RegisterAvatar(
+            avatar_pb2.RegisterAvatarRequest(media=media, filename=filename), metadata=metadata, timeout=120)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from hardening_helpers import config
+from hardening_helpers import config, portrait_png
 from redis_processes import ROOT, Orchestrator, PrivateRedis
 
 from ditto_client import AvatarClient, tls_credentials
@@ -35,8 +35,9 @@ def test_redis_password_never_reaches_clients_logs_or_argv(tmp_path):
                 "GetAvatar": lambda: client.stub.GetAvatar(avatar_pb2.GetAvatarRequest(avatar_id="a"), timeout=30),
                 "DeleteAvatar": lambda: client.stub.DeleteAvatar(avatar_pb2.GetAvatarRequest(avatar_id="a"),
                                                                  timeout=30),
+                # a real picture: the media is checked (and normalised) before the avatar store is reached
                 "RegisterAvatar": lambda: client.stub.RegisterAvatar(
-                    avatar_pb2.RegisterAvatarRequest(media=b"\x89PNG....", filename="p.png"), timeout=30),
+                    avatar_pb2.RegisterAvatarRequest(media=portrait_png(), filename="p.png"), timeout=30),
                 "Converse": lambda: list(client.stub.Converse(iter([avatar_pb2.ConverseRequest(
                     config=config("a"))]), timeout=30)),
             }

@@ -108,11 +108,13 @@ async def embedded_service(tenants: TenantDirectory | None = None, **settings):
     orch = await stack.start()
     service = rpc.Service(avatar_pb2_grpc.add_AvatarServicer_to_server, AvatarService(orch),
                           rpc.service_name(avatar_pb2, "Avatar"))
-    server = await rpc.start_server([service], interceptors=public_interceptors(orch))
+    interceptors = public_interceptors(orch)
+    server = await rpc.start_server([service], interceptors=interceptors)
     channel = grpc.aio.insecure_channel(server.address, options=rpc.channel_options())
     stub = avatar_pb2_grpc.AvatarStub(channel)
     stub.address = server.address  # type: ignore[attr-defined] - for tests that open their own client
     stub.stack = stack  # type: ignore[attr-defined] - for tests that look at a stage's state
+    stub.guard = interceptors[0]  # type: ignore[attr-defined] - for tests that count upload slots
     try:
         yield stub, orch
     finally:

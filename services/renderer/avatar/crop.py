@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from ditto.media.visual import DEFAULT_MAX_SIZE
+
 F32 = np.float32
 
 # Anchor landmark indices: (left-eye points, right-eye points, the two lip points).
@@ -53,7 +55,7 @@ class CropSettings:
     vy_ratio: float = -0.125
     rotate: bool = True
     box: tuple[float, float, float, float] | None = None  # explicit face box (x0, y0, x1, y1) in source pixels
-    max_size: int = 1920
+    max_size: int = DEFAULT_MAX_SIZE
     max_frames: int = 0      # frames read from a source video, 0 = all
 
     def key(self) -> str:

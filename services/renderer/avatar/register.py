@@ -15,7 +15,6 @@ read.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import weakref
@@ -23,12 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from ditto.accel import atomic_dir
 from ditto.codec import as_numpy
 from ditto.keypoints import transform_keypoints
+from ditto.media import MediaError, short  # noqa: F401 - MediaError: this module's callers catch it here
+from ditto.media.pool import Decoder, InProcess
+from ditto.media.visual import MediaLimits, limit_size  # noqa: F401 - limit_size: re-exported for callers
 
 from ..putback import feather_mask
 from .crop import CropSettings, to_input_256, warp_crop
@@ -45,143 +46,22 @@ SMOOTH_KERNEL = 13   # smo_k_s
 CROP_SIZE = 512
 BATCH = 8            # source frames per extractor call
 CACHE_VERSION = 2
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
-
-
-class MediaError(ValueError):
-    """The source bytes are not a readable image or video."""
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # source loading (docs/model.md §6.1)
 
 
-def limit_size(frame: np.ndarray, max_size: int = 1920) -> np.ndarray:
-    """Resize so the long side is at most `max_size` (bilinear), then drop the last row/column of odd sides."""
-    h, w = frame.shape[:2]
-    if max_size > 0 and max(h, w) > max_size:
-        if h > w:
-            new_h, new_w = max_size, int(round(w * max_size / h))
-        else:
-            new_w, new_h = max_size, int(round(h * max_size / w))
-        frame = cv2.resize(frame, (new_w, new_h))
-        h, w = new_h, new_w
-    return np.ascontiguousarray(frame[: h - h % 2, : w - w % 2])
-
-
-@dataclass(frozen=True)
-class MediaLimits:
-    """What one registration may cost, checked from headers before anything is decoded (`ditto.config.MediaSettings`
-    holds the configured values)."""
-
-    max_image_pixels: int = 16_000_000
-    max_video_frames: int = 100
-    max_video_s: float = 60.0
-
-
-def _check_pixels(width: int, height: int, what: str, limits: MediaLimits) -> None:
-    if width * height > limits.max_image_pixels:
-        raise MediaError(f"{what} is {width}x{height} = {width * height / 1e6:.1f} megapixels, above the limit of "
-                         f"{limits.max_image_pixels / 1e6:g} megapixels (DITTO_MEDIA__MAX_IMAGE_PIXELS); send a "
-                         "smaller picture (a portrait needs about 1 megapixel)")
-
-
-def _image_header(media: bytes, what: str, limits: MediaLimits) -> bool:
-    """True when the bytes are an image Pillow can identify; its header's size is checked against the limit
-    before any pixel is decoded. False: not an image (a video, or unreadable)."""
-    import warnings
-
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(media)) as im:  # reads the header only
-                width, height = im.size
-    except Image.DecompressionBombError as err:  # Pillow's own, far higher, bound
-        raise MediaError(f"{what} is above the limit of {limits.max_image_pixels / 1e6:g} megapixels "
-                         f"(DITTO_MEDIA__MAX_IMAGE_PIXELS): {err}") from err
-    except (UnidentifiedImageError, OSError, ValueError):
-        return False
-    _check_pixels(width, height, what, limits)
-    return True
-
-
-def load_media(media: bytes, filename: str | None = None, max_size: int = 1920,
-               max_frames: int = 0, limits: MediaLimits | None = None) -> tuple[list[np.ndarray], bool]:
-    """(RGB uint8 frames, is_video). Images go through OpenCV, everything else through PyAV. Sizes, frame counts
-    and durations are checked against `limits` from the headers first, so a small file that expands to gigabytes
-    is refused before it is decoded."""
-    if not media:
-        raise MediaError("the source is empty (0 bytes)")
-    limits = limits or MediaLimits()
-    what = f"'{filename}'" if filename else "the source"
-    ext = Path(filename).suffix.lower() if filename else ""
-    frames: list[np.ndarray] = []
-    is_video = False
-    if (ext in IMAGE_EXTENSIONS or not ext) and _image_header(media, what, limits):
-        bgr = cv2.imdecode(np.frombuffer(media, dtype=np.uint8), cv2.IMREAD_COLOR)
-        if bgr is not None:
-            frames = [cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)]
-            del bgr
-    if not frames:
-        keep = min(max_frames, limits.max_video_frames) if max_frames else limits.max_video_frames
-        frames = _decode_video(media, filename, keep, max_size, limits)
-        is_video = len(frames) > 1
-    frames = [limit_size(f, max_size) for f in frames]
-    if min(frames[0].shape[:2]) < 2:
-        raise MediaError(f"the source is too small ({frames[0].shape[1]}x{frames[0].shape[0]})")
-    return frames, is_video
-
-
-def _scaled_size(width: int, height: int, max_size: int) -> tuple[int, int]:
-    """`limit_size`'s target size (before its even-side trim)."""
-    if max_size <= 0 or max(width, height) <= max_size:
-        return width, height
-    if height > width:
-        return int(round(width * max_size / height)), max_size
-    return max_size, int(round(height * max_size / width))
-
-
-def _decode_video(media: bytes, filename: str | None, max_frames: int, max_size: int = 1920,
-                  limits: MediaLimits | None = None) -> list[np.ndarray]:
-    """The first `max_frames` frames, scaled down to `max_size` while decoding (swscale, one frame at a time);
-    the rest of the file is never decoded."""
-    import av
-
-    limits = limits or MediaLimits()
-    what = f"'{filename}'" if filename else "the source"
-    try:
-        with av.open(io.BytesIO(media), mode="r") as container:
-            if not container.streams.video:
-                raise MediaError(f"{what} has no video stream and is not an image")
-            stream = container.streams.video[0]
-            width, height = stream.codec_context.width, stream.codec_context.height
-            _check_pixels(width, height, what, limits)
-            seconds = None
-            if stream.duration is not None and stream.time_base is not None:
-                seconds = float(stream.duration * stream.time_base)
-            elif container.duration is not None:
-                seconds = container.duration / av.time_base
-            if seconds is not None and seconds > limits.max_video_s:
-                raise MediaError(f"{what} lasts {seconds:.1f} s, above the limit of {limits.max_video_s:g} s for a "
-                                 "video avatar (DITTO_MEDIA__MAX_VIDEO_S); trim it to a short loop")
-            target = _scaled_size(width, height, max_size)
-            frames = []
-            for frame in container.decode(stream):
-                # a stream may change size mid-way: check every frame against the pixel limit, not only the header
-                _check_pixels(frame.width, frame.height, what, limits)
-                if (frame.width, frame.height) != (width, height):
-                    target = _scaled_size(frame.width, frame.height, max_size)
-                frames.append(frame.to_ndarray(format="rgb24", width=target[0], height=target[1]))
-                if max_frames and len(frames) >= max_frames:
-                    break
-    except av.error.FFmpegError as err:
-        raise MediaError(f"{what} is neither a readable image (png, jpg, webp) nor a video (mp4, webm, mov): "
-                         f"{err}") from err
-    if not frames:
-        raise MediaError(f"{what} contains no decodable video frame")
-    return frames
+def load_media(media: bytes, filename: str | None = None, max_size: int = 1920, max_frames: int = 0,
+               limits: MediaLimits | None = None, decoder: Decoder | None = None) -> tuple[list[np.ndarray], bool]:
+    """(RGB uint8 frames, is_video). The format is told by the bytes, never by `filename` (used in messages only);
+    sizes, frame counts and durations are checked against `limits` from the headers first, so a small file that
+    expands to gigabytes is refused before it is decoded. `decoder` says where the native decoders run: a server
+    passes its `ditto.media.pool.DecoderPool` (helper processes with memory and time limits), local tools decode in
+    this process."""
+    what = f"'{short(filename)}'" if filename else "the source"
+    decoded = (decoder or InProcess()).run("decode_frames", media, what, max_size, max_frames, limits or MediaLimits())
+    return decoded.frames, decoded.is_video
 
 
 def release_memory() -> None:
@@ -343,16 +223,16 @@ def _extract(models: Any, inputs: np.ndarray) -> tuple[dict[str, np.ndarray], li
 
 
 def register_avatar(media: bytes, filename: str | None, crop: CropSettings, models: Any, aux: AuxModels | None = None,
-                    cache_dir: Path | None = None, tenant: str = "", limits: MediaLimits | None = None
-                    ) -> Avatar:
+                    cache_dir: Path | None = None, tenant: str = "", limits: MediaLimits | None = None,
+                    decoder: Decoder | None = None) -> Avatar:
     """Register an image or a short video. Raises MediaError (unreadable bytes) or NoFaceError."""
     aux = aux or AuxModels.none()
     avatar_id = avatar_key(media, crop, models, aux, tenant)
     if cache_dir is not None:
-        cached = load_cached(avatar_id, cache_dir, models, limits)
+        cached = load_cached(avatar_id, cache_dir, models, limits, decoder)
         if cached is not None:
             return cached
-    frames, is_video = load_media(media, filename, crop.max_size, crop.max_frames, limits)
+    frames, is_video = load_media(media, filename, crop.max_size, crop.max_frames, limits, decoder)
     framing = frame_faces(frames, crop, aux)
     crops = [warp_crop(f, m, CROP_SIZE) for f, m in zip(frames, framing.mats, strict=True)]
     inputs = np.concatenate([to_input_256(c.image) for c in crops])  # [n, 3, 256, 256]
@@ -417,7 +297,8 @@ def save_cached(avatar: Avatar, media: bytes, filename: str | None, crop: CropSe
         (tmp / "meta.json").write_text(json.dumps(meta))
 
 
-def load_cached(avatar_id: str, cache_dir: Path, models: Any, limits: MediaLimits | None = None) -> Avatar | None:
+def load_cached(avatar_id: str, cache_dir: Path, models: Any, limits: MediaLimits | None = None,
+                decoder: Decoder | None = None) -> Avatar | None:
     """The cached avatar, or None when absent or unreadable (then it is computed again)."""
     import torch
 
@@ -429,7 +310,7 @@ def load_cached(avatar_id: str, cache_dir: Path, models: Any, limits: MediaLimit
         if meta.get("version") != CACHE_VERSION:
             return None
         frames, _ = load_media((folder / "media.bin").read_bytes(), meta["filename"], meta["max_size"],
-                               meta["max_frames"], limits)
+                               meta["max_frames"], limits, decoder)
         with np.load(folder / "info.npz") as z:
             arrays = {k: z[k] for k in z.files}
         f_s = torch.load(folder / "f_s.pt", map_location=getattr(models, "device", "cpu"), weights_only=True)
