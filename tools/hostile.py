@@ -132,18 +132,26 @@ def huge_png(width: int, height: int, colour: bool = False) -> bytes:
         _png_chunk(b"IEND", b"")
 
 
-def static_video(frames: int, width: int = 1280, height: int = 720, fps: int = 25) -> bytes:
-    """An H.264 MP4 of `frames` identical frames of the bundled portrait (a face, as registration requires), on
-    black: tens of KB that decode to frames x width x height x 3 bytes."""
-    import av
+def _portrait(height: int, width: int) -> np.ndarray:
+    """The bundled portrait (scikit-image's astronaut: a face, as registration requires) in the middle of a black
+    height x width RGB frame."""
     import cv2
     from skimage import data
 
-    buf = io.BytesIO()
     img = np.zeros((height, width, 3), np.uint8)
     side = min(height, width)
     img[(height - side) // 2:(height + side) // 2, (width - side) // 2:(width + side) // 2] = cv2.resize(
         data.astronaut(), (side, side), interpolation=cv2.INTER_AREA)
+    return img
+
+
+def static_video(frames: int, width: int = 1280, height: int = 720, fps: int = 25) -> bytes:
+    """An H.264 MP4 of `frames` identical frames of the bundled portrait on black: tens of KB that decode to
+    frames x width x height x 3 bytes."""
+    import av
+
+    buf = io.BytesIO()
+    img = _portrait(height, width)
     with av.open(buf, "w", format="mp4") as c:
         s = c.add_stream("libx264", rate=fps, options={"preset": "ultrafast", "crf": "35"})
         s.width, s.height, s.pix_fmt = width, height, "yuv420p"
@@ -234,8 +242,9 @@ def _encode_tone(container, stream, layout: str, rate: int, seconds: float) -> N
 
 
 def video_with_audio(layout: str, audio_codec: str = "pcm_s16le", container: str = "matroska", frames: int = 3,
-                     size: int = 64, rate: int = 48000) -> bytes:
-    """A short H.264 video with an audio track in `layout` (what a phone's clip of a face carries)."""
+                     size: int = 256, rate: int = 48000) -> bytes:
+    """A short H.264 video of the bundled portrait with an audio track in `layout` (what a phone's clip of a face
+    carries)."""
     import av
 
     buf = io.BytesIO()
@@ -243,10 +252,9 @@ def video_with_audio(layout: str, audio_codec: str = "pcm_s16le", container: str
         v = c.add_stream("libx264", rate=25, options={"preset": "ultrafast"})
         v.width, v.height, v.pix_fmt = size, size, "yuv420p"
         a = c.add_stream(audio_codec, rate=rate, layout=layout)
+        portrait = _portrait(size, size)
         for i in range(frames):
-            img = np.full((size, size, 3), 40 + 50 * i, np.uint8)
-            img[size // 4: 3 * size // 4, size // 3: 2 * size // 3] = (200, 160, 140)
-            vf = av.VideoFrame.from_ndarray(img, format="rgb24")
+            vf = av.VideoFrame.from_ndarray(portrait, format="rgb24")
             vf.pts = i
             for p in v.encode(vf):
                 c.mux(p)
@@ -256,13 +264,15 @@ def video_with_audio(layout: str, audio_codec: str = "pcm_s16le", container: str
     return buf.getvalue()
 
 
-def jpeg_with_icc_profile(width: int, height: int, profile_bytes: int, seed: int = 0) -> bytes:
-    """A small JPEG carrying a colour profile of `profile_bytes` (APP2 segments; up to ~16 MB): tiny pixels, a
-    large upload. Different `seed`s give different pictures."""
+def jpeg_with_icc_profile(width: int, height: int, profile_bytes: int, seed: int = 0, noise: int = 2) -> bytes:
+    """A small JPEG of the bundled portrait carrying a colour profile of `profile_bytes` (APP2 segments; up to
+    ~16 MB): tiny pixels, a large upload. Different `seed`s give different pictures (noise of +-`noise` levels on
+    every pixel; more noise, a larger lossless copy)."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
-    img = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+    pixels = _portrait(height, width).astype(np.int16) + rng.integers(-noise, noise + 1, (height, width, 3))
+    img = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=90, icc_profile=rng.integers(0, 256, profile_bytes, dtype=np.uint8).tobytes())
     return buf.getvalue()

@@ -92,7 +92,10 @@ def serve(fd: int, memory_mb: int) -> int:
     from multiprocessing.connection import Connection
 
     # the decoders, loaded before the memory limit: their footprint is not a decode's
-    import av  # noqa: F401
+    try:
+        import av  # noqa: F401
+    except ImportError:  # a slim install (the GPU kit leaves PyAV out) still decodes pictures and WAV
+        pass
     import cv2
     import numpy  # noqa: F401
     import PIL.Image  # noqa: F401

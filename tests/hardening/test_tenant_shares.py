@@ -86,13 +86,13 @@ async def test_stored_avatars_are_normalised_copies_counted_against_a_quota(bus,
     bus."""
     tenants = two_tenants(tmp_path, max_avatars=3, max_avatar_mb=0.05)
     async with service_over(bus, tenants, model={"cache_dir": tmp_path / "cache"}) as (stub, orch):
-        jpegs = [jpeg_with_icc_profile(64, 64, 15_500_000, seed) for seed in range(4)]
+        jpegs = [jpeg_with_icc_profile(80, 80, 15_500_000, seed) for seed in range(4)]
         ids = []
         for jpeg in jpegs[:3]:
             reply = await stub.RegisterAvatar(avatar_pb2.RegisterAvatarRequest(media=jpeg, filename="p.jpg"),
                                               metadata=MALLORY, timeout=120)
             stored = await orch.bus.get_state(source_key(orch.bus, "mallory", reply.avatar_id))
-            assert stored is not None and len(stored) < 20_000, f"{len(stored or b'')} bytes stored for a 64x64 face"
+            assert stored is not None and len(stored) < 20_000, f"{len(stored or b'')} bytes stored for an 80x80 face"
             assert b"ICC_PROFILE" not in stored
             ids.append(reply.avatar_id)
         with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -110,8 +110,8 @@ async def test_stored_avatars_are_normalised_copies_counted_against_a_quota(bus,
         # is left is refused on bytes
         await stub.DeleteAvatar(avatar_pb2.GetAvatarRequest(avatar_id=ids[2]), metadata=MALLORY)
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            await stub.RegisterAvatar(avatar_pb2.RegisterAvatarRequest(media=jpeg_with_icc_profile(200, 200, 10, 9)),
-                                      metadata=MALLORY, timeout=120)
+            noisy = jpeg_with_icc_profile(200, 200, 10, 9, noise=40)
+            await stub.RegisterAvatar(avatar_pb2.RegisterAvatarRequest(media=noisy), metadata=MALLORY, timeout=120)
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "max_avatar_mb" in err.value.details()
         # alice's quota is her own

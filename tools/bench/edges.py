@@ -321,7 +321,7 @@ async def _profile_jpegs(register, server, n: int) -> dict:
     30 days, before): what the server keeps (the in-memory store holds the normalised copies) and the time each."""
     from ditto.media.pool import InProcess
 
-    jpegs = [jpeg_with_icc_profile(64, 64, 15_500_000, seed) for seed in range(n)]
+    jpegs = [jpeg_with_icc_profile(80, 80, 15_500_000, seed) for seed in range(n)]
     times = []
     with measure(server.pid) as mem:
         for jpeg in jpegs:
