@@ -1,4 +1,5 @@
-"""The runtime every model stage (audio encoder, motion generator, renderer) runs, written once.
+"""The model side of every stage (audio encoder, motion generator, renderer), written once; the bus side is
+`ditto.bus.worker` (`SlotWorker`).
 
 A stage is its model core plus an adapter to one contract, `SessionStage`: open a session from the START entry's
 spec or restore it from checkpoint bytes, turn a DATA or END entry into an input for one batched step over many
@@ -6,8 +7,10 @@ sessions, apply a CONTROL, start over on an INTERRUPT, and write the session bac
 this module provides:
 
 - `MicroBatcher`: gathers the step inputs that many callers submit at about the same time and runs the stage's
-  blocking `step` once for all of them, off the event loop. Its queue is bounded: a gRPC call that finds it full is
-  refused at once (`BatcherFull` -> RESOURCE_EXHAUSTED, see `run_for_call`); the bus waits for room instead.
+  blocking `step` once for all of them, off the event loop, never on more than `max_batch` items (the stage's one
+  batch bound, which also bounds the bus rounds `ditto.bus.rounds` forms). Its queue is bounded: a gRPC call that
+  finds it full is refused at once (`BatcherFull` -> RESOURCE_EXHAUSTED, see `run_for_call`); the bus waits for room
+  instead. `ditto_stage_batch_size` counts the items of each step.
 - `SessionStageHandler`: the bus handler given to `ditto.bus.worker.SlotWorker`. It dispatches each entry by kind,
   keeps recently used sessions in a bounded cache (so a session is rebuilt from its checkpoint only when another
   worker took it over or it fell out of the cache), runs the DATA and END entries of a round through the batcher as
@@ -48,6 +51,9 @@ RETRY_AFTER_MS = 100         # what a refused gRPC call is told to wait before t
 DEFAULT_MAX_QUEUED = 256     # step submissions waiting for a batch; more are refused (gRPC) or wait (bus)
 DEFAULT_CACHED_SESSIONS = 1024
 
+_batch_size = telemetry.histogram("ditto_stage_batch_size", "Items in one batched forward of a stage's model (one "
+                                  "per session or gRPC call in it)", ("stage",), buckets=(1, 2, 4, 8, 16, 32, 64))
+
 
 # ---- entries -----------------------------------------------------------------------------------------------------
 
@@ -81,6 +87,7 @@ class SessionStage(Protocol[SessionT, InputT, ResultT]):
     passthrough: str | None  # route key that CLOSE and entry kinds this stage does not know pass on to (None: kept)
     input_errors: tuple[type[Exception], ...]  # what a session's bad input raises: that session ends, others go on
     input_error_code: grpc.StatusCode          # the status such a session ends with
+    max_batch: int           # sessions in one forward at most: the stage's one batch bound (rounds and batcher)
 
     def step(self, batch: Sequence[tuple[SessionT, InputT]]) -> list[ResultT]:
         """One batched forward over many sessions' inputs (blocking): one result per item, in order. A failure that
@@ -140,15 +147,18 @@ class _Submission(Generic[ItemT, ResultT]):
 
 class MicroBatcher(Generic[ItemT, ResultT]):
     """Dynamic batching for a blocking batched function: callers await `run(item)` (one item, may wait up to
-    `max_wait_ms` for company) or `run_group(items)` (items batched already, run at once and never split); one task
-    gathers up to `max_batch` items and calls `step(items)` once, in a worker thread, then hands each caller its
-    results. A step that raises fails the callers of that step only. At most `max_queued` submissions wait."""
+    `max_wait_ms` for company) or `run_group(items)` (items batched already, run at once: a group of up to
+    `max_batch` items is one step, a larger one is cut into steps of `max_batch`); one task gathers up to `max_batch`
+    items and calls `step(items)` once, in a worker thread, then hands each caller its results. A step that raises
+    fails the callers of that step only. At most `max_queued` submissions wait. `stage` labels the batch-size
+    metric (the stage's bus name; `name` is how messages name it)."""
 
     def __init__(self, step: Callable[[list[ItemT]], list[ResultT]], name: str, max_batch: int = 16,
-                 max_wait_ms: float = 5.0, max_queued: int = DEFAULT_MAX_QUEUED) -> None:
+                 max_wait_ms: float = 5.0, max_queued: int = DEFAULT_MAX_QUEUED, stage: str | None = None) -> None:
         if max_batch < 1 or max_queued < 1:
             raise ValueError(f"max_batch and max_queued must be >= 1, got {max_batch} and {max_queued}")
         self.step, self.name = step, name
+        self._batch_size = _batch_size.labels(stage or name)
         self.max_batch, self.max_wait, self.max_queued = max_batch, max_wait_ms / 1000.0, max_queued
         self.batch_sizes: collections.deque[int] = collections.deque(maxlen=1000)  # items per step, recent ones
         self._queue: asyncio.Queue[_Submission[ItemT, ResultT]] | None = None
@@ -162,10 +172,13 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         return (await self._submit([item], urgent=False, wait_for_room=False))[0]
 
     async def run_group(self, items: Sequence[ItemT]) -> list[ResultT]:
-        """Results of items that must run in one step, now (waits for room in the queue rather than failing)."""
-        if not items:
-            return []
-        return await self._submit(list(items), urgent=True, wait_for_room=True)
+        """Results of items batched already, run now (waits for room in the queue rather than failing): one step
+        when they fit `max_batch`, else consecutive steps of `max_batch`."""
+        parts = [list(items[i:i + self.max_batch]) for i in range(0, len(items), self.max_batch)]
+        results: list[ResultT] = []
+        for part in parts:
+            results += await self._submit(part, urgent=True, wait_for_room=True)
+        return results
 
     @property
     def waiting(self) -> int:
@@ -233,7 +246,7 @@ class MicroBatcher(Generic[ItemT, ResultT]):
             if sub.future.done():  # its caller went away (a cancelled call): nothing to compute
                 continue
             if count + len(sub.items) > self.max_batch:
-                self._carry = sub  # a group is never split: it opens the next step
+                self._carry = sub  # a group (at most max_batch) is never split: it opens the next step
                 break
             batch.append(sub)
             count += len(sub.items)
@@ -248,6 +261,7 @@ class MicroBatcher(Generic[ItemT, ResultT]):
                 continue
             items = [item for sub in batch for item in sub.items]
             self.batch_sizes.append(len(items))
+            self._batch_size.observe(len(items))
             try:
                 results = await asyncio.to_thread(self.step, items)
                 if len(results) != len(items):
@@ -317,13 +331,19 @@ class SessionStageHandler(Generic[SessionT, InputT, ResultT]):
     session, in; one `WorkResult` per entry out, with the session's new checkpoint."""
 
     def __init__(self, session_stage: SessionStage[SessionT, InputT, ResultT],
-                 batcher: MicroBatcher[tuple[SessionT, InputT], ResultT] | None = None, *, max_batch: int = 16,
+                 batcher: MicroBatcher[tuple[SessionT, InputT], ResultT] | None = None, *,
                  cached_sessions: int = DEFAULT_CACHED_SESSIONS) -> None:
         self.session_stage = session_stage
         self.stage = session_stage.name  # what SlotWorker names streams and checkpoints by
         # the stage's gRPC services take this batcher too, so calls and bus sessions share steps
-        self.batcher = batcher or MicroBatcher(session_stage.step, session_stage.label, max_batch)
+        self.batcher = batcher or MicroBatcher(session_stage.step, session_stage.label, session_stage.max_batch,
+                                               stage=session_stage.name)
         self.cache: SessionCache[SessionT] = SessionCache(cached_sessions)
+
+    @property
+    def max_batch(self) -> int:
+        """Sessions per round at most (`ditto.bus.rounds`): the batcher's bound, so a round is one forward."""
+        return self.batcher.max_batch
 
     async def process(self, items: Sequence[WorkItem]) -> list[WorkResult]:
         results = [WorkResult() for _ in items]

@@ -72,7 +72,7 @@ def build_stage(name: str, weights_dir: Path, profile: str, bus: Bus, device: st
         from services.audio_encoder.session_stage import AudioEncoderStage
 
         audio = AudioEncoderStage(models)
-        audio_handler = SessionStageHandler(audio, max_batch=16)
+        audio_handler = SessionStageHandler(audio)
         return BuiltStage(name, audio_handler, [audio_server.service(audio, audio_handler.batcher)])
     if name == "motion_generator":
         from ditto_app.synthetic import is_synthetic
@@ -83,7 +83,7 @@ def build_stage(name: str, weights_dir: Path, profile: str, bus: Bus, device: st
         generator = MotionGenerator(models)
         clamp = synthetic_motion_range() if is_synthetic(weights_dir) else None
         motion_stage = MotionStage(generator, clamp)
-        motion_handler = SessionStageHandler(motion_stage, max_batch=generator.max_batch)
+        motion_handler = SessionStageHandler(motion_stage)
         return BuiltStage(name, motion_handler, [motion_server.service(motion_stage, motion_handler.batcher)])
     if name == "renderer":
         from ditto.media.pool import shared_pool
@@ -101,6 +101,6 @@ def build_stage(name: str, weights_dir: Path, profile: str, bus: Bus, device: st
             max_concurrent_registrations=m.max_concurrent_registrations, cache_ttl_s=m.avatar_cache_ttl_s,
             max_avatar_bytes=m.max_avatar_memory_mb * 1024 * 1024,
             decoder=shared_pool(decode))  # client media is decoded in helper processes, never in the worker
-        render_handler = SessionStageHandler(RendererStage(core, bus), max_batch=64)
+        render_handler = SessionStageHandler(RendererStage(core, bus))
         return BuiltStage(name, render_handler, [renderer_server.service(core, render_handler.batcher)])
     raise ValueError(f"unknown stage {name!r}; one of {', '.join(STAGES)}")

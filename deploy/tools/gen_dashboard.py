@@ -54,7 +54,7 @@ ROWS: list[tuple[str, list[tuple[str, str, str, list[tuple[str, str]]]]]] = [
     ("Stages", [
         ("Live workers per stage", "short", "Workers alive on the bus, as the orchestrator counts them (0: new "
          "sessions are refused).", [("{{stage}}", "max by (stage) (ditto_stage_workers)")]),
-        ("Batch size", "short", "Sessions per batched forward, mean over the interval.",
+        ("Batch size", "short", "Items (sessions) per batched forward of the model, mean over the interval.",
          [("{{stage}}", f"sum by (stage) (rate(ditto_stage_batch_size_sum[{RATE}])) / "
                         f"sum by (stage) (rate(ditto_stage_batch_size_count[{RATE}]))")]),
         ("Forward time p95", "s", "One batched handler call (the model forward and the stage's work around it).",

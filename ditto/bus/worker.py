@@ -1,20 +1,20 @@
-"""The runtime loop every stage worker runs: lease slots, claim what a dead worker left, read, batch across
-sessions, process, commit atomically, checkpoint, and hand slots over on shutdown.
+"""The bus side of a stage worker: lease slots, read and claim entries, commit atomically, checkpoint, and hand
+slots over on shutdown. The model side (sessions, the batched step) is `ditto.stage_runtime`; which entries go into
+a round is `ditto.bus.rounds`.
 
-A stage plugs in a `StageHandler`: it gets a batch of `WorkItem`s (at most one per session, so a batched forward
-serves many sessions at once) and returns one `WorkResult` per item. The runtime owns everything else:
-- ordering: a session's entries are handled strictly in stream order, one round per entry;
+A stage plugs in a `StageHandler`: it gets a round of `WorkItem`s (at most one per session and at most its
+`max_batch`, so a batched forward serves many sessions at once) and returns one `WorkResult` per item. This module
+owns the rest:
 - idempotency: the per-session `StageCheckpoint` (epoch, next input seq, next output seq, stage state) is written in
   the same atomic commit as the outputs and the acknowledgement, so a redelivered entry is recognised and skipped;
-- epochs: entries older than the session's current epoch (an interrupt happened) are dropped unprocessed;
 - leases: a commit is refused if the slot's lease moved to another worker (then this worker lets the slot go);
 - balance: live workers of a stage announce themselves and each holds about slots / workers slots;
 - nothing stranded: pending entries (a dead holder's, or ones this worker left after a transient bus error) are
   claimed until none is left, when a slot is acquired and again every `reclaim_every_s`;
-- no gap: a session's entries are applied in sequence (per epoch, seq 0, 1, 2...). When one is missing (its handler
-  hit a transient bus error, or it has not arrived), the session's later entries stay pending and are retried in
-  order; a missing entry that does not come within `gap_timeout_s`, or one that keeps failing `max_retries` times,
-  ends the session with a clear status instead of going past it.
+- no gap: when a session's next entry is missing (its handler hit a transient bus error, or it has not arrived), the
+  session's later entries stay pending and are retried in order; a missing entry that does not come within
+  `gap_timeout_s`, or one that keeps failing `max_retries` times, ends the session with a clear status instead of
+  going past it.
 """
 
 from __future__ import annotations
@@ -31,15 +31,14 @@ import grpc
 
 from ditto import codec, telemetry
 from ditto.bus.base import Bus, BusError, Commit, Delivery, LeaseLost
+from ditto.bus.rounds import DEFAULT_MAX_BATCH, Gap, RoundScheduler, WorkItem
 from ditto.config import BusSettings
 from ditto_client.v1 import bus_pb2, common_pb2
 
 log = telemetry.get_logger("ditto.worker")
-TOP_UP_BATCHES = 4  # one _handle call takes in new entries while it works, up to this many reads' worth
+TOP_UP_READS = 4  # one _handle call takes in new entries while it works, up to this many reads' worth
 
 _processed = telemetry.counter("ditto_stage_entries_total", "Stream entries handled", ("stage", "outcome"))
-_batch = telemetry.histogram("ditto_stage_batch_size", "Sessions per batched forward", ("stage",),
-                             buckets=(1, 2, 4, 8, 16, 32, 64))
 _latency = telemetry.histogram("ditto_stage_latency_seconds", "Entry creation to stage commit", ("stage",))
 _forward = telemetry.histogram("ditto_stage_forward_seconds", "One batched handler call: the model forward over the "
                                "batch's sessions and the stage's own work around it", ("stage",),
@@ -49,17 +48,6 @@ _pending = telemetry.gauge("ditto_stream_pending_entries", "Entries not yet done
                            ("stage", "slot"))
 _stream_lag = telemetry.gauge("ditto_stream_lag_seconds", "Age of the newest entry this worker committed",
                               ("stage",))
-
-
-@dataclass
-class WorkItem:
-    delivery: Delivery
-    state: bytes | None  # the stage's checkpointed session state (None before the first entry)
-    new_epoch: bool      # first entry of a newer epoch: an interrupt happened
-
-    @property
-    def entry(self) -> bus_pb2.StreamEntry:
-        return self.delivery.entry
 
 
 @dataclass
@@ -79,6 +67,11 @@ class WorkResult:
 
 class StageHandler(Protocol):
     stage: str
+
+    @property
+    def max_batch(self) -> int:
+        """Sessions per round at most: the stage's one batch bound."""
+        ...
 
     async def process(self, items: Sequence[WorkItem]) -> list[WorkResult]:
         ...
@@ -322,90 +315,57 @@ class SlotWorker:
         self._blocked[sid] = _Blocked(slot, time.monotonic() + delay_s)
 
     async def _handle(self, deliveries: list[Delivery]) -> None:
-        by_session: dict[str, list[Delivery]] = {}
-        for d in deliveries:
-            by_session.setdefault(d.entry.session_id, []).append(d)
-        checkpoints: dict[str, bus_pb2.StageCheckpoint] = {}
-        floors: dict[str, int] = {}
-        for sid in by_session:
-            checkpoints[sid], floors[sid] = await self._session_marks(sid)
-        queues = {sid: list(ds) for sid, ds in by_session.items()}
-        handled = 0
-        while any(queues.values()):  # batch by batch, each taking the next entry of every session (round robin)
-            items: list[WorkItem] = []
-            for sid, q in queues.items():
-                if sid in self._blocked:
-                    q.clear()  # left pending behind the session's stuck entry; retried in order by _reclaim
-                    continue
-                while q:
-                    d = q[0]
-                    cp = checkpoints[sid]
-                    e = d.entry
-                    if d.stream and self._slot_of(d.stream) not in self.held:
-                        q.clear()  # slot moved away: its new holder will claim these
-                        break
-                    # START is never stale: it creates the session's state here, which the later epochs of an
-                    # interrupt that came before this stage saw START still need (else "lost this session's state").
-                    stale = e.kind != bus_pb2.ENTRY_KIND_START and (
-                        e.epoch < max(cp.epoch, floors[sid])
-                        or (e.epoch == cp.epoch and e.seq < cp.next_seq and cp.ByteSize() > 0))
-                    if stale:
-                        q.pop(0)
-                        await self._ack_only(d)
+        rounds = RoundScheduler(getattr(self.handler, "max_batch", DEFAULT_MAX_BATCH),
+                                top_up_entries=TOP_UP_READS * self.s.batch_entries)
+        await self._admit(rounds, deliveries)
+        while rounds.pending:
+            r = rounds.next_round(blocked=self._blocked.__contains__,
+                                  held=lambda stream: self._slot_of(stream) in self.held)
+            for d in r.stale:
+                await self._ack_only(d)
+            for gap in r.gaps:
+                await self._on_gap(gap)
+            if r.items:
+                now = time.monotonic()
+                for item in r.items:
+                    self._last_active[self._slot_of(item.delivery.stream)] = now
+                for item, result in zip(r.items, await self._process(r.items), strict=True):
+                    sid = item.entry.session_id
+                    if result is None:  # a transient bus error on this one: it waits for its retry
+                        rounds.drop(sid)
                         continue
-                    expected = self._expected_seq(cp, e)
-                    if expected is not None and e.seq > expected:
-                        # A gap: the entry before this one is not here. If it arrived late in this same batch,
-                        # take it first; else hold the session back, never apply a later entry past it.
-                        late = next((i for i, x in enumerate(q) if x.entry.epoch == e.epoch
-                                     and x.entry.seq == expected), None)
-                        if late is None:
-                            await self._on_gap(d, e.epoch, expected)
-                            q.clear()
-                            break
-                        d = q.pop(late)
-                        e = d.entry
-                    else:
-                        q.pop(0)
-                    self._last_active[self._slot_of(d.stream)] = time.monotonic()
-                    items.append(WorkItem(d, cp.state if cp.ByteSize() else None, e.epoch > cp.epoch))
-                    break
-            if not items:
-                continue
-            _batch.labels(self.stage).observe(len(items))
-            results: list[WorkResult | None]
-            try:
-                with _forward.labels(self.stage).time():
-                    results = list(await self.handler.process(items))
-            except BusError as err:
-                # Transient (Redis away or failing over): nothing of the batch is committed. Each item alone again,
-                # so only the sessions whose entry still fails wait (and retry it later, in order, with their later
-                # entries pending behind it); the others of the batch go on.
-                log.warning("handler lost the bus; retrying the batch one session at a time", stage=self.stage,
-                            error=str(err))
-                results = await self._one_by_one(items)
-            except Exception as err:  # a bug or a bad entry must not take the worker down, nor stall a session
-                log.exception("handler failed; retrying the batch one session at a time", stage=self.stage)
-                if self._on_error:
-                    self._on_error(err)
-                results = await self._one_by_one(items)
-            for item, result in zip(items, results, strict=True):
-                if result is None:  # a transient bus error on this one: it waits for its retry
-                    queues[item.entry.session_id].clear()
-                    continue
-                await self._commit(item, result, checkpoints)
-            handled += len(items)
-            if any(queues.values()) and handled < TOP_UP_BATCHES * self.s.batch_entries and self.held:
+                    committed = await self._commit(item, result, rounds.checkpoint(sid))
+                    if committed is not None:
+                        rounds.committed(sid, committed)
+            if rounds.wants_top_up() and self.held:
                 # A backlog is still queued: let entries that arrived meanwhile (a session that just started) into
-                # the next batches instead of behind the whole backlog. Bounded, so rebalancing and reclaims still
+                # the next rounds instead of behind the whole backlog. Bounded, so rebalancing and reclaims still
                 # get their turn between steps.
                 streams = [self.bus.slot_stream(self.stage, k) for k in sorted(self.held)]
-                for d in await self.bus.read(self.stage, self.owner, streams, count=self.s.batch_entries,
-                                             block_ms=0):
-                    sid = d.entry.session_id
-                    if sid not in checkpoints:
-                        checkpoints[sid], floors[sid] = await self._session_marks(sid)
-                    queues.setdefault(sid, []).append(d)
+                await self._admit(rounds, await self.bus.read(self.stage, self.owner, streams,
+                                                              count=self.s.batch_entries, block_ms=0))
+
+    async def _admit(self, rounds: RoundScheduler, deliveries: list[Delivery]) -> None:
+        """Hand read entries to the scheduler, with the checkpoints of the sessions it has not seen."""
+        marks = {sid: await self._session_marks(sid) for sid in rounds.unknown_sessions(deliveries)}
+        rounds.add(deliveries, marks)
+
+    async def _process(self, items: list[WorkItem]) -> list[WorkResult | None]:
+        """The handler's results for one round (None for an item whose handler hit a transient bus error)."""
+        try:
+            with _forward.labels(self.stage).time():
+                return list(await self.handler.process(items))
+        except BusError as err:
+            # Transient (Redis away or failing over): nothing of the round is committed. Each item alone again, so
+            # only the sessions whose entry still fails wait (and retry it later, in order, with their later entries
+            # pending behind it); the others of the round go on.
+            log.warning("handler lost the bus; retrying the round one session at a time", stage=self.stage,
+                        error=str(err))
+        except Exception as err:  # a bug or a bad entry must not take the worker down, nor stall a session
+            log.exception("handler failed; retrying the round one session at a time", stage=self.stage)
+            if self._on_error:
+                self._on_error(err)
+        return await self._one_by_one(items)
 
     async def _session_marks(self, sid: str) -> tuple[bus_pb2.StageCheckpoint, int]:
         """The session's checkpoint at this stage and the orchestrator's epoch floor for it."""
@@ -416,15 +376,8 @@ class SlotWorker:
         floor = await self.bus.get_state(epoch_key(self.bus, sid))
         return cp, int(floor) if floor else 0
 
-    @staticmethod
-    def _expected_seq(cp: bus_pb2.StageCheckpoint, e: bus_pb2.StreamEntry) -> int | None:
-        """The sequence number this session's next entry must have here; None when there is nothing to check
-        against (no checkpoint yet, or the START that creates it)."""
-        if cp.ByteSize() == 0 or e.kind == bus_pb2.ENTRY_KIND_START:
-            return None
-        return cp.next_seq if e.epoch == cp.epoch else 0
-
-    async def _on_gap(self, d: Delivery, epoch: int, missing: int) -> None:
+    async def _on_gap(self, gap: Gap) -> None:
+        d, epoch, missing = gap.delivery, gap.epoch, gap.missing
         sid = d.entry.session_id
         slot = self._slot_of(d.stream)
         now = time.monotonic()
@@ -509,7 +462,9 @@ class SlotWorker:
             self.held.discard(slot)
 
     async def _commit(self, item: WorkItem, result: WorkResult,
-                      checkpoints: dict[str, bus_pb2.StageCheckpoint]) -> None:
+                      checkpoint: bus_pb2.StageCheckpoint) -> bus_pb2.StageCheckpoint | None:
+        """Commit the entry's outputs and the session's next checkpoint; returns that checkpoint (empty when the
+        session closed here), or None when the slot's lease was lost (the new holder redoes the entry)."""
         e = item.entry
         # One span per entry, child of the span that produced it (the context travels inside the entry), so one
         # chunk's trace follows it through every process; its context goes on into the outputs.
@@ -517,12 +472,11 @@ class SlotWorker:
                 f"{self.stage}.process", context=telemetry.extract(e.trace_context),
                 attributes={"session": e.session_id, "epoch": e.epoch, "seq": e.seq, "kind": e.kind}):
             trace_context = telemetry.inject()
-            await self._commit_traced(item, result, checkpoints, trace_context)
+            return await self._commit_traced(item, result, checkpoint, trace_context)
 
-    async def _commit_traced(self, item: WorkItem, result: WorkResult,
-                             checkpoints: dict[str, bus_pb2.StageCheckpoint], trace_context: dict[str, str]) -> None:
+    async def _commit_traced(self, item: WorkItem, result: WorkResult, cp: bus_pb2.StageCheckpoint,
+                             trace_context: dict[str, str]) -> bus_pb2.StageCheckpoint | None:
         e = item.entry
-        cp = checkpoints[e.session_id]
         new = bus_pb2.StageCheckpoint()
         new.CopyFrom(cp)
         if item.new_epoch or cp.ByteSize() == 0:
@@ -551,8 +505,7 @@ class SlotWorker:
         except LeaseLost:
             log.warning("lease lost before commit; the new holder redoes the entry", stage=self.stage, slot=slot)
             self.held.discard(slot)
-            return
-        checkpoints[e.session_id] = new if not result.close else bus_pb2.StageCheckpoint()
+            return None
         self._retries.pop((e.session_id, e.epoch, e.seq), None)
         self._gaps.pop(e.session_id, None)
         self.processed += 1
@@ -563,3 +516,4 @@ class SlotWorker:
             age = max(0.0, (now_ms - e.created_unix_ms) / 1000)
             _latency.labels(self.stage).observe(age)
             _stream_lag.labels(self.stage).set(age)
+        return new if not result.close else bus_pb2.StageCheckpoint()

@@ -87,9 +87,9 @@ def service(stage: AudioEncoderStage, batcher: AudioBatcher) -> rpc.Service:
                        rpc.service_name(audio_encoder_pb2, "AudioEncoder"))
 
 
-async def start(backend: HubertBackend, host: str = "127.0.0.1", port: int = 0, max_batch: int = 16,
+async def start(backend: HubertBackend, host: str = "127.0.0.1", port: int = 0,
                 max_wait_ms: float = 5.0) -> tuple[rpc.RunningServer, AudioBatcher]:
     """Start the AudioEncoder service (with health and reflection) on `host:port`; port 0 picks a free one."""
     stage = AudioEncoderStage(backend)
-    batcher: AudioBatcher = MicroBatcher(stage.step, stage.label, max_batch, max_wait_ms)
+    batcher: AudioBatcher = MicroBatcher(stage.step, stage.label, stage.max_batch, max_wait_ms, stage=stage.name)
     return await rpc.start_server([service(stage, batcher)], host, port), batcher

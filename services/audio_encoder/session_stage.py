@@ -62,6 +62,7 @@ class AudioEncoderStage:
 
     def __init__(self, backend: HubertBackend) -> None:
         self.backend = backend
+        self.max_batch = backend.max_batch  # what the backend runs in one call: rounds never exceed it
         # one answer per overlap (the orchestrator allows 0..79 frames)
         self.silence_features = functools.lru_cache(maxsize=80)(self._silence_features)
 

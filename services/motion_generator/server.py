@@ -105,5 +105,5 @@ def service(stage: MotionStage, batcher: MotionBatcher) -> rpc.Service:
 async def start(generator: MotionGenerator, host: str = "127.0.0.1", port: int = 0,
                 max_wait_ms: float = 5.0) -> tuple[rpc.RunningServer, MotionBatcher]:
     stage = MotionStage(generator)
-    batcher: MotionBatcher = MicroBatcher(stage.step, stage.label, generator.max_batch, max_wait_ms)
+    batcher: MotionBatcher = MicroBatcher(stage.step, stage.label, stage.max_batch, max_wait_ms, stage=stage.name)
     return await rpc.start_server([service(stage, batcher)], host, port), batcher

@@ -68,6 +68,7 @@ class MotionStage:
 
     def __init__(self, generator: MotionGenerator, v_min_max: np.ndarray | None = None) -> None:
         self.generator = generator
+        self.max_batch = generator.max_batch
         self.v_min_max = v_min_max  # per-dimension clamp of generated motion [2, 265] (None = none)
 
     def new_session(self, avatar: AvatarMotion, steps: int, overlap: int, seed: int,

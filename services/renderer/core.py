@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 
 CROP_SIZE = 512
 RENDER_BATCH = 8  # frames per network call
+# Sessions in one step (the stage's batch bound, `SessionStage.max_batch`): each brings a window of frames, which go
+# through the networks RENDER_BATCH at a time, so this bounds a step's work, not the networks' batch.
+MAX_SESSIONS_PER_STEP = 64
 
 
 def crop_settings(msg: common_pb2.CropOptions) -> CropSettings:
@@ -117,6 +120,7 @@ class RendererCore:
                  max_concurrent_registrations: int = 2, cache_ttl_s: float = 24 * 3600,
                  decoder: Decoder | None = None):
         self.models = models
+        self.max_batch = MAX_SESSIONS_PER_STEP
         self.aux = aux or AuxModels.none()
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.stitch = stitch  # False when the keypoints arrive already stitched

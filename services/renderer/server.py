@@ -169,5 +169,5 @@ def service(core: RendererCore, batcher: RenderBatcher) -> rpc.Service:
 async def serve(core: RendererCore, host: str = "127.0.0.1", port: int = 0,
                 max_message_bytes: int = rpc.DEFAULT_MAX_MESSAGE) -> rpc.RunningServer:
     """Start the Renderer service with health checking and reflection."""
-    batcher: RenderBatcher = MicroBatcher(core.step, "renderer", max_batch=64)
+    batcher: RenderBatcher = MicroBatcher(core.step, "renderer", core.max_batch, stage="renderer")
     return await rpc.start_server([service(core, batcher)], host, port, max_message_bytes)

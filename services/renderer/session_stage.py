@@ -42,6 +42,7 @@ class RendererStage:
 
     def __init__(self, core: RendererCore, bus: Bus) -> None:
         self.core = core
+        self.max_batch = core.max_batch
         self.bus = bus  # where the orchestrator keeps each avatar's source media
 
     def step(self, batch: Sequence[tuple[RenderSession, RenderInput]]) -> list[RenderResult]:

@@ -16,6 +16,7 @@ STAGE = "summer"
 
 class RunningSum:
     stage = STAGE
+    max_batch = 64  # sessions per round
 
     def __init__(self, delay_s: float = 0.0) -> None:
         self.delay_s = delay_s

@@ -15,7 +15,7 @@ import grpc
 import numpy as np
 import pytest
 
-from ditto import codec
+from ditto import codec, telemetry
 from ditto.bus import MemoryBus
 from ditto.bus.worker import Output, SlotWorker, WorkerSettings
 from ditto.stage_runtime import (
@@ -47,6 +47,7 @@ class AdderStage:
     passthrough = "next"
     input_errors: tuple[type[Exception], ...] = (ValueError,)
     input_error_code = grpc.StatusCode.INVALID_ARGUMENT
+    max_batch = 8
 
     def __init__(self) -> None:
         self.restored = 0
@@ -110,13 +111,23 @@ def _session(name: str, xs: list[int], start: bool = True, end: bool = True) -> 
 
 
 async def _run(entries: list[bus_pb2.StreamEntry], outputs: int, cached_sessions: int = 64,
-               stage: AdderStage | None = None) -> tuple[dict[str, list], dict[str, list], SessionStageHandler]:
+               stage: AdderStage | None = None, rounds: list[list[str]] | None = None
+               ) -> tuple[dict[str, list], dict[str, list], SessionStageHandler]:
     """Publish the entries to one slot, run a slot worker until `outputs` entries came out (next + frames), and
-    return what each session sent to the next stage and to the orchestrator."""
+    return what each session sent to the next stage and to the orchestrator. `rounds` collects the sessions of each
+    round the worker hands the handler."""
     bus = MemoryBus("test")
     stage = stage or AdderStage()
-    handler = SessionStageHandler(stage, MicroBatcher(stage.step, stage.label, max_batch=8),
+    handler = SessionStageHandler(stage, MicroBatcher(stage.step, stage.label, max_batch=stage.max_batch),
                                   cached_sessions=cached_sessions)
+    if rounds is not None:
+        process = handler.process
+
+        async def recording(items):
+            rounds.append([item.entry.session_id for item in items])
+            return await process(items)
+
+        handler.process = recording  # type: ignore[method-assign]
     stream = bus.slot_stream(STAGE, 0)
     await bus.ensure_group(stream, STAGE)
     for e in entries:
@@ -170,6 +181,34 @@ async def test_sessions_share_batched_steps_and_keep_their_state():
     assert max(handler.batcher.batch_sizes) > 1, "sessions never shared a step"
     assert stage.restored == 0, "a session this worker kept live was rebuilt from its checkpoint"
     assert len(handler.cache) == 4  # END does not close; CLOSE would
+
+
+async def test_more_sessions_than_max_batch_share_bounded_forwards_fairly_and_the_metric_counts_forwards():
+    """12 sessions, a stage whose max_batch is 8 (AdderStage): no round holds more than 8 sessions and no forward
+    more than 8 items; every session gets the same service (after each round, the entries applied per session differ
+    by at most one); ditto_stage_batch_size counts the items of each forward only (START never reaches the model)."""
+    xs = {f"s{k:02d}": [k + 1] * 4 for k in range(12)}
+    entries = [e for name, x in xs.items() for e in _session(name, x)]
+    stage = AdderStage()
+
+    def metric(name: str) -> float:
+        return telemetry.REGISTRY.get_sample_value(f"ditto_stage_batch_size_{name}", {"stage": stage.label}) or 0.0
+
+    count0, sum0 = metric("count"), metric("sum")
+    rounds: list[list[str]] = []
+    nxt, frames, handler = await _run(entries, sum(len(x) + 3 for x in xs.values()), stage=stage, rounds=rounds)
+    assert not frames
+    assert all(_totals(nxt[name]) == list(np.cumsum(x)) + [sum(x)] for name, x in xs.items())
+    assert max(len(r) for r in rounds) == 8 and all(len(set(r)) == len(r) for r in rounds), rounds
+    served = dict.fromkeys(xs, 0)
+    for r in rounds:
+        for name in r:
+            served[name] += 1
+        assert max(served.values()) - min(served.values()) <= 1, f"unfair rounds: {rounds}"
+    assert max(handler.batcher.batch_sizes) <= 8
+    # 12 sessions x (4 DATA + END) model items, in as many forwards as the batcher ran
+    assert metric("count") - count0 == len(handler.batcher.batch_sizes)
+    assert metric("sum") - sum0 == 12 * 5
 
 
 async def test_close_forgets_the_session_and_a_bounded_cache_restores_from_checkpoints():
@@ -263,7 +302,7 @@ async def test_batcher_refuses_calls_when_full_lets_the_bus_wait_and_serves_on()
         await batcher.run(8)
 
 
-async def test_a_bus_round_is_never_split_and_calls_join_it():
+async def test_a_bus_round_runs_at_once_calls_join_it_and_no_step_passes_max_batch():
     step = GatedStep()
     step.gate.set()
     batcher = MicroBatcher(step, "doubler", max_batch=3, max_wait_ms=200)
@@ -271,8 +310,8 @@ async def test_a_bus_round_is_never_split_and_calls_join_it():
     await asyncio.sleep(0)
     assert await batcher.run_group([10, 20]) == [20, 40]  # joins the call's step and starts it at once
     assert await call == 2
-    assert await batcher.run_group(list(range(5))) == [0, 2, 4, 6, 8]  # larger than max_batch: one step anyway
-    assert step.calls == [[1, 10, 20], [0, 1, 2, 3, 4]]
+    assert await batcher.run_group(list(range(5))) == [0, 2, 4, 6, 8]  # larger than max_batch: cut, in order
+    assert step.calls == [[1, 10, 20], [0, 1, 2], [3, 4]]
     await batcher.close()
 
 

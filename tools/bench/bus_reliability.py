@@ -36,6 +36,7 @@ UNRELATED_KEYS = 300_000
 
 class RunningSum:
     stage = STAGE
+    max_batch = 64  # sessions per round
 
     def __init__(self, delay_s: float) -> None:
         self.delay_s = delay_s
