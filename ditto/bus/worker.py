@@ -31,6 +31,7 @@ import grpc
 
 from ditto import codec, telemetry
 from ditto.bus.base import Bus, BusError, Commit, Delivery, LeaseLost
+from ditto.bus.retry import backoff_s
 from ditto.bus.rounds import DEFAULT_MAX_BATCH, Gap, RoundScheduler, WorkItem
 from ditto.config import BusSettings
 from ditto_client.v1 import bus_pb2, common_pb2
@@ -156,13 +157,20 @@ class SlotWorker:
     # ---- lifecycle ----
     async def run(self) -> None:
         heartbeat = asyncio.create_task(self._heartbeat())
+        failures = 0
         try:
             while not self._stopping.is_set():
                 try:
                     await self._step()
+                    failures = 0
                 except BusError as err:
-                    log.warning("bus error; retrying", stage=self.stage, error=str(err))
-                    await asyncio.sleep(0.5)
+                    # Redis away (restarting, failing over, frozen): back off, bounded, and go on where the loop
+                    # was; a Redis that came back empty is rebuilt by the loop itself (groups on NOGROUP, leases by
+                    # rebalancing, presence by the heartbeat)
+                    failures += 1
+                    if failures == 1:
+                        log.warning("bus error; retrying", stage=self.stage, error=str(err))
+                    await asyncio.sleep(backoff_s(failures))
         finally:
             heartbeat.cancel()
             await self._release_all()

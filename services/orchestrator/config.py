@@ -27,6 +27,9 @@ class OrchestratorSettings(Settings):
     max_render_audio_s: int = Field(600, ge=1, description="longest audio of one Render job")
     frames_stream_ttl_s: int = Field(60, ge=4, description="TTL of this replica's frames stream in Redis, refreshed "
                                      "every ttl/4 while it runs: what a killed replica leaves is gone after it")
+    bus_outage_s: float = Field(15.0, gt=0, le=50, description="how long sessions ride out a session store (Redis) "
+                                "that does not answer -- restarting, failing over, or frozen -- retrying with backoff; "
+                                "past it they end with UNAVAILABLE (a restart that lost the data ends them at once)")
     max_concurrent_uploads: int = Field(4, ge=1, description="RegisterAvatar and Render calls in progress at once "
                                         "on this replica (each may hold a large body); more are refused at once. "
                                         "Each tenant has its own share too (max_uploads in the tenants file)")

@@ -7,6 +7,7 @@ a stage worker needs (avatars, placements, quotas, epochs) is on the bus's state
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -14,6 +15,7 @@ import grpc
 
 from ditto import telemetry
 from ditto.bus import Bus, BusError, Commit
+from ditto.bus.retry import backoff_s
 from ditto.media import short
 from ditto.media.pool import Decoder, shared_pool
 from ditto.media.visual import MediaLimits
@@ -33,9 +35,18 @@ _workers = telemetry.gauge("ditto_stage_workers", "Live workers of each stage, a
                            "bus (0: sessions cannot start)", ("stage",))
 
 
+STORE_MARKER_TTL_S = 7 * 24 * 3600  # refreshed on every frames read; outlives any pause of the replica
+
+
 def replicas_key(bus: Bus) -> str:
     """Live-member set of the running orchestrator replicas (members: replica ids)."""
     return bus.key("orchestrators")
+
+
+def store_marker_key(bus: Bus, replica: str) -> str:
+    """A counter this replica keeps at 1 in the session store while it runs: found missing (0), the store lost its data
+    (Redis restarted empty, or failed over to a replica that had not caught up) and with it every open session's."""
+    return bus.key("orchestrator", replica, "store")
 
 
 def count_refusal(err: BaseException) -> None:
@@ -73,6 +84,7 @@ class Orchestrator:
         self.replicas_key = replicas_key(bus)
         # CPU-heavy request work (Render's audio decode, MP4 muxing) runs in threads, this many at once
         self.heavy = asyncio.Semaphore(settings.max_concurrent_decodes)
+        self.store_marker = store_marker_key(bus, settings.replica_id())
         self._dispatcher: asyncio.Task | None = None
         self._keeper: asyncio.Task | None = None
 
@@ -85,6 +97,7 @@ class Orchestrator:
             log.info("deleted the frames stream of a dead replica", replica=dead)
         await self.bus.delete_stream(self.frames_stream)
         await self.bus.ensure_group(self.frames_stream, "orchestrator")
+        await self.bus.set_state(self.store_marker, b"1", STORE_MARKER_TTL_S)
         await self._keep_frames_stream()
         self._dispatcher = asyncio.create_task(self._dispatch_frames())
         self._keeper = asyncio.create_task(self._heartbeat())
@@ -121,10 +134,35 @@ class Orchestrator:
         except BusError as err:  # Redis away: the TTL removes the stream
             log.warning("frames stream left to expire", error=str(err))
 
+    async def _store_kept_its_data(self) -> bool:
+        """Whether the session store still holds what it held (checked, and the marker's TTL refreshed, in one
+        atomic step); when it does not, the marker is set again for the sessions that start from now on."""
+        if await self.bus.incr(self.store_marker, 0, STORE_MARKER_TTL_S) > 0:
+            return True
+        await self.bus.incr(self.store_marker, 1, STORE_MARKER_TTL_S)
+        return False
+
+    async def _fail_all(self, message: str) -> None:
+        for s in list(self.sessions.values()):
+            await s.fail(grpc.StatusCode.UNAVAILABLE, message)
+
     async def _dispatch_frames(self) -> None:
-        """Route the renderer's output entries to their sessions; acknowledge (and so delete) them at once."""
+        """Route the renderer's output entries to their sessions; acknowledge (and so delete) them at once.
+
+        A session store that does not answer is waited for, with backoff, up to `bus_outage_s` (a restart, a
+        failover, a frozen host: the sessions go on where they were); longer, and every session ends with
+        UNAVAILABLE. Before every read the store's marker is checked: a store that came back without its data ends
+        the open sessions at once with UNAVAILABLE naming that, before any entry written after the loss (a stage's
+        "lost this session's state") is dispatched."""
+        outage_since: float | None = None
+        failures = 0
         while True:
             try:
+                if not await self._store_kept_its_data():
+                    log.error("the session store lost its data; ending the open sessions", sessions=len(self.sessions))
+                    await self._fail_all("the session store (Redis) lost its data (restarted empty, or failed over "
+                                         "to a replica that had not caught up), so this session is unavailable; "
+                                         "start a new session")
                 got = await self.bus.read("orchestrator", self.settings.replica_id(), [self.frames_stream],
                                           count=256, block_ms=200)
                 for d in got:
@@ -133,14 +171,22 @@ class Orchestrator:
                         session.on_entry(d.entry)
                 if got:
                     await self.bus.commit("orchestrator", Commit(acks=[(d.stream, d.entry_id) for d in got]))
+                if outage_since is not None:
+                    log.info("frames stream available again", after_s=round(time.monotonic() - outage_since, 1))
+                outage_since, failures = None, 0
             except asyncio.CancelledError:
                 return
             except BusError as err:
-                log.warning("frames stream unavailable", error=str(err))
-                for s in list(self.sessions.values()):
-                    await s.fail(grpc.StatusCode.UNAVAILABLE,
-                                 "the session store (Redis) became unavailable; start a new session")
-                await asyncio.sleep(0.5)
+                now = time.monotonic()
+                if outage_since is None:
+                    outage_since = now
+                    log.warning("frames stream unavailable; waiting for the session store", error=str(err),
+                                grace_s=self.settings.bus_outage_s)
+                if now - outage_since > self.settings.bus_outage_s and self.sessions:
+                    await self._fail_all(f"the session store (Redis) has been unavailable for "
+                                         f"{now - outage_since:.0f} s; start a new session")
+                failures += 1
+                await asyncio.sleep(backoff_s(failures))
 
     # ---- sessions ----
     async def open_session(self, tenant: Tenant, config: avatar_pb2.SessionConfig, offline: bool = False) -> Session:

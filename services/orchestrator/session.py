@@ -19,6 +19,8 @@ import grpc
 import numpy as np
 
 from ditto import codec, telemetry
+from ditto.bus.base import BusError
+from ditto.bus.retry import retry_bus
 from ditto.bus.worker import epoch_key
 from ditto.look_ahead import audio_look_ahead_ms
 from ditto.redaction import redact
@@ -255,7 +257,9 @@ class Session:
                                                     "seq": self.seq, "kind": kind}):
             entry = self._entry(kind, meta, tensors)
             log.debug("entry published", session=self.session_id, seq=entry.seq, kind=kind)
-            await self.orch.bus.publish(self.route["audio_encoder"], entry)
+            # Safe to repeat: a stage acknowledges an entry it has seen (same epoch and seq) without applying it.
+            await retry_bus(lambda: self.orch.bus.publish(self.route["audio_encoder"], entry),
+                            self.orch.settings.bus_outage_s, "publish")
 
     async def start(self) -> None:
         c = self.config
@@ -417,8 +421,9 @@ class Session:
         self.spans = []  # the motion stage starts the new epoch with the session's overall controls only
         self.epoch += 1
         self.seq = 0
-        await self.orch.bus.set_state(epoch_key(self.orch.bus, self.session_id), str(self.epoch).encode(),
-                                      self.orch.bus.state_ttl_s)
+        await retry_bus(lambda: self.orch.bus.set_state(epoch_key(self.orch.bus, self.session_id),
+                                                        str(self.epoch).encode(), self.orch.bus.state_ttl_s),
+                        self.orch.settings.bus_outage_s, "epoch")
         self.epoch_base[self.epoch] = self.last_sent_index + 1
         self.counters = _EpochCounters()
         self._t0 = None  # pacing restarts with the next epoch's first frame
@@ -613,8 +618,15 @@ class Session:
                 now = time.monotonic()
                 if now - last_touch > 5:
                     last_touch = now
-                    await self.orch.quotas.touch(self.tenant.id, self.session_id)
-                    await self.orch.placer.touch(self.session_id, self.placement)
+                    try:
+                        await self.orch.quotas.touch(self.tenant.id, self.session_id)
+                        await self.orch.placer.touch(self.session_id, self.placement)
+                    except BusError as err:
+                        # presence with a TTL far longer than this period: one missed refresh is harmless, and a
+                        # session store that stays away ends the session through the frames dispatcher
+                        log.warning("session presence not refreshed; retrying", session=self.session_id,
+                                    error=str(err))
+                        last_touch = now - 4
                 if self.stalled_s() > s.client_stall_s:
                     await self.stall()
                     return

@@ -163,6 +163,13 @@ _REDIS_STREAMS_METADATA = {
         {"required": ["lagCount", "consumerGroup"]},
     ],
 }
+# redis-cluster-streams (a Redis Cluster): the same stream and group fields, the nodes as a list instead of one address.
+_REDIS_CLUSTER_STREAMS_METADATA = {
+    **_REDIS_STREAMS_METADATA,
+    "not": {"anyOf": [{"required": ["address"]}, {"required": ["addressFromEnv"]}, {"required": ["host"]}]},
+    "anyOf": [{"required": ["addresses"]}, {"required": ["addressesFromEnv"]}, {"required": ["hosts", "ports"]},
+              {"required": ["hostsFromEnv", "portsFromEnv"]}],
+}
 SCALED_OBJECT_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["apiVersion", "kind", "metadata", "spec"],
@@ -231,8 +238,12 @@ SCALED_OBJECT_SCHEMA: dict[str, Any] = {
                                 },
                             },
                         },
-                        "if": {"properties": {"type": {"const": "redis-streams"}}},
-                        "then": {"properties": {"metadata": _REDIS_STREAMS_METADATA}},
+                        "allOf": [
+                            {"if": {"properties": {"type": {"const": "redis-streams"}}},
+                             "then": {"properties": {"metadata": _REDIS_STREAMS_METADATA}}},
+                            {"if": {"properties": {"type": {"const": "redis-cluster-streams"}}},
+                             "then": {"properties": {"metadata": _REDIS_CLUSTER_STREAMS_METADATA}}},
+                        ],
                     },
                 },
             },

@@ -28,6 +28,7 @@ from deploy_support import (
     workloads,
 )
 
+from ditto.bus.memory import MemoryBus
 from ditto.config import STAGES, Settings, load_settings
 
 # Drain budget a stage worker needs after SIGTERM: finish the chunks in flight, acknowledge, checkpoint, release
@@ -459,6 +460,7 @@ def test_keda_watches_every_slot_stream_of_each_stage(overlay):
     objs = render(overlay)
     settings = settings_of(objs)
     slots = settings.bus.slots
+    cluster = "REDIS_CLUSTER_ADDRESSES" in config(objs)
     namespace = one(objs, "Deployment", "orchestrator")["metadata"]["namespace"]
     auths = by_kind(objs, "TriggerAuthentication")
     for name, deployment in _stage_deployments(objs).items():
@@ -468,18 +470,28 @@ def test_keda_watches_every_slot_stream_of_each_stage(overlay):
         assert 1 <= so["spec"]["minReplicaCount"] <= so["spec"]["maxReplicaCount"] <= slots
         streams = []
         for t in so["spec"]["triggers"]:
-            assert t["type"] == "redis-streams"
+            # a Redis Cluster needs the cluster scaler (the plain one talks to one node and gets MOVED), one Redis
+            # the plain one
+            assert t["type"] == ("redis-cluster-streams" if cluster else "redis-streams"), (overlay, t["type"])
             meta = t["metadata"]
             assert meta["consumerGroup"] == stage and int(meta["pendingEntriesCount"]) >= 1
             assert t["authenticationRef"]["name"] in auths
             # KEDA reads the address from the target's first container environment, from the operator's namespace
-            env = config(objs) if meta["addressFromEnv"] in config(objs) else {}
-            host, _, port = env[meta["addressFromEnv"]].partition(":")
-            service, _, rest = host.partition(".")
-            assert rest == f"{namespace}.svc.cluster.local", f"{host}: not resolvable from the KEDA namespace"
-            assert service in by_kind(objs, "Service") and int(port) == 6379
+            if cluster:
+                nodes = config(objs)[meta["addressesFromEnv"]].split(",")
+                assert len(nodes) >= 3, f"{overlay}: list a node of every primary, not {nodes}"
+                for node in nodes:
+                    host, _, port = node.strip().rpartition(":")
+                    assert host and 0 < int(port) < 65536, node
+            else:
+                env = config(objs) if meta["addressFromEnv"] in config(objs) else {}
+                host, _, port = env[meta["addressFromEnv"]].partition(":")
+                service, _, rest = host.partition(".")
+                assert rest == f"{namespace}.svc.cluster.local", f"{host}: not resolvable from the KEDA namespace"
+                assert service in by_kind(objs, "Service") and int(port) == 6379
             streams.append(meta["stream"])
-        assert streams == [f"{settings.bus.prefix}:{stage}:slot:{k}" for k in range(slots)]
+        # the kernel's names for the slot streams, whatever their scheme
+        assert streams == [MemoryBus(prefix=settings.bus.prefix).slot_stream(stage, k) for k in range(slots)]
         assert pod_spec(deployment)["containers"][0]["envFrom"][0]["configMapRef"]["name"] == "ditto-config"
 
 

@@ -7,7 +7,7 @@ from deploy_support import OVERLAYS, render
 
 
 def test_expected_overlays_exist():
-    assert {"dev-cpu", "prod-gpu"} <= set(OVERLAYS)
+    assert {"dev-cpu", "prod-gpu", "prod-gpu-redis-cluster"} <= set(OVERLAYS)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

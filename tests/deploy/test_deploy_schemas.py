@@ -37,12 +37,13 @@ def test_keda_hpa_behavior_is_a_valid_hpa_behavior(overlay):
             validate_k8s(hpa, version)
 
 
-def _first(kind: str) -> dict:
+def _first(kind: str, trigger: str = "") -> dict:
+    """The first rendered object of `kind` (a ScaledObject with `trigger`s, when given)."""
     for overlay in OVERLAYS:
         for o in render(overlay):
-            if o["kind"] == kind:
+            if o["kind"] == kind and (not trigger or o["spec"]["triggers"][0]["type"] == trigger):
                 return copy.deepcopy(o)
-    raise AssertionError(f"no {kind} rendered")
+    raise AssertionError(f"no {kind} {trigger} rendered")
 
 
 def _break_probe_port(d):
@@ -70,6 +71,16 @@ def _integer_metadata(d):
     d["spec"]["triggers"][0]["metadata"]["pendingEntriesCount"] = 4
 
 
+def _cluster_trigger_without_nodes(d):
+    del d["spec"]["triggers"][0]["metadata"]["addressesFromEnv"]
+
+
+def _cluster_trigger_with_a_single_address(d):
+    # the single-node field on a cluster scaler: KEDA would not find the cluster's other primaries
+    meta = d["spec"]["triggers"][0]["metadata"]
+    meta["addressFromEnv"] = meta.pop("addressesFromEnv")
+
+
 @pytest.mark.parametrize(("kind", "breakage"), [
     ("Deployment", _break_probe_port),          # gRPC probes take a number, not a port name
     ("Deployment", _misspell_resources),        # strict: unknown fields are errors
@@ -77,9 +88,12 @@ def _integer_metadata(d):
     ("ScaledObject", _redis_trigger_without_stream),
     ("ScaledObject", _pending_without_group),
     ("ScaledObject", _integer_metadata),        # trigger metadata values are strings
+    ("ScaledObject:redis-cluster-streams", _cluster_trigger_without_nodes),
+    ("ScaledObject:redis-cluster-streams", _cluster_trigger_with_a_single_address),
+    ("ScaledObject:redis-cluster-streams", _redis_trigger_without_stream),
 ])
 def test_validation_catches_broken_objects(kind, breakage):
-    obj = _first(kind)
+    obj = _first(*kind.split(":"))
     validate_k8s(obj, K8S_VERSIONS[-1])
     breakage(obj)
     with pytest.raises(jsonschema.ValidationError):

@@ -42,3 +42,23 @@ def test_the_tls_component_serves_the_public_port_over_tls(tmp_path: Path):
         assert "grpc" not in orch[probe] and orch[probe]["tcpSocket"]["port"] == 50051, orch[probe]
     readme = (K8S.parent / "README.md").read_text()
     assert "create secret tls ditto-orchestrator-tls" in readme
+
+
+def test_the_redis_cluster_overlay_changes_where_redis_is_and_nothing_else():
+    """On a Redis Cluster the processes need no other setting than REDIS_URL (from the Secret, naming any node): the
+    workloads are those of prod-gpu exactly; only the Redis alias, the node list for KEDA and the scaler type differ."""
+    cluster, single = render("prod-gpu-redis-cluster"), render("prod-gpu")
+    assert by_kind(cluster, "Deployment") == by_kind(single, "Deployment")
+    assert not by_kind(cluster, "Secret"), "the Redis password lives in the out-of-band ditto-redis Secret only"
+    for w in workloads(cluster):
+        for c in containers(w):
+            for e in c.get("env", []):
+                if e["name"] == "REDIS_URL":
+                    assert e["valueFrom"]["secretKeyRef"] == {"name": "ditto-redis", "key": "url"}
+    (cfg,) = [o for o in cluster if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "ditto-config"]
+    assert not any("redis://" in v or "rediss://" in v or "@" in v for v in cfg["data"].values()), \
+        "no URL (which may carry a password) in the ConfigMap"
+    triggers = [t for so in by_kind(cluster, "ScaledObject").values() for t in so["spec"]["triggers"]]
+    assert triggers and {t["type"] for t in triggers} == {"redis-cluster-streams"}
+    assert {t["metadata"]["stream"] for t in triggers} == {
+        t["metadata"]["stream"] for so in by_kind(single, "ScaledObject").values() for t in so["spec"]["triggers"]}

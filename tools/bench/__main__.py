@@ -23,6 +23,7 @@ PARTS = {
     "onnxruntime": "tools.bench.onnxruntime",
     "serving": "tools.bench.serving",
     "bus_reliability": "tools.bench.bus_reliability",
+    "bus_capacity": "tools.bench.bus_capacity",  # entries/s, MB/s and Redis CPU per entry: one Redis, a cluster
     "agents": "tools.bench.agents",
     "webrtc": "tools.bench.webrtc",
     "edges": "tools.bench.edges",  # reliability: bombs, quota reclaim, non-reading clients
