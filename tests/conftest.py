@@ -105,8 +105,7 @@ async def bus(request, unique_prefix):
     else:
         b = RedisBus(request.getfixturevalue("redis_url"), unique_prefix)
         yield b
-        async for key in b.r.scan_iter(match=f"{unique_prefix}:*"):
-            await b.r.delete(key)
+        await b.purge()
     await b.close()
 
 

@@ -1,8 +1,8 @@
 """Write the KEDA ScaledObjects of deploy/k8s/components/keda from the slot count in the base ConfigMap.
 
 The redis-streams scaler watches one stream and one consumer group per trigger, and each stage has one stream per
-slot (`ditto:<stage>:slot:<k>`, group `<stage>`), so a stage's ScaledObject carries one trigger per slot. Writing
-them by hand would drift from `DITTO_BUS__SLOTS`; run this after changing it:
+slot (`{ditto:<stage>:<k>}:stream`, ditto.keys, group `<stage>`), so a stage's ScaledObject carries one trigger per
+slot. Writing them by hand would drift from `DITTO_BUS__SLOTS`; run this after changing it:
 
     python deploy/tools/gen_scaledobjects.py          # rewrite the file
     python deploy/tools/gen_scaledobjects.py --check  # exit 1 when the file is stale (the tests do this too)
@@ -15,6 +15,9 @@ from pathlib import Path
 
 import yaml
 from generated import write_or_check
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: the key names come from ditto.keys
+from ditto.keys import Keys  # noqa: E402
 
 K8S = Path(__file__).resolve().parents[1] / "k8s"
 CONFIG = K8S / "base" / "config.yaml"
@@ -45,7 +48,7 @@ def scaled_object(deployment: str, stage: str, slots: int) -> dict:
             "metadata": {
                 # host:port read from the worker container's environment (ConfigMap ditto-config)
                 "addressFromEnv": "REDIS_ADDRESS",
-                "stream": f"ditto:{stage}:slot:{k}",
+                "stream": Keys("ditto").slot_stream(stage, k),
                 "consumerGroup": stage,
                 "pendingEntriesCount": str(PENDING_PER_SLOT),
             },

@@ -33,11 +33,6 @@ _workers = telemetry.gauge("ditto_stage_workers", "Live workers of each stage, a
                            "bus (0: sessions cannot start)", ("stage",))
 
 
-def replicas_key(bus: Bus) -> str:
-    """Live-member set of the running orchestrator replicas (members: replica ids)."""
-    return bus.key("orchestrators")
-
-
 def count_refusal(err: BaseException) -> None:
     """Count a session that was refused before it started (ditto_sessions_refused_total), by why and the status the
     client got."""
@@ -69,8 +64,8 @@ class Orchestrator:
         self.avatars = AvatarRegistry(bus, registrar, self.decoder,
                                       MediaLimits(m.max_image_pixels, m.max_video_frames, m.max_video_s))
         self.sessions: dict[str, Session] = {}
-        self.frames_stream = bus.key("frames", settings.replica_id())
-        self.replicas_key = replicas_key(bus)
+        self.frames_stream = bus.keys.frames_stream(settings.replica_id())
+        self.replicas_key = bus.keys.replicas()
         # CPU-heavy request work (Render's audio decode, MP4 muxing) runs in threads, this many at once
         self.heavy = asyncio.Semaphore(settings.max_concurrent_decodes)
         self._dispatcher: asyncio.Task | None = None
@@ -81,7 +76,7 @@ class Orchestrator:
         # stopped, so its member in the replicas set expired. Delete those streams, and this replica id's own
         # stream of an earlier life (the sessions that read it are gone); the TTL covers whatever this misses.
         for dead in await self.bus.reap_members(self.replicas_key):
-            await self.bus.delete_stream(self.bus.key("frames", dead))
+            await self.bus.delete_stream(self.bus.keys.frames_stream(dead))
             log.info("deleted the frames stream of a dead replica", replica=dead)
         await self.bus.delete_stream(self.frames_stream)
         await self.bus.ensure_group(self.frames_stream, "orchestrator")

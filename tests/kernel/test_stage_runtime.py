@@ -117,7 +117,7 @@ async def _run(entries: list[bus_pb2.StreamEntry], outputs: int, cached_sessions
     stage = stage or AdderStage()
     handler = SessionStageHandler(stage, MicroBatcher(stage.step, stage.label, max_batch=8),
                                   cached_sessions=cached_sessions)
-    stream = bus.slot_stream(STAGE, 0)
+    stream = bus.keys.slot_stream(STAGE, 0)
     await bus.ensure_group(stream, STAGE)
     for e in entries:
         await bus.publish(stream, e)
