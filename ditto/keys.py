@@ -8,7 +8,8 @@ tags are chosen so that the traffic spreads over the primaries:
   and the commit markers. A worker's commit checks the lease, writes the checkpoint and acknowledges the input in one
   script on this tag; the bulk of the traffic (every audio window, motion window and frame) is spread over
   stages x slots tags, so over every primary.
-- `{<prefix>:frames:<replica>}` -- one orchestrator replica's frames stream (and the markers of appends to it).
+- `{<prefix>:frames:<replica>:<shard>:<salt>}` -- one of an orchestrator replica's frames streams (and the markers of
+  appends to it); the shards' tags are picked to spread evenly over the cluster's slots.
 - `{<prefix>:admission}` -- what admission decides on atomically: the tenants' live sessions and used seconds, and
   per stage the set of held slots and the placements. One script checks the tenant's quota and picks a slot per stage,
   so these keys must share one tag. It is one slot of the cluster, but its load is a few small commands per session
@@ -28,6 +29,9 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS as CLUSTER_SLOTS
+from redis.crc import key_slot
 
 
 def hash_tag(key: str) -> str:
@@ -91,9 +95,15 @@ class Keys:
         """Live-member set of the running orchestrator replicas (members: replica ids)."""
         return self._plain("orchestrators")
 
-    def frames_stream(self, replica: str) -> str:
-        """The stream the renderer writes one orchestrator replica's frames to (a tag per replica)."""
-        return self._tag("frames", replica) + ":stream"
+    def frames_stream(self, replica: str, shard: int | str = 0, shards: int = 1) -> str:
+        """One of the `shards` streams the renderer writes an orchestrator replica's frames to (a session's frames
+        all go to one). Frames are most of the entries, so a replica's frames are spread over several tags, each
+        chosen (`<salt>`) to hash into its own even share of the 16384 cluster slots: with the slots split evenly
+        over the primaries, so are a replica's frames, whatever its id."""
+        if not isinstance(shard, int):  # a placeholder (the docs table)
+            return self._tag("frames", replica, shard, "<salt>") + ":stream"
+        return self._tag("frames", replica, shard, _salt(f"{self.prefix}:frames:{replica}:{shard}", shard, shards)) \
+            + ":stream"
 
     def epoch(self, session_id: str) -> str:
         """The session's current epoch, written by the orchestrator on interrupt; older entries are stale."""
@@ -149,6 +159,15 @@ class Keys:
         return (f"{self.prefix}:*", "{" + f"{self.prefix}:*")
 
 
+def _salt(base: str, shard: int, shards: int) -> int:
+    """The smallest n for which `base:n` hashes into shard's share of the cluster's slots (about `shards` tries)."""
+    lo, hi = CLUSTER_SLOTS * shard // shards, CLUSTER_SLOTS * (shard + 1) // shards
+    for n in range(1 << 20):
+        if lo <= key_slot(f"{base}:{n}".encode()) < hi:
+            return n
+    raise AssertionError("unreachable: CRC16 covers every slot range")
+
+
 # Markers the bus writes beside a stream (see `beside`); listed here so the table shows every key.
 APPEND_MARKER = "from"      # beside an output stream: the last input whose outputs a producer appended, per session
 APPLIED_MARKER = "applied"  # beside an input stream: the last input whose commit was applied, per session
@@ -171,8 +190,8 @@ def table() -> list[tuple[str, str, str]]:
          "Commit marker: the last input of the session whose commit was applied (a replayed commit is skipped)."),
         (beside(k.slot_stream(stage, slot), APPEND_MARKER, "<group>", sid),
          "Append marker: the last input of the session whose outputs the producing stage appended here."),
-        (k.frames_stream(replica), doc(Keys.frames_stream)),
-        (beside(k.frames_stream(replica), APPEND_MARKER, "<group>", sid),
+        (k.frames_stream(replica, "<shard>"), doc(Keys.frames_stream)),
+        (beside(k.frames_stream(replica, "<shard>"), APPEND_MARKER, "<group>", sid),
          "Append marker of the frames stream (as above)."),
         (k.held_slots(stage), doc(Keys.held_slots)),
         (k.placements(stage), doc(Keys.placements)),

@@ -253,10 +253,10 @@ async def connect(url: str, socket_timeout: float = SOCKET_TIMEOUT_S) -> aioredi
         return probe
     await probe.aclose()
     # RedisCluster refreshes its map of slots to nodes on MOVED and on connection errors (a promoted replica), and
-    # retries the command (cluster_error_retry_attempts); its Script objects load a script again on NOSCRIPT (a new
+    # retries the command (up to the Retry's count); its Script objects load a script again on NOSCRIPT (a new
     # primary starts with an empty script cache).
     return AsyncRedisCluster.from_url(url, socket_connect_timeout=2, socket_timeout=socket_timeout,
-                                      retry=_retry(), cluster_error_retry_attempts=_RETRIES)
+                                      retry=_retry())
 
 
 @dataclass

@@ -187,7 +187,7 @@ class Session:
 
     def __post_init__(self) -> None:
         s = self.orch.settings
-        self.route = self.placement.route(self.orch.bus, self.orch.frames_stream)
+        self.route = self.placement.route(self.orch.bus, self.orch.frames_stream_of(self.session_id))
         self.epoch = 0
         self.seq = 0
         self.counters = _EpochCounters()

@@ -264,7 +264,7 @@ async def test_two_workers_share_slots(bus):
     _check_sums(_outputs(await _drain(bus, out)), expected)
 
 
-async def test_consumer_lost_mid_work_another_completes(bus, redis_url, unique_prefix):
+async def test_consumer_lost_mid_work_another_completes(bus, unique_prefix):
     """A worker dies with entries read and not committed: a real process killed with SIGKILL on Redis, an abandoned
     task on the in-memory bus. The next lease holder claims its pending entries; nothing is lost or applied twice."""
     out = bus.keys.key("out")
@@ -273,7 +273,7 @@ async def test_consumer_lost_mid_work_another_completes(bus, redis_url, unique_p
     ttl = 600
     if isinstance(bus, RedisBus):
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parents[1]), str(HERE)]))
-        proc = subprocess.Popen([sys.executable, str(HERE / "sum_worker_proc.py"), "--redis", redis_url, "--prefix",
+        proc = subprocess.Popen([sys.executable, str(HERE / "sum_worker_proc.py"), "--redis", bus.url, "--prefix",
                                  bus.prefix, "--owner", "victim", "--slots", "2", "--ttl-ms", str(ttl), "--delay",
                                  "0.03"], env=env)
         try:
@@ -382,3 +382,54 @@ async def test_admit_refuses_without_a_worker_or_room_and_writes_nothing(bus):
     assert (r.refused, r.stage, r.count) == ("full", "b", 1)
     assert await bus.live_members(bus.keys.tenant_sessions("t")) == []
     assert await bus.live_members(bus.keys.placements("a")) == []
+
+
+# ---- commits are idempotent; blocking reads never outlive the client's socket timeout ----
+
+async def test_a_replayed_or_half_done_commit_applies_once(bus):
+    """A commit redone (a retry after a connection reset, or the redo of a commit cut between its per-slot steps on a
+    Redis Cluster) appends nothing twice and never writes an older checkpoint over a newer one."""
+    s, out = bus.keys.slot_stream("stage", 0), bus.keys.slot_stream("next", 5)
+    lease = bus.keys.lease("stage", 0)
+    state = bus.keys.checkpoint("stage", 0, "a")
+    await bus.ensure_group(s, "stage")
+    for i in range(2):
+        await bus.publish(s, entry("a", i, i))
+    got = await bus.read("stage", "w", [s], count=2)
+    assert await bus.acquire_lease(lease, "w", 5000)
+
+    def commit_of(d, value: bytes) -> Commit:
+        return Commit(outputs=[(out, entry("a", d.entry.seq, 10 + d.entry.seq))], state={state: value},
+                      acks=[(s, d.entry_id)], input=("a", d.entry_id))
+
+    # cut after its outputs: only the output step of the first commit happened ...
+    await bus.commit("stage", Commit(outputs=commit_of(got[0], b"").outputs, input=("a", got[0].entry_id)))
+    await bus.commit("stage", commit_of(got[0], b"cp0"), lease=(lease, "w"))  # ... then the whole commit, redone
+    assert await bus.stream_length(out) == 1, "a redone commit appended its outputs again"
+    await bus.commit("stage", commit_of(got[1], b"cp1"), lease=(lease, "w"))
+    await bus.commit("stage", commit_of(got[0], b"cp0"), lease=(lease, "w"))  # an old commit replayed late
+    assert await bus.get_state(state) == b"cp1", "a replayed commit wrote an older checkpoint over a newer one"
+    assert [e.seq for e in await _drain(bus, out)] == [0, 1]
+    assert await bus.stream_length(s) == 0 and await bus.pending_count(s, "stage") == 0
+
+
+async def test_a_blocking_read_returns_before_the_socket_timeout(bus):
+    """redis-py sends a read whose reply timed out again, and a `>` read sent again can move entries into the pending
+    list unseen: so a read asked to block longer than the socket timeout blocks less, returns empty, and leaves
+    nothing pending."""
+    if not isinstance(bus, RedisBus):
+        pytest.skip("no socket: the in-memory bus blocks exactly as long as asked")
+    short = RedisBus(bus._url, bus.prefix, socket_timeout_s=1.0)
+    try:
+        assert short.max_block_ms < 1000
+        s = short.keys.slot_stream("stage", 2)
+        await short.ensure_group(s, "stage")
+        t0 = time.monotonic()
+        assert await short.read("stage", "c", [s, short.keys.slot_stream("stage", 3)], block_ms=60_000) == []
+        assert time.monotonic() - t0 < 1.0 + 0.5, "the read blocked past the socket timeout"
+        await short.publish(s, entry("a", 0))
+        got = await short.read("stage", "c", [s], block_ms=60_000)
+        assert [d.entry.session_id for d in got] == ["a"]
+        assert await short.pending_count(s, "stage") == 1  # exactly the entry delivered, nothing unseen
+    finally:
+        await short.close()
