@@ -266,11 +266,14 @@ class LocalCluster:
         """Delete every Redis key under this cluster's prefix (streams have no TTL; tests share one Redis)."""
         if not redis_answers(self.redis_url):
             return
-        client = redis_lib.Redis.from_url(self.redis_url, socket_connect_timeout=1)
+        from ditto.bus.redis_streams import sync_client
+        from ditto.keys import Keys
+
+        client = sync_client(self.redis_url)  # on a Redis Cluster: scans every primary, deletes key by key
         try:
-            keys = list(client.scan_iter(match=f"{self.prefix}:*", count=1000))
-            for i in range(0, len(keys), 500):
-                client.delete(*keys[i:i + 500])
+            for pattern in Keys(self.prefix).patterns():
+                for key in list(client.scan_iter(match=pattern, count=1000)):
+                    client.delete(key)
         finally:
             client.close()
 

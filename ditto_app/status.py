@@ -17,9 +17,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from ditto.bus import Bus
-from ditto.bus.worker import addresses_key
 from services.orchestrator.placement import STAGES, Placer
-from services.orchestrator.service import replicas_key
 from services.orchestrator.tenants import Quotas
 
 HEALTH_TIMEOUT_S = 1.0
@@ -89,14 +87,14 @@ async def _stage(bus: Bus, placer: Placer, stage: str, slots: int, now_ms: int) 
                for w, s in sorted(by_worker.items())]
     pending, oldest_ms = 0, None
     for k in range(slots):  # every slot, held or not: work on a slot nobody holds is work that waits
-        stream = bus.slot_stream(stage, k)
+        stream = bus.keys.slot_stream(stage, k)
         waiting = await bus.backlog(stream, stage)
         if waiting:
             pending += waiting
             first = await bus.oldest_entry(stream)
             if first is not None and first.created_unix_ms:
                 oldest_ms = min(oldest_ms or first.created_unix_ms, first.created_unix_ms)
-    addresses = await bus.live_members(addresses_key(bus, stage))
+    addresses = await bus.live_members(bus.keys.addresses(stage))
     states = await asyncio.gather(*(health(a) for a in addresses))
     return StageStatus(stage, workers, len(held), slots, sum(load.values()), pending,
                        max(0.0, (now_ms - oldest_ms) / 1000) if oldest_ms else None, dict(zip(addresses, states,
@@ -118,7 +116,7 @@ async def snapshot(bus: Bus, slots: int, sessions_per_slot: int, redis_shown: st
         if n := len(await quotas.active(tenant)):
             tenants[tenant] = n
     return Snapshot(now_ms / 1000, redis_shown, bus.prefix, sessions_per_slot, stages, tenants,
-                    await bus.live_members(replicas_key(bus)), {server: await health(server)} if server else {})
+                    await bus.live_members(bus.keys.replicas()), {server: await health(server)} if server else {})
 
 
 def _slot_ranges(slots: list[int]) -> str:

@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 async def run_worker(args: argparse.Namespace) -> int:
     from ditto import rpc, telemetry
     from ditto.bus import RedisBus
-    from ditto.bus.worker import SlotWorker, WorkerSettings, addresses_key
+    from ditto.bus.worker import SlotWorker, WorkerSettings
     from ditto.config import load_settings
     from ditto_app.stages import build_stage
     from ditto_app.synthetic import profile_of, resolve_weights
@@ -54,7 +54,7 @@ async def run_worker(args: argparse.Namespace) -> int:
     server = await rpc.start_server(built.services, settings.grpc_host, port, settings.max_message_bytes)
     owner = settings.worker_id
     address = f"{advertised_host(settings.grpc_host, settings.advertise_host)}:{server.port}"
-    addresses = addresses_key(bus, args.stage)  # the stage's gRPC addresses (registration and `ditto status`)
+    addresses = bus.keys.addresses(args.stage)  # the stage's gRPC addresses (registration and `ditto status`)
     await bus.touch_member(addresses, address, ADVERTISE_TTL_S * 1000)
     worker = SlotWorker(bus, built.handler, owner, WorkerSettings.from_bus(settings.bus))
     stop = asyncio.Event()

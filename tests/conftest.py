@@ -85,6 +85,28 @@ def redis_url(request) -> str:
     return url
 
 
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory):
+    """A real Redis Cluster (3 primaries, 3 replicas, tests/redis_cluster.py) started for the first test that needs
+    it and stopped after the session."""
+    import shutil
+
+    from tests.redis_cluster import LocalRedisCluster
+
+    if not shutil.which("redis-server") or not shutil.which("redis-cli"):
+        pytest.fail("redis-server and redis-cli must be on PATH for the Redis Cluster tests (apt-get install "
+                    "redis-server)")
+    cluster = LocalRedisCluster(tmp_path_factory.mktemp("redis-cluster")).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(redis_cluster) -> str:
+    """The URL of one node of the test Redis Cluster (any node will do)."""
+    return redis_cluster.url
+
+
 @pytest.fixture
 def unique_prefix(request) -> str:
     """A Redis key prefix private to one test."""
@@ -93,20 +115,20 @@ def unique_prefix(request) -> str:
     return f"ditto-test-{uuid.uuid4().hex[:10]}"
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "redis_cluster"])
 async def bus(request, unique_prefix):
-    """Each bus implementation in turn (the in-memory one, and Redis Streams on the real Redis of `redis_url`),
-    under a key prefix private to the test, emptied afterwards."""
+    """Each bus implementation in turn (the in-memory one, Redis Streams on the real Redis of `redis_url`, and on a
+    real Redis Cluster), under a key prefix private to the test, emptied afterwards."""
     from ditto.bus import MemoryBus, RedisBus
 
     if request.param == "memory":
         b = MemoryBus(unique_prefix)
         yield b
     else:
-        b = RedisBus(request.getfixturevalue("redis_url"), unique_prefix)
+        url = request.getfixturevalue("redis_url" if request.param == "redis" else "redis_cluster_url")
+        b = RedisBus(url, unique_prefix)
         yield b
-        async for key in b.r.scan_iter(match=f"{unique_prefix}:*"):
-            await b.r.delete(key)
+        await b.purge()
     await b.close()
 
 

@@ -2,10 +2,10 @@
 Cluster) from the slot count in the base ConfigMap.
 
 The redis-streams scalers watch one stream and one consumer group per trigger, and each stage has one stream per
-slot (named by the kernel, `Bus.slot_stream`; group `<stage>`), so a stage's ScaledObject carries one trigger per
-slot. On a Redis Cluster the trigger is `redis-cluster-streams` with the addresses of the cluster's nodes: KEDA asks
-the cluster which node holds each stream. Writing them by hand would drift from `DITTO_BUS__SLOTS` and from the
-kernel's key names; run this after changing either:
+slot (`{ditto:<stage>:<k>}:stream`, named by the kernel's ditto.keys; group `<stage>`), so a stage's ScaledObject
+carries one trigger per slot. On a Redis Cluster the trigger is `redis-cluster-streams` with the addresses of the
+cluster's nodes: KEDA asks the cluster which node holds each stream. Writing them by hand would drift from
+`DITTO_BUS__SLOTS` and from the kernel's key names; run this after changing either:
 
     python deploy/tools/gen_scaledobjects.py          # rewrite both files
     python deploy/tools/gen_scaledobjects.py --check  # exit 1 when a file is stale (the tests do this too)
@@ -19,8 +19,10 @@ from pathlib import Path
 import yaml
 from generated import write_or_check
 
-ROOT = Path(__file__).resolve().parents[2]
-K8S = ROOT / "deploy" / "k8s"
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: the key names come from ditto.keys
+from ditto.keys import Keys  # noqa: E402
+
+K8S = Path(__file__).resolve().parents[1] / "k8s"
 CONFIG = K8S / "base" / "config.yaml"
 OUTPUT = K8S / "components" / "keda" / "scaledobjects.yaml"
 CLUSTER_OUTPUT = K8S / "components" / "keda-redis-cluster" / "scaledobjects.yaml"
@@ -49,16 +51,6 @@ def slot_count(config_path: Path = CONFIG) -> int:
     raise SystemExit(f"{config_path}: no ConfigMap ditto-config with DITTO_BUS__SLOTS")
 
 
-def slot_stream(stage: str, slot: int, prefix: str = "ditto") -> str:
-    """The stream name the kernel uses for a stage slot (so a change of key names reaches the scalers)."""
-    for path in (ROOT, ROOT / "clients" / "python"):
-        if str(path) not in sys.path:
-            sys.path.append(str(path))
-    from ditto.bus.memory import MemoryBus
-
-    return MemoryBus(prefix=prefix).slot_stream(stage, slot)
-
-
 def scaled_object(deployment: str, stage: str, slots: int, variant: str = "single") -> dict:
     trigger_type, address = VARIANTS[variant]
     triggers = [
@@ -68,7 +60,7 @@ def scaled_object(deployment: str, stage: str, slots: int, variant: str = "singl
             "metadata": {
                 # where Redis is, read from the worker container's environment (ConfigMap ditto-config)
                 **address,
-                "stream": slot_stream(stage, k),
+                "stream": Keys("ditto").slot_stream(stage, k),
                 "consumerGroup": stage,
                 "pendingEntriesCount": str(PENDING_PER_SLOT),
             },

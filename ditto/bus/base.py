@@ -1,14 +1,17 @@
 """The bus contract: ordered per-slot streams with one consumer group each, leases, atomic commits.
 
-Every stage has S slots. A slot is a stream (`<prefix>:<stage>:slot:<k>`) read by one consumer group (the stage
+Every stage has S slots. A slot is a stream (`ditto.keys.Keys.slot_stream`) read by one consumer group (the stage
 name). A worker may read a slot only while it holds the slot's lease (a key with a TTL, renewed by heartbeat).
 When a worker dies its leases expire; the next holder claims the dead worker's pending entries before reading
 new ones, so every session's entries are processed in order by one worker at a time.
 
-`commit` is the one write path of a worker: in one atomic step it appends the outputs downstream, stores session
-state, and acknowledges (and deletes) the inputs -- and it does nothing if the worker no longer holds the lease.
-So an entry is either fully processed or not at all, and a redelivered entry is recognised by (session, epoch,
-seq) in the stored checkpoint. Only acknowledged entries are ever deleted; nothing is trimmed unprocessed.
+`commit` is the one write path of a worker: it appends the outputs downstream, stores session state, and
+acknowledges (and deletes) the inputs -- and it does nothing if the worker no longer holds the lease. On one Redis
+that is one atomic step; on a Redis Cluster the outputs live in other hash slots, so it is one atomic step per slot,
+outputs first and the checkpoint + acknowledgement + lease check last, each step idempotent (markers name the last
+input applied), so a commit cut in the middle and redone never applies anything twice. An entry is processed
+completely or redone, and a redelivered entry is recognised by (session, epoch, seq) in the stored checkpoint. Only
+acknowledged entries are ever deleted; nothing is trimmed unprocessed.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import abc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ditto.keys import Keys
 from ditto_client.v1 import bus_pb2
 
 
@@ -96,6 +100,11 @@ class Commit:
     # Output streams that must not outlive their reader (a replica's frames stream): if the stream has no TTL when
     # the commit appends to it (it was gone and the append created it again), it gets this one (milliseconds).
     output_ttl_ms: dict[str, int] = field(default_factory=dict)
+    # The input this commit completes, (session id, entry id): with it, the outputs are appended and the state is
+    # written at most once per input (markers beside each stream name the last input applied), so a commit redone
+    # after a failure in the middle -- or a step retried after a connection reset -- never applies twice. Entry ids
+    # grow along a stream, and a session's entries at a stage all come through one slot stream.
+    input: tuple[str, str] | None = None
 
 
 class Bus(abc.ABC):
@@ -103,20 +112,8 @@ class Bus(abc.ABC):
 
     def __init__(self, prefix: str = "ditto", state_ttl_s: int = 3600) -> None:
         self.prefix = prefix
+        self.keys = Keys(prefix)  # every key name (ditto.keys)
         self.state_ttl_s = state_ttl_s
-
-    # ---- names ----
-    def slot_stream(self, stage: str, slot: int) -> str:
-        return f"{self.prefix}:{stage}:slot:{slot}"
-
-    def lease_key(self, stage: str, slot: int) -> str:
-        return f"{self.prefix}:{stage}:lease:{slot}"
-
-    def state_key(self, stage: str, session_id: str) -> str:
-        return f"{self.prefix}:{stage}:state:{session_id}"
-
-    def key(self, *parts: str) -> str:
-        return ":".join((self.prefix, *parts))
 
     # ---- streams ----
     @abc.abstractmethod
@@ -141,7 +138,8 @@ class Bus(abc.ABC):
 
     @abc.abstractmethod
     async def commit(self, group: str, commit: Commit, lease: tuple[str, str] | None = None) -> None:
-        """Apply a Commit atomically. With `lease=(lease_key, owner)`, only if owner still holds it (else LeaseLost)."""
+        """Apply a Commit (atomically per hash slot, see the module's doc). With `lease=(lease_key, owner)`, only if
+        owner still holds it (else LeaseLost, and nothing of the commit is applied)."""
 
     @abc.abstractmethod
     async def pending_count(self, stream: str, group: str) -> int:

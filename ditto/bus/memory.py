@@ -13,7 +13,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ditto.bus.base import Admission, AdmissionRequest, Bus, Commit, Delivery, LeaseLost, Reservation
+from ditto.keys import APPEND_MARKER, APPLIED_MARKER, beside
 from ditto_client.v1 import bus_pb2
+
+
+def _id(entry_id: str) -> tuple[int, int]:
+    ms, seq = entry_id.split("-", 1)
+    return int(ms), int(seq)
 
 
 @dataclass
@@ -46,6 +52,7 @@ class MemoryBus(Bus):
         self._members: dict[str, dict[str, float]] = {}  # key -> member -> monotonic expiry
         self._weighted: dict[str, dict[str, tuple[int, float]]] = {}  # key -> member -> (weight, monotonic expiry)
         self._counter = itertools.count(1)
+        self._last_ms = 0
         self._changed = asyncio.Condition()
 
     def _stream(self, name: str) -> _Stream:
@@ -62,7 +69,8 @@ class MemoryBus(Bus):
 
     def _append(self, stream: str, entry: bus_pb2.StreamEntry) -> str:
         seq = next(self._counter)
-        entry_id = f"{int(time.time() * 1000)}-{seq}"
+        self._last_ms = max(self._last_ms, int(time.time() * 1000))  # ids only grow, as on Redis (markers compare them)
+        entry_id = f"{self._last_ms}-{seq}"
         s = self._stream(stream)
         # Entries are stored serialised, as on Redis, so no consumer can mutate another's copy.
         s.entries[entry_id] = entry.SerializeToString()
@@ -137,17 +145,43 @@ class MemoryBus(Bus):
                 break
         return out
 
+    def _done(self, marker: str, input_id: str) -> bool:
+        """Whether the marker names `input_id` or a later input (see `Commit.input`); stream ids compare as numbers."""
+        held = self._state.get(marker)
+        if held is None or held[1] <= time.monotonic():
+            return False
+        return _id(input_id) <= _id(held[0].decode())
+
     async def commit(self, group: str, commit: Commit, lease: tuple[str, str] | None = None) -> None:
-        # No await before the last write: the whole commit happens in one step of the event loop (atomic).
+        # No await before the last write: the whole commit happens in one step of the event loop (atomic). The
+        # markers give a replayed commit the same effect as on Redis: applied once.
         if lease and self._lease_holder(lease[0]) != lease[1]:
             raise LeaseLost(f"lease {lease[0]} is no longer held by {lease[1]}")
+        sid, input_id = commit.input or ("", "")
+        expires = time.monotonic() + self.state_ttl_s
+        skipped: set[str] = set()
+        for stream in dict.fromkeys(s for s, _ in commit.outputs):
+            marker = beside(stream, APPEND_MARKER, group, sid)
+            if input_id and self._done(marker, input_id):
+                skipped.add(stream)
+            elif input_id:
+                self._state[marker] = (input_id.encode(), expires)
         for stream, entry in commit.outputs:
+            if stream in skipped:
+                continue
             self._append(stream, entry)
             ttl_ms = commit.output_ttl_ms.get(stream)
             if ttl_ms and self._streams[stream].expires_at is None:
                 self._streams[stream].expires_at = time.monotonic() + ttl_ms / 1000
-        expires = time.monotonic() + self.state_ttl_s
+        write_state = True
+        if input_id and commit.acks and commit.state:
+            applied = beside(commit.acks[0][0], APPLIED_MARKER, group, sid)
+            write_state = not self._done(applied, input_id)
+            if write_state:
+                self._state[applied] = (input_id.encode(), expires)
         for key, value in commit.state.items():
+            if not write_state:
+                break
             if value is None:
                 self._state.pop(key, None)
             else:

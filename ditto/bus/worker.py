@@ -78,26 +78,6 @@ class StageHandler(Protocol):
         ...
 
 
-def epoch_key(bus: Bus, session_id: str) -> str:
-    """The session's current epoch, written by the orchestrator on interrupt; older entries are stale."""
-    return bus.key("session", session_id, "epoch")
-
-
-def held_slots_key(bus: Bus, stage: str) -> str:
-    """Live-member set of the stage's slots that a worker holds (members: slot numbers), for placement."""
-    return bus.key(stage, "held")
-
-
-def workers_key(bus: Bus, stage: str) -> str:
-    """Live-member set of the stage's running workers (members: worker ids)."""
-    return bus.key(stage, "workers")
-
-
-def addresses_key(bus: Bus, stage: str) -> str:
-    """Live-member set of the gRPC addresses (`host:port`) the stage's workers serve on."""
-    return bus.key(stage, "addrs")
-
-
 @dataclass
 class WorkerSettings:
     slots: int = 64
@@ -183,21 +163,21 @@ class SlotWorker:
 
     # ---- slots ----
     async def _announce(self) -> None:
-        await self.bus.touch_member(workers_key(self.bus, self.stage), self.owner, self.s.lease_ttl_ms)
+        await self.bus.touch_member(self.bus.keys.workers(self.stage), self.owner, self.s.lease_ttl_ms)
 
     async def _live_workers(self) -> int:
         # One member per live worker, renewed with the slot leases: the cost does not grow with other keys.
-        return max(len(await self.bus.live_members(workers_key(self.bus, self.stage))), 1)
+        return max(len(await self.bus.live_members(self.bus.keys.workers(self.stage))), 1)
 
     async def _mark_held(self, slot: int) -> None:
-        await self.bus.touch_member(held_slots_key(self.bus, self.stage), str(slot), self.s.lease_ttl_ms)
+        await self.bus.touch_member(self.bus.keys.held_slots(self.stage), str(slot), self.s.lease_ttl_ms)
 
     async def _let_go(self, slot: int) -> None:
         self.held.discard(slot)
         for sid in [sid for sid, b in self._blocked.items() if b.slot == slot]:
             del self._blocked[sid]  # the slot's next holder claims those entries
-        await self.bus.remove_member(held_slots_key(self.bus, self.stage), str(slot))
-        await self.bus.release_lease(self.bus.lease_key(self.stage, slot), self.owner)
+        await self.bus.remove_member(self.bus.keys.held_slots(self.stage), str(slot))
+        await self.bus.release_lease(self.bus.keys.lease(self.stage, slot), self.owner)
 
     async def _rebalance(self) -> list[int]:
         """Acquire free slots up to this worker's share; give back surplus. Returns newly acquired slots."""
@@ -215,7 +195,7 @@ class SlotWorker:
                 break
             if slot in self.held:
                 continue
-            if await self.bus.acquire_lease(self.bus.lease_key(self.stage, slot), self.owner, self.s.lease_ttl_ms):
+            if await self.bus.acquire_lease(self.bus.keys.lease(self.stage, slot), self.owner, self.s.lease_ttl_ms):
                 self.held.add(slot)
                 acquired.append(slot)
                 await self._mark_held(slot)
@@ -233,13 +213,13 @@ class SlotWorker:
             try:
                 await self._announce()
                 for slot in list(self.held):
-                    if not await self.bus.renew_lease(self.bus.lease_key(self.stage, slot), self.owner,
+                    if not await self.bus.renew_lease(self.bus.keys.lease(self.stage, slot), self.owner,
                                                       self.s.lease_ttl_ms):
                         log.warning("lost slot lease", stage=self.stage, slot=slot)
                         self.held.discard(slot)
                         continue
                     await self._mark_held(slot)
-                    backlog = await self.bus.backlog(self.bus.slot_stream(self.stage, slot), self.stage)
+                    backlog = await self.bus.backlog(self.bus.keys.slot_stream(self.stage, slot), self.stage)
                     _pending.labels(self.stage, str(slot)).set(backlog)
                 self._forget_backlogs(keep=self.held)
             except BusError as err:
@@ -264,14 +244,14 @@ class SlotWorker:
         self.held.clear()
         self._forget_backlogs(keep=set())
         try:
-            await self.bus.remove_member(workers_key(self.bus, self.stage), self.owner)
+            await self.bus.remove_member(self.bus.keys.workers(self.stage), self.owner)
         except BusError:
             pass
         _slots.labels(self.stage).set(0)
 
     # ---- work ----
     def _slot_of(self, stream: str) -> int:
-        return int(stream.rsplit(":", 1)[1])
+        return self.bus.keys.slot_of(stream)
 
     async def _step(self) -> None:
         for slot in await self._rebalance():
@@ -290,7 +270,7 @@ class SlotWorker:
         if not self.held:
             await asyncio.sleep(self.s.block_ms / 1000)
             return
-        streams = [self.bus.slot_stream(self.stage, k) for k in sorted(self.held)]
+        streams = [self.bus.keys.slot_stream(self.stage, k) for k in sorted(self.held)]
         deliveries = await self.bus.read(self.stage, self.owner, streams, count=self.s.batch_entries,
                                          block_ms=self.s.block_ms)
         if deliveries:
@@ -298,7 +278,7 @@ class SlotWorker:
 
     async def _reclaim(self, slot: int, check_first: bool = True) -> None:
         """Claim the slot's pending entries, oldest first, until none is left (or the rest must wait for a retry)."""
-        stream = self.bus.slot_stream(self.stage, slot)
+        stream = self.bus.keys.slot_stream(self.stage, slot)
         total = 0
         for _ in range(64):  # bounded: 64 x claim_batch entries per call; the next check takes the rest
             if slot not in self.held or (check_first and await self.bus.pending_count(stream, self.stage) == 0):
@@ -349,13 +329,14 @@ class SlotWorker:
                 # A backlog is still queued: let entries that arrived meanwhile (a session that just started) into
                 # the next rounds instead of behind the whole backlog. Bounded, so rebalancing and reclaims still
                 # get their turn between steps.
-                streams = [self.bus.slot_stream(self.stage, k) for k in sorted(self.held)]
+                streams = [self.bus.keys.slot_stream(self.stage, k) for k in sorted(self.held)]
                 await self._admit(rounds, await self.bus.read(self.stage, self.owner, streams,
                                                               count=self.s.batch_entries, block_ms=0))
 
     async def _admit(self, rounds: RoundScheduler, deliveries: list[Delivery]) -> None:
         """Hand read entries to the scheduler, with the checkpoints of the sessions it has not seen."""
-        marks = {sid: await self._session_marks(sid) for sid in rounds.unknown_sessions(deliveries)}
+        slot_of = {d.entry.session_id: self._slot_of(d.stream) for d in reversed(deliveries)}
+        marks = {sid: await self._session_marks(sid, slot_of[sid]) for sid in rounds.unknown_sessions(deliveries)}
         rounds.add(deliveries, marks)
 
     async def _process(self, items: list[WorkItem]) -> list[WorkResult | None]:
@@ -375,13 +356,14 @@ class SlotWorker:
                 self._on_error(err)
         return await self._one_by_one(items)
 
-    async def _session_marks(self, sid: str) -> tuple[bus_pb2.StageCheckpoint, int]:
-        """The session's checkpoint at this stage and the orchestrator's epoch floor for it."""
-        raw = await self.bus.get_state(self.bus.state_key(self.stage, sid))
+    async def _session_marks(self, sid: str, slot: int) -> tuple[bus_pb2.StageCheckpoint, int]:
+        """The session's checkpoint at this stage (kept on the tag of the slot it is placed on) and the
+        orchestrator's epoch floor for it."""
+        raw = await self.bus.get_state(self.bus.keys.checkpoint(self.stage, slot, sid))
         cp = bus_pb2.StageCheckpoint()
         if raw:
             cp.ParseFromString(raw)
-        floor = await self.bus.get_state(epoch_key(self.bus, sid))
+        floor = await self.bus.get_state(self.bus.keys.epoch(sid))
         return cp, int(floor) if floor else 0
 
     async def _on_gap(self, gap: Gap) -> None:
@@ -428,12 +410,14 @@ class SlotWorker:
                                     created_unix_ms=int(time.time() * 1000))
         frames = e.route.get("frames", "frames")
         cp = bus_pb2.StageCheckpoint(epoch=e.epoch, next_seq=_POISONED_SEQ)
-        commit = Commit(outputs=[(frames, error)], acks=[(d.stream, d.entry_id)],
-                        state={self.bus.state_key(self.stage, e.session_id): cp.SerializeToString()},
-                        output_ttl_ms={frames: self.s.frames_ttl_ms})
         slot = self._slot_of(d.stream)
+        # No `input`: an earlier, cut-off commit of this same entry may have left an append marker, and the error
+        # must reach the client whatever the markers say (a second ERROR entry is harmless: the first ends it).
+        commit = Commit(outputs=[(frames, error)], acks=[(d.stream, d.entry_id)],
+                        state={self.bus.keys.checkpoint(self.stage, slot, e.session_id): cp.SerializeToString()},
+                        output_ttl_ms={frames: self.s.frames_ttl_ms})
         try:
-            await self.bus.commit(self.stage, commit, lease=(self.bus.lease_key(self.stage, slot), self.owner))
+            await self.bus.commit(self.stage, commit, lease=(self.bus.keys.lease(self.stage, slot), self.owner))
         except LeaseLost:
             self.held.discard(slot)
             return
@@ -464,7 +448,7 @@ class SlotWorker:
         slot = self._slot_of(d.stream)
         try:
             await self.bus.commit(self.stage, Commit(acks=[(d.stream, d.entry_id)]),
-                                  lease=(self.bus.lease_key(self.stage, slot), self.owner))
+                                  lease=(self.bus.keys.lease(self.stage, slot), self.owner))
             _processed.labels(self.stage, "skipped").inc()
         except LeaseLost:
             self.held.discard(slot)
@@ -489,7 +473,10 @@ class SlotWorker:
         new.CopyFrom(cp)
         if item.new_epoch or cp.ByteSize() == 0:
             new.epoch, new.next_seq, new.out_seq = e.epoch, 0, 0
-        commit = Commit(acks=[(item.delivery.stream, item.delivery.entry_id)])
+        # `input` makes the commit idempotent: redone after a failure half-way (on a Redis Cluster its outputs and its
+        # checkpoint are separate steps), nothing is appended or written twice.
+        commit = Commit(acks=[(item.delivery.stream, item.delivery.entry_id)],
+                        input=(e.session_id, item.delivery.entry_id))
         now_ms = int(time.time() * 1000)
         for out in result.outputs:
             stream = e.route.get(out.target, out.target)
@@ -505,11 +492,11 @@ class SlotWorker:
         new.next_seq = e.seq + 1
         if result.state is not None:
             new.state = result.state
-        key = self.bus.state_key(self.stage, e.session_id)
-        commit.state[key] = None if result.close else new.SerializeToString()
         slot = self._slot_of(item.delivery.stream)
+        key = self.bus.keys.checkpoint(self.stage, slot, e.session_id)
+        commit.state[key] = None if result.close else new.SerializeToString()
         try:
-            await self.bus.commit(self.stage, commit, lease=(self.bus.lease_key(self.stage, slot), self.owner))
+            await self.bus.commit(self.stage, commit, lease=(self.bus.keys.lease(self.stage, slot), self.owner))
         except LeaseLost:
             log.warning("lease lost before commit; the new holder redoes the entry", stage=self.stage, slot=slot)
             self.held.discard(slot)

@@ -16,9 +16,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from ditto import rpc, telemetry
-from ditto.avatar_keys import info_key, quota_key, source_key
 from ditto.bus import Bus, BusError, Reservation
-from ditto.bus.worker import addresses_key
 from ditto.media import MediaError, short
 from ditto.media.pool import Decoder
 from ditto.media.visual import DEFAULT_MAX_SIZE, MediaLimits, NormalisedMedia
@@ -58,7 +56,7 @@ class GrpcRegistrar(Registrar):
     async def _addresses(self) -> list[str]:
         if self.address:
             return [self.address]
-        return await self.bus.live_members(addresses_key(self.bus, "renderer"))
+        return await self.bus.live_members(self.bus.keys.addresses("renderer"))
 
     async def register(self, request: renderer_pb2.RegisterSourceRequest) -> renderer_pb2.RegisterSourceResponse:
         addresses = await self._addresses()
@@ -120,7 +118,7 @@ class AvatarRegistry:
                                                     crop=request.crop, tenant_id=tenant.id)
         record = source.SerializeToString(deterministic=True)
         # counted and weighed before the renderer works: a tenant at its quota costs no registration
-        held = await self.bus.reserve(quota_key(self.bus, tenant.id), _member(record), len(record),
+        held = await self.bus.reserve(self.bus.keys.avatar_quota(tenant.id), _member(record), len(record),
                                       tenant.max_avatars, tenant.max_avatar_bytes, AVATAR_TTL_S * 1000)
         if held.refused:
             raise RegistrationError(grpc.StatusCode.RESOURCE_EXHAUSTED, self._refusal(tenant, held, len(record)))
@@ -129,12 +127,12 @@ class AvatarRegistry:
         except BaseException:
             if not held.existed:  # its place is given back (the original error is what the caller hears)
                 with contextlib.suppress(BusError):
-                    await self.bus.unreserve(quota_key(self.bus, tenant.id), _member(record))
+                    await self.bus.unreserve(self.bus.keys.avatar_quota(tenant.id), _member(record))
             raise
-        existed = await self.bus.get_state(info_key(self.bus, tenant.id, info.avatar_id)) is not None
+        existed = await self.bus.get_state(self.bus.keys.avatar_info(tenant.id, info.avatar_id)) is not None
         info.already_registered = existed
-        await self.bus.set_state(source_key(self.bus, tenant.id, info.avatar_id), record, AVATAR_TTL_S)
-        await self.bus.set_state(info_key(self.bus, tenant.id, info.avatar_id), info.SerializeToString(),
+        await self.bus.set_state(self.bus.keys.avatar_source(tenant.id, info.avatar_id), record, AVATAR_TTL_S)
+        await self.bus.set_state(self.bus.keys.avatar_info(tenant.id, info.avatar_id), info.SerializeToString(),
                                  AVATAR_TTL_S)
         return info
 
@@ -148,7 +146,7 @@ class AvatarRegistry:
                 "avatar with DeleteAvatar first, or send a smaller or shorter source")
 
     async def get(self, tenant: str, avatar_id: str) -> renderer_pb2.RegisterSourceResponse | None:
-        raw = await self.bus.get_state(info_key(self.bus, tenant, avatar_id)) if avatar_id else None
+        raw = await self.bus.get_state(self.bus.keys.avatar_info(tenant, avatar_id)) if avatar_id else None
         if raw is None:
             return None
         info = renderer_pb2.RegisterSourceResponse()
@@ -158,10 +156,10 @@ class AvatarRegistry:
     async def delete(self, tenant: str, avatar_id: str) -> bool:
         if await self.get(tenant, avatar_id) is None:
             return False
-        record = await self.bus.get_state(source_key(self.bus, tenant, avatar_id))
-        await self.bus.set_state(info_key(self.bus, tenant, avatar_id), None)
-        await self.bus.set_state(source_key(self.bus, tenant, avatar_id), None)
+        record = await self.bus.get_state(self.bus.keys.avatar_source(tenant, avatar_id))
+        await self.bus.set_state(self.bus.keys.avatar_info(tenant, avatar_id), None)
+        await self.bus.set_state(self.bus.keys.avatar_source(tenant, avatar_id), None)
         if record is not None:
-            await self.bus.unreserve(quota_key(self.bus, tenant), _member(record))
+            await self.bus.unreserve(self.bus.keys.avatar_quota(tenant), _member(record))
         await self.registrar.forget(avatar_id)
         return True

@@ -25,6 +25,9 @@ class OrchestratorSettings(Settings):
                                   description="largest RegisterAvatar media; below max_message_bytes so it fires")
     max_render_audio_bytes: int = Field(24 * 1024 * 1024, ge=1024, description="largest Render audio file")
     max_render_audio_s: int = Field(600, ge=1, description="longest audio of one Render job")
+    frames_shards: int = Field(12, ge=1, le=64, description="frames streams of this replica (a session's frames go "
+                               "to one): on a Redis Cluster they spread the frames, most of the traffic, over the "
+                               "primaries (12 splits evenly over 2, 3, 4 or 6 of them)")
     frames_stream_ttl_s: int = Field(60, ge=4, description="TTL of this replica's frames stream in Redis, refreshed "
                                      "every ttl/4 while it runs: what a killed replica leaves is gone after it")
     bus_outage_s: float = Field(15.0, gt=0, le=50, description="how long sessions ride out a session store (Redis) "

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 from ditto.bus import Bus
 from ditto.bus.base import Admission, AdmissionRequest, StageSlots
-from ditto.bus.worker import held_slots_key, workers_key
 
 STAGES = ("audio_encoder", "motion_generator", "renderer")
 PLACEMENT_TTL_S = 15
@@ -34,7 +33,7 @@ class Placement:
     slots: dict[str, int]
 
     def route(self, bus: Bus, frames_stream: str) -> dict[str, str]:
-        r = {stage: bus.slot_stream(stage, slot) for stage, slot in self.slots.items()}
+        r = {stage: bus.keys.slot_stream(stage, slot) for stage, slot in self.slots.items()}
         r["frames"] = frames_stream
         return r
 
@@ -57,9 +56,9 @@ def choose_slot(owners: dict[int, str], load: dict[int, int], sessions_per_slot:
 
 
 class Placer:
-    """Placements live in one live-member set per stage (`<prefix>:placement:<stage>`, members `"<slot>:<session>"`)
-    and the slots workers hold in another (`<prefix>:<stage>:held`): admission reads those sets and the slots'
-    leases, so its cost does not grow with unrelated keys in the store."""
+    """Placements live in one live-member set per stage (`Keys.placements`, members `"<slot>:<session>"`) and the
+    slots workers hold in another (`Keys.held_slots`), all under the admission hash tag (ditto.keys): admission reads
+    those sets and the slots' leases, so its cost does not grow with unrelated keys in the store."""
 
     def __init__(self, bus: Bus, slots: int, sessions_per_slot: int) -> None:
         self.bus = bus
@@ -68,7 +67,7 @@ class Placer:
         self._lock = asyncio.Lock()  # one admission at a time through this placer (see `admit`)
 
     def load_key(self, stage: str) -> str:
-        return self.bus.key("placement", stage)
+        return self.bus.keys.placements(stage)
 
     async def stage_slots(self) -> tuple[StageSlots, ...]:
         """Where admission looks for each stage's capacity, with the preferred slots in order."""
@@ -77,25 +76,25 @@ class Placer:
             held = await self.held_slots(stage)
             owners = await self.slot_owners(stage, held)
             preference = slot_preference(owners, await self.load(stage), self.sessions_per_slot)
-            out.append(StageSlots(stage, held_slots_key(self.bus, stage), self.load_key(stage), tuple(preference)))
+            out.append(StageSlots(stage, self.bus.keys.held_slots(stage), self.load_key(stage), tuple(preference)))
         return tuple(out)
 
     async def slot_owners(self, stage: str, held: list[int] | None = None) -> dict[int, str]:
         """Held slots and the worker holding each (the lease's value is the worker's id)."""
         owners: dict[int, str] = {}
         for slot in held if held is not None else await self.held_slots(stage):
-            owner = await self.bus.lease_owner(self.bus.lease_key(stage, slot))
+            owner = await self.bus.lease_owner(self.bus.keys.lease(stage, slot))
             if owner is not None:
                 owners[slot] = owner
         return owners
 
     async def held_slots(self, stage: str) -> list[int]:
-        members = await self.bus.live_members(held_slots_key(self.bus, stage))
+        members = await self.bus.live_members(self.bus.keys.held_slots(stage))
         return sorted(int(m) for m in members if int(m) < self.slots)
 
     async def live_workers(self, stage: str) -> list[str]:
         """The ids of the stage's running workers (their presence on the bus, renewed with their leases)."""
-        return await self.bus.live_members(workers_key(self.bus, stage))
+        return await self.bus.live_members(self.bus.keys.workers(stage))
 
     async def load(self, stage: str) -> dict[int, int]:
         counts: dict[int, int] = {}
@@ -117,8 +116,8 @@ class Placer:
     async def place(self, session_id: str) -> Placement:
         """Capacity only, no tenant quota (what the quota-free callers and the placement tests use); raises
         NoCapacity with a retry hint when a stage has no worker or no room."""
-        admission = await self.admit(session_id, sessions_key=self.bus.key("placement", "sessions"),
-                                     max_sessions=1 << 30, used_key=self.bus.key("placement", "used"), max_seconds=0,
+        admission = await self.admit(session_id, sessions_key=self.bus.keys.unmetered_sessions(), max_sessions=1 << 30,
+                                     used_key=self.bus.keys.unmetered_seconds_used(), max_seconds=0,
                                      ttl_ms=PLACEMENT_TTL_S * 1000)
         if admission.refused:
             raise self.refusal(admission)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+import zlib
 from collections.abc import AsyncIterator
 
 import grpc
@@ -36,17 +37,6 @@ _workers = telemetry.gauge("ditto_stage_workers", "Live workers of each stage, a
 
 
 STORE_MARKER_TTL_S = 7 * 24 * 3600  # refreshed on every frames read; outlives any pause of the replica
-
-
-def replicas_key(bus: Bus) -> str:
-    """Live-member set of the running orchestrator replicas (members: replica ids)."""
-    return bus.key("orchestrators")
-
-
-def store_marker_key(bus: Bus, replica: str) -> str:
-    """A counter this replica keeps at 1 in the session store while it runs: found missing (0), the store lost its data
-    (Redis restarted empty, or failed over to a replica that had not caught up) and with it every open session's."""
-    return bus.key("orchestrator", replica, "store")
 
 
 def count_refusal(err: BaseException) -> None:
@@ -80,23 +70,33 @@ class Orchestrator:
         self.avatars = AvatarRegistry(bus, registrar, self.decoder,
                                       MediaLimits(m.max_image_pixels, m.max_video_frames, m.max_video_s))
         self.sessions: dict[str, Session] = {}
-        self.frames_stream = bus.key("frames", settings.replica_id())
-        self.replicas_key = replicas_key(bus)
+        self.frames_streams = self._frames_streams(settings.replica_id())
+        self.replicas_key = bus.keys.replicas()
         # CPU-heavy request work (Render's audio decode, MP4 muxing) runs in threads, this many at once
         self.heavy = asyncio.Semaphore(settings.max_concurrent_decodes)
-        self.store_marker = store_marker_key(bus, settings.replica_id())
+        self.store_marker = bus.keys.store_marker(settings.replica_id())
         self._dispatcher: asyncio.Task | None = None
         self._keeper: asyncio.Task | None = None
+
+    def _frames_streams(self, replica: str) -> list[str]:
+        n = self.settings.frames_shards
+        return [self.bus.keys.frames_stream(replica, k, n) for k in range(n)]
+
+    def frames_stream_of(self, session_id: str) -> str:
+        """The frames stream of this replica that a session's frames come back on (stable per session)."""
+        return self.frames_streams[zlib.crc32(session_id.encode()) % len(self.frames_streams)]
 
     async def start(self) -> None:
         # A replica that died without stopping (SIGKILL, node loss) left its frames stream behind: its heartbeat
         # stopped, so its member in the replicas set expired. Delete those streams, and this replica id's own
         # stream of an earlier life (the sessions that read it are gone); the TTL covers whatever this misses.
         for dead in await self.bus.reap_members(self.replicas_key):
-            await self.bus.delete_stream(self.bus.key("frames", dead))
-            log.info("deleted the frames stream of a dead replica", replica=dead)
-        await self.bus.delete_stream(self.frames_stream)
-        await self.bus.ensure_group(self.frames_stream, "orchestrator")
+            for stream in self._frames_streams(dead):
+                await self.bus.delete_stream(stream)
+            log.info("deleted the frames streams of a dead replica", replica=dead)
+        for stream in self.frames_streams:
+            await self.bus.delete_stream(stream)
+            await self.bus.ensure_group(stream, "orchestrator")
         await self.bus.set_state(self.store_marker, b"1", STORE_MARKER_TTL_S)
         await self._keep_frames_stream()
         self._dispatcher = asyncio.create_task(self._dispatch_frames())
@@ -107,11 +107,12 @@ class Orchestrator:
         `frames_stream_ttl_s` of a crash)."""
         ttl_ms = self.settings.frames_stream_ttl_s * 1000
         await self.bus.touch_member(self.replicas_key, self.settings.replica_id(), ttl_ms)
-        if not await self.bus.expire_stream(self.frames_stream, ttl_ms):
-            # gone (Redis restarted empty, or the TTL ran out while Redis was away): create it and its group again
-            await self.bus.delete_stream(self.frames_stream)
-            await self.bus.ensure_group(self.frames_stream, "orchestrator")
-            await self.bus.expire_stream(self.frames_stream, ttl_ms)
+        for stream in self.frames_streams:
+            if not await self.bus.expire_stream(stream, ttl_ms):
+                # gone (Redis restarted empty, or the TTL ran out while Redis was away): create it and its group again
+                await self.bus.delete_stream(stream)
+                await self.bus.ensure_group(stream, "orchestrator")
+                await self.bus.expire_stream(stream, ttl_ms)
 
     async def _heartbeat(self) -> None:
         while True:
@@ -130,7 +131,8 @@ class Orchestrator:
                 task.cancel()
         try:
             await self.bus.remove_member(self.replicas_key, self.settings.replica_id())
-            await self.bus.delete_stream(self.frames_stream)
+            for stream in self.frames_streams:
+                await self.bus.delete_stream(stream)
         except BusError as err:  # Redis away: the TTL removes the stream
             log.warning("frames stream left to expire", error=str(err))
 
@@ -163,7 +165,7 @@ class Orchestrator:
                     await self._fail_all("the session store (Redis) lost its data (restarted empty, or failed over "
                                          "to a replica that had not caught up), so this session is unavailable; "
                                          "start a new session")
-                got = await self.bus.read("orchestrator", self.settings.replica_id(), [self.frames_stream],
+                got = await self.bus.read("orchestrator", self.settings.replica_id(), self.frames_streams,
                                           count=256, block_ms=200)
                 for d in got:
                     session = self.sessions.get(d.entry.session_id)

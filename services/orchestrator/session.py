@@ -21,7 +21,6 @@ import numpy as np
 from ditto import codec, telemetry
 from ditto.bus.base import BusError
 from ditto.bus.retry import retry_bus
-from ditto.bus.worker import epoch_key
 from ditto.look_ahead import audio_look_ahead_ms
 from ditto.redaction import redact
 from ditto_client.v1 import avatar_pb2, bus_pb2, common_pb2, renderer_pb2
@@ -190,7 +189,7 @@ class Session:
 
     def __post_init__(self) -> None:
         s = self.orch.settings
-        self.route = self.placement.route(self.orch.bus, self.orch.frames_stream)
+        self.route = self.placement.route(self.orch.bus, self.orch.frames_stream_of(self.session_id))
         self.epoch = 0
         self.seq = 0
         self.counters = _EpochCounters()
@@ -421,7 +420,7 @@ class Session:
         self.spans = []  # the motion stage starts the new epoch with the session's overall controls only
         self.epoch += 1
         self.seq = 0
-        await retry_bus(lambda: self.orch.bus.set_state(epoch_key(self.orch.bus, self.session_id),
+        await retry_bus(lambda: self.orch.bus.set_state(self.orch.bus.keys.epoch(self.session_id),
                                                         str(self.epoch).encode(), self.orch.bus.state_ttl_s),
                         self.orch.settings.bus_outage_s, "epoch")
         self.epoch_base[self.epoch] = self.last_sent_index + 1
@@ -709,7 +708,7 @@ class Session:
         try:
             self.epoch += 1  # everything still queued for this session is stale now
             self.seq = 0
-            await self.orch.bus.set_state(epoch_key(self.orch.bus, self.session_id), str(self.epoch).encode(), 600)
+            await self.orch.bus.set_state(self.orch.bus.keys.epoch(self.session_id), str(self.epoch).encode(), 600)
             await self._publish(bus_pb2.ENTRY_KIND_CLOSE)
             await self.orch.quotas.release(self.tenant.id, self.session_id, time.monotonic() - self.started_at)
             await self.orch.placer.release(self.session_id, self.placement)

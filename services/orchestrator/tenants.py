@@ -135,17 +135,18 @@ class TenantDirectory:
 
 
 class Quotas:
-    """A tenant's live sessions are members of one live-member set (`<prefix>:tenant:<id>:sessions`) refreshed by
-    each session; a crashed replica's sessions expire. The check and the count happen in `Bus.admit`, atomically."""
+    """A tenant's live sessions are members of one live-member set (`Keys.tenant_sessions`, under the admission hash
+    tag) refreshed by each session; a crashed replica's sessions expire. The check and the count happen in
+    `Bus.admit`, atomically."""
 
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
 
     def sessions_key(self, tenant: str) -> str:
-        return self.bus.key("tenant", tenant, "sessions")
+        return self.bus.keys.tenant_sessions(tenant)
 
     def used_key(self, tenant: str) -> str:
-        return self.bus.key("tenant", tenant, "seconds_used")
+        return self.bus.keys.tenant_seconds_used(tenant)
 
     async def active(self, tenant: str) -> list[str]:
         return await self.bus.live_members(self.sessions_key(tenant))

@@ -3,7 +3,7 @@ decode -> paste-back and encoding per session -> frames to the orchestrator.
 
 A session is a `RenderSession`; its checkpoint is only the session spec and a frame counter. The heavy per-avatar
 tensors live in the core's avatar cache and are rebuilt from the avatar's source media (kept on the bus by the
-orchestrator, `ditto.avatar_keys.source_key`) on a miss, so any worker can take a session over. A new worker starts
+orchestrator, `ditto.keys.Keys.avatar_source`) on a miss, so any worker can take a session over. A new worker starts
 a fresh H.264 stream with a key frame.
 """
 
@@ -17,7 +17,6 @@ import grpc
 import numpy as np
 
 from ditto import codec
-from ditto.avatar_keys import source_key
 from ditto.bus import Bus
 from ditto.bus.worker import Output
 from ditto.stage_runtime import FRAMES, forward
@@ -53,7 +52,7 @@ class RendererStage:
         avatar = await asyncio.to_thread(self.core.avatar, spec.avatar_id)
         if avatar is not None:
             return avatar
-        raw = await self.bus.get_state(source_key(self.bus, spec.tenant_id, spec.avatar_id))
+        raw = await self.bus.get_state(self.bus.keys.avatar_source(spec.tenant_id, spec.avatar_id))
         if raw is None:
             return None
         req = renderer_pb2.RegisterSourceRequest()

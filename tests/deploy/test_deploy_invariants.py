@@ -28,8 +28,8 @@ from deploy_support import (
     workloads,
 )
 
-from ditto.bus.memory import MemoryBus
 from ditto.config import STAGES, Settings, load_settings
+from ditto.keys import Keys
 
 # Drain budget a stage worker needs after SIGTERM: finish the chunks in flight, acknowledge, checkpoint, release
 # the leases. A chunk is 200 ms of audio; 30 s is the budget the manifests promise to leave.
@@ -490,8 +490,7 @@ def test_keda_watches_every_slot_stream_of_each_stage(overlay):
                 assert rest == f"{namespace}.svc.cluster.local", f"{host}: not resolvable from the KEDA namespace"
                 assert service in by_kind(objs, "Service") and int(port) == 6379
             streams.append(meta["stream"])
-        # the kernel's names for the slot streams, whatever their scheme
-        assert streams == [MemoryBus(prefix=settings.bus.prefix).slot_stream(stage, k) for k in range(slots)]
+        assert streams == [Keys(settings.bus.prefix).slot_stream(stage, k) for k in range(slots)]
         assert pod_spec(deployment)["containers"][0]["envFrom"][0]["configMapRef"]["name"] == "ditto-config"
 
 

@@ -32,9 +32,9 @@ class Run:
 
     def __init__(self, bus: Bus, handler, **settings) -> None:
         self.bus = bus
-        self.stream = bus.slot_stream(STAGE, 0)
-        self.out = bus.key("out")
-        self.frames = bus.key("frames")
+        self.stream = bus.keys.slot_stream(STAGE, 0)
+        self.out = bus.keys.key("out")
+        self.frames = bus.keys.key("frames")
         self.worker = SlotWorker(bus, handler, "w1", WorkerSettings(slots=1, **{**FAST, **settings}))
         self.task: asyncio.Task | None = None
 

@@ -10,6 +10,7 @@ from hardening_helpers import config, portrait_png, service_over, speech_pcm16
 from redis_processes import Orchestrator, PrivateRedis
 
 from ditto.bus import RedisBus
+from ditto.keys import Keys
 from ditto_client.v1 import avatar_pb2
 
 UNRELATED_KEYS = 20_000
@@ -47,7 +48,7 @@ def test_a_killed_orchestrators_frames_stream_expires_and_a_restart_cleans_it(tm
     redis = PrivateRedis()
     try:
         env = {"REDIS_URL": redis.url, "DITTO_ORCHESTRATOR_ID": "orch-x", "DITTO_FRAMES_STREAM_TTL_S": "4"}
-        stream = "ditto:frames:orch-x"
+        stream = Keys("ditto").frames_stream("orch-x", 0, 12)  # the first of its 12 (the default) frames streams
         client = redis.client()
         first = Orchestrator(tmp_path / "first.log", env)
         ttl = client.pttl(stream)
@@ -64,7 +65,7 @@ def test_a_killed_orchestrators_frames_stream_expires_and_a_restart_cleans_it(tm
         while client.exists(stream):
             assert time.monotonic() < deadline, "a killed replica's frames stream is still there after its TTL"
             time.sleep(0.1)
-        assert client.zcard("ditto:orchestrators") <= 1  # its presence expires with it
+        assert client.zcard(Keys("ditto").replicas()) <= 1  # its presence expires with it
     finally:
         redis.stop()
 
@@ -78,10 +79,11 @@ def test_a_replica_that_never_comes_back_is_cleaned_by_the_next_one_to_start(tmp
         dead = Orchestrator(tmp_path / "dead.log", {"REDIS_URL": redis.url, "DITTO_ORCHESTRATOR_ID": "orch-dead",
                                                     "DITTO_FRAMES_STREAM_TTL_S": "60"})
         dead.kill()
-        client.persist("ditto:frames:orch-dead")  # as an orchestrator of today's code left it: no TTL
-        client.zadd("ditto:orchestrators", {"orch-dead": 0})  # and its presence long expired
+        # as an orchestrator of an older version left it: no TTL
+        client.persist(Keys("ditto").frames_stream("orch-dead", 0, 12))
+        client.zadd(Keys("ditto").replicas(), {"orch-dead": 0})  # and its presence long expired
         other = Orchestrator(tmp_path / "other.log", {"REDIS_URL": redis.url, "DITTO_ORCHESTRATOR_ID": "orch-new"})
-        assert not client.exists("ditto:frames:orch-dead")
+        assert not client.exists(Keys("ditto").frames_stream("orch-dead", 0, 12))
         other.kill(15)
     finally:
         redis.stop()

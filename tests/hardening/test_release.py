@@ -261,7 +261,7 @@ async def test_interrupts_and_controls_do_not_bypass_backpressure():
     in 1.1 s and grew Redis by 139 MB)."""
     async with embedded_service() as (stub, orch):
         bus = orch.bus
-        streams = [bus.slot_stream(stage, k) for stage in ("audio_encoder", "motion_generator", "renderer")
+        streams = [bus.keys.slot_stream(stage, k) for stage in ("audio_encoder", "motion_generator", "renderer")
                    for k in range(orch.settings.bus.slots)]
 
         async def backlog() -> int:
@@ -282,6 +282,7 @@ async def test_interrupts_and_controls_do_not_bypass_backpressure_over_redis(tmp
 
     import redis.asyncio as aioredis
 
+    from ditto.keys import Keys
     from ditto_app.cluster import LocalCluster
 
     url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -290,7 +291,7 @@ async def test_interrupts_and_controls_do_not_bypass_backpressure_over_redis(tmp
     r = aioredis.Redis.from_url(url)
     try:
         await asyncio.to_thread(cluster.start, 300)
-        streams = [f"{prefix}:{stage}:slot:{k}" for stage in ("audio_encoder", "motion_generator", "renderer")
+        streams = [Keys(prefix).slot_stream(stage, k) for stage in ("audio_encoder", "motion_generator", "renderer")
                    for k in range(2)]
 
         async def backlog() -> int:

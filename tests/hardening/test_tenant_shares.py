@@ -14,7 +14,6 @@ import pytest
 from hardening_helpers import config, portrait_png, service_over, tenants_file
 from serving_helpers import embedded_service
 
-from ditto.avatar_keys import source_key
 from ditto_client.v1 import avatar_pb2
 from services.orchestrator.tenants import TenantDirectory
 from tools.hostile import jpeg_with_icc_profile
@@ -91,7 +90,7 @@ async def test_stored_avatars_are_normalised_copies_counted_against_a_quota(bus,
         for jpeg in jpegs[:3]:
             reply = await stub.RegisterAvatar(avatar_pb2.RegisterAvatarRequest(media=jpeg, filename="p.jpg"),
                                               metadata=MALLORY, timeout=120)
-            stored = await orch.bus.get_state(source_key(orch.bus, "mallory", reply.avatar_id))
+            stored = await orch.bus.get_state(orch.bus.keys.avatar_source("mallory", reply.avatar_id))
             assert stored is not None and len(stored) < 20_000, f"{len(stored or b'')} bytes stored for an 80x80 face"
             assert b"ICC_PROFILE" not in stored
             ids.append(reply.avatar_id)

@@ -16,7 +16,7 @@ from sum_stage import STAGE, RunningSum
 
 from ditto import codec
 from ditto.bus import Bus, Commit, LeaseLost, RedisBus
-from ditto.bus.worker import SlotWorker, WorkerSettings, epoch_key
+from ditto.bus.worker import SlotWorker, WorkerSettings
 from ditto_client.v1 import bus_pb2
 
 HERE = Path(__file__).parent
@@ -32,7 +32,7 @@ def entry(session: str, seq: int, x: int = 0, epoch: int = 0, out_stream: str = 
 
 
 async def test_read_preserves_order_per_stream_and_session(bus):
-    s = bus.slot_stream("stage", 0)
+    s = bus.keys.slot_stream("stage", 0)
     await bus.ensure_group(s, "stage")
     for i in range(20):
         await bus.publish(s, entry(f"sess{i % 3}", i // 3, x=i))
@@ -49,7 +49,7 @@ async def test_read_preserves_order_per_stream_and_session(bus):
 
 
 async def test_read_blocks_until_publish(bus):
-    s = bus.slot_stream("stage", 1)
+    s = bus.keys.slot_stream("stage", 1)
     await bus.ensure_group(s, "stage")
     assert await bus.read("stage", "c1", [s], block_ms=50) == []
 
@@ -66,7 +66,7 @@ async def test_read_blocks_until_publish(bus):
 
 
 async def test_commit_is_atomic_and_trims_only_acknowledged(bus):
-    s, out = bus.slot_stream("stage", 0), bus.slot_stream("next", 0)
+    s, out = bus.keys.slot_stream("stage", 0), bus.keys.slot_stream("next", 0)
     await bus.ensure_group(s, "stage")
     assert await bus.oldest_entry(s) is None
     for i in range(3):
@@ -85,8 +85,8 @@ async def test_commit_is_atomic_and_trims_only_acknowledged(bus):
 
 
 async def test_commit_refused_without_lease_writes_nothing(bus):
-    s, out = bus.slot_stream("stage", 0), bus.slot_stream("next", 0)
-    lease = bus.lease_key("stage", 0)
+    s, out = bus.keys.slot_stream("stage", 0), bus.keys.slot_stream("next", 0)
+    lease = bus.keys.lease("stage", 0)
     await bus.ensure_group(s, "stage")
     await bus.publish(s, entry("a", 0, 1))
     got = await bus.read("stage", "c1", [s])
@@ -100,7 +100,7 @@ async def test_commit_refused_without_lease_writes_nothing(bus):
 
 
 async def test_leases_are_exclusive_renewable_and_expire(bus):
-    key = bus.lease_key("stage", 3)
+    key = bus.keys.lease("stage", 3)
     assert await bus.acquire_lease(key, "a", 300)
     assert not await bus.acquire_lease(key, "b", 300)
     assert await bus.renew_lease(key, "a", 300)
@@ -113,7 +113,7 @@ async def test_leases_are_exclusive_renewable_and_expire(bus):
 
 
 async def test_claim_takes_over_pending_entries_of_a_dead_consumer(bus):
-    s = bus.slot_stream("stage", 0)
+    s = bus.keys.slot_stream("stage", 0)
     await bus.ensure_group(s, "stage")
     for i in range(4):
         await bus.publish(s, entry("a", i, i))
@@ -159,7 +159,7 @@ async def _publish_sessions(bus: Bus, slots: int, n: int, out: str) -> dict[str,
         slot = sess_idx % slots
         xs = [int(v) for v in np.random.default_rng(sess_idx).integers(1, 100, n)]
         expected[sess] = xs
-        stream = bus.slot_stream(STAGE, slot)
+        stream = bus.keys.slot_stream(STAGE, slot)
         await bus.ensure_group(stream, STAGE)
         for seq, x in enumerate(xs):
             await bus.publish(stream, entry(sess, seq, x, out_stream=out))
@@ -193,7 +193,7 @@ async def _wait_for(bus: Bus, stream: str, n: int, timeout: float) -> None:
 
 
 async def test_worker_processes_sessions_in_order_batched(bus):
-    out = bus.key("out")
+    out = bus.keys.key("out")
     expected = await _publish_sessions(bus, 2, 15, out)
     handler = RunningSum()
     worker = SlotWorker(bus, handler, "w1", WorkerSettings(slots=2, lease_ttl_ms=1000, block_ms=20))
@@ -204,13 +204,13 @@ async def test_worker_processes_sessions_in_order_batched(bus):
     _check_sums(_outputs(await _drain(bus, out)), expected)
     assert max(handler.batch_sizes) > 1, "sessions were never batched together"
     for slot in range(2):
-        assert await bus.lease_owner(bus.lease_key(STAGE, slot)) is None, "graceful stop must release slots"
-        assert await bus.stream_length(bus.slot_stream(STAGE, slot)) == 0
+        assert await bus.lease_owner(bus.keys.lease(STAGE, slot)) is None, "graceful stop must release slots"
+        assert await bus.stream_length(bus.keys.slot_stream(STAGE, slot)) == 0
 
 
 async def test_redelivered_and_stale_entries_are_skipped(bus):
-    out = bus.key("out")
-    stream = bus.slot_stream(STAGE, 0)
+    out = bus.keys.key("out")
+    stream = bus.keys.slot_stream(STAGE, 0)
     await bus.ensure_group(stream, STAGE)
     for seq, x in enumerate([1, 2, 3]):
         await bus.publish(stream, entry("s", seq, x, out_stream=out))
@@ -229,10 +229,10 @@ async def test_redelivered_and_stale_entries_are_skipped(bus):
 
 
 async def test_orchestrator_epoch_floor_drops_stale_work(bus):
-    out = bus.key("out")
-    stream = bus.slot_stream(STAGE, 0)
+    out = bus.keys.key("out")
+    stream = bus.keys.slot_stream(STAGE, 0)
     await bus.ensure_group(stream, STAGE)
-    await bus.set_state(epoch_key(bus, "s"), b"2")
+    await bus.set_state(bus.keys.epoch("s"), b"2")
     await bus.publish(stream, entry("s", 0, 5, epoch=1, out_stream=out))
     await bus.publish(stream, entry("s", 0, 9, epoch=2, out_stream=out))
     worker = SlotWorker(bus, RunningSum(), "w1", WorkerSettings(slots=1, lease_ttl_ms=1000, block_ms=20))
@@ -246,7 +246,7 @@ async def test_orchestrator_epoch_floor_drops_stale_work(bus):
 
 
 async def test_two_workers_share_slots(bus):
-    out = bus.key("out")
+    out = bus.keys.key("out")
     expected = await _publish_sessions(bus, 4, 10, out)
     settings = WorkerSettings(slots=4, lease_ttl_ms=1000, block_ms=20, rebalance_every_s=0.1)
     w1, w2 = SlotWorker(bus, RunningSum(0.005), "w1", settings), SlotWorker(bus, RunningSum(0.005), "w2", settings)
@@ -264,16 +264,16 @@ async def test_two_workers_share_slots(bus):
     _check_sums(_outputs(await _drain(bus, out)), expected)
 
 
-async def test_consumer_lost_mid_work_another_completes(bus, redis_url, unique_prefix):
+async def test_consumer_lost_mid_work_another_completes(bus, unique_prefix):
     """A worker dies with entries read and not committed: a real process killed with SIGKILL on Redis, an abandoned
     task on the in-memory bus. The next lease holder claims its pending entries; nothing is lost or applied twice."""
-    out = bus.key("out")
+    out = bus.keys.key("out")
     n = 40
     expected = await _publish_sessions(bus, 2, n, out)
     ttl = 600
     if isinstance(bus, RedisBus):
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parents[1]), str(HERE)]))
-        proc = subprocess.Popen([sys.executable, str(HERE / "sum_worker_proc.py"), "--redis", redis_url, "--prefix",
+        proc = subprocess.Popen([sys.executable, str(HERE / "sum_worker_proc.py"), "--redis", bus.url, "--prefix",
                                  bus.prefix, "--owner", "victim", "--slots", "2", "--ttl-ms", str(ttl), "--delay",
                                  "0.03"], env=env)
         try:
@@ -295,13 +295,13 @@ async def test_consumer_lost_mid_work_another_completes(bus, redis_url, unique_p
             await task
         except asyncio.CancelledError:
             pass
-        assert await bus.lease_owner(bus.lease_key(STAGE, 0)) == "victim"
+        assert await bus.lease_owner(bus.keys.lease(STAGE, 0)) == "victim"
     done_at_kill = await bus.stream_length(out)
     assert done_at_kill < 3 * n, "the victim finished everything before it was killed; the test proves nothing"
     rescuer = SlotWorker(bus, RunningSum(), "rescuer", WorkerSettings(slots=2, lease_ttl_ms=ttl, block_ms=20))
     task = asyncio.create_task(rescuer.run())
     await _wait_for(bus, out, 3 * n, 30)
-    await _wait_consumed(bus, *[bus.slot_stream(STAGE, k) for k in range(2)])
+    await _wait_consumed(bus, *[bus.keys.slot_stream(STAGE, k) for k in range(2)])
     await rescuer.stop()
     await task
     _check_sums(_outputs(await _drain(bus, out)), expected)
@@ -314,7 +314,7 @@ async def _noop() -> None:
 # ---- live-member sets, stream TTLs, atomic admission: the same contract on both buses ----
 
 async def test_live_members_expire_one_by_one_and_can_be_reaped(bus):
-    key = bus.key("members")
+    key = bus.keys.key("members")
     await bus.touch_member(key, "short", 150)
     await bus.touch_member(key, "long", 60_000)
     assert await bus.live_members(key) == ["long", "short"]
@@ -332,7 +332,7 @@ async def test_live_members_expire_one_by_one_and_can_be_reaped(bus):
 
 
 async def test_stream_ttl_removes_a_stream_and_commit_gives_a_recreated_stream_one(bus):
-    s = bus.key("frames", "replica")
+    s = bus.keys.key("frames", "replica")
     assert not await bus.expire_stream(s, 1000), "no stream yet: nothing to expire"
     await bus.ensure_group(s, "g")
     await bus.publish(s, entry("a", 0))
@@ -353,22 +353,22 @@ async def test_stream_ttl_removes_a_stream_and_commit_gives_a_recreated_stream_o
 def _admission(bus, session: str, max_sessions: int = 2, per_slot: int = 4):
     from ditto.bus.base import AdmissionRequest, StageSlots
 
-    stages = tuple(StageSlots(st, bus.key(st, "held"), bus.key("placement", st)) for st in ("a", "b"))
-    return AdmissionRequest(session, bus.key("tenant", "t", "sessions"), max_sessions, bus.key("tenant", "t", "used"),
+    stages = tuple(StageSlots(st, bus.keys.held_slots(st), bus.keys.placements(st)) for st in ("a", "b"))
+    return AdmissionRequest(session, bus.keys.tenant_sessions("t"), max_sessions, bus.keys.tenant_seconds_used("t"),
                             0, stages, 4, per_slot, 5000)
 
 
 async def test_admit_is_atomic_quota_and_placement_least_loaded(bus):
     for st in ("a", "b"):
         for slot in (0, 1):
-            await bus.touch_member(bus.key(st, "held"), str(slot), 60_000)
+            await bus.touch_member(bus.keys.held_slots(st), str(slot), 60_000)
     results = await asyncio.gather(*(bus.admit(_admission(bus, f"s{i}")) for i in range(10)))
     admitted = [r for r in results if not r.refused]
     assert len(admitted) == 2, f"{len(admitted)} of 10 simultaneous requests admitted for a limit of 2"
     assert all(r.refused == "sessions" and r.count == 2 for r in results if r.refused)
     # least loaded first: the two sessions went to different slots of each stage
     assert {r.slots["a"] for r in admitted} == {0, 1} and {r.slots["b"] for r in admitted} == {0, 1}
-    assert sorted(await bus.live_members(bus.key("tenant", "t", "sessions"))) == sorted(
+    assert sorted(await bus.live_members(bus.keys.tenant_sessions("t"))) == sorted(
         f"s{i}" for i, r in enumerate(results) if not r.refused)
 
 
@@ -376,9 +376,60 @@ async def test_admit_refuses_without_a_worker_or_room_and_writes_nothing(bus):
     r = await bus.admit(_admission(bus, "x"))
     assert (r.refused, r.stage) == ("no_worker", "a")
     for st in ("a", "b"):
-        await bus.touch_member(bus.key(st, "held"), "0", 60_000)
-    await bus.touch_member(bus.key("placement", "b"), "0:other", 60_000)
+        await bus.touch_member(bus.keys.held_slots(st), "0", 60_000)
+    await bus.touch_member(bus.keys.placements("b"), "0:other", 60_000)
     r = await bus.admit(_admission(bus, "y", max_sessions=5, per_slot=1))
     assert (r.refused, r.stage, r.count) == ("full", "b", 1)
-    assert await bus.live_members(bus.key("tenant", "t", "sessions")) == []
-    assert await bus.live_members(bus.key("placement", "a")) == []
+    assert await bus.live_members(bus.keys.tenant_sessions("t")) == []
+    assert await bus.live_members(bus.keys.placements("a")) == []
+
+
+# ---- commits are idempotent; blocking reads never outlive the client's socket timeout ----
+
+async def test_a_replayed_or_half_done_commit_applies_once(bus):
+    """A commit redone (a retry after a connection reset, or the redo of a commit cut between its per-slot steps on a
+    Redis Cluster) appends nothing twice and never writes an older checkpoint over a newer one."""
+    s, out = bus.keys.slot_stream("stage", 0), bus.keys.slot_stream("next", 5)
+    lease = bus.keys.lease("stage", 0)
+    state = bus.keys.checkpoint("stage", 0, "a")
+    await bus.ensure_group(s, "stage")
+    for i in range(2):
+        await bus.publish(s, entry("a", i, i))
+    got = await bus.read("stage", "w", [s], count=2)
+    assert await bus.acquire_lease(lease, "w", 5000)
+
+    def commit_of(d, value: bytes) -> Commit:
+        return Commit(outputs=[(out, entry("a", d.entry.seq, 10 + d.entry.seq))], state={state: value},
+                      acks=[(s, d.entry_id)], input=("a", d.entry_id))
+
+    # cut after its outputs: only the output step of the first commit happened ...
+    await bus.commit("stage", Commit(outputs=commit_of(got[0], b"").outputs, input=("a", got[0].entry_id)))
+    await bus.commit("stage", commit_of(got[0], b"cp0"), lease=(lease, "w"))  # ... then the whole commit, redone
+    assert await bus.stream_length(out) == 1, "a redone commit appended its outputs again"
+    await bus.commit("stage", commit_of(got[1], b"cp1"), lease=(lease, "w"))
+    await bus.commit("stage", commit_of(got[0], b"cp0"), lease=(lease, "w"))  # an old commit replayed late
+    assert await bus.get_state(state) == b"cp1", "a replayed commit wrote an older checkpoint over a newer one"
+    assert [e.seq for e in await _drain(bus, out)] == [0, 1]
+    assert await bus.stream_length(s) == 0 and await bus.pending_count(s, "stage") == 0
+
+
+async def test_a_blocking_read_returns_before_the_socket_timeout(bus):
+    """redis-py sends a read whose reply timed out again, and a `>` read sent again can move entries into the pending
+    list unseen: so a read asked to block longer than the socket timeout blocks less, returns empty, and leaves
+    nothing pending."""
+    if not isinstance(bus, RedisBus):
+        pytest.skip("no socket: the in-memory bus blocks exactly as long as asked")
+    short = RedisBus(bus._url, bus.prefix, socket_timeout_s=1.0)
+    try:
+        assert short.max_block_ms < 1000
+        s = short.keys.slot_stream("stage", 2)
+        await short.ensure_group(s, "stage")
+        t0 = time.monotonic()
+        assert await short.read("stage", "c", [s, short.keys.slot_stream("stage", 3)], block_ms=60_000) == []
+        assert time.monotonic() - t0 < 1.0 + 0.5, "the read blocked past the socket timeout"
+        await short.publish(s, entry("a", 0))
+        got = await short.read("stage", "c", [s], block_ms=60_000)
+        assert [d.entry.session_id for d in got] == ["a"]
+        assert await short.pending_count(s, "stage") == 1  # exactly the entry delivered, nothing unseen
+    finally:
+        await short.close()

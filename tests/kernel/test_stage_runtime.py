@@ -128,7 +128,7 @@ async def _run(entries: list[bus_pb2.StreamEntry], outputs: int, cached_sessions
             return await process(items)
 
         handler.process = recording  # type: ignore[method-assign]
-    stream = bus.slot_stream(STAGE, 0)
+    stream = bus.keys.slot_stream(STAGE, 0)
     await bus.ensure_group(stream, STAGE)
     for e in entries:
         await bus.publish(stream, e)

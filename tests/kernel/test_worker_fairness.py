@@ -33,8 +33,8 @@ class Recording(RunningSum):
 
 
 async def test_a_late_session_is_served_in_the_next_batches_not_after_a_backlog(bus):
-    out = bus.key("out")
-    backlog, late = bus.slot_stream(STAGE, 0), bus.slot_stream(STAGE, 1)
+    out = bus.keys.key("out")
+    backlog, late = bus.keys.slot_stream(STAGE, 0), bus.keys.slot_stream(STAGE, 1)
     for s in (backlog, late):
         await bus.ensure_group(s, STAGE)
     for seq in range(30):
@@ -51,7 +51,7 @@ async def test_a_late_session_is_served_in_the_next_batches_not_after_a_backlog(
 
 
 async def test_a_joining_worker_gets_the_idle_slots_and_busy_ones_stay(bus):
-    out = bus.key("out")
+    out = bus.keys.key("out")
     settings = WorkerSettings(slots=4, lease_ttl_ms=5000, block_ms=20, rebalance_every_s=0.05)
     first = SlotWorker(bus, RunningSum(), "w1", settings)
     tasks = [asyncio.create_task(first.run())]
@@ -59,7 +59,7 @@ async def test_a_joining_worker_gets_the_idle_slots_and_busy_ones_stay(bus):
     while len(first.held) < 4:
         assert time.monotonic() < deadline, f"a lone worker should take every slot, holds {first.held}"
         await asyncio.sleep(0.02)
-    busy = bus.slot_stream(STAGE, 3)  # the highest slot: the one handed over first when recency is ignored
+    busy = bus.keys.slot_stream(STAGE, 3)  # the highest slot: the one handed over first when recency is ignored
     await bus.ensure_group(busy, STAGE)
     for seq in range(3):
         await bus.publish(busy, entry("placed", seq, 1, out_stream=out))

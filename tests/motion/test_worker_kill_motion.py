@@ -79,7 +79,7 @@ class Harness:
         return name
 
     async def publish(self, entries: list[bus_pb2.StreamEntry]) -> None:
-        stream = self.bus.slot_stream(STAGE, 0)
+        stream = self.bus.keys.slot_stream(STAGE, 0)
         await self.bus.ensure_group(stream, STAGE)
         for e in entries:
             await self.bus.publish(stream, e)
@@ -142,8 +142,8 @@ async def test_a_killed_motion_worker_resumes_with_identical_keypoints_whatever_
     irregular: list[int] = []
     while sum(irregular) < REAL_FRAMES:
         irregular.append(int(min(REAL_FRAMES - sum(irregular), rng.integers(1, 17))))
-    straight_route = {"renderer": h.bus.key("to-renderer-a"), "frames": h.bus.key("frames-a")}
-    killed_route = {"renderer": h.bus.key("to-renderer-b"), "frames": h.bus.key("frames-b")}
+    straight_route = {"renderer": h.bus.keys.key("to-renderer-a"), "frames": h.bus.keys.key("frames-a")}
+    killed_route = {"renderer": h.bus.keys.key("to-renderer-b"), "frames": h.bus.keys.key("frames-b")}
 
     # uninterrupted: 5-row chunks, as the audio encoder sends them
     victim = h.start_worker()

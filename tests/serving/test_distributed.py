@@ -31,6 +31,8 @@ import redis
 from serving_helpers import chunks, config, embedded_service, frames_of, portrait_png, requests, speech_pcm16
 
 from ditto import rpc
+from ditto.bus.redis_streams import sync_client
+from ditto.keys import Keys
 from ditto_app.cluster import LocalCluster, Proc, free_port, start_redis
 from ditto_app.stages import STAGES
 from ditto_client.v1 import avatar_pb2, avatar_pb2_grpc
@@ -77,15 +79,16 @@ def wait_for(cond: Callable[[], object], timeout: float, what: str) -> None:
         time.sleep(0.1)
 
 
-def redis_client(cluster: LocalCluster) -> redis.Redis:
-    return redis.Redis.from_url(cluster.redis_url, socket_connect_timeout=2, socket_timeout=5, decode_responses=True)
+def redis_client(cluster: LocalCluster) -> redis.Redis | redis.RedisCluster:
+    """A client of the cluster's Redis (a RedisCluster client when it is a Redis Cluster)."""
+    return sync_client(cluster.redis_url, decode_responses=True)
 
 
 def lease_owners(cluster: LocalCluster, stage: str) -> dict[int, str]:
     r = redis_client(cluster)
+    keys = Keys(cluster.prefix)
     try:
-        keys = list(r.scan_iter(match=f"{cluster.prefix}:{stage}:lease:*"))
-        return {int(k.rsplit(":", 1)[1]): v for k in keys if (v := r.get(k)) is not None}
+        return {k: v for k in range(cluster.slots) if (v := r.get(keys.lease(stage, k))) is not None}
     finally:
         r.close()
 
@@ -94,11 +97,11 @@ def holder(cluster: LocalCluster, stage: str, session_id: str) -> Proc:
     """The worker process that holds the slot this session is placed on for `stage`."""
     r = redis_client(cluster)
     try:
-        members = [m for m in r.zrange(f"{cluster.prefix}:placement:{stage}", 0, -1)
+        members = [m for m in r.zrange(Keys(cluster.prefix).placements(stage), 0, -1)
                    if m.endswith(f":{session_id}")]
         assert len(members) == 1, f"session {session_id} has placements {members} for {stage}"
         slot = int(members[0].split(":", 1)[0])
-        owner = r.get(f"{cluster.prefix}:{stage}:lease:{slot}")
+        owner = r.get(Keys(cluster.prefix).lease(stage, slot))
     finally:
         r.close()
     for p in cluster.procs.values():

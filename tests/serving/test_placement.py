@@ -9,7 +9,6 @@ from collections import Counter
 import pytest
 
 from ditto.bus import RedisBus
-from ditto.bus.worker import held_slots_key
 from services.orchestrator.placement import STAGES, NoCapacity, Placer, choose_slot
 
 SLOTS = 8
@@ -20,8 +19,7 @@ TTL_MS = 60_000  # leases written by the test stand still: nothing renews them, 
 async def bus(redis_url, unique_prefix):
     b = RedisBus(redis_url, unique_prefix)
     yield b
-    async for key in b.r.scan_iter(match=f"{unique_prefix}:*"):
-        await b.r.delete(key)
+    await b.purge()
     await b.close()
 
 
@@ -30,8 +28,8 @@ async def hold(bus: RedisBus, owner: str, slots: range, stages=STAGES) -> None:
     the stage's live-member set of held slots."""
     for stage in stages:
         for slot in slots:
-            assert await bus.acquire_lease(bus.lease_key(stage, slot), owner, TTL_MS)
-            await bus.touch_member(held_slots_key(bus, stage), str(slot), TTL_MS)
+            assert await bus.acquire_lease(bus.keys.lease(stage, slot), owner, TTL_MS)
+            await bus.touch_member(bus.keys.held_slots(stage), str(slot), TTL_MS)
 
 
 async def per_worker(bus: RedisBus, placer: Placer, stage: str) -> Counter:

@@ -69,10 +69,14 @@ def _cpu_s(pid: int) -> float:
 
 
 def _streams() -> list[str]:
-    from ditto.bus.memory import MemoryBus
+    """The streams a balanced load writes, named by the kernel: every stage slot, and the frames shards of two
+    orchestrator replicas."""
+    from ditto.keys import Keys
+    from services.orchestrator.config import OrchestratorSettings
 
-    names = MemoryBus(prefix="bench")
-    return [names.slot_stream(stage, k) for stage in STAGES for k in range(SLOTS)]
+    names, shards = Keys("bench"), OrchestratorSettings.model_fields["frames_shards"].default
+    return [names.slot_stream(stage, k) for stage in STAGES for k in range(SLOTS)] + \
+        [names.frames_stream(replica, k, shards) for replica in ("replica-a", "replica-b") for k in range(shards)]
 
 
 def _start(port: int, workdir: Path, *extra: str) -> subprocess.Popen:
@@ -235,7 +239,7 @@ def _orchestrator_cpu_per_frame(work: Path, frames: int) -> dict:
 
     async def go() -> dict:
         bus = RedisBus(f"redis://127.0.0.1:{port}/0", prefix="bench")
-        stream = bus.key("frames", "replica")
+        stream = bus.keys.frames_stream("replica")
         await bus.ensure_group(stream, "orchestrator")
         jpeg = np.frombuffer(os.urandom(FRAME_BYTES), np.uint8)
         entry = bus_pb2.StreamEntry(session_id="s" * 32, kind=bus_pb2.ENTRY_KIND_DATA,

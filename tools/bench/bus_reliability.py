@@ -134,10 +134,10 @@ async def _kills(url: str, kills: int = 3, per_session: int = 150) -> dict:
     from ditto.bus import RedisBus
 
     bus = RedisBus(url, "bench-kills")
-    out = bus.key("out")
+    out = bus.keys.key("out")
     expected: dict[str, list[int]] = {}
     for k in range(4):
-        sid, stream = f"s{k}", bus.slot_stream(STAGE, k % 2)
+        sid, stream = f"s{k}", bus.keys.slot_stream(STAGE, k % 2)
         await bus.ensure_group(stream, STAGE)
         xs = [int(v) for v in np.random.default_rng(k).integers(1, 100, per_session)]
         expected[sid] = xs
@@ -167,8 +167,8 @@ async def _kills(url: str, kills: int = 3, per_session: int = 150) -> dict:
         await asyncio.sleep(0.05)
     drain_s = time.monotonic() - t0
     await asyncio.sleep(1.0)  # anything that would be done twice shows up now
-    pending = sum([await bus.pending_count(bus.slot_stream(STAGE, k), STAGE) for k in range(2)])
-    left = sum([await bus.stream_length(bus.slot_stream(STAGE, k)) for k in range(2)])
+    pending = sum([await bus.pending_count(bus.keys.slot_stream(STAGE, k), STAGE) for k in range(2)])
+    left = sum([await bus.stream_length(bus.keys.slot_stream(STAGE, k)) for k in range(2)])
     last.send_signal(signal.SIGTERM)
     last.wait(30)
     result = {"entries": total, "workers_killed": kills, "outputs_at_each_kill": killed_at,
@@ -183,7 +183,7 @@ async def _dead_consumer_300(url: str) -> dict:
     from ditto.bus.worker import SlotWorker, WorkerSettings
 
     bus = RedisBus(url, "bench-300")
-    out, stream = bus.key("out"), bus.slot_stream(STAGE, 0)
+    out, stream = bus.keys.key("out"), bus.keys.slot_stream(STAGE, 0)
     await bus.ensure_group(stream, STAGE)
     expected = {f"s{k}": list(range(1, 101)) for k in range(3)}
     for seq in range(100):
