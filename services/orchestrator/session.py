@@ -177,6 +177,17 @@ class _EpochCounters:
     frames: int = 0
 
 
+def lost_entries(entry: bus_pb2.StreamEntry, expected: int) -> bus_pb2.StreamEntry:
+    """The ERROR that ends a session whose renderer entries `expected` .. `entry.seq - 1` never came: never end OK
+    with frames missing."""
+    status = common_pb2.Status(
+        code=grpc.StatusCode.UNAVAILABLE.value[0],
+        message=f"frames {expected}..{entry.seq - 1} of this answer were lost by the session store (Redis failed "
+                "over to a replica that had not caught up, or lost its data); start a new session")
+    return bus_pb2.StreamEntry(session_id=entry.session_id, epoch=entry.epoch, seq=entry.seq,
+                               kind=bus_pb2.ENTRY_KIND_ERROR, meta=status.SerializeToString())
+
+
 @dataclass
 class Session:
     orch: Orchestrator
@@ -206,6 +217,9 @@ class Session:
         self.writing = False  # a message is handed to the transport and not yet taken by the client
         self.last_progress = time.monotonic()  # last time the client took a message (or one became ready)
         self.debt_s = 0.0  # audio of interrupted epochs still in the pipeline, until the renderer confirms it gone
+        # per epoch, the seq of the renderer's next entry: its entries are numbered 0, 1, 2... per epoch, so a lower
+        # one is a redelivery and a higher one means entries were lost (a Redis failover to a replica behind)
+        self.renderer_seq: dict[int, int] = {}
         self._tokens = float(s.control_burst)
         self._tokens_at = time.monotonic()
         self.spans: list[tuple[int, int | None, frozenset[str]]] = []  # live timed controls, session frames
@@ -487,6 +501,14 @@ class Session:
         """Called by the frames dispatcher for every entry the renderer sent this session."""
         if entry.epoch != self.epoch or self.closed:
             return  # stale work of an interrupted epoch
+        if entry.kind != bus_pb2.ENTRY_KIND_ERROR:  # an error may come from any stage, numbered by it; it ends all
+            expected = self.renderer_seq.get(entry.epoch, 0)
+            if entry.seq < expected:
+                return  # delivered again (a commit retried across a failover): the client gets each frame once
+            if entry.seq > expected:
+                entry = lost_entries(entry, expected)
+            else:
+                self.renderer_seq[entry.epoch] = expected + 1
         if self.debt_s and entry.kind in (bus_pb2.ENTRY_KIND_INTERRUPT, bus_pb2.ENTRY_KIND_DATA):
             # entries of a session pass every stage in order: the new epoch's marker (or a frame) here means the
             # interrupted epochs' audio has left the pipeline

@@ -12,6 +12,7 @@ import grpc
 import numpy as np
 
 from ditto import rpc
+from ditto.bus import MemoryBus
 from ditto.config import load_settings
 from ditto_app.stack import EmbeddedStack
 from ditto_app.synthetic import ensure_synthetic
@@ -98,13 +99,13 @@ def tenants_file(path: Path, tenants: dict[str, dict]) -> Path:
 
 
 @contextlib.asynccontextmanager
-async def embedded_service(tenants: TenantDirectory | None = None, **settings):
-    """The whole service in this process (in-memory bus), served on a loopback port."""
+async def embedded_service(tenants: TenantDirectory | None = None, bus: MemoryBus | None = None, **settings):
+    """The whole service in this process (in-memory bus, or `bus`), served on a loopback port."""
     weights = ensure_synthetic("tiny")
     s = load_settings(OrchestratorSettings, **settings)
     assert isinstance(s, OrchestratorSettings)
     s.bus.slots = 4
-    stack = EmbeddedStack(weights, "tiny", s, "cpu", "torch", tenants=tenants)
+    stack = EmbeddedStack(weights, "tiny", s, "cpu", "torch", tenants=tenants, bus=bus or MemoryBus())
     orch = await stack.start()
     service = rpc.Service(avatar_pb2_grpc.add_AvatarServicer_to_server, AvatarService(orch),
                           rpc.service_name(avatar_pb2, "Avatar"))
