@@ -157,9 +157,9 @@ def _wait_workers_live(cluster, workers: int, timeout: float = 180) -> None:
 
 
 def _second_workers(cluster) -> None:
-    from ditto_app.stages import STAGES
+    from ditto import pipeline
 
-    names = [cluster.start_worker(stage, f"{stage}-2").name for stage in STAGES]
+    names = [cluster.start_worker(stage, f"{stage}-2").name for stage in pipeline.active().names]
     cluster.wait_ready(names=names)
     _wait_workers_live(cluster, 2)
 
