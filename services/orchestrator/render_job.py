@@ -72,7 +72,7 @@ async def run_render(orch, tenant: Tenant, request: avatar_pb2.RenderRequest, mp
     decoded = await decode_render_audio(orch, request)
     samples, rate = decoded.samples, decoded.sample_rate
     seconds = decoded.seconds
-    total = math.ceil(seconds * 25)
+    total = math.ceil(seconds * FPS)
     config = avatar_pb2.SessionConfig(
         avatar_id=request.avatar_id,
         audio_format=common_pb2.AudioFormat(sample_format=common_pb2.SAMPLE_FORMAT_FLOAT32LE, sample_rate_hz=rate,
