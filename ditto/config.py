@@ -15,7 +15,6 @@ from pydantic import BaseModel, Field, FilePath, field_validator, model_validato
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Profile = Literal["full", "tiny"]
-STAGES = ("audio_encoder", "motion_generator", "renderer")
 
 
 def default_cache_dir() -> Path:

@@ -15,8 +15,10 @@ tests/serving/test_look_ahead.py checks these constants against the stages and t
 
 from __future__ import annotations
 
+from ditto.pipeline import FPS
+
 MOTION_WINDOW = 80             # frames per MotionDiT window (streaming.SEQ)
-FRAME_MS = 40                  # one 25 fps frame
+FRAME_MS = 1000 // FPS         # 40: one frame
 ENCODER_FEATURES_PER_WINDOW = 5
 ENCODER_RIGHT_CONTEXT_MS = 85  # audio past the last feature frame that the encoder window needs: (4560 - 3200) / 16
 

@@ -37,6 +37,7 @@ import grpc
 from ditto import codec, telemetry
 from ditto.bus.base import BusError
 from ditto.bus.worker import Output, WorkItem, WorkResult
+from ditto.pipeline import FRAMES
 from ditto_client.v1 import bus_pb2, common_pb2
 
 log = telemetry.get_logger("ditto.stage_runtime")
@@ -46,7 +47,6 @@ ResultT = TypeVar("ResultT")
 SessionT = TypeVar("SessionT")
 InputT = TypeVar("InputT")
 
-FRAMES = "frames"            # the route key of the orchestrator's stream: frames, END and errors go there
 RETRY_AFTER_MS = 100         # what a refused gRPC call is told to wait before trying again
 DEFAULT_MAX_QUEUED = 256     # step submissions waiting for a batch; more are refused (gRPC) or wait (bus)
 DEFAULT_CACHED_SESSIONS = 1024
@@ -84,7 +84,7 @@ class SessionStage(Protocol[SessionT, InputT, ResultT]):
 
     name: str                # the stage's bus name: its streams, checkpoints and the route key others send to
     label: str               # how messages to a client name this stage ("motion stage")
-    passthrough: str | None  # route key that CLOSE and entry kinds this stage does not know pass on to (None: kept)
+    passthrough: str | None  # the next stage (ditto.pipeline), where CLOSE and unknown kinds go on (None: kept)
     input_errors: tuple[type[Exception], ...]  # what a session's bad input raises: that session ends, others go on
     input_error_code: grpc.StatusCode          # the status such a session ends with
     max_batch: int           # sessions in one forward at most: the stage's one batch bound (rounds and batcher)

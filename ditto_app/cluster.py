@@ -21,9 +21,9 @@ from urllib.parse import urlparse
 
 import redis as redis_lib
 
+from ditto import pipeline
 from ditto.config import load_settings
 from ditto.redaction import redact_url
-from ditto_app.stages import STAGES
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout (or site-packages): where `-m ditto_app.cli` runs
 
@@ -206,7 +206,7 @@ class LocalCluster:
             from ditto_app.synthetic import ensure_synthetic
 
             ensure_synthetic(self.profile)
-        for stage in STAGES:
+        for stage in pipeline.active().names:  # one worker per stage of the pipeline
             self.start_worker(stage)
         # distributed by DITTO_BUS__KIND=redis and REDIS_URL in its environment: no URL (maybe with a password) on
         # the command line, where any local user could read it

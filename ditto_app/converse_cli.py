@@ -29,6 +29,7 @@ def _run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ditto_client import AvatarClient, emotion_control
+    from ditto_client.timeline import FPS
     from ditto_client.v1 import avatar_pb2, common_pb2
     from services.audio_encoder.formats import decode_file
     from services.renderer.encode import Mp4Writer
@@ -37,7 +38,7 @@ def _run(args: argparse.Namespace) -> int:
     rate, channels = audio.sample_rate, audio.channels
     pcm = (np.clip(audio.samples, -1, 1) * 32767).astype("<i2")
     step = max(1, rate * args.chunk_ms // 1000)
-    total = int(np.ceil(audio.seconds * 25))
+    total = int(np.ceil(audio.seconds * FPS))
 
     def chunks():
         t0 = time.monotonic()

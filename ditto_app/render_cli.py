@@ -78,6 +78,7 @@ async def render(args: argparse.Namespace) -> int:
 
     from ditto import telemetry
     from ditto.config import TelemetrySettings, load_settings
+    from ditto.pipeline import FPS
     from ditto_app.stack import EmbeddedStack
     from ditto_app.synthetic import BANNER, is_synthetic, profile_of, resolve_weights
     from ditto_client import emotion_control
@@ -134,7 +135,7 @@ async def render(args: argparse.Namespace) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 1
         bar.close()
-        print(f"wrote {args.out} ({frames} frames, {frames / 25:.2f} s, {info.width}x{info.height})")
+        print(f"wrote {args.out} ({frames} frames, {frames / FPS:.2f} s, {info.width}x{info.height})")
         if synthetic:
             print(BANNER, file=sys.stderr)
         return 0

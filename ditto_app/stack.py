@@ -1,4 +1,5 @@
-"""The embedded stack: the three stage workers and the orchestrator in one process over the in-memory bus.
+"""The embedded stack: a worker for each stage of `ditto.pipeline` and the orchestrator in one process over the
+in-memory bus.
 
 `ditto render` and `ditto serve` use it. It runs exactly the code the distributed deployment runs (the same stage
 handlers, the same slot-worker runtime, the same orchestrator), so it gives the same frames.
@@ -10,9 +11,10 @@ import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ditto import pipeline
 from ditto.bus import Bus, MemoryBus
 from ditto.bus.worker import SlotWorker, WorkerSettings
-from ditto_app.stages import STAGES, BuiltStage, build_stage
+from ditto_app.stages import BuiltStage, build_stage
 from ditto_client.v1 import renderer_pb2
 from services.orchestrator.avatars import Registrar, RegistrationError
 from services.orchestrator.config import OrchestratorSettings
@@ -56,7 +58,7 @@ class EmbeddedStack:
 
     async def start(self) -> Orchestrator:
         slots = self.settings.bus.slots
-        for name in STAGES:
+        for name in pipeline.active().names:
             self.stages[name] = await asyncio.to_thread(build_stage, name, self.weights, self.profile, self.bus,
                                                         self.device, self.backend, self.settings.model.cache_dir,
                                                         self.settings.media, self.settings.decode)

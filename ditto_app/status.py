@@ -16,8 +16,9 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 
+from ditto import pipeline
 from ditto.bus import Bus
-from services.orchestrator.placement import STAGES, Placer
+from services.orchestrator.placement import Placer
 from services.orchestrator.tenants import Quotas
 
 HEALTH_TIMEOUT_S = 1.0
@@ -107,7 +108,7 @@ async def snapshot(bus: Bus, slots: int, sessions_per_slot: int, redis_shown: st
     placer = Placer(bus, slots, sessions_per_slot)
     quotas = Quotas(bus)
     now_ms = int(time.time() * 1000)
-    stages = [await _stage(bus, placer, stage, slots, now_ms) for stage in STAGES]
+    stages = [await _stage(bus, placer, stage, slots, now_ms) for stage in pipeline.active().names]
     pattern = quotas.sessions_key("*")
     head, tail = pattern.split("*", 1)
     tenants = {}

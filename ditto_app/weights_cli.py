@@ -168,12 +168,13 @@ def _build_engines(args: argparse.Namespace) -> int:
     profile = profile_of(weights, args.profile)
     args.cache.mkdir(parents=True, exist_ok=True)
     try:
+        from ditto import pipeline
         from ditto.accel import import_tensorrt, require_cuda
-        from ditto_app.stages import STAGES, load_models
+        from ditto_app.stages import load_models
 
         import_tensorrt()
         require_cuda("building TensorRT engines (they are built on the GPU they will run on)")
-        for stage in STAGES:            # into the sub-folders the stages read: <cache>/audio, /motion, /renderer
+        for stage in pipeline.active().names:  # into the sub-folders the stages read: <cache>/audio, /motion, ...
             print(f"{stage}: building or finding its engines ...", flush=True)
             load_models(stage, weights, profile, "cuda", "tensorrt", args.cache)
     except (RuntimeError, ImportError) as err:

@@ -8,6 +8,7 @@ import argparse
 import asyncio
 import signal
 
+from ditto import pipeline
 from ditto_app.cli import add_model_args
 
 ADVERTISE_EVERY_S = 2.0  # how often a worker re-announces its gRPC address on the bus
@@ -16,7 +17,7 @@ ADVERTISE_TTL_S = 10
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("worker", help="run one stage worker (distributed deployment)")
-    p.add_argument("--stage", required=True, choices=("audio_encoder", "motion_generator", "renderer"))
+    p.add_argument("--stage", required=True, choices=pipeline.active().names)
     add_model_args(p)
     p.add_argument("--backend", default=None, choices=("auto", "torch", "onnxruntime", "tensorrt"),
                    help="default: $DITTO_MODEL__BACKEND or auto")

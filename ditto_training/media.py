@@ -16,8 +16,8 @@ import cv2
 import numpy as np
 
 from ditto.accel import atomic_path, partial_path
+from ditto.pipeline import FPS
 
-FPS = 25
 CROP_SIZE = 512
 SAMPLE_RATE = 16000
 

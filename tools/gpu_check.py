@@ -39,9 +39,10 @@ from typing import Any
 
 import numpy as np
 
+from ditto.pipeline import FPS
+
 ROOT = Path(__file__).resolve().parents[1]
 FIRST_FRAME_P95_S = 1.0
-REALTIME_FPS = 25
 
 
 @dataclass
@@ -395,7 +396,7 @@ async def _ramp(plan: Plan, address: str, deadline: float) -> dict:
                    "frames_complete": all(r.frames == r.expected for r in results),
                    "errors": sorted({r.code for r in results if r.code != "OK"})}
             row["holds"] = bool(row["first_frame_ms"]["p95"] < FIRST_FRAME_P95_S * 1000
-                                and row["delivered_fps_min"] >= REALTIME_FPS * 0.96
+                                and row["delivered_fps_min"] >= FPS * 0.96
                                 and row["frames_complete"] and not row["errors"])
             levels.append(row)
             print(f"  serving {n}: {json.dumps(row)}", flush=True)

@@ -18,9 +18,9 @@ import numpy as np
 
 from ditto.media.errors import MediaError
 from ditto.media.sniff import IMAGE_NAMES, VIDEO_NAMES, Sniffed, sniff
+from ditto.pipeline import FPS  # a video source is normalised to the frame rate the service makes
 
 DEFAULT_MAX_SIZE = 1920  # the long side a source is scaled down to (CropOptions.max_size 0 means this)
-NORMALISED_FPS = 25
 NORMALISED_CRF = 18  # as the output writer: visually lossless for a source the avatar is built from
 
 
@@ -220,7 +220,7 @@ def _h264(first: np.ndarray, second: np.ndarray, rest: Iterator[np.ndarray]) -> 
     buf = io.BytesIO()
     count = 0
     with av.open(buf, mode="w", format="mp4") as out:
-        stream = out.add_stream("libx264", rate=NORMALISED_FPS)
+        stream = out.add_stream("libx264", rate=FPS)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.codec_context.options = {"crf": str(NORMALISED_CRF), "preset": "veryfast", "threads": "1"}
         for frame in itertools.chain((first, second), rest):
@@ -229,7 +229,7 @@ def _h264(first: np.ndarray, second: np.ndarray, rest: Iterator[np.ndarray]) -> 
 
                 frame = cv2.resize(frame, (width, height))
             vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
-            vf.pts, vf.time_base = count, Fraction(1, NORMALISED_FPS)
+            vf.pts, vf.time_base = count, Fraction(1, FPS)
             for packet in stream.encode(vf):
                 out.mux(packet)
             count += 1

@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 
 from ditto_app.loadtest.plan import LoadPlan
+from ditto_client.timeline import FPS, FRAME_S
 
-FRAME_S = 0.04
 FPS_WINDOW_S = 2.0  # the fps-over-time series counts frames over this window, once a second
 FAILURE_PAUSE_S = 1.0  # a user whose session failed waits this long before its next one
 
@@ -176,7 +176,7 @@ async def run_session(client: Any, plan: LoadPlan, avatar_id: str, speech: Speec
     rec.admitted_at = clock()
     chunks = speech.chunks(plan.chunk_ms)
     if not plan.barge_in_s and plan.idle == "freeze":
-        rec.frames_expected = plan.answers * math.ceil(speech.seconds * 25)
+        rec.frames_expected = plan.answers * math.ceil(speech.seconds * FPS)
     frames = _Frames()
     answer_heard = asyncio.Event()   # the current answer's first frame came
     interrupted = asyncio.Event()    # the server confirmed the last interrupt

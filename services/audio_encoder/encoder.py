@@ -20,11 +20,11 @@ import numpy as np
 from services.audio_encoder.formats import AudioError, InputFormat, decode_chunk, decode_file
 from services.audio_encoder.hubert import HubertBackend
 from services.audio_encoder.resample import TARGET_RATE, StreamResampler
-from services.audio_encoder.windows import FEATURE_DIM, WINDOW, WindowStream, features_from_encoding
+from services.audio_encoder.windows import FEATURE_DIM, FRAME_SAMPLES, WINDOW, WindowStream, features_from_encoding
 
 Audio = bytes | bytearray | memoryview | np.ndarray
 STATE_VERSION = 1
-SAMPLES_PER_FRAME = 640  # 16 kHz / 25 fps
+SAMPLES_PER_FRAME = FRAME_SAMPLES  # 640 at 16 kHz: one frame
 
 
 class StreamingEncoder:

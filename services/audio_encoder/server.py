@@ -20,6 +20,7 @@ import grpc
 import numpy as np
 
 from ditto import codec, rpc
+from ditto.pipeline import FPS
 from ditto.stage_runtime import MicroBatcher, run_for_call
 from ditto_client.v1 import audio_encoder_pb2, audio_encoder_pb2_grpc, common_pb2
 from services.audio_encoder.encoder import StreamingEncoder
@@ -28,7 +29,6 @@ from services.audio_encoder.hubert import HubertBackend
 from services.audio_encoder.session_stage import AudioEncoderStage, AudioInput, AudioResult
 from services.audio_encoder.windows import FEATURE_DIM
 
-FPS = 25
 AudioBatcher = MicroBatcher[tuple[StreamingEncoder, AudioInput], AudioResult]
 
 

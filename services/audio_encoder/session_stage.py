@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
-from ditto import codec
+from ditto import codec, pipeline
 from ditto.bus.worker import Output
 from ditto.stage_runtime import forward, session_spec
 from ditto_client.v1 import bus_pb2, common_pb2
@@ -25,7 +25,6 @@ from services.audio_encoder.encoder import SAMPLES_PER_FRAME, StreamingEncoder, 
 from services.audio_encoder.formats import AudioError, InputFormat, SampleFormat
 from services.audio_encoder.hubert import HubertBackend
 
-NEXT = "motion_generator"
 DEFAULT_OVERLAP = 70
 _SAMPLE_FORMATS: dict[int, SampleFormat] = {
     common_pb2.SAMPLE_FORMAT_UNSPECIFIED: "pcm_s16le",
@@ -56,13 +55,14 @@ AudioResult = np.ndarray | AudioError
 class AudioEncoderStage:
     name = "audio_encoder"
     label = "audio encoder"
-    passthrough: str | None = NEXT
     input_errors: tuple[type[Exception], ...] = (AudioError,)
     input_error_code = grpc.StatusCode.INVALID_ARGUMENT
 
     def __init__(self, backend: HubertBackend) -> None:
         self.backend = backend
         self.max_batch = backend.max_batch  # what the backend runs in one call: rounds never exceed it
+        self.next = pipeline.active().next_of(self.name)  # the motion stage, as ditto.pipeline has it
+        self.passthrough: str | None = self.next
         # one answer per overlap (the orchestrator allows 0..79 frames)
         self.silence_features = functools.lru_cache(maxsize=80)(self._silence_features)
 
@@ -82,7 +82,7 @@ class AudioEncoderStage:
         return np.ascontiguousarray(feats, dtype=np.float32)
 
     async def _with_prefill(self, entry: bus_pb2.StreamEntry, overlap: int) -> Output:
-        out = forward(entry, NEXT)
+        out = forward(entry, self.next)
         if overlap > 0:
             out.tensors["prefill"] = await asyncio.to_thread(self.silence_features, overlap)
         return out
@@ -116,14 +116,14 @@ class AudioEncoderStage:
         outputs = []
         if len(feats):
             chunk = common_pb2.FeatureChunk(first_frame=first, idle=step_input.idle)
-            outputs.append(Output(NEXT, bus_pb2.ENTRY_KIND_DATA, {"features": np.asarray(feats)},
+            outputs.append(Output(self.next, bus_pb2.ENTRY_KIND_DATA, {"features": np.asarray(feats)},
                                   chunk.SerializeToString()))
         if step_input.pcm is None:
-            outputs.append(forward(entry, NEXT))  # END after the last features
+            outputs.append(forward(entry, self.next))  # END after the last features
         return outputs
 
     def control(self, session: StreamingEncoder, entry: bus_pb2.StreamEntry) -> list[Output]:
-        return [forward(entry, NEXT)]
+        return [forward(entry, self.next)]
 
     async def interrupt(self, session: StreamingEncoder, entry: bus_pb2.StreamEntry
                         ) -> tuple[StreamingEncoder, list[Output]]:

@@ -16,8 +16,10 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ditto.pipeline import FPS
+
 SAMPLE_RATE = 16000
-FRAME_SAMPLES = 640                     # one 25 fps frame
+FRAME_SAMPLES = SAMPLE_RATE // FPS      # 640: one frame
 FRONT_PAD = 3 * FRAME_SAMPLES           # 1920: three past frames of silence before the first sample
 WINDOW = 6480                           # (3 past + 5 current + 2 future) frames + 80 samples
 HOP = 5 * FRAME_SAMPLES                 # 3200: five new frames per window

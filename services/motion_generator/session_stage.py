@@ -16,15 +16,13 @@ from typing import Any
 import grpc
 import numpy as np
 
-from ditto import codec
+from ditto import codec, pipeline
 from ditto.bus.worker import Output
+from ditto.pipeline import REST_FRAMES
 from ditto.stage_runtime import forward
 from ditto_client.v1 import bus_pb2, common_pb2
 from services.motion_generator.generator import AvatarMotion, KeypointBatch, MotionGenerator, MotionSession
 from services.motion_generator.protocol import avatar_from_proto, controls_from_proto, settings_from_proto
-
-NEXT = "renderer"
-REST_FRAMES = 8  # 320 ms back to rest after an interrupt
 
 
 @dataclass
@@ -62,7 +60,6 @@ def ease_to_rest(x_s: np.ndarray, x_last: np.ndarray, n: int) -> np.ndarray:
 class MotionStage:
     name = "motion_generator"
     label = "motion stage"
-    passthrough: str | None = NEXT
     input_errors: tuple[type[Exception], ...] = (ValueError, KeyError)
     input_error_code = grpc.StatusCode.INVALID_ARGUMENT
 
@@ -70,6 +67,8 @@ class MotionStage:
         self.generator = generator
         self.max_batch = generator.max_batch
         self.v_min_max = v_min_max  # per-dimension clamp of generated motion [2, 265] (None = none)
+        self.next = pipeline.active().next_of(self.name)  # the renderer, as ditto.pipeline has it
+        self.passthrough: str | None = self.next
 
     def new_session(self, avatar: AvatarMotion, steps: int, overlap: int, seed: int,
                     emotion: common_pb2.EmotionControl, controls: common_pb2.MotionControls,
@@ -93,7 +92,7 @@ class MotionStage:
 
     async def open(self, spec: bus_pb2.SessionSpec, entry: bus_pb2.StreamEntry) -> tuple[LiveMotion, list[Output]]:
         live = self._live(spec, prefill=codec.unnamed(entry.tensors).get("prefill"))
-        return live, [forward(entry, NEXT, with_tensors=False)]
+        return live, [forward(entry, self.next, with_tensors=False)]
 
     async def restore(self, state: bytes) -> LiveMotion:
         st = codec.unpack(state)
@@ -126,7 +125,7 @@ class MotionStage:
              result: KeypointBatch) -> list[Output]:
         outputs = self._frames(session, result, step_input.idle)
         if step_input.end:
-            outputs.append(forward(entry, NEXT))
+            outputs.append(forward(entry, self.next))
         return outputs
 
     def control(self, session: LiveMotion, entry: bus_pb2.StreamEntry) -> list[Output]:
@@ -141,7 +140,7 @@ class MotionStage:
         return []
 
     async def interrupt(self, session: LiveMotion, entry: bus_pb2.StreamEntry) -> tuple[LiveMotion, list[Output]]:
-        outputs = [forward(entry, NEXT, with_tensors=False)]
+        outputs = [forward(entry, self.next, with_tensors=False)]
         n = 0
         rest = None
         if session.last_xd is not None:
@@ -149,7 +148,7 @@ class MotionStage:
             x_s = np.asarray(session.last_xs, np.float32)
             rest = ease_to_rest(x_s, session.last_xd, REST_FRAMES)
             meta = common_pb2.KeypointFrames(first_frame=0, idle=True)
-            outputs.append(Output(NEXT, bus_pb2.ENTRY_KIND_DATA,
+            outputs.append(Output(self.next, bus_pb2.ENTRY_KIND_DATA,
                                   {"x_s": np.repeat(x_s[None], REST_FRAMES, 0), "x_d": rest,
                                    "source_index": np.zeros(REST_FRAMES, np.int64)}, meta.SerializeToString()))
             n = REST_FRAMES
@@ -163,6 +162,6 @@ class MotionStage:
             return []
         live.last_xs, live.last_xd = batch.x_s[-1].copy(), batch.x_d[-1].copy()
         meta = common_pb2.KeypointFrames(first_frame=live.offset + batch.first_frame, idle=idle)
-        return [Output(NEXT, bus_pb2.ENTRY_KIND_DATA,
+        return [Output(self.next, bus_pb2.ENTRY_KIND_DATA,
                        {"x_s": batch.x_s.astype(np.float32), "x_d": batch.x_d.astype(np.float32),
                         "source_index": batch.source_index.astype(np.int64)}, meta.SerializeToString())]

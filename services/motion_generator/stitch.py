@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ditto.keypoints import bin66_to_degree, transform_keypoints
+from ditto.pipeline import FPS
 
 # 265-d motion layout (docs/model.md §3.1): key -> (start, stop)
 MOTION_SLICES: dict[str, tuple[int, int]] = {
@@ -110,7 +111,7 @@ class StreamBlinks:
     uniform in [0.8, 1.2] x the mean interval (default 3.2 s = the reference's 60..100 frames at 25 fps).
     """
 
-    def __init__(self, blink_len: int, seed: int = 0, interval_s: float = 3.2, fps: float = 25.0) -> None:
+    def __init__(self, blink_len: int, seed: int = 0, interval_s: float = 3.2, fps: float = FPS) -> None:
         self.blink_len = blink_len
         self.seed = int(seed)
         self.fps = fps

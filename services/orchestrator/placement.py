@@ -15,10 +15,10 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from ditto import pipeline
 from ditto.bus import Bus
 from ditto.bus.base import Admission, AdmissionRequest, StageSlots
 
-STAGES = ("audio_encoder", "motion_generator", "renderer")
 PLACEMENT_TTL_S = 15
 
 
@@ -70,9 +70,10 @@ class Placer:
         return self.bus.keys.placements(stage)
 
     async def stage_slots(self) -> tuple[StageSlots, ...]:
-        """Where admission looks for each stage's capacity, with the preferred slots in order."""
+        """Where admission looks for each stage's capacity (every stage of the pipeline), with the preferred slots
+        in order."""
         out = []
-        for stage in STAGES:
+        for stage in pipeline.active().names:
             held = await self.held_slots(stage)
             owners = await self.slot_owners(stage, held)
             preference = slot_preference(owners, await self.load(stage), self.sessions_per_slot)

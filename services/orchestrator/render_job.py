@@ -19,6 +19,7 @@ import numpy as np
 
 from ditto.media import MediaError, MediaTooLong, short
 from ditto.media.audio import DecodedAudio
+from ditto.pipeline import FPS
 from ditto_client.v1 import avatar_pb2, common_pb2
 from services.orchestrator.session import SessionError, check_id, check_name
 from services.orchestrator.tenants import Tenant
@@ -71,7 +72,7 @@ async def run_render(orch, tenant: Tenant, request: avatar_pb2.RenderRequest, mp
     decoded = await decode_render_audio(orch, request)
     samples, rate = decoded.samples, decoded.sample_rate
     seconds = decoded.seconds
-    total = math.ceil(seconds * 25)
+    total = math.ceil(seconds * FPS)
     config = avatar_pb2.SessionConfig(
         avatar_id=request.avatar_id,
         audio_format=common_pb2.AudioFormat(sample_format=common_pb2.SAMPLE_FORMAT_FLOAT32LE, sample_rate_hz=rate,
@@ -105,7 +106,7 @@ async def run_render(orch, tenant: Tenant, request: avatar_pb2.RenderRequest, mp
                 frame = np.frombuffer(f.data, dtype=np.uint8).reshape(f.height, f.width, -1)
                 if writer is None:
                     kind_of = WebmAlphaWriter if frame.shape[2] == 4 else Mp4Writer
-                    writer = kind_of(mp4_path, f.width, f.height, fps=25, audio_track=decoded.aac_track)
+                    writer = kind_of(mp4_path, f.width, f.height, fps=FPS, audio_track=decoded.aac_track)
                 await in_thread(orch.heavy, writer.write, frame)  # H.264 encoding: off the event loop
                 session.taken(msg)
                 written += 1

@@ -14,17 +14,18 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from ditto import telemetry
+from ditto import pipeline, telemetry
 from ditto.bus import Bus, BusError, Commit
 from ditto.bus.retry import backoff_s
 from ditto.media import short
 from ditto.media.pool import Decoder, shared_pool
 from ditto.media.visual import MediaLimits
+from ditto.pipeline import FPS
 from ditto.redaction import redact
 from ditto_client.v1 import avatar_pb2, avatar_pb2_grpc, common_pb2, renderer_pb2
 from services.orchestrator.avatars import AvatarRegistry, Registrar, RegistrationError
 from services.orchestrator.config import OrchestratorSettings
-from services.orchestrator.placement import STAGES, NoCapacity, Placement, Placer
+from services.orchestrator.placement import NoCapacity, Placement, Placer
 from services.orchestrator.session import Session, SessionError, check_id, check_name, validate_config
 from services.orchestrator.tenants import SESSION_KEY_TTL_S, AuthError, Quotas, Tenant, TenantDirectory
 
@@ -223,7 +224,7 @@ class Orchestrator:
         """The stages no live worker serves now (sessions cannot start until this is []); sets ditto_stage_workers
         from the workers' presence on the bus."""
         missing = []
-        for stage in STAGES:
+        for stage in pipeline.active().names:
             _workers.labels(stage).set(len(await self.placer.live_workers(stage)))
             if not await self.placer.held_slots(stage):
                 missing.append(stage)
@@ -354,7 +355,7 @@ class AvatarService(avatar_pb2_grpc.AvatarServicer):
             session.handler_task = asyncio.current_task()
             out = session.config.output
             yield avatar_pb2.ConverseResponse(started=avatar_pb2.SessionStarted(
-                session_id=session.session_id, fps=25, width=session.avatar.width, height=session.avatar.height,
+                session_id=session.session_id, fps=FPS, width=session.avatar.width, height=session.avatar.height,
                 encoding=out.encoding or common_pb2.FRAME_ENCODING_JPEG,
                 audio_look_ahead_ms=session.look_ahead_ms,
                 audio_read_ahead_ms=round(session.read_ahead_s * 1000)))

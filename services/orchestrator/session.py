@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING
 import grpc
 import numpy as np
 
-from ditto import codec, telemetry
+from ditto import codec, pipeline, telemetry
 from ditto.bus.base import BusError
 from ditto.bus.retry import retry_bus
 from ditto.look_ahead import audio_look_ahead_ms
+from ditto.pipeline import FPS
 from ditto.redaction import redact
 from ditto_client.v1 import avatar_pb2, bus_pb2, common_pb2, renderer_pb2
 
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
     from services.orchestrator.service import Orchestrator
     from services.orchestrator.tenants import Tenant
 
-FPS = 25
 FRAME_S = 1 / FPS
 READ_AHEAD_SLACK_S = 5 * FRAME_S  # frames in transit: counted as taken here, not yet by the client
 
@@ -271,7 +271,7 @@ class Session:
             entry = self._entry(kind, meta, tensors)
             log.debug("entry published", session=self.session_id, seq=entry.seq, kind=kind)
             # Safe to repeat: a stage acknowledges an entry it has seen (same epoch and seq) without applying it.
-            await retry_bus(lambda: self.orch.bus.publish(self.route["audio_encoder"], entry),
+            await retry_bus(lambda: self.orch.bus.publish(self.route[pipeline.active().first.name], entry),
                             self.orch.settings.bus_outage_s, "publish")
 
     async def start(self) -> None:

@@ -25,6 +25,8 @@ from typing import Any, Protocol, cast
 import cv2
 import numpy as np
 
+from ditto.pipeline import FPS
+
 
 class Encoding(enum.IntEnum):
     """Frame encodings (values as in `ditto.v1.FrameEncoding`; 0 means JPEG)."""
@@ -124,7 +126,7 @@ class H264Encoder:
 
     encoding = Encoding.H264
 
-    def __init__(self, width: int, height: int, fps: int = 25, crf: int = 18, gop: int = 50):
+    def __init__(self, width: int, height: int, fps: int = FPS, crf: int = 18, gop: int = 50):
         if width % 2 or height % 2:
             raise EncodeError(f"H.264 yuv420p needs even width and height, got {width}x{height}")
         import av
@@ -154,7 +156,7 @@ class H264Encoder:
         return [bytes(p) for p in self._ctx.encode(None)]
 
 
-def make_encoder(encoding: int, width: int, height: int, jpeg_quality: int = 90, fps: int = 25,
+def make_encoder(encoding: int, width: int, height: int, jpeg_quality: int = 90, fps: int = FPS,
                  device: str = "cpu") -> FrameEncoder:
     """An encoder for a `ditto.v1.FrameEncoding` value (0 = JPEG). On a CUDA device with torchvision (the `gpu`
     extra), JPEG is encoded on the GPU; otherwise on the CPU."""
@@ -178,7 +180,7 @@ class Mp4Writer:
 
     container, video_codec, pix_fmt, frame_format = "mp4", "libx264", "yuv420p", "rgb24"
 
-    def __init__(self, path: str | Path, width: int, height: int, fps: int = 25, crf: int = 18,
+    def __init__(self, path: str | Path, width: int, height: int, fps: int = FPS, crf: int = 18,
                  audio: str | Path | bytes | None = None, audio_track: bytes | None = None):
         if width % 2 or height % 2:
             raise EncodeError(f"{self.video_codec} {self.pix_fmt} needs even width and height, got {width}x{height}")

@@ -16,10 +16,11 @@ from typing import cast
 import grpc
 import numpy as np
 
-from ditto import codec
+from ditto import codec, pipeline
 from ditto.bus import Bus
 from ditto.bus.worker import Output
-from ditto.stage_runtime import FRAMES, forward
+from ditto.pipeline import FRAMES
+from ditto.stage_runtime import forward
 from ditto_client.v1 import bus_pb2, common_pb2, renderer_pb2
 from services.renderer.avatar.register import Avatar, MediaError, NoFaceError
 from services.renderer.core import (
@@ -35,7 +36,6 @@ from services.renderer.core import (
 class RendererStage:
     name = "renderer"
     label = "renderer"
-    passthrough: str | None = None  # the last stage: what it does not consume ends here
     input_errors: tuple[type[Exception], ...] = (LookupError, ValueError, MediaError, NoFaceError)
     input_error_code = grpc.StatusCode.FAILED_PRECONDITION
 
@@ -43,6 +43,10 @@ class RendererStage:
         self.core = core
         self.max_batch = core.max_batch
         self.bus = bus  # where the orchestrator keeps each avatar's source media
+        # where frames go: the orchestrator's frames stream (FRAMES) while the renderer is the last stage
+        self.next = pipeline.active().next_of(self.name)
+        # the last stage keeps CLOSE and kinds it does not know: nothing after it consumes them
+        self.passthrough: str | None = None if self.next == FRAMES else self.next
 
     def step(self, batch: Sequence[tuple[RenderSession, RenderInput]]) -> list[RenderResult]:
         return self.core.step(batch)
@@ -101,13 +105,13 @@ class RendererStage:
         if not isinstance(result, RenderedFrames):
             raise result
         if step_input.x_s is None:
-            return [forward(entry, FRAMES)]
+            return [forward(entry, self.next)]
         encoding = cast(common_pb2.FrameEncoding, int(session.encoder.encoding))
         outputs = []
         for k, data in enumerate(result.frames):
             fm = bus_pb2.FrameMeta(index=step_input.first_frame + k, width=result.width, height=result.height,
                                    encoding=encoding, idle=step_input.idle)
-            outputs.append(Output(FRAMES, bus_pb2.ENTRY_KIND_DATA, {"frame": np.frombuffer(data, np.uint8)},
+            outputs.append(Output(self.next, bus_pb2.ENTRY_KIND_DATA, {"frame": np.frombuffer(data, np.uint8)},
                                   fm.SerializeToString()))
         return outputs
 
@@ -121,4 +125,4 @@ class RendererStage:
         fresh = self.core.open(session.avatar, session.spec.output)
         fresh.spec = session.spec
         # tells the orchestrator the interrupted epochs' entries have all passed (it returns their credits)
-        return fresh, [Output(FRAMES, bus_pb2.ENTRY_KIND_INTERRUPT, {}, b"")]
+        return fresh, [Output(self.next, bus_pb2.ENTRY_KIND_INTERRUPT, {}, b"")]

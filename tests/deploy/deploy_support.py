@@ -20,6 +20,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from ditto.pipeline import PIPELINE
+
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
@@ -29,8 +31,8 @@ DEV_OVERLAYS = [o for o in OVERLAYS if o.startswith("dev")]
 # Kubernetes versions the manifests must be valid for: the documented minimum and the newest schema available
 K8S_VERSIONS = ("1.29", "1.37")
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "Job")
-# Deployment name -> stage name of the kernel (ditto.config.STAGES)
-STAGE_DEPLOYMENTS = {"audio-encoder": "audio_encoder", "motion-generator": "motion_generator", "renderer": "renderer"}
+# Deployment name -> stage name of the kernel's pipeline (the manifests are written by hand; the tests hold them to it)
+STAGE_DEPLOYMENTS = {s.deployment: s.name for s in PIPELINE.stages}
 
 Obj = dict[str, Any]
 

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from deploy_support import DEPLOY, OVERLAYS, ROOT, STAGE_DEPLOYMENTS, containers, pod_spec, render, workloads
 
-from ditto.config import STAGES
+from ditto.pipeline import PIPELINE
 
 DOCKERFILE = DEPLOY / "docker" / "Dockerfile"
 DOCKERIGNORE = DEPLOY / "docker" / "Dockerfile.dockerignore"
@@ -198,7 +198,7 @@ def test_kubernetes_and_compose_use_existing_targets_and_the_image_user():
         if command[:1] == ["worker"]:
             stages.add(command[command.index("--stage") + 1])
     assert published == {"orchestrator"}
-    assert stages == set(STAGES) == set(STAGE_DEPLOYMENTS.values())
+    assert stages == set(PIPELINE.names) == set(STAGE_DEPLOYMENTS.values())
 
 
 # ---- the health check script against a real gRPC server

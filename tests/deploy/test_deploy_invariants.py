@@ -28,8 +28,9 @@ from deploy_support import (
     workloads,
 )
 
-from ditto.config import STAGES, Settings, load_settings
+from ditto.config import Settings, load_settings
 from ditto.keys import Keys
+from ditto.pipeline import PIPELINE
 
 # Drain budget a stage worker needs after SIGTERM: finish the chunks in flight, acknowledge, checkpoint, release
 # the leases. A chunk is 200 ms of audio; 30 s is the budget the manifests promise to leave.
@@ -416,7 +417,7 @@ def test_stage_commands_name_kernel_stages_and_defined_variables(overlay):
             if words and words[0] == "worker":
                 stages[w["metadata"]["name"]] = words[words.index("--stage") + 1]
     assert stages == STAGE_DEPLOYMENTS
-    assert set(stages.values()) == set(STAGES)
+    assert set(stages.values()) == set(PIPELINE.names)
 
 
 # ---- images

@@ -15,8 +15,8 @@ import grpc
 import numpy as np
 
 from ditto import rpc
+from ditto.pipeline import REST_FRAMES  # the service's own number: the truth to test by
 from ditto_client.v1 import avatar_pb2, avatar_pb2_grpc
-from services.motion_generator.session_stage import REST_FRAMES  # the service's own number: the truth to test by
 
 FRAME_SAMPLES = 640  # 40 ms at 16 kHz
 BURST_AMPLITUDE = 8000

@@ -33,8 +33,8 @@ from serving_helpers import chunks, config, embedded_service, frames_of, portrai
 from ditto import rpc
 from ditto.bus.redis_streams import sync_client
 from ditto.keys import Keys
+from ditto.pipeline import PIPELINE
 from ditto_app.cluster import LocalCluster, Proc, free_port, start_redis
-from ditto_app.stages import STAGES
 from ditto_client.v1 import avatar_pb2, avatar_pb2_grpc
 
 pytestmark = pytest.mark.e2e
@@ -218,7 +218,7 @@ def test_distributed_frames_equal_the_embedded_service(cluster, reference):
     assert_same_frames(run.frames, reference)
 
 
-@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("stage", PIPELINE.names)
 def test_sigkill_of_a_stage_worker_mid_session_loses_no_frame(stage, redis_url, reference, tmp_path):
     with running(new_cluster(redis_url, tmp_path)) as c:
         start_second_worker(c, stage)
@@ -334,11 +334,11 @@ def _spans(p: Proc) -> dict[str, set[str]]:
 def test_one_chunk_trace_spans_all_four_processes(cluster):
     run = asyncio.run(converse(cluster.address, chunks(speech_pcm16(1.0))))
     assert run.code == grpc.StatusCode.OK, run.details
-    names = ("orchestrator", *STAGES)
+    names = ("orchestrator", *PIPELINE.names)
 
     def shared() -> set[str]:
         published = {t for t, n in _spans(cluster.procs["orchestrator"]).items() if "orchestrator.publish" in n}
-        for stage in STAGES:
+        for stage in PIPELINE.names:
             published &= {t for t, n in _spans(cluster.procs[stage]).items() if f"{stage}.process" in n}
         return published
 
@@ -366,7 +366,7 @@ def test_every_process_serves_prometheus_metrics(cluster):
     orch = _metrics(cluster.procs["orchestrator"])
     assert orch["ditto_first_frame_seconds_count"][0][1] >= 1
     assert sum(v for _, v in orch["ditto_frames_sent_total"]) >= 25
-    for stage in STAGES:
+    for stage in PIPELINE.names:
         m = _metrics(cluster.procs[stage])
         done = [v for labels, v in m.get("ditto_stage_entries_total", []) if labels == {"stage": stage,
                                                                                         "outcome": "done"}]

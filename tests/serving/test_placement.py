@@ -9,7 +9,8 @@ from collections import Counter
 import pytest
 
 from ditto.bus import RedisBus
-from services.orchestrator.placement import STAGES, NoCapacity, Placer, choose_slot
+from ditto.pipeline import PIPELINE
+from services.orchestrator.placement import NoCapacity, Placer, choose_slot
 
 SLOTS = 8
 TTL_MS = 60_000  # leases written by the test stand still: nothing renews them, nothing should expire mid-test
@@ -23,7 +24,7 @@ async def bus(redis_url, unique_prefix):
     await b.close()
 
 
-async def hold(bus: RedisBus, owner: str, slots: range, stages=STAGES) -> None:
+async def hold(bus: RedisBus, owner: str, slots: range, stages=PIPELINE.names) -> None:
     """What a live worker leaves in Redis: one lease per slot it holds, with its id as the value, and the slot in
     the stage's live-member set of held slots."""
     for stage in stages:
@@ -60,7 +61,7 @@ async def test_sessions_spread_evenly_over_two_workers(bus):
     placer = Placer(bus, SLOTS, sessions_per_slot=4)
     for i in range(8):
         await placer.place(f"s{i}")
-    for stage in STAGES:
+    for stage in PIPELINE.names:
         assert await per_worker(bus, placer, stage) == Counter({"worker-a": 4, "worker-b": 4}), stage
         assert sorted((await placer.load(stage)).values()) == [1] * 8, f"{stage}: every slot gets one first"
 
@@ -70,7 +71,7 @@ async def test_sessions_admitted_at_once_still_spread_evenly(bus):
     await hold(bus, "worker-b", range(4, 8))
     placer = Placer(bus, SLOTS, sessions_per_slot=4)
     placements = await asyncio.gather(*(placer.place(f"s{i}") for i in range(6)))
-    for stage in STAGES:
+    for stage in PIPELINE.names:
         assert await per_worker(bus, placer, stage) == Counter({"worker-a": 3, "worker-b": 3}), stage
     assert len({p.slots["renderer"] for p in placements}) == 6
 
@@ -81,7 +82,7 @@ async def test_a_worker_that_joins_gets_new_sessions_and_placed_ones_stay(bus):
     before = {f"old{i}": await placer.place(f"old{i}") for i in range(4)}
     await hold(bus, "worker-b", range(4, 8))  # joins with slots nobody held (a keeps the slots its sessions use)
     after = [await placer.place(f"new{i}") for i in range(6)]
-    for stage in STAGES:
+    for stage in PIPELINE.names:
         owners = await placer.slot_owners(stage)
         # The first 4 new sessions all go to the newcomer, then the two workers alternate.
         assert [owners[p.slots[stage]] for p in after] == ["worker-b"] * 4 + ["worker-a", "worker-b"], stage

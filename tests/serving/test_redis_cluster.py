@@ -14,7 +14,7 @@ from test_distributed import FRAMES, KILL_AT, Run, assert_same_frames, audio, co
 
 from ditto.bus import RedisBus
 from ditto.keys import Keys
-from ditto_app.stages import STAGES
+from ditto.pipeline import PIPELINE
 from ditto_client.v1 import avatar_pb2, bus_pb2
 
 pytestmark = pytest.mark.e2e
@@ -99,7 +99,7 @@ async def _balanced_load(url: str, prefix: str, sessions: int, seconds: int) -> 
     count: dict[str, int] = {}
     try:
         for i in range(sessions):
-            streams = [keys.slot_stream(stage, (i * 7 + j * 13) % 64) for j, stage in enumerate(STAGES)]
+            streams = [keys.slot_stream(stage, (i * 7 + j * 13) % 64) for j, stage in enumerate(PIPELINE.names)]
             frames = keys.frames_stream(f"replica-{i % 4}", (i // 4) % 12, 12)
             for stream, n in [*((s, 5 * seconds) for s in streams), (frames, 25 * seconds)]:
                 for seq in range(n):

@@ -38,7 +38,6 @@ FPS = 25
 SMALL_PER_SESSION_S = 15
 SHARD_BUDGET = 0.7   # share of one core a Redis shard may use before latency suffers (it runs commands on one thread)
 ORCH_BUDGET = 0.7    # the same for one orchestrator replica's core
-STAGES = ("audio_encoder", "motion_generator", "renderer")
 SLOTS = 16
 BATCH = 64
 
@@ -72,10 +71,11 @@ def _streams() -> list[str]:
     """The streams a balanced load writes, named by the kernel: every stage slot, and the frames shards of two
     orchestrator replicas."""
     from ditto.keys import Keys
+    from ditto.pipeline import PIPELINE
     from services.orchestrator.config import OrchestratorSettings
 
     names, shards = Keys("bench"), OrchestratorSettings.model_fields["frames_shards"].default
-    return [names.slot_stream(stage, k) for stage in STAGES for k in range(SLOTS)] + \
+    return [names.slot_stream(stage, k) for stage in PIPELINE.names for k in range(SLOTS)] + \
         [names.frames_stream(replica, k, shards) for replica in ("replica-a", "replica-b") for k in range(shards)]
 
 

@@ -26,9 +26,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ditto.pipeline import FPS
+
 SIZES = {"512x512": ((512, 512), 400), "1920x1080": ((1080, 1920), 700)}  # (h, w), face box side in px
 NODE_CORES = 16
-FPS = 25
 REPS = 30
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ditto.pipeline import FPS
 from ditto_app.cluster import ServeProcess, start_serve, stop_group
 from tools.bench import record
 
@@ -96,7 +97,7 @@ async def _session(stub, avatar_id: str, seed: int, started: asyncio.Event | Non
     n = len(arrivals)
     span = arrivals[-1] - arrivals[0] if n > 1 else 0.0
     return SessionResult(first_frame_s=arrivals[0] - first_sent[0] if arrivals and first_sent else float("nan"),
-                         fps=(n - 1) / span if span > 0 else 0.0, frames=n, expected=int(np.ceil(seconds * 25)),
+                         fps=(n - 1) / span if span > 0 else 0.0, frames=n, expected=int(np.ceil(seconds * FPS)),
                          code=code,
                          completion_s=arrivals[-1] - first_sent[0] if arrivals and first_sent else float("nan"))
 
@@ -157,9 +158,9 @@ def _wait_workers_live(cluster, workers: int, timeout: float = 180) -> None:
 
 
 def _second_workers(cluster) -> None:
-    from ditto_app.stages import STAGES
+    from ditto import pipeline
 
-    names = [cluster.start_worker(stage, f"{stage}-2").name for stage in STAGES]
+    names = [cluster.start_worker(stage, f"{stage}-2").name for stage in pipeline.active().names]
     cluster.wait_ready(names=names)
     _wait_workers_live(cluster, 2)
 

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ditto_client.timeline import FPS, FRAME_SAMPLES
+
 SECONDS = 4.0
 ROUNDS = 2
 CHUNK_MS = 80
@@ -88,7 +90,7 @@ async def _direct(address: str, avatar_id: str, seed: int) -> dict:
             if msg.WhichOneof("kind") == "frame":
                 frames.append(time.monotonic())
         await sender
-    lat = _latencies(frames[:int(SECONDS * 25)], sent, 640)
+    lat = _latencies(frames[:int(SECONDS * FPS)], sent, FRAME_SAMPLES)
     return {"frames": len(frames), "latency_ms": lat}
 
 
@@ -121,7 +123,7 @@ async def _through_gateway(url: str, avatar_id: str, gateway_pid: int) -> dict:
             return frame
 
     frames: list[float] = []
-    wanted = int(SECONDS * 25)
+    wanted = int(SECONDS * FPS)
     done = asyncio.Event()
     pc = RTCPeerConnection()
     pc.addTrack(Speech())
