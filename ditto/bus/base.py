@@ -100,10 +100,12 @@ class Commit:
     # Output streams that must not outlive their reader (a replica's frames stream): if the stream has no TTL when
     # the commit appends to it (it was gone and the append created it again), it gets this one (milliseconds).
     output_ttl_ms: dict[str, int] = field(default_factory=dict)
-    # The input this commit completes, (session id, entry id): with it, the outputs are appended and the state is
-    # written at most once per input (markers beside each stream name the last input applied), so a commit redone
-    # after a failure in the middle -- or a step retried after a connection reset -- never applies twice. Entry ids
-    # grow along a stream, and a session's entries at a stage all come through one slot stream.
+    # The input this commit completes, (session id, "<epoch>-<seq>" of the input entry): with it, the outputs are
+    # appended and the state is written at most once per input (markers beside each stream name the last input
+    # applied), so a commit redone after a failure in the middle -- or a step retried after a connection reset --
+    # never applies twice. A stage applies a session's entries in (epoch, seq) order, which is not always the order
+    # of their stream ids (an entry that came late is applied before the later ones that came first), so the marker
+    # compares (epoch, seq), written like a stream id.
     input: tuple[str, str] | None = None
 
 

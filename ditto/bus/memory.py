@@ -146,7 +146,7 @@ class MemoryBus(Bus):
         return out
 
     def _done(self, marker: str, input_id: str) -> bool:
-        """Whether the marker names `input_id` or a later input (see `Commit.input`); stream ids compare as numbers."""
+        """Whether the marker names `input_id` or a later input (see `Commit.input`; "a-b" compares as numbers)."""
         held = self._state.get(marker)
         if held is None or held[1] <= time.monotonic():
             return False

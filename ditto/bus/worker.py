@@ -476,7 +476,7 @@ class SlotWorker:
         # `input` makes the commit idempotent: redone after a failure half-way (on a Redis Cluster its outputs and its
         # checkpoint are separate steps), nothing is appended or written twice.
         commit = Commit(acks=[(item.delivery.stream, item.delivery.entry_id)],
-                        input=(e.session_id, item.delivery.entry_id))
+                        input=(e.session_id, f"{e.epoch}-{e.seq}"))
         now_ms = int(time.time() * 1000)
         for out in result.outputs:
             stream = e.route.get(out.target, out.target)
