@@ -15,6 +15,7 @@ from relay_stage import NAME, extra_stage
 from serving_helpers import chunks, collect, config, embedded_service, frames_of, portrait_png, requests, speech_pcm16
 
 from ditto import pipeline, telemetry
+from ditto.keys import Keys
 from ditto.pipeline import PIPELINE
 from ditto_app.cli import build_parser
 from ditto_client.v1 import avatar_pb2
@@ -42,7 +43,7 @@ def test_the_worker_cli_and_the_scaled_objects_follow_the_pipeline(monkeypatch):
         docs = list(yaml.safe_load_all(render(3)))
         assert [d["metadata"]["name"] for d in docs] == ["audio-encoder", "motion-generator", NAME, "renderer"]
         relay = docs[2]["spec"]["triggers"]
-        assert [t["metadata"]["stream"] for t in relay] == [f"ditto:{NAME}:slot:{k}" for k in range(3)]
+        assert [t["metadata"]["stream"] for t in relay] == [Keys("ditto").slot_stream(NAME, k) for k in range(3)]
         assert {t["metadata"]["consumerGroup"] for t in relay} == {NAME}
     # the block's end puts the written pipeline back
     assert pipeline.active() is PIPELINE and _worker_stage_choices() == list(PIPELINE.names)
