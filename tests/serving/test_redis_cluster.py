@@ -5,6 +5,10 @@ replica without restarting any process; and the key design spreads a balanced lo
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 import time
 
 import grpc
@@ -21,12 +25,24 @@ pytestmark = pytest.mark.e2e
 __all__ = ["reference"]  # the embedded service's frames (a fixture of test_distributed)
 
 
-def test_redis_cluster_serves_a_whole_session(redis_cluster_url, reference, tmp_path):
+def test_redis_cluster_serves_a_whole_session_and_ditto_status_reads_it(redis_cluster_url, reference, tmp_path):
     with running(new_cluster(redis_cluster_url, tmp_path)) as c:
         run = asyncio.run(converse(c.address, audio()))
         assert run.code == grpc.StatusCode.OK, run.details
         assert run.final is not None and run.final.frames_sent == FRAMES
         assert_same_frames(run.frames, reference)
+        # `ditto status` finds every worker, its slots and the orchestrator with the same REDIS_URL (keys spread
+        # over the primaries: it scans them all)
+        env = {**os.environ, "REDIS_URL": c.redis_url, "DITTO_BUS__PREFIX": c.prefix, "DITTO_BUS__SLOTS": str(c.slots)}
+        out = subprocess.run([sys.executable, "-m", "ditto_app.cli", "status", "--json", "--server", c.address],
+                             env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stdout + out.stderr
+        snap = json.loads(out.stdout)
+        assert snap["server"] == {c.address: "SERVING"} and len(snap["orchestrators"]) == 1
+        for st in snap["stages"]:
+            (worker,) = st["workers"]
+            assert worker["worker"] == c.procs[st["stage"]].owner and st["slots_held"] == c.slots
+        assert [st["stage"] for st in snap["stages"]] == list(PIPELINE.names)
 
 
 def _placed_slot(url: str, prefix: str, stage: str, session_id: str) -> int:
