@@ -30,6 +30,7 @@ class RelayStage:
     label = "relay stage"
     input_errors: tuple[type[Exception], ...] = (ValueError,)
     input_error_code = grpc.StatusCode.INVALID_ARGUMENT
+    max_batch = 16
 
     def __init__(self) -> None:
         self.next = pipeline.active().next_of(self.name)
@@ -73,7 +74,7 @@ def _load(weights_dir: Path, profile: str, device: str, backend: str, cache: Pat
 
 def _build(models: Any, ctx: StageContext) -> BuiltStage:
     relay = RelayStage()
-    return BuiltStage(relay.name, SessionStageHandler(relay, max_batch=16))
+    return BuiltStage(relay.name, SessionStageHandler(relay))
 
 
 @contextmanager
