@@ -4,6 +4,7 @@ replica takes over within a few seconds."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -41,9 +42,9 @@ def _wait(cond, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def _answers(port: int) -> bool:
+def _answers(port: int, password: str | None = None) -> bool:
     try:
-        c = redis.Redis(port=port, socket_connect_timeout=0.5, socket_timeout=1)
+        c = redis.Redis(port=port, password=password, socket_connect_timeout=0.5, socket_timeout=1)
         try:
             return bool(c.ping())
         finally:
@@ -58,18 +59,25 @@ class LocalRedisCluster:
     nodes: int = 6
     ports: list[int] = field(default_factory=list)
     procs: dict[int, subprocess.Popen] = field(default_factory=dict)
+    password: str | None = None  # requirepass (and masterauth, so replicas can follow) on every node
 
     @property
     def url(self) -> str:
         """Any node will do: the client discovers the others."""
-        return f"redis://127.0.0.1:{self.ports[0]}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.ports[0]}/0"
+
+    def _client(self, port: int, **kw) -> redis.Redis:
+        return redis.Redis(port=port, password=self.password, socket_connect_timeout=0.5, socket_timeout=1, **kw)
 
     def _spawn(self, port: int) -> None:
         d = self.folder / str(port)
         d.mkdir(parents=True, exist_ok=True)
+        conf = d / "redis.conf"  # the password lives in a file, never on a command line
+        conf.write_text(f"requirepass {self.password}\nmasterauth {self.password}\n" if self.password else "")
         log = open(d / "redis.log", "ab")  # noqa: SIM115 - handed to the process
         self.procs[port] = subprocess.Popen(
-            [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", "127.0.0.1",
+            [shutil.which("redis-server") or "redis-server", str(conf), "--port", str(port), "--bind", "127.0.0.1",
              "--cluster-enabled", "yes", "--cluster-config-file", str(d / "nodes.conf"),
              "--cluster-node-timeout", str(NODE_TIMEOUT_MS), "--save", "", "--appendonly", "no", "--dir", str(d),
              "--daemonize", "no"], stdout=log, stderr=subprocess.STDOUT)
@@ -80,16 +88,18 @@ class LocalRedisCluster:
         for port in self.ports:
             self._spawn(port)
         for port in self.ports:
-            _wait(lambda p=port: _answers(p), 20, f"redis-server on port {port}")
+            _wait(lambda p=port: _answers(p, self.password), 20, f"redis-server on port {port}")
+        # the password goes through the environment (REDISCLI_AUTH), never a command line
+        env = {**os.environ, "REDISCLI_AUTH": self.password} if self.password else None
         subprocess.run([shutil.which("redis-cli") or "redis-cli", "--cluster", "create",
                         *[f"127.0.0.1:{p}" for p in self.ports], "--cluster-replicas", "1", "--cluster-yes"],
-                       check=True, capture_output=True, timeout=60)
+                       check=True, capture_output=True, timeout=60, env=env)
         self.wait_ok()
         return self
 
     def _state_ok(self, port: int) -> bool:
         try:
-            c = redis.Redis(port=port, socket_connect_timeout=0.5, socket_timeout=1, decode_responses=True)
+            c = self._client(port, decode_responses=True)
             try:
                 info = c.execute_command("CLUSTER", "INFO")
             finally:
@@ -111,7 +121,7 @@ class LocalRedisCluster:
         """Ports of the running primaries that serve slots (as a running node sees them)."""
         for port in self.live_ports():
             try:
-                c = redis.Redis(port=port, socket_connect_timeout=0.5, socket_timeout=1)
+                c = self._client(port)
                 try:
                     slots = c.execute_command("CLUSTER", "SLOTS")
                 finally:
@@ -125,7 +135,7 @@ class LocalRedisCluster:
     def primary_of(self, key: str) -> int:
         """The port of the primary serving `key`'s hash slot."""
         port = self.live_ports()[0]
-        c = redis.Redis(port=port, socket_connect_timeout=0.5, socket_timeout=1)
+        c = self._client(port)
         try:
             slot = int(c.execute_command("CLUSTER", "KEYSLOT", key))
             for start, end, primary, *_ in c.execute_command("CLUSTER", "SLOTS"):
@@ -145,7 +155,7 @@ class LocalRedisCluster:
         if self.procs[port].poll() is None:
             return
         self._spawn(port)
-        _wait(lambda: _answers(port), 20, f"redis-server on port {port} again")
+        _wait(lambda: _answers(port, self.password), 20, f"redis-server on port {port} again")
         self.wait_ok()
 
     def stop(self) -> None:
