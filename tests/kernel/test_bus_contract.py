@@ -426,7 +426,9 @@ async def test_a_blocking_read_returns_before_the_socket_timeout(bus):
         await short.ensure_group(s, "stage")
         t0 = time.monotonic()
         assert await short.read("stage", "c", [s, short.keys.slot_stream("stage", 3)], block_ms=60_000) == []
-        assert time.monotonic() - t0 < 1.0 + 0.5, "the read blocked past the socket timeout"
+        # asked for 60 s, it returns (empty, without a socket timeout in between): far sooner, however loaded the
+        # machine is
+        assert time.monotonic() - t0 < 20, "the read blocked as long as asked, past the socket timeout"
         await short.publish(s, entry("a", 0))
         got = await short.read("stage", "c", [s], block_ms=60_000)
         assert [d.entry.session_id for d in got] == ["a"]
