@@ -135,7 +135,9 @@ async def test_a_crashing_or_bombing_decoder_fails_only_its_own_call(server, ava
             await register(server.address, png, "big.png")
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "DITTO_DECODE__MAX_MEMORY_MB" in err.value.details() and f"{DECODE_MEMORY_MB} MB" in err.value.details()
-    assert mem.peak_growth < 60, f"the server itself grew {mem.peak_growth:.0f} MB for a decode done elsewhere"
+    # decoded in the server, the picture alone would take 300 MB; alice's session runs meanwhile and takes some (up
+    # to 78 MB seen on a loaded machine)
+    assert mem.peak_growth < 150, f"the server itself grew {mem.peak_growth:.0f} MB for a decode done elsewhere"
 
     frames, code, details = await alice
     assert code == grpc.StatusCode.OK, details
