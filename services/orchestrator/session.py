@@ -24,7 +24,9 @@ from ditto.bus.retry import retry_bus
 from ditto.look_ahead import audio_look_ahead_ms
 from ditto.pipeline import FPS
 from ditto.redaction import redact
+from ditto_client.status import status_code
 from ditto_client.v1 import avatar_pb2, bus_pb2, common_pb2, renderer_pb2
+from services.orchestrator.errors import ApiError
 
 if TYPE_CHECKING:
     from services.orchestrator.placement import Placement
@@ -48,12 +50,6 @@ _fps = telemetry.gauge("ditto_session_delivered_fps", "Delivered frames per seco
 SAMPLE_BYTES = {common_pb2.SAMPLE_FORMAT_PCM_S16LE: 2, common_pb2.SAMPLE_FORMAT_FLOAT32LE: 4}
 
 
-class SessionError(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
 MAX_ID_CHARS = 128  # ids are 32 hex characters; anything far longer is not one of ours
 MAX_NAME_CHARS = 255  # file names, as a file system allows
 
@@ -62,26 +58,26 @@ def check_id(value: str, field_name: str) -> None:
     """An id longer than any the service hands out is refused, naming its length only: a reply's message travels
     in gRPC metadata, and echoing megabytes there would turn the answer into RESOURCE_EXHAUSTED."""
     if len(value) > MAX_ID_CHARS:
-        raise SessionError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"{field_name} has {len(value)} characters; ids are at most {MAX_ID_CHARS} (use the id "
-                           "the service returned)")
+        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                       f"{field_name} has {len(value)} characters; ids are at most {MAX_ID_CHARS} (use the id "
+                       "the service returned)")
 
 
 def check_name(value: str, field_name: str) -> None:
     if len(value) > MAX_NAME_CHARS:
-        raise SessionError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"{field_name} has {len(value)} characters; at most {MAX_NAME_CHARS}")
+        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                       f"{field_name} has {len(value)} characters; at most {MAX_NAME_CHARS}")
 
 
 def validate_audio_format(fmt: common_pb2.AudioFormat) -> None:
     if fmt.sample_format not in SAMPLE_BYTES:
-        raise SessionError(grpc.StatusCode.INVALID_ARGUMENT,
-                           "audio_format.sample_format must be PCM_S16LE or FLOAT32LE")
+        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                       "audio_format.sample_format must be PCM_S16LE or FLOAT32LE")
     if not 8000 <= fmt.sample_rate_hz <= 192000:
-        raise SessionError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"audio_format.sample_rate_hz {fmt.sample_rate_hz} is outside 8000..192000")
+        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                       f"audio_format.sample_rate_hz {fmt.sample_rate_hz} is outside 8000..192000")
     if not 1 <= fmt.channels <= 8:
-        raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, f"audio_format.channels {fmt.channels} is outside 1..8")
+        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"audio_format.channels {fmt.channels} is outside 1..8")
 
 
 # Documented ranges of every control (README "Controls"); a value outside is refused, naming the field and range.
@@ -95,18 +91,18 @@ EMOTION_PROBABILITY_RANGE = (0.0, 1.0)
 EMOTION_LABELS = range(0, 9)  # proto enum values: 0 = unspecified (Neutral), 1..8 = Angry..Contempt
 
 
-def _range_error(field_name: str, value: float, lo: float, hi: float) -> SessionError:
-    return SessionError(grpc.StatusCode.INVALID_ARGUMENT,
-                        f"{field_name} = {value:g} is outside its range {lo:g}..{hi:g}")
+def _range_error(field_name: str, value: float, lo: float, hi: float) -> ApiError:
+    return ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                    f"{field_name} = {value:g} is outside its range {lo:g}..{hi:g}")
 
 
 def validate_controls(c: common_pb2.MotionControls, where: str) -> None:
     if len(c.delta_exp) not in (0, 63):
-        raise SessionError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"{where}.delta_exp has {len(c.delta_exp)} values; give 63 (21 keypoints x 3) or none")
+        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                       f"{where}.delta_exp has {len(c.delta_exp)} values; give 63 (21 keypoints x 3) or none")
     values = [getattr(c, f) for f in CONTROL_RANGES if c.HasField(f)] + list(c.delta_exp)
     if not np.all(np.isfinite(np.asarray(values, dtype=np.float64))):
-        raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, f"{where} holds a NaN or infinite value")
+        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"{where} holds a NaN or infinite value")
     for name, (lo, hi) in CONTROL_RANGES.items():
         if c.HasField(name) and not lo <= getattr(c, name) <= hi:
             raise _range_error(f"{where}.{name}", getattr(c, name), lo, hi)
@@ -119,36 +115,36 @@ def validate_controls(c: common_pb2.MotionControls, where: str) -> None:
     e = c.emotion
     for label in e.labels:
         if label not in EMOTION_LABELS:
-            raise SessionError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"{where}.emotion.labels holds {label}; use 1..8 (EMOTION_ANGRY..EMOTION_CONTEMPT) "
-                               "or 0 (unspecified = Neutral)")
+            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"{where}.emotion.labels holds {label}; use 1..8 (EMOTION_ANGRY..EMOTION_CONTEMPT) "
+                           "or 0 (unspecified = Neutral)")
     if len(e.probabilities) not in (0, 8):
-        raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, f"{where}.emotion.probabilities needs 8 values")
+        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"{where}.emotion.probabilities needs 8 values")
     if e.probabilities:
         p = np.asarray(e.probabilities, dtype=np.float64)
         if not np.all(np.isfinite(p)):
-            raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, f"{where}.emotion.probabilities holds a NaN or "
-                               "infinite value")
+            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"{where}.emotion.probabilities holds a NaN or "
+                           "infinite value")
         lo, hi = EMOTION_PROBABILITY_RANGE
         bad = np.flatnonzero((p < lo) | (p > hi))
         if bad.size:
             raise _range_error(f"{where}.emotion.probabilities[{bad[0]}]", float(p[bad[0]]), lo, hi)
         if p.sum() <= 0:
-            raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, f"{where}.emotion.probabilities must sum above 0")
+            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"{where}.emotion.probabilities must sum above 0")
 
 
 def validate_output(o: common_pb2.OutputOptions) -> None:
     """Output options are checked at the door, so a bad value is the client's INVALID_ARGUMENT, not a stage error."""
     if o.encoding not in common_pb2.FrameEncoding.values():
-        raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, f"output.encoding {o.encoding} is not a FrameEncoding")
+        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"output.encoding {o.encoding} is not a FrameEncoding")
     if o.background not in common_pb2.Background.values():
-        raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, f"output.background {o.background} is not a Background")
+        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"output.background {o.background} is not a Background")
     if o.jpeg_quality > 100:
-        raise SessionError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"output.jpeg_quality {o.jpeg_quality} is outside 1..100 (0 = default 90)")
+        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                       f"output.jpeg_quality {o.jpeg_quality} is outside 1..100 (0 = default 90)")
     if o.background == common_pb2.BACKGROUND_TRANSPARENT and o.encoding == common_pb2.FRAME_ENCODING_H264:
-        raise SessionError(grpc.StatusCode.INVALID_ARGUMENT,
-                           "a transparent background needs RAW_RGB or JPEG frames, not H264")
+        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                       "a transparent background needs RAW_RGB or JPEG frames, not H264")
 
 
 def validate_config(c: avatar_pb2.SessionConfig, max_sampling_steps: int = 50) -> None:
@@ -159,16 +155,16 @@ def validate_config(c: avatar_pb2.SessionConfig, max_sampling_steps: int = 50) -
     if c.HasField("emotion"):
         validate_controls(common_pb2.MotionControls(emotion=c.emotion), "config")
     if c.idle_policy not in avatar_pb2.IdlePolicy.values():
-        raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, f"config.idle_policy {c.idle_policy} is not an IdlePolicy")
+        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"config.idle_policy {c.idle_policy} is not an IdlePolicy")
     if c.overlap and c.overlap >= 80:
-        raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, "config.overlap must be below 80 frames")
+        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "config.overlap must be below 80 frames")
     if c.sampling_steps > max_sampling_steps:
-        raise SessionError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"config.sampling_steps = {c.sampling_steps} is outside its range 1..{max_sampling_steps} "
-                           "(0 = the server default; the limit is DITTO_MAX_SAMPLING_STEPS)")
+        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                       f"config.sampling_steps = {c.sampling_steps} is outside its range 1..{max_sampling_steps} "
+                       "(0 = the server default; the limit is DITTO_MAX_SAMPLING_STEPS)")
     if c.seed < 0:
-        raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, f"config.seed {c.seed} is negative; give 0 (random) "
-                           "or a positive seed")
+        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"config.seed {c.seed} is negative; give 0 (random) "
+                       "or a positive seed")
 
 
 @dataclass
@@ -290,20 +286,20 @@ class Session:
     # ---- client side ----
     async def audio(self, data: bytes, idle: bool = False) -> None:
         if not data:
-            raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, "empty audio chunk; send samples or EndOfAudio")
+            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "empty audio chunk; send samples or EndOfAudio")
         if self.ended_audio:
-            raise SessionError(grpc.StatusCode.FAILED_PRECONDITION, "audio after EndOfAudio; start a new session")
+            raise ApiError(grpc.StatusCode.FAILED_PRECONDITION, "audio after EndOfAudio; start a new session")
         if len(data) % self.frame_bytes:
-            raise SessionError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"chunk of {len(data)} bytes is not a whole number of {self.frame_bytes}-byte "
-                               "sample frames for the declared audio_format")
+            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"chunk of {len(data)} bytes is not a whole number of {self.frame_bytes}-byte "
+                           "sample frames for the declared audio_format")
         if len(data) > self.max_chunk_bytes:
-            raise SessionError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"chunk of {1000 * len(data) / self.bytes_per_second:.0f} ms exceeds the maximum of "
-                               f"{self.orch.settings.max_chunk_ms} ms; send smaller chunks")
+            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"chunk of {1000 * len(data) / self.bytes_per_second:.0f} ms exceeds the maximum of "
+                           f"{self.orch.settings.max_chunk_ms} ms; send smaller chunks")
         if self.config.audio_format.sample_format == common_pb2.SAMPLE_FORMAT_FLOAT32LE:
             if not np.all(np.isfinite(np.frombuffer(data, dtype="<f4"))):
-                raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, "audio chunk holds NaN or infinite samples")
+                raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "audio chunk holds NaN or infinite samples")
         await self._wait_credit()
         if self.final is not None:
             return  # the session ended while this chunk waited
@@ -392,24 +388,24 @@ class Session:
         for i, tc in enumerate(update.controls):
             validate_controls(tc.controls, f"controls[{i}].controls")
             if tc.start_frame < 0 or (tc.end_frame and tc.end_frame <= tc.start_frame):
-                raise SessionError(grpc.StatusCode.INVALID_ARGUMENT,
-                                   f"controls[{i}]: need 0 <= start_frame < end_frame (or end_frame 0 = open)")
+                raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"controls[{i}]: need 0 <= start_frame < end_frame (or end_frame 0 = open)")
             for name in ("start_frame", "end_frame"):
                 if getattr(tc, name) > last_frame:
                     raise _range_error(f"controls[{i}].{name}", getattr(tc, name), 0, last_frame)
             added.append((tc.start_frame, tc.end_frame or None, frozenset(f.name for f, _ in tc.controls.ListFields())))
             if tc.start_frame <= self.last_sent_index:
-                raise SessionError(grpc.StatusCode.FAILED_PRECONDITION,
-                                   f"controls[{i}] starts at frame {tc.start_frame}, but frame {self.last_sent_index}"
-                                   " was already sent; time-code controls for frames still to come")
+                raise ApiError(grpc.StatusCode.FAILED_PRECONDITION,
+                               f"controls[{i}] starts at frame {tc.start_frame}, but frame {self.last_sent_index}"
+                               " was already sent; time-code controls for frames still to come")
         if update.HasField("overall"):
             validate_controls(update.overall, "overall")
         live = self._live_spans(added)
         if len(live) > self.orch.settings.max_control_spans:
-            raise SessionError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                               f"this ControlUpdate would make {len(live)} time-coded control spans live at once, "
-                               f"above the limit of {self.orch.settings.max_control_spans} per session "
-                               "(DITTO_MAX_CONTROL_SPANS); give spans an end_frame, or replace controls with overall")
+            raise ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"this ControlUpdate would make {len(live)} time-coded control spans live at once, "
+                           f"above the limit of {self.orch.settings.max_control_spans} per session "
+                           "(DITTO_MAX_CONTROL_SPANS); give spans an end_frame, or replace controls with overall")
         if not with_audio:
             await self._spend_token()
         await self._wait_credit()
@@ -482,12 +478,12 @@ class Session:
                 elif kind == "keep_alive":
                     pass
                 elif kind == "config":
-                    raise SessionError(grpc.StatusCode.FAILED_PRECONDITION,
-                                       "a second SessionConfig; configure once, then use ControlUpdate")
+                    raise ApiError(grpc.StatusCode.FAILED_PRECONDITION,
+                                   "a second SessionConfig; configure once, then use ControlUpdate")
                 else:
-                    raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, "empty ConverseRequest")
+                    raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "empty ConverseRequest")
             await self.end_of_audio()
-        except SessionError as err:
+        except ApiError as err:
             await self.fail(err.code, str(err))
         except asyncio.CancelledError:
             raise
@@ -672,7 +668,7 @@ class Session:
                     await self.audio(silence, idle=True)
         except asyncio.CancelledError:
             pass
-        except SessionError as err:
+        except ApiError as err:
             await self.fail(err.code, str(err))
         except Exception as err:
             log.exception("session housekeeping failed", session=self.session_id)
@@ -742,9 +738,3 @@ class Session:
                                       frames_sent=self.frames_sent, audio_seconds=self.audio_seconds,
                                       epoch=self.epoch, active=not self.closed)
 
-
-def status_code(value: int) -> grpc.StatusCode:
-    for c in grpc.StatusCode:
-        if c.value[0] == value:
-            return c
-    return grpc.StatusCode.UNKNOWN
