@@ -22,8 +22,8 @@ from ditto.media.audio import DecodedAudio
 from ditto.pipeline import FPS
 from ditto_client.v1 import avatar_pb2, common_pb2
 from services.orchestrator.errors import ApiError
-from services.orchestrator.session import check_id, check_name
 from services.orchestrator.tenants import Tenant
+from services.orchestrator.validation import check_id, check_name
 
 CHUNK_S = 0.2
 
@@ -54,8 +54,8 @@ async def run_render(orch, tenant: Tenant, request: avatar_pb2.RenderRequest, mp
                      progress: Callable[[int, int], None] | None = None) -> int:
     """Render `request` into `mp4_path`; returns the number of frames written. Cancelling it (the client left)
     stops the job and releases its session, quota and placement before it returns."""
+    from ditto.media.writers import Mp4Writer, WebmAlphaWriter
     from services.orchestrator.guard import in_thread
-    from services.renderer.encode import Mp4Writer, WebmAlphaWriter
 
     check_id(request.avatar_id, "avatar_id")
     check_name(request.audio_filename, "audio_filename")

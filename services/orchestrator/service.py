@@ -27,8 +27,9 @@ from services.orchestrator.avatars import AvatarRegistry, Registrar
 from services.orchestrator.config import OrchestratorSettings
 from services.orchestrator.errors import ApiError, api_errors, as_api_error
 from services.orchestrator.placement import Placement, Placer
-from services.orchestrator.session import Session, check_id, check_name, validate_config
+from services.orchestrator.session import Session
 from services.orchestrator.tenants import SESSION_KEY_TTL_S, Quotas, Tenant, TenantDirectory
+from services.orchestrator.validation import check_id, check_name, validate_config
 
 log = telemetry.get_logger("ditto.orchestrator")
 _refused = telemetry.counter("ditto_sessions_refused_total", "Sessions refused before they started, by reason "
@@ -347,7 +348,7 @@ class AvatarService(avatar_pb2_grpc.AvatarServicer):
                 msg = await session.next_outgoing()
                 if msg is None:
                     break
-                session.writing = True
+                session.outbox.writing = True
                 yield msg  # returns once the transport took it (flow control: not while the client reads nothing)
                 session.taken(msg)
             if session.final and session.final[0] != grpc.StatusCode.OK:
