@@ -39,6 +39,16 @@ class Outbox:
         self._out.append(msg)
         self._ready.set()
 
+    def notice(self, msg: avatar_pb2.ConverseResponse) -> None:
+        """Queue an event at once, even past the limit: for the few a session sends (a warning) from a task that must
+        not wait on the client."""
+        if self.ended:
+            return
+        if not self._out and not self.writing:
+            self.last_progress = time.monotonic()
+        self._out.append(msg)
+        self._ready.set()
+
     async def next(self) -> avatar_pb2.ConverseResponse | None:
         """The next message for the client: queued frames and events, then the FinalStatus once, then None."""
         while True:

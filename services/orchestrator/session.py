@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     from services.orchestrator.tenants import Tenant
 
 FRAME_S = 1 / FPS
+# A live session is told this long before it reaches its maximum duration (at most half of it), in a WarningEvent.
+SESSION_ENDING_WARNING_S = 10.0
 
 log = telemetry.get_logger("ditto.orchestrator")
 _first_frame = telemetry.histogram("ditto_first_frame_seconds", "First audio chunk to first frame sent", (),
@@ -384,6 +386,7 @@ class Session:
         """Idle feed, limits, and keep-alive of the session's presence keys."""
         s = self.orch.settings
         last_touch = 0.0
+        warn_at, warned = self.max_duration_s - min(SESSION_ENDING_WARNING_S, self.max_duration_s / 2), False
         silence = b"\0" * (self.frame_bytes * (self.config.audio_format.sample_rate_hz // 5))  # 200 ms
         try:
             while not self.closed:
@@ -409,6 +412,13 @@ class Session:
                     await self.fail(grpc.StatusCode.DEADLINE_EXCEEDED,
                                     f"session reached its maximum duration of {self.max_duration_s:.0f} s")
                     return
+                if not warned and now - self.started_at > warn_at:
+                    warned = True
+                    left = self.max_duration_s - (now - self.started_at)
+                    self.warn("SESSION_ENDING",
+                              f"the session ends in {left:.0f} s, at its maximum duration of "
+                              f"{self.max_duration_s:.0f} s (SessionConfig.max_duration_s, DITTO_MAX_DURATION_S, or "
+                              "the tenant's remaining session minutes); finish the answer, or open a new session")
                 # after EndOfAudio the client has nothing more to say while the last frames drain, and while its
                 # audio is held back (by our credits, or by its own pacing to the read-ahead) it waits for us: no idle
                 # timeout then
@@ -430,6 +440,12 @@ class Session:
             log.exception("session housekeeping failed", session=self.session_id)
             await self.fail(grpc.StatusCode.UNAVAILABLE,
                             redact(f"session store unavailable: {err}; start a new session"))
+
+    def warn(self, code: str, message: str) -> None:
+        """Tell the client something it should act on that does not end the session (yet): a WarningEvent."""
+        log.info("session warned", session=self.session_id, code=code)
+        self.outbox.notice(avatar_pb2.ConverseResponse(event=avatar_pb2.SessionEvent(
+            warning=avatar_pb2.WarningEvent(code=code, message=message))))
 
     # ---- ending ----
     async def finish(self, code: grpc.StatusCode, message: str) -> None:
