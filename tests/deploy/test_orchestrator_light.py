@@ -121,8 +121,8 @@ def refused(env: dict[str, str]) -> set[str]:
 
 def test_importing_the_orchestrator_loads_no_model_library(light_env):
     code = ("import pkgutil, importlib, sys, services.orchestrator as o\n"
-            "for m in pkgutil.iter_modules(o.__path__): importlib.import_module(f'services.orchestrator.{m.name}')\n"
-            "print(sorted(k for k in sys.modules if k.partition('.')[0] in %r))" % sorted(MODEL_STACK))
+            "for m in pkgutil.iter_modules(o.__path__): importlib.import_module('services.orchestrator.' + m.name)\n"
+            f"print(sorted(k for k in sys.modules if k.partition('.')[0] in {sorted(MODEL_STACK)!r}))")
     out = subprocess.run([sys.executable, "-c", code], env=light_env, cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip() == "[]"
