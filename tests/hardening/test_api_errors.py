@@ -18,7 +18,6 @@ import pytest
 from redis_processes import PrivateRedis
 
 from ditto import rpc
-from ditto.avatar_keys import info_key
 from ditto.bus import RedisBus
 from ditto.config import load_settings
 from ditto_client.status import retry_hint_ms
@@ -160,7 +159,7 @@ async def test_every_rpc_refuses_the_same_way(redis_of_this_test, tmp_path):
 
         # a registered avatar, and no stage worker: both RPCs that start a session are refused with the same hint
         info = renderer_pb2.RegisterSourceResponse(avatar_id=AVATAR, width=64, height=64, source_frames=1)
-        await orch.bus.set_state(info_key(orch.bus, "acme", AVATAR), info.SerializeToString(), 600)
+        await orch.bus.set_state(orch.bus.keys.avatar_info("acme", AVATAR), info.SerializeToString(), 600)
         reqs = requests_for()
         outs = {m: await call(stub, m, reqs[m], GOOD) for m in ("Converse", "Render")}
         assert outs["Converse"].code == grpc.StatusCode.RESOURCE_EXHAUSTED
