@@ -28,11 +28,11 @@ def _run(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm import tqdm
 
+    from ditto.media.writers import Mp4Writer
     from ditto_client import AvatarClient, emotion_control
     from ditto_client.timeline import FPS
     from ditto_client.v1 import avatar_pb2, common_pb2
     from services.audio_encoder.formats import decode_file
-    from services.renderer.encode import Mp4Writer
 
     audio = decode_file(args.audio)
     rate, channels = audio.sample_rate, audio.channels

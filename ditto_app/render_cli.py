@@ -84,7 +84,8 @@ async def render(args: argparse.Namespace) -> int:
     from ditto_client import emotion_control
     from ditto_client.v1 import avatar_pb2, common_pb2, renderer_pb2
     from services.orchestrator.config import OrchestratorSettings
-    from services.orchestrator.render_job import RenderJobError, run_render
+    from services.orchestrator.errors import ApiError
+    from services.orchestrator.render_job import run_render
     from services.orchestrator.tenants import Tenant
 
     for path in (args.avatar, args.audio):
@@ -130,7 +131,7 @@ async def render(args: argparse.Namespace) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         try:
             frames = await run_render(orch, tenant, request, args.out, progress)
-        except RenderJobError as err:
+        except ApiError as err:
             bar.close()
             print(f"error: {err}", file=sys.stderr)
             return 1

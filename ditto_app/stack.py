@@ -16,8 +16,9 @@ from ditto.bus import Bus, MemoryBus
 from ditto.bus.worker import SlotWorker, WorkerSettings
 from ditto_app.stages import BuiltStage, build_stage
 from ditto_client.v1 import renderer_pb2
-from services.orchestrator.avatars import Registrar, RegistrationError
+from services.orchestrator.avatars import Registrar
 from services.orchestrator.config import OrchestratorSettings
+from services.orchestrator.errors import ApiError
 from services.orchestrator.service import Orchestrator
 from services.orchestrator.tenants import TenantDirectory
 
@@ -36,7 +37,7 @@ class LocalRegistrar(Registrar):
         try:
             return await asyncio.to_thread(registration_response, self.core, request)
         except ValueError as err:
-            raise RegistrationError(grpc.StatusCode.INVALID_ARGUMENT, str(err)) from err
+            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, str(err)) from err
 
     async def forget(self, avatar_id: str) -> int:
         return int(await asyncio.to_thread(self.core.forget, avatar_id))

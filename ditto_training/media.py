@@ -9,13 +9,13 @@ import os
 import wave
 from collections.abc import Iterator
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from ditto.accel import atomic_path, partial_path
+from ditto.media import writers
 from ditto.pipeline import FPS
 
 CROP_SIZE = 512
@@ -92,46 +92,31 @@ def crop_frame(frame: np.ndarray, m: np.ndarray, size: int = CROP_SIZE) -> np.nd
                           borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
 
 
-class Mp4Writer:
-    """H.264 yuv420p at 25 fps, CRF 18 (the reference's quality), written to a temporary name and renamed on close."""
+class Mp4Writer(writers.Mp4Writer):
+    """A cropped training video: H.264 yuv420p at 25 fps, CRF 18 (the reference's quality), no audio, written to a
+    temporary name and renamed on close."""
 
     def __init__(self, path: Path, size: int = CROP_SIZE) -> None:
-        import av
-
-        self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = partial_path(path)
-        self.container = av.open(str(self.tmp), mode="w")
-        self.stream = self.container.add_stream("libx264", rate=FPS)
-        self.stream.width = self.stream.height = size
-        self.stream.pix_fmt = "yuv420p"
-        self.stream.options = {"crf": "18", "preset": "veryfast"}
-        self.frames = 0
-
-    def write(self, rgb: np.ndarray) -> None:
-        import av
-
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-        frame.pts = self.frames
-        frame.time_base = Fraction(1, FPS)
-        for packet in self.stream.encode(frame):
-            self.container.mux(packet)
-        self.frames += 1
+        self.final_path = path
+        super().__init__(partial_path(path), size, size, fps=FPS, crf=18, preset="veryfast")
 
     def close(self) -> None:
-        for packet in self.stream.encode():
-            self.container.mux(packet)
-        self.container.close()
+        if self._out is None:
+            return
+        super().close()
         if self.frames == 0:
-            self.tmp.unlink(missing_ok=True)
-            raise VideoError(f"{self.path}: no frames to write")
-        os.replace(self.tmp, self.path)
+            self.path.unlink(missing_ok=True)
+            raise VideoError(f"{self.final_path}: no frames to write")
+        os.replace(self.path, self.final_path)
 
     def abort(self) -> None:
         try:
-            self.container.close()
+            if self._out is not None:
+                self._out.close()
+                self._out = None
         finally:
-            self.tmp.unlink(missing_ok=True)
+            self.path.unlink(missing_ok=True)
 
 
 def read_frames(path: Path) -> Iterator[np.ndarray]:

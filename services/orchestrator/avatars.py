@@ -21,6 +21,7 @@ from ditto.media import MediaError, short
 from ditto.media.pool import Decoder
 from ditto.media.visual import DEFAULT_MAX_SIZE, MediaLimits, NormalisedMedia
 from ditto_client.v1 import renderer_pb2, renderer_pb2_grpc
+from services.orchestrator.errors import ApiError
 
 if TYPE_CHECKING:
     from services.orchestrator.tenants import Tenant
@@ -28,12 +29,6 @@ if TYPE_CHECKING:
 log = telemetry.get_logger("ditto.orchestrator")
 
 AVATAR_TTL_S = 30 * 24 * 3600
-
-
-class RegistrationError(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 class Registrar(abc.ABC):
@@ -61,7 +56,7 @@ class GrpcRegistrar(Registrar):
     async def register(self, request: renderer_pb2.RegisterSourceRequest) -> renderer_pb2.RegisterSourceResponse:
         addresses = await self._addresses()
         if not addresses:
-            raise RegistrationError(grpc.StatusCode.UNAVAILABLE, "no renderer is running to register the avatar")
+            raise ApiError(grpc.StatusCode.UNAVAILABLE, "no renderer is running to register the avatar")
         last: grpc.aio.AioRpcError | None = None
         for address in addresses:
             async with grpc.aio.insecure_channel(address, options=rpc.channel_options()) as ch:
@@ -69,9 +64,9 @@ class GrpcRegistrar(Registrar):
                     return await renderer_pb2_grpc.RendererStub(ch).RegisterAvatar(request, timeout=120)
                 except grpc.aio.AioRpcError as err:
                     if err.code() != grpc.StatusCode.UNAVAILABLE:
-                        raise RegistrationError(err.code(), err.details() or "registration failed") from err
+                        raise ApiError(err.code(), err.details() or "registration failed") from err
                     last = err
-        raise RegistrationError(grpc.StatusCode.UNAVAILABLE, f"no renderer answered: {last.details() if last else ''}")
+        raise ApiError(grpc.StatusCode.UNAVAILABLE, f"no renderer answered: {last.details() if last else ''}")
 
     async def forget(self, avatar_id: str) -> int:
         """Ask every live renderer to drop the avatar. One that does not answer drops it from its disk cache after
@@ -109,7 +104,7 @@ class AvatarRegistry:
                                                 request.crop.max_size or DEFAULT_MAX_SIZE, request.crop.max_frames,
                                                 self.limits)
         except MediaError as err:
-            raise RegistrationError(grpc.StatusCode.INVALID_ARGUMENT, str(err)) from err
+            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, str(err)) from err
 
     async def register(self, tenant: Tenant, request: renderer_pb2.RegisterSourceRequest
                        ) -> renderer_pb2.RegisterSourceResponse:
@@ -121,7 +116,7 @@ class AvatarRegistry:
         held = await self.bus.reserve(self.bus.keys.avatar_quota(tenant.id), _member(record), len(record),
                                       tenant.max_avatars, tenant.max_avatar_bytes, AVATAR_TTL_S * 1000)
         if held.refused:
-            raise RegistrationError(grpc.StatusCode.RESOURCE_EXHAUSTED, self._refusal(tenant, held, len(record)))
+            raise ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED, self._refusal(tenant, held, len(record)))
         try:
             info = await self.registrar.register(source)
         except BaseException:

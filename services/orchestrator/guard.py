@@ -17,17 +17,15 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
-from services.orchestrator.tenants import AuthError, TenantDirectory
+from services.orchestrator.errors import ApiError, abort
+from services.orchestrator.tenants import TenantDirectory
 
 LARGE_BODY_METHODS = ("/ditto.v1.Avatar/RegisterAvatar", "/ditto.v1.Avatar/Render")
 
 
-def _refusal(method: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str,
-             trailers: tuple = ()) -> grpc.RpcMethodHandler:
+def _refusal(method: grpc.RpcMethodHandler, err: ApiError) -> grpc.RpcMethodHandler:
     async def refuse(_requests, context: grpc.aio.ServicerContext):
-        if trailers:
-            context.set_trailing_metadata(trailers)
-        await context.abort(code, message)
+        await abort(context, err)
 
     if method.response_streaming:
         async def refuse_stream(requests, context):
@@ -58,20 +56,22 @@ class UploadGuard(grpc.aio.ServerInterceptor):
             return handler
         try:
             tenant = self._tenants().authenticate(details.invocation_metadata)
-        except AuthError as err:
-            return _refusal(handler, err.code, str(err))
+        except ApiError as err:
+            return _refusal(handler, err)
         if self.in_progress >= self.max_concurrent:
-            return _refusal(handler, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                            f"{self.in_progress} uploads (RegisterAvatar/Render) are in progress on this server, the "
-                            f"limit (DITTO_MAX_CONCURRENT_UPLOADS={self.max_concurrent}); retry after the "
-                            "retry-after-ms trailer", (("retry-after-ms", "1000"),))
+            return _refusal(handler, ApiError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{self.in_progress} uploads (RegisterAvatar/Render) are in progress on this server, the limit "
+                f"(DITTO_MAX_CONCURRENT_UPLOADS={self.max_concurrent}); retry after the retry-after-ms trailer",
+                retry_after_ms=1000))
         share = tenant.max_uploads or self.max_concurrent  # open mode: the server's slots are its own
         held = self.per_tenant.get(tenant.id, 0)
         if held >= share:
-            return _refusal(handler, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                            f"tenant {tenant.id} has {held} of its {share} uploads (RegisterAvatar/Render) in "
-                            "progress (max_uploads in the tenants file); wait for one to finish, then retry after "
-                            "the retry-after-ms trailer", (("retry-after-ms", "1000"),))
+            return _refusal(handler, ApiError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"tenant {tenant.id} has {held} of its {share} uploads (RegisterAvatar/Render) in progress "
+                "(max_uploads in the tenants file); wait for one to finish, then retry after the retry-after-ms "
+                "trailer", retry_after_ms=1000))
         self.in_progress += 1
         self.per_tenant[tenant.id] = held + 1
         return self._released(handler, tenant.id)

@@ -15,17 +15,22 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+import grpc
+
 from ditto import pipeline
 from ditto.bus import Bus
 from ditto.bus.base import Admission, AdmissionRequest, StageSlots
+from services.orchestrator.errors import ApiError
 
 PLACEMENT_TTL_S = 15
 
 
-class NoCapacity(Exception):
+class NoCapacity(ApiError):
+    """No live worker, or no room, for a stage: RESOURCE_EXHAUSTED, to retry after `retry_after_ms`."""
+
     def __init__(self, message: str, retry_after_ms: int) -> None:
-        super().__init__(message)
-        self.retry_after_ms = retry_after_ms
+        super().__init__(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{message} (retry after {retry_after_ms} ms)",
+                         retry_after_ms)
 
 
 @dataclass

@@ -21,16 +21,11 @@ from ditto.media import MediaError, MediaTooLong, short
 from ditto.media.audio import DecodedAudio
 from ditto.pipeline import FPS
 from ditto_client.v1 import avatar_pb2, common_pb2
-from services.orchestrator.session import SessionError, check_id, check_name
+from services.orchestrator.errors import ApiError
 from services.orchestrator.tenants import Tenant
+from services.orchestrator.validation import check_id, check_name
 
 CHUNK_S = 0.2
-
-
-class RenderJobError(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 async def decode_render_audio(orch, request: avatar_pb2.RenderRequest) -> DecodedAudio:
@@ -38,7 +33,7 @@ async def decode_render_audio(orch, request: avatar_pb2.RenderRequest) -> Decode
     of the server's decoder helper processes: a file that crashes FFmpeg, or needs more memory or time than the
     helper's limits, fails this job with INVALID_ARGUMENT and nothing else."""
     if not request.audio:
-        raise RenderJobError(grpc.StatusCode.INVALID_ARGUMENT, "audio is empty; send a whole audio file")
+        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "audio is empty; send a whole audio file")
     max_seconds = float(orch.settings.max_render_audio_s)
     what = f"'{short(request.audio_filename)}'" if request.audio_filename else "the audio"
     try:
@@ -47,11 +42,11 @@ async def decode_render_audio(orch, request: avatar_pb2.RenderRequest) -> Decode
                                                                  max_seconds)
     except MediaTooLong as err:
         how = f"lasts {err.seconds:.0f} s" if err.from_header else "lasts longer than that"
-        raise RenderJobError(grpc.StatusCode.INVALID_ARGUMENT,
-                             f"the audio {how}; one Render job takes at most {max_seconds:g} s "
-                             "(DITTO_MAX_RENDER_AUDIO_S): split it, or stream it with Converse") from err
+        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                       f"the audio {how}; one Render job takes at most {max_seconds:g} s "
+                       "(DITTO_MAX_RENDER_AUDIO_S): split it, or stream it with Converse") from err
     except MediaError as err:
-        raise RenderJobError(grpc.StatusCode.INVALID_ARGUMENT, str(err)) from err
+        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, str(err)) from err
     return decoded
 
 
@@ -59,16 +54,16 @@ async def run_render(orch, tenant: Tenant, request: avatar_pb2.RenderRequest, mp
                      progress: Callable[[int, int], None] | None = None) -> int:
     """Render `request` into `mp4_path`; returns the number of frames written. Cancelling it (the client left)
     stops the job and releases its session, quota and placement before it returns."""
+    from ditto.media.writers import Mp4Writer, WebmAlphaWriter
     from services.orchestrator.guard import in_thread
-    from services.renderer.encode import Mp4Writer, WebmAlphaWriter
 
     check_id(request.avatar_id, "avatar_id")
     check_name(request.audio_filename, "audio_filename")
     limit_bytes = orch.settings.max_render_audio_bytes
     if len(request.audio) > limit_bytes:
-        raise RenderJobError(grpc.StatusCode.INVALID_ARGUMENT,
-                             f"audio file of {len(request.audio)} bytes exceeds the limit of {limit_bytes} bytes "
-                             "(DITTO_MAX_RENDER_AUDIO_BYTES); compress it (e.g. Opus) or stream it with Converse")
+        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                       f"audio file of {len(request.audio)} bytes exceeds the limit of {limit_bytes} bytes "
+                       "(DITTO_MAX_RENDER_AUDIO_BYTES); compress it (e.g. Opus) or stream it with Converse")
     decoded = await decode_render_audio(orch, request)
     samples, rate = decoded.samples, decoded.sample_rate
     seconds = decoded.seconds
@@ -114,9 +109,7 @@ async def run_render(orch, tenant: Tenant, request: avatar_pb2.RenderRequest, mp
                     progress(written, total)
         await feeder
         if session.final and session.final[0] != grpc.StatusCode.OK:
-            raise RenderJobError(session.final[0], session.final[1])
-    except SessionError as err:
-        raise RenderJobError(err.code, str(err)) from err
+            raise ApiError(session.final[0], session.final[1])
     finally:
         # one place releases everything, whichever way the job ends (error, client cancel, server stop)
         if feeder is not None and not feeder.done():

@@ -7,10 +7,11 @@ a stage worker needs (avatars, placements, quotas, epochs) is on the bus's state
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import grpc
 
@@ -21,13 +22,14 @@ from ditto.media import short
 from ditto.media.pool import Decoder, shared_pool
 from ditto.media.visual import MediaLimits
 from ditto.pipeline import FPS
-from ditto.redaction import redact
 from ditto_client.v1 import avatar_pb2, avatar_pb2_grpc, common_pb2, renderer_pb2
-from services.orchestrator.avatars import AvatarRegistry, Registrar, RegistrationError
+from services.orchestrator.avatars import AvatarRegistry, Registrar
 from services.orchestrator.config import OrchestratorSettings
-from services.orchestrator.placement import NoCapacity, Placement, Placer
-from services.orchestrator.session import Session, SessionError, check_id, check_name, validate_config
-from services.orchestrator.tenants import SESSION_KEY_TTL_S, AuthError, Quotas, Tenant, TenantDirectory
+from services.orchestrator.errors import ApiError, api_errors, as_api_error
+from services.orchestrator.placement import Placement, Placer
+from services.orchestrator.session import Session
+from services.orchestrator.tenants import SESSION_KEY_TTL_S, Quotas, Tenant, TenantDirectory
+from services.orchestrator.validation import check_id, check_name, validate_config
 
 log = telemetry.get_logger("ditto.orchestrator")
 _refused = telemetry.counter("ditto_sessions_refused_total", "Sessions refused before they started, by reason "
@@ -40,21 +42,28 @@ _workers = telemetry.gauge("ditto_stage_workers", "Live workers of each stage, a
 STORE_MARKER_TTL_S = 7 * 24 * 3600  # refreshed on every frames read; outlives any pause of the replica
 
 
-def count_refusal(err: BaseException) -> None:
-    """Count a session that was refused before it started (ditto_sessions_refused_total), by why and the status the
-    client got."""
-    if isinstance(err, NoCapacity):
-        reason, code = "capacity", grpc.StatusCode.RESOURCE_EXHAUSTED
-    elif isinstance(err, BusError):
-        reason, code = "unavailable", grpc.StatusCode.UNAVAILABLE
-    elif isinstance(err, AuthError):
-        code = err.code
-        reason = "quota" if code == grpc.StatusCode.RESOURCE_EXHAUSTED else "auth"
-    elif isinstance(err, SessionError):
-        reason, code = "request", err.code
-    else:
-        reason, code = "request", grpc.StatusCode.UNKNOWN
-    _refused.labels(reason, code.name).inc()
+def refusal_reason(err: ApiError) -> str:
+    """Why a session was refused, from its status: a refusal to retry after a wait is capacity (no worker or no
+    room), one without is the tenant's quota; a lost session store is UNAVAILABLE; the rest is the request."""
+    if err.code == grpc.StatusCode.UNAUTHENTICATED:
+        return "auth"
+    if err.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return "capacity" if err.retry_after_ms is not None else "quota"
+    if err.code == grpc.StatusCode.UNAVAILABLE:
+        return "unavailable"
+    return "request"
+
+
+@contextlib.contextmanager
+def counted_refusals() -> Iterator[None]:
+    """Count a session refused before it started (ditto_sessions_refused_total), by why and the status the client
+    got, whichever step refused it."""
+    try:
+        yield
+    except (ApiError, BusError) as raised:
+        err = as_api_error(raised, "session store")
+        _refused.labels(refusal_reason(err), err.code.name).inc()
+        raise
 
 
 class Orchestrator:
@@ -193,11 +202,15 @@ class Orchestrator:
 
     # ---- sessions ----
     async def open_session(self, tenant: Tenant, config: avatar_pb2.SessionConfig, offline: bool = False) -> Session:
+        with counted_refusals():
+            return await self._open_session(tenant, config, offline)
+
+    async def _open_session(self, tenant: Tenant, config: avatar_pb2.SessionConfig, offline: bool) -> Session:
         validate_config(config, self.settings.max_sampling_steps)
         avatar = await self.avatars.get(tenant.id, config.avatar_id)
         if avatar is None:
-            raise SessionError(grpc.StatusCode.NOT_FOUND, f"avatar '{short(config.avatar_id)}' is not registered for "
-                               "this tenant; call RegisterAvatar")
+            raise ApiError(grpc.StatusCode.NOT_FOUND, f"avatar '{short(config.avatar_id)}' is not registered for "
+                           "this tenant; call RegisterAvatar")
         session_id = uuid.uuid4().hex
         # One atomic step: the tenant's quota is checked and the session counted and placed together, so concurrent
         # calls can never both take the last place.
@@ -235,11 +248,6 @@ class Orchestrator:
         self.sessions.pop(session.session_id, None)
 
 
-def _unavailable(what: str, err: BaseException) -> str:
-    """The client's message when Redis is away: what failed and what to do, never the URL's credentials."""
-    return redact(f"{what} (Redis) unavailable: {err}; retry in a few seconds")
-
-
 def public_interceptors(orch: Orchestrator) -> list[grpc.aio.ServerInterceptor]:
     """What the public server runs before any handler: authentication and upload slots ahead of large bodies."""
     from services.orchestrator.guard import UploadGuard
@@ -248,19 +256,11 @@ def public_interceptors(orch: Orchestrator) -> list[grpc.aio.ServerInterceptor]:
                         orch.settings.upload_body_timeout_s)]
 
 
-def _trailing_retry(context: grpc.aio.ServicerContext, ms: int) -> None:
-    context.set_trailing_metadata((("retry-after-ms", str(ms)),))
-
-
-def _refusal(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str
-             ) -> avatar_pb2.ConverseResponse:
-    """End a Converse call with `code`, and say so in-band too: a FinalStatus message first (the protocol's last
-    message), so a client still writing its stream learns the reason even if its transport reports the end
-    differently."""
-    context.set_code(code)
-    context.set_details(message)
+def _final_status(err: ApiError) -> avatar_pb2.ConverseResponse:
+    """Converse's last message when it is refused: a FinalStatus, so a client still writing its stream learns the
+    reason even if its transport reports the end differently."""
     return avatar_pb2.ConverseResponse(final=avatar_pb2.FinalStatus(
-        status=common_pb2.Status(code=code.value[0], message=message)))
+        status=common_pb2.Status(code=err.code.value[0], message=err.message)))
 
 
 class AvatarService(avatar_pb2_grpc.AvatarServicer):
@@ -270,88 +270,72 @@ class AvatarService(avatar_pb2_grpc.AvatarServicer):
     def _tenant(self, context: grpc.aio.ServicerContext) -> Tenant:
         return self.orch.tenants.authenticate(context.invocation_metadata())
 
+    @api_errors("avatar store")
     async def RegisterAvatar(self, request, context):
-        try:
-            tenant = self._tenant(context)
-            if not request.media:
-                raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, "media is empty; send image or video bytes")
-            if len(request.media) > self.orch.settings.max_avatar_bytes:
-                raise SessionError(grpc.StatusCode.INVALID_ARGUMENT,
-                                   f"media of {len(request.media)} bytes exceeds the limit of "
-                                   f"{self.orch.settings.max_avatar_bytes} bytes (DITTO_MAX_AVATAR_BYTES); send a "
-                                   "smaller image or a shorter video")
-            check_name(request.filename, "filename")
-            req = renderer_pb2.RegisterSourceRequest(media=request.media, filename=request.filename,
-                                                     crop=request.crop)
-            info = await self.orch.avatars.register(tenant, req)
-            return avatar_pb2.RegisterAvatarResponse(avatar_id=info.avatar_id, width=info.width, height=info.height,
-                                                     source_frames=info.source_frames,
-                                                     already_registered=info.already_registered, face=info.face)
-        except (AuthError, SessionError, RegistrationError) as err:
-            await context.abort(err.code, str(err))
-        except BusError as err:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, _unavailable("avatar store", err))
+        tenant = self._tenant(context)
+        if not request.media:
+            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "media is empty; send image or video bytes")
+        if len(request.media) > self.orch.settings.max_avatar_bytes:
+            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"media of {len(request.media)} bytes exceeds the limit of "
+                           f"{self.orch.settings.max_avatar_bytes} bytes (DITTO_MAX_AVATAR_BYTES); send a "
+                           "smaller image or a shorter video")
+        check_name(request.filename, "filename")
+        req = renderer_pb2.RegisterSourceRequest(media=request.media, filename=request.filename, crop=request.crop)
+        info = await self.orch.avatars.register(tenant, req)
+        return avatar_pb2.RegisterAvatarResponse(avatar_id=info.avatar_id, width=info.width, height=info.height,
+                                                 source_frames=info.source_frames,
+                                                 already_registered=info.already_registered, face=info.face)
 
-    async def _on_avatar_store(self, context, call):
-        """`call(tenant)` against the avatar store, for the caller's tenant: a bad key or Redis away ends the call
-        with its status."""
-        try:
-            return await call(self._tenant(context))
-        except AuthError as err:
-            await context.abort(err.code, str(err))
-        except BusError as err:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, _unavailable("avatar store", err))
-
-    async def _checked_id(self, context, value: str, field: str) -> None:
-        try:
-            check_id(value, field)
-        except SessionError as err:
-            await context.abort(err.code, str(err))
-
+    @api_errors("avatar store")
     async def GetAvatar(self, request, context):
-        await self._checked_id(context, request.avatar_id, "avatar_id")
-        info = await self._on_avatar_store(context, lambda t: self.orch.avatars.get(t.id, request.avatar_id))
+        check_id(request.avatar_id, "avatar_id")
+        info = await self.orch.avatars.get(self._tenant(context).id, request.avatar_id)
         if info is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no avatar '{short(request.avatar_id)}' for this tenant")
+            raise ApiError(grpc.StatusCode.NOT_FOUND, f"no avatar '{short(request.avatar_id)}' for this tenant")
         return avatar_pb2.RegisterAvatarResponse(avatar_id=info.avatar_id, width=info.width, height=info.height,
                                                  source_frames=info.source_frames, already_registered=True,
                                                  face=info.face)
 
+    @api_errors("avatar store")
     async def DeleteAvatar(self, request, context):
-        await self._checked_id(context, request.avatar_id, "avatar_id")
-        ok = await self._on_avatar_store(context, lambda t: self.orch.avatars.delete(t.id, request.avatar_id))
-        if not ok:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no avatar '{short(request.avatar_id)}' for this tenant")
+        check_id(request.avatar_id, "avatar_id")
+        if not await self.orch.avatars.delete(self._tenant(context).id, request.avatar_id):
+            raise ApiError(grpc.StatusCode.NOT_FOUND, f"no avatar '{short(request.avatar_id)}' for this tenant")
         return avatar_pb2.DeleteAvatarResponse()
 
+    @api_errors("session store")
     async def GetSession(self, request, context):
-        try:
-            tenant = self._tenant(context)
-        except AuthError as err:
-            await context.abort(err.code, str(err))
-        await self._checked_id(context, request.session_id, "session_id")
+        tenant = self._tenant(context)
+        check_id(request.session_id, "session_id")
         s = self.orch.sessions.get(request.session_id)
         if s is None or s.tenant.id != tenant.id:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no session '{short(request.session_id)}' for this tenant")
+            raise ApiError(grpc.StatusCode.NOT_FOUND, f"no session '{short(request.session_id)}' for this tenant")
         return s.info()
 
+    async def _first_config(self, request_iterator, context) -> tuple[Tenant, avatar_pb2.SessionConfig]:
+        """Converse's door: the caller's tenant and its SessionConfig, the stream's first message."""
+        tenant = self._tenant(context)
+        try:
+            first = await asyncio.wait_for(request_iterator.__anext__(), self.orch.settings.idle_timeout_s)
+        except StopAsyncIteration:
+            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "empty stream; send a SessionConfig first") from None
+        except TimeoutError:
+            raise ApiError(grpc.StatusCode.DEADLINE_EXCEEDED, "no SessionConfig received in time") from None
+        if first.WhichOneof("kind") != "config":
+            raise ApiError(grpc.StatusCode.FAILED_PRECONDITION,
+                           "the first message must be a SessionConfig (then audio, controls, end)")
+        return tenant, first.config
+
+    @api_errors("session store", final=_final_status)
     async def Converse(self, request_iterator, context) -> AsyncIterator[avatar_pb2.ConverseResponse]:
         session: Session | None = None
         reader: asyncio.Task | None = None
         try:
-            tenant = self._tenant(context)
             it = request_iterator.__aiter__()
-            try:
-                first = await asyncio.wait_for(it.__anext__(), self.orch.settings.idle_timeout_s)
-            except StopAsyncIteration:
-                raise SessionError(grpc.StatusCode.INVALID_ARGUMENT,
-                                   "empty stream; send a SessionConfig first") from None
-            except TimeoutError:
-                raise SessionError(grpc.StatusCode.DEADLINE_EXCEEDED, "no SessionConfig received in time") from None
-            if first.WhichOneof("kind") != "config":
-                raise SessionError(grpc.StatusCode.FAILED_PRECONDITION,
-                                   "the first message must be a SessionConfig (then audio, controls, end)")
-            session = await self.orch.open_session(tenant, first.config)
+            with counted_refusals():
+                tenant, config = await self._first_config(it, context)
+            session = await self.orch.open_session(tenant, config)
             session.handler_task = asyncio.current_task()
             out = session.config.output
             yield avatar_pb2.ConverseResponse(started=avatar_pb2.SessionStarted(
@@ -364,25 +348,12 @@ class AvatarService(avatar_pb2_grpc.AvatarServicer):
                 msg = await session.next_outgoing()
                 if msg is None:
                     break
-                session.writing = True
+                session.outbox.writing = True
                 yield msg  # returns once the transport took it (flow control: not while the client reads nothing)
                 session.taken(msg)
             if session.final and session.final[0] != grpc.StatusCode.OK:
                 context.set_code(session.final[0])
                 context.set_details(session.final[1])
-        except (AuthError, SessionError) as err:
-            if session is None:
-                count_refusal(err)
-            yield _refusal(context, err.code, str(err))
-        except NoCapacity as err:
-            count_refusal(err)
-            _trailing_retry(context, err.retry_after_ms)
-            yield _refusal(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                           f"{err} (retry after {err.retry_after_ms} ms)")
-        except BusError as err:
-            if session is None:
-                count_refusal(err)
-            yield _refusal(context, grpc.StatusCode.UNAVAILABLE, _unavailable("session store", err))
         finally:
             if reader:
                 reader.cancel()  # and wait for it: the call's end may read the client's stream after us
@@ -390,21 +361,11 @@ class AvatarService(avatar_pb2_grpc.AvatarServicer):
             if session:
                 await self.orch.close_session(session)
 
+    @api_errors("session store")
     async def Render(self, request, context):
-        from services.orchestrator.render_job import RenderJobError, render_job
+        from services.orchestrator.render_job import render_job
 
-        try:
+        with counted_refusals():
             tenant = self._tenant(context)
-            async for msg in render_job(self.orch, tenant, request):
-                yield msg
-        except (AuthError, SessionError, RenderJobError) as err:
-            if isinstance(err, AuthError):  # a bad key or the tenant's quota: an admission decision
-                count_refusal(err)
-            await context.abort(err.code, str(err))
-        except NoCapacity as err:
-            count_refusal(err)
-            _trailing_retry(context, err.retry_after_ms)
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{err} (retry after {err.retry_after_ms} ms)")
-        except BusError as err:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, _unavailable("session store", err))
-
+        async for msg in render_job(self.orch, tenant, request):
+            yield msg

@@ -1,15 +1,16 @@
 """One live session: client events in, bus entries out; frames back from the renderer, paced to realtime.
 
-The reader side validates each client message, spends credits (audio seconds in flight) and stops reading the
-client when it is ahead, so gRPC flow control reaches the client. The writer side paces frames by presentation
-time, reports lag, and ends with one FinalStatus. Interrupt bumps the epoch: every stage drops older work, the
-motion stage eases back to rest, and the client learns the last frame it was sent.
+The reader side validates each client message (`validation`, `controls`), spends credits (`credits`: audio seconds
+in flight) and stops reading the client when it is ahead, so gRPC flow control reaches the client. The writer side
+paces frames by presentation time, reports lag, and queues them for the client (`outbox`), which ends with one
+FinalStatus. Interrupt bumps the epoch: every stage drops older work, the motion stage eases back to rest, and the
+client learns the last frame it was sent. Housekeeping feeds idle silence, enforces the session's limits and keeps
+its presence keys alive.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -24,7 +25,13 @@ from ditto.bus.retry import retry_bus
 from ditto.look_ahead import audio_look_ahead_ms
 from ditto.pipeline import FPS
 from ditto.redaction import redact
+from ditto_client.status import status_code
 from ditto_client.v1 import avatar_pb2, bus_pb2, common_pb2, renderer_pb2
+from services.orchestrator.controls import Span, TokenBucket, live_spans, timed_spans
+from services.orchestrator.credits import Credits, read_ahead_s, video_frame_bytes
+from services.orchestrator.errors import ApiError
+from services.orchestrator.outbox import Outbox
+from services.orchestrator.validation import SAMPLE_BYTES, validate_controls
 
 if TYPE_CHECKING:
     from services.orchestrator.placement import Placement
@@ -32,7 +39,8 @@ if TYPE_CHECKING:
     from services.orchestrator.tenants import Tenant
 
 FRAME_S = 1 / FPS
-READ_AHEAD_SLACK_S = 5 * FRAME_S  # frames in transit: counted as taken here, not yet by the client
+# A live session is told this long before it reaches its maximum duration (at most half of it), in a WarningEvent.
+SESSION_ENDING_WARNING_S = 10.0
 
 log = telemetry.get_logger("ditto.orchestrator")
 _first_frame = telemetry.histogram("ditto_first_frame_seconds", "First audio chunk to first frame sent", (),
@@ -44,137 +52,6 @@ _active = telemetry.gauge("ditto_sessions_active", "Open sessions on this replic
 _ended = telemetry.counter("ditto_sessions_ended_total", "Sessions ended after they started, by final status code "
                            "(CANCELLED: the client went away)", ("code",))
 _fps = telemetry.gauge("ditto_session_delivered_fps", "Delivered frames per second, per session", ("session",))
-
-SAMPLE_BYTES = {common_pb2.SAMPLE_FORMAT_PCM_S16LE: 2, common_pb2.SAMPLE_FORMAT_FLOAT32LE: 4}
-
-
-class SessionError(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-MAX_ID_CHARS = 128  # ids are 32 hex characters; anything far longer is not one of ours
-MAX_NAME_CHARS = 255  # file names, as a file system allows
-
-
-def check_id(value: str, field_name: str) -> None:
-    """An id longer than any the service hands out is refused, naming its length only: a reply's message travels
-    in gRPC metadata, and echoing megabytes there would turn the answer into RESOURCE_EXHAUSTED."""
-    if len(value) > MAX_ID_CHARS:
-        raise SessionError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"{field_name} has {len(value)} characters; ids are at most {MAX_ID_CHARS} (use the id "
-                           "the service returned)")
-
-
-def check_name(value: str, field_name: str) -> None:
-    if len(value) > MAX_NAME_CHARS:
-        raise SessionError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"{field_name} has {len(value)} characters; at most {MAX_NAME_CHARS}")
-
-
-def validate_audio_format(fmt: common_pb2.AudioFormat) -> None:
-    if fmt.sample_format not in SAMPLE_BYTES:
-        raise SessionError(grpc.StatusCode.INVALID_ARGUMENT,
-                           "audio_format.sample_format must be PCM_S16LE or FLOAT32LE")
-    if not 8000 <= fmt.sample_rate_hz <= 192000:
-        raise SessionError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"audio_format.sample_rate_hz {fmt.sample_rate_hz} is outside 8000..192000")
-    if not 1 <= fmt.channels <= 8:
-        raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, f"audio_format.channels {fmt.channels} is outside 1..8")
-
-
-# Documented ranges of every control (README "Controls"); a value outside is refused, naming the field and range.
-CONTROL_RANGES: dict[str, tuple[float, float]] = {
-    "delta_pitch": (-90.0, 90.0), "delta_yaw": (-90.0, 90.0), "delta_roll": (-90.0, 90.0),
-    "alpha_pitch": (0.0, 4.0), "alpha_yaw": (0.0, 4.0), "alpha_roll": (0.0, 4.0),
-    "vad_alpha": (0.0, 1.0), "fade_alpha": (0.0, 1.0), "blink_interval_s": (0.0, 60.0),
-}
-DELTA_EXP_RANGE = (-1.0, 1.0)
-EMOTION_PROBABILITY_RANGE = (0.0, 1.0)
-EMOTION_LABELS = range(0, 9)  # proto enum values: 0 = unspecified (Neutral), 1..8 = Angry..Contempt
-
-
-def _range_error(field_name: str, value: float, lo: float, hi: float) -> SessionError:
-    return SessionError(grpc.StatusCode.INVALID_ARGUMENT,
-                        f"{field_name} = {value:g} is outside its range {lo:g}..{hi:g}")
-
-
-def validate_controls(c: common_pb2.MotionControls, where: str) -> None:
-    if len(c.delta_exp) not in (0, 63):
-        raise SessionError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"{where}.delta_exp has {len(c.delta_exp)} values; give 63 (21 keypoints x 3) or none")
-    values = [getattr(c, f) for f in CONTROL_RANGES if c.HasField(f)] + list(c.delta_exp)
-    if not np.all(np.isfinite(np.asarray(values, dtype=np.float64))):
-        raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, f"{where} holds a NaN or infinite value")
-    for name, (lo, hi) in CONTROL_RANGES.items():
-        if c.HasField(name) and not lo <= getattr(c, name) <= hi:
-            raise _range_error(f"{where}.{name}", getattr(c, name), lo, hi)
-    if c.delta_exp:
-        exp = np.asarray(c.delta_exp, dtype=np.float64)
-        lo, hi = DELTA_EXP_RANGE
-        bad = np.flatnonzero((exp < lo) | (exp > hi))
-        if bad.size:
-            raise _range_error(f"{where}.delta_exp[{bad[0]}]", float(exp[bad[0]]), lo, hi)
-    e = c.emotion
-    for label in e.labels:
-        if label not in EMOTION_LABELS:
-            raise SessionError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"{where}.emotion.labels holds {label}; use 1..8 (EMOTION_ANGRY..EMOTION_CONTEMPT) "
-                               "or 0 (unspecified = Neutral)")
-    if len(e.probabilities) not in (0, 8):
-        raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, f"{where}.emotion.probabilities needs 8 values")
-    if e.probabilities:
-        p = np.asarray(e.probabilities, dtype=np.float64)
-        if not np.all(np.isfinite(p)):
-            raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, f"{where}.emotion.probabilities holds a NaN or "
-                               "infinite value")
-        lo, hi = EMOTION_PROBABILITY_RANGE
-        bad = np.flatnonzero((p < lo) | (p > hi))
-        if bad.size:
-            raise _range_error(f"{where}.emotion.probabilities[{bad[0]}]", float(p[bad[0]]), lo, hi)
-        if p.sum() <= 0:
-            raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, f"{where}.emotion.probabilities must sum above 0")
-
-
-def validate_output(o: common_pb2.OutputOptions) -> None:
-    """Output options are checked at the door, so a bad value is the client's INVALID_ARGUMENT, not a stage error."""
-    if o.encoding not in common_pb2.FrameEncoding.values():
-        raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, f"output.encoding {o.encoding} is not a FrameEncoding")
-    if o.background not in common_pb2.Background.values():
-        raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, f"output.background {o.background} is not a Background")
-    if o.jpeg_quality > 100:
-        raise SessionError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"output.jpeg_quality {o.jpeg_quality} is outside 1..100 (0 = default 90)")
-    if o.background == common_pb2.BACKGROUND_TRANSPARENT and o.encoding == common_pb2.FRAME_ENCODING_H264:
-        raise SessionError(grpc.StatusCode.INVALID_ARGUMENT,
-                           "a transparent background needs RAW_RGB or JPEG frames, not H264")
-
-
-def validate_config(c: avatar_pb2.SessionConfig, max_sampling_steps: int = 50) -> None:
-    check_id(c.avatar_id, "config.avatar_id")
-    validate_audio_format(c.audio_format)
-    validate_output(c.output)
-    validate_controls(c.controls, "config.controls")
-    if c.HasField("emotion"):
-        validate_controls(common_pb2.MotionControls(emotion=c.emotion), "config")
-    if c.idle_policy not in avatar_pb2.IdlePolicy.values():
-        raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, f"config.idle_policy {c.idle_policy} is not an IdlePolicy")
-    if c.overlap and c.overlap >= 80:
-        raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, "config.overlap must be below 80 frames")
-    if c.sampling_steps > max_sampling_steps:
-        raise SessionError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"config.sampling_steps = {c.sampling_steps} is outside its range 1..{max_sampling_steps} "
-                           "(0 = the server default; the limit is DITTO_MAX_SAMPLING_STEPS)")
-    if c.seed < 0:
-        raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, f"config.seed {c.seed} is negative; give 0 (random) "
-                           "or a positive seed")
-
-
-@dataclass
-class _EpochCounters:
-    audio_s: float = 0.0
-    frames: int = 0
 
 
 def lost_entries(entry: bus_pb2.StreamEntry, expected: int) -> bus_pb2.StreamEntry:
@@ -203,34 +80,22 @@ class Session:
         self.route = self.placement.route(self.orch.bus, self.orch.frames_stream_of(self.session_id))
         self.epoch = 0
         self.seq = 0
-        self.counters = _EpochCounters()
         self.epoch_base = {0: 0}
         self.last_sent_index = -1
         self.frames_sent = 0
         self.audio_seconds = 0.0
-        # messages for the client, bounded: a client that does not read stops the pacer, then (through credits
-        # that come back only when it takes frames) the reading of its audio
-        self._out: collections.deque[avatar_pb2.ConverseResponse] = collections.deque()
-        self._out_ready = asyncio.Event()
-        self._out_space = asyncio.Event()
-        self._final_sent = False
-        self.writing = False  # a message is handed to the transport and not yet taken by the client
-        self.last_progress = time.monotonic()  # last time the client took a message (or one became ready)
-        self.debt_s = 0.0  # audio of interrupted epochs still in the pipeline, until the renderer confirms it gone
+        self.outbox = Outbox(s.outgoing_buffer_frames, self._final_message)
         # per epoch, the seq of the renderer's next entry: its entries are numbered 0, 1, 2... per epoch, so a lower
         # one is a redelivery and a higher one means entries were lost (a Redis failover to a replica behind)
         self.renderer_seq: dict[int, int] = {}
-        self._tokens = float(s.control_burst)
-        self._tokens_at = time.monotonic()
-        self.spans: list[tuple[int, int | None, frozenset[str]]] = []  # live timed controls, session frames
+        self.control_rate = TokenBucket(s.control_rate_per_s, s.control_burst)
+        self.spans: list[Span] = []  # live timed controls, session frames
         self.handler_task: asyncio.Task | None = None  # the gRPC call serving this session, ended on a stall
         self.frames_in: asyncio.Queue[tuple[int, bus_pb2.StreamEntry] | None] = asyncio.Queue()
-        self.credit = asyncio.Event()
         self.ended_audio = False
         self.closed = False
         self.started_at = time.monotonic()
         self.last_client_msg = time.monotonic()
-        self.waiting_for_credit = False
         self.last_audio_at = 0.0
         self.first_audio_at: float | None = None
         self.first_input_sample = 0
@@ -245,6 +110,9 @@ class Session:
         # idle feed count on top of it).
         self.look_ahead_ms = audio_look_ahead_ms(self.overlap)
         self.look_ahead_s = self.look_ahead_ms / 1000
+        self.read_ahead_s = read_ahead_s(s, self.offline, self.look_ahead_s, self.overlap,
+                                         video_frame_bytes(self.config.output, self.avatar))
+        self.credits = Credits(self.read_ahead_s)
         self.final: tuple[grpc.StatusCode, str] | None = None
         self._t0: float | None = None
         self._paced_index0 = 0
@@ -290,20 +158,20 @@ class Session:
     # ---- client side ----
     async def audio(self, data: bytes, idle: bool = False) -> None:
         if not data:
-            raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, "empty audio chunk; send samples or EndOfAudio")
+            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "empty audio chunk; send samples or EndOfAudio")
         if self.ended_audio:
-            raise SessionError(grpc.StatusCode.FAILED_PRECONDITION, "audio after EndOfAudio; start a new session")
+            raise ApiError(grpc.StatusCode.FAILED_PRECONDITION, "audio after EndOfAudio; start a new session")
         if len(data) % self.frame_bytes:
-            raise SessionError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"chunk of {len(data)} bytes is not a whole number of {self.frame_bytes}-byte "
-                               "sample frames for the declared audio_format")
+            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"chunk of {len(data)} bytes is not a whole number of {self.frame_bytes}-byte "
+                           "sample frames for the declared audio_format")
         if len(data) > self.max_chunk_bytes:
-            raise SessionError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"chunk of {1000 * len(data) / self.bytes_per_second:.0f} ms exceeds the maximum of "
-                               f"{self.orch.settings.max_chunk_ms} ms; send smaller chunks")
+            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"chunk of {1000 * len(data) / self.bytes_per_second:.0f} ms exceeds the maximum of "
+                           f"{self.orch.settings.max_chunk_ms} ms; send smaller chunks")
         if self.config.audio_format.sample_format == common_pb2.SAMPLE_FORMAT_FLOAT32LE:
             if not np.all(np.isfinite(np.frombuffer(data, dtype="<f4"))):
-                raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, "audio chunk holds NaN or infinite samples")
+                raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "audio chunk holds NaN or infinite samples")
         await self._wait_credit()
         if self.final is not None:
             return  # the session ended while this chunk waited
@@ -314,104 +182,30 @@ class Session:
         self.first_input_sample += len(data) // self.frame_bytes
         await self._publish(bus_pb2.ENTRY_KIND_DATA, meta.SerializeToString(),
                             {"pcm": np.frombuffer(data, dtype=np.uint8)})
-        self.counters.audio_s += seconds
+        self.credits.spent(seconds)
         self.audio_seconds += seconds
         self.last_audio_at = time.monotonic()
 
-    def _in_flight_s(self) -> float:
-        """Audio seconds sent into the pipeline whose frames the client has not taken yet (interrupted epochs'
-        audio included until the pipeline has dropped it)."""
-        return self.debt_s + self.counters.audio_s - self.counters.frames * FRAME_S
-
-    def _waiting_for_frames(self) -> bool:
-        """The client's audio fills the read-ahead: a client that paces by it (the SDK does) holds the rest of its
-        speech until frames come back, so it is the one waiting. Frames on their way count as taken here before the
-        client has counted them, hence a few frames of slack."""
-        return self._in_flight_s() >= self.read_ahead_s - READ_AHEAD_SLACK_S
-
-    def video_frame_bytes(self) -> int:
-        """What one frame of this session's output weighs, at most: raw RGB(A) exactly; JPEG, PNG (transparent
-        backgrounds) and H.264 by a generous bound on their compression."""
-        out = self.config.output
-        pixels = max(int(self.avatar.width) * int(self.avatar.height), 1)
-        if not out.paste_back:
-            pixels = max(pixels, 512 * 512)  # the crop itself
-        channels = 4 if out.background == common_pb2.BACKGROUND_TRANSPARENT else 3
-        if out.encoding == common_pb2.FRAME_ENCODING_RAW_RGB:
-            return pixels * channels
-        return pixels * channels // 4
-
-    @property
-    def read_ahead_s(self) -> float:
-        """Audio seconds read ahead of the frames the client has taken (announced as SessionStarted's
-        audio_read_ahead_ms): the look-ahead, which makes no frame yet, plus the credits. The credits are bounded
-        in bytes too: a client that reads nothing holds at most `outgoing_buffer_mb` of frames (times the copies
-        on their way), however large each frame is, yet never less than one motion window's advance of credit."""
-        s = self.orch.settings
-        credit = s.credits_s * 4 + self.look_ahead_s * 3 if self.offline else s.credits_s
-        by_bytes = s.outgoing_buffer_mb * 1024 * 1024 / (self.video_frame_bytes() * FPS)
-        one_window = (80 - self.overlap) * FRAME_S
-        return self.look_ahead_s + max(min(credit, by_bytes), one_window)
-
     async def _wait_credit(self) -> None:
         """Out of credits: stop reading the client (gRPC flow control reaches it) until it takes frames."""
-        limit = self.read_ahead_s
-        while self._in_flight_s() > limit and self.final is None:
-            await self._wait_for_credit()
-
-    async def _spend_token(self) -> None:
-        """ControlUpdate and Interrupt produce no frames, so credits cannot bound them: a token bucket does (a
-        client above the rate is read more slowly, like one out of credits)."""
-        s = self.orch.settings
-        while True:
-            now = time.monotonic()
-            self._tokens = min(float(s.control_burst), self._tokens + (now - self._tokens_at) * s.control_rate_per_s)
-            self._tokens_at = now
-            if self._tokens >= 1:
-                self._tokens -= 1
-                return
-            await asyncio.sleep((1 - self._tokens) / s.control_rate_per_s)
-
-    def _live_spans(self, added: list[tuple[int, int | None, frozenset[str]]]) -> list:
-        """The spans that can still apply after adding `added`: not ended before the next frame to send, and not
-        wholly replaced by a later open span over the same controls (later spans win)."""
-        nxt = self.last_sent_index + 1
-        spans = [sp for sp in self.spans + added if sp[1] is None or sp[1] > nxt]
-        live = []
-        for i, (start, end, keys) in enumerate(spans):
-            first = max(start, nxt)
-            if any(e2 is None and s2 <= first and k2 >= keys for s2, e2, k2 in spans[i + 1:]):
-                continue
-            live.append((start, end, keys))
-        return live
+        if await self.credits.wait(lambda: self.final is not None):
+            # While the server does not read, the client is not idle: a client that sends speech faster than
+            # realtime (text-to-speech) waits here, and its silence must not count toward the idle timeout.
+            self.last_client_msg = time.monotonic()
 
     async def control(self, update: avatar_pb2.ControlUpdate, with_audio: bool = False) -> None:
         """Validate and publish a ControlUpdate. `with_audio`: it rides on an audio chunk, whose credits bound it."""
-        last_frame = int(self.max_duration_s * FPS)
-        added = []
-        for i, tc in enumerate(update.controls):
-            validate_controls(tc.controls, f"controls[{i}].controls")
-            if tc.start_frame < 0 or (tc.end_frame and tc.end_frame <= tc.start_frame):
-                raise SessionError(grpc.StatusCode.INVALID_ARGUMENT,
-                                   f"controls[{i}]: need 0 <= start_frame < end_frame (or end_frame 0 = open)")
-            for name in ("start_frame", "end_frame"):
-                if getattr(tc, name) > last_frame:
-                    raise _range_error(f"controls[{i}].{name}", getattr(tc, name), 0, last_frame)
-            added.append((tc.start_frame, tc.end_frame or None, frozenset(f.name for f, _ in tc.controls.ListFields())))
-            if tc.start_frame <= self.last_sent_index:
-                raise SessionError(grpc.StatusCode.FAILED_PRECONDITION,
-                                   f"controls[{i}] starts at frame {tc.start_frame}, but frame {self.last_sent_index}"
-                                   " was already sent; time-code controls for frames still to come")
+        added = timed_spans(update, self.last_sent_index, int(self.max_duration_s * FPS))
         if update.HasField("overall"):
             validate_controls(update.overall, "overall")
-        live = self._live_spans(added)
+        live = live_spans(self.spans, added, self.last_sent_index + 1)
         if len(live) > self.orch.settings.max_control_spans:
-            raise SessionError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                               f"this ControlUpdate would make {len(live)} time-coded control spans live at once, "
-                               f"above the limit of {self.orch.settings.max_control_spans} per session "
-                               "(DITTO_MAX_CONTROL_SPANS); give spans an end_frame, or replace controls with overall")
+            raise ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"this ControlUpdate would make {len(live)} time-coded control spans live at once, "
+                           f"above the limit of {self.orch.settings.max_control_spans} per session "
+                           "(DITTO_MAX_CONTROL_SPANS); give spans an end_frame, or replace controls with overall")
         if not with_audio:
-            await self._spend_token()
+            await self.control_rate.take()
         await self._wait_credit()
         if self.final is not None:
             return
@@ -427,10 +221,10 @@ class Session:
         await self._publish(bus_pb2.ENTRY_KIND_CONTROL, spec.SerializeToString())
 
     async def interrupt(self) -> None:
-        await self._spend_token()
+        await self.control_rate.take()
         # the interrupted epoch's audio is still in the pipeline until the renderer passes the INTERRUPT marker:
         # it keeps counting against credits, so interrupting never lets more audio in than credits allow
-        self.debt_s += max(0.0, self.counters.audio_s - self.counters.frames * FRAME_S)
+        self.credits.interrupted()
         self.spans = []  # the motion stage starts the new epoch with the session's overall controls only
         self.epoch += 1
         self.seq = 0
@@ -438,25 +232,13 @@ class Session:
                                                         str(self.epoch).encode(), self.orch.bus.state_ttl_s),
                         self.orch.settings.bus_outage_s, "epoch")
         self.epoch_base[self.epoch] = self.last_sent_index + 1
-        self.counters = _EpochCounters()
         self._t0 = None  # pacing restarts with the next epoch's first frame
         spec = bus_pb2.SessionSpec(overlap=self.overlap)
         await self._publish(bus_pb2.ENTRY_KIND_INTERRUPT, spec.SerializeToString())
-        await self._put_out(avatar_pb2.ConverseResponse(event=avatar_pb2.SessionEvent(
+        await self.outbox.put(avatar_pb2.ConverseResponse(event=avatar_pb2.SessionEvent(
             interrupted=avatar_pb2.InterruptedEvent(last_frame_index=self.last_sent_index,
                                                     last_pts_ms=max(0, self.last_sent_index) * 40,
                                                     new_epoch=self.epoch))))
-
-    async def _wait_for_credit(self) -> None:
-        # While the server does not read, the client is not idle: a client that sends speech faster than realtime
-        # (text-to-speech) waits here, and its silence must not count toward the idle timeout.
-        self.credit.clear()
-        self.waiting_for_credit = True
-        try:
-            await self.credit.wait()
-        finally:
-            self.waiting_for_credit = False
-            self.last_client_msg = time.monotonic()
 
     async def end_of_audio(self) -> None:
         if not self.ended_audio:
@@ -482,12 +264,12 @@ class Session:
                 elif kind == "keep_alive":
                     pass
                 elif kind == "config":
-                    raise SessionError(grpc.StatusCode.FAILED_PRECONDITION,
-                                       "a second SessionConfig; configure once, then use ControlUpdate")
+                    raise ApiError(grpc.StatusCode.FAILED_PRECONDITION,
+                                   "a second SessionConfig; configure once, then use ControlUpdate")
                 else:
-                    raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, "empty ConverseRequest")
+                    raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "empty ConverseRequest")
             await self.end_of_audio()
-        except SessionError as err:
+        except ApiError as err:
             await self.fail(err.code, str(err))
         except asyncio.CancelledError:
             raise
@@ -509,60 +291,32 @@ class Session:
                 entry = lost_entries(entry, expected)
             else:
                 self.renderer_seq[entry.epoch] = expected + 1
-        if self.debt_s and entry.kind in (bus_pb2.ENTRY_KIND_INTERRUPT, bus_pb2.ENTRY_KIND_DATA):
+        if entry.kind in (bus_pb2.ENTRY_KIND_INTERRUPT, bus_pb2.ENTRY_KIND_DATA):
             # entries of a session pass every stage in order: the new epoch's marker (or a frame) here means the
             # interrupted epochs' audio has left the pipeline
-            self.debt_s = 0.0
-            self.credit.set()
+            self.credits.pipeline_cleared()
         if entry.kind == bus_pb2.ENTRY_KIND_INTERRUPT:
             return
         # bounded by credits: the frames of at most credits_s + look-ahead of audio are ever in flight
         self.frames_in.put_nowait((entry.epoch, entry))
 
     # ---- to the client ----
-    async def _put_out(self, msg: avatar_pb2.ConverseResponse) -> None:
-        """Queue a message for the client; waits while the per-session buffer is full (the client is behind)."""
-        while len(self._out) >= self.orch.settings.outgoing_buffer_frames and self.final is None:
-            self._out_space.clear()
-            await self._out_space.wait()
-        if self.final is not None:
-            return  # the session has ended: its FinalStatus is the last message
-        if not self._out and not self.writing:
-            self.last_progress = time.monotonic()
-        self._out.append(msg)
-        self._out_ready.set()
-
     async def next_outgoing(self) -> avatar_pb2.ConverseResponse | None:
         """The next message for the client: queued frames and events, then the FinalStatus once, then None."""
-        while True:
-            if self._out:
-                msg = self._out.popleft()
-                self._out_space.set()
-                return msg
-            if self.final is not None:
-                if self._final_sent:
-                    return None
-                self._final_sent = True
-                code, message = self.final
-                return avatar_pb2.ConverseResponse(final=avatar_pb2.FinalStatus(
-                    status=common_pb2.Status(code=code.value[0], message=message), frames_sent=self.frames_sent,
-                    audio_seconds=self.audio_seconds))
-            self._out_ready.clear()
-            await self._out_ready.wait()
+        return await self.outbox.next()
+
+    def _final_message(self) -> avatar_pb2.ConverseResponse:
+        assert self.final is not None
+        code, message = self.final
+        return avatar_pb2.ConverseResponse(final=avatar_pb2.FinalStatus(
+            status=common_pb2.Status(code=code.value[0], message=message), frames_sent=self.frames_sent,
+            audio_seconds=self.audio_seconds))
 
     def taken(self, msg: avatar_pb2.ConverseResponse) -> None:
         """The client took `msg` (the transport accepted it): credits for a frame come back only now."""
-        self.writing = False
-        self.last_progress = time.monotonic()
+        self.outbox.taken()
         if msg.WhichOneof("kind") == "frame" and msg.frame.epoch == self.epoch:
-            self.counters.frames += 1
-            self.credit.set()
-
-    def stalled_s(self) -> float:
-        """How long messages have been waiting for a client that takes none (0 when none wait)."""
-        if not (self._out or self.writing):
-            return 0.0
-        return time.monotonic() - self.last_progress
+            self.credits.frame_taken()
 
     async def _pace(self) -> None:
         try:
@@ -606,7 +360,7 @@ class Session:
         frame = avatar_pb2.VideoFrame(index=index, pts_ms=index * 40, data=bytes(data) if data is not None else b"",
                                       width=meta.width, height=meta.height, encoding=meta.encoding,
                                       epoch=entry.epoch, idle=meta.idle)
-        await self._put_out(avatar_pb2.ConverseResponse(frame=frame))
+        await self.outbox.put(avatar_pb2.ConverseResponse(frame=frame))
         if self.frames_sent == 0 and self.first_audio_at is not None:
             _first_frame.observe(time.monotonic() - self.first_audio_at)
         if self.frames_sent == 0:
@@ -625,13 +379,14 @@ class Session:
             fps = len(self._fps_window) / 2.0
             _lag.labels(self.session_id).set(lag)
             _fps.labels(self.session_id).set(fps)
-            await self._put_out(avatar_pb2.ConverseResponse(event=avatar_pb2.SessionEvent(
+            await self.outbox.put(avatar_pb2.ConverseResponse(event=avatar_pb2.SessionEvent(
                 lag=avatar_pb2.LagEvent(lag_ms=lag * 1000, delivered_fps=fps))))
 
     async def _housekeeping(self) -> None:
         """Idle feed, limits, and keep-alive of the session's presence keys."""
         s = self.orch.settings
         last_touch = 0.0
+        warn_at, warned = self.max_duration_s - min(SESSION_ENDING_WARNING_S, self.max_duration_s / 2), False
         silence = b"\0" * (self.frame_bytes * (self.config.audio_format.sample_rate_hz // 5))  # 200 ms
         try:
             while not self.closed:
@@ -648,7 +403,7 @@ class Session:
                         log.warning("session presence not refreshed; retrying", session=self.session_id,
                                     error=str(err))
                         last_touch = now - 4
-                if self.stalled_s() > s.client_stall_s:
+                if self.outbox.stalled_s() > s.client_stall_s:
                     await self.stall()
                     return
                 if self.offline:
@@ -657,10 +412,17 @@ class Session:
                     await self.fail(grpc.StatusCode.DEADLINE_EXCEEDED,
                                     f"session reached its maximum duration of {self.max_duration_s:.0f} s")
                     return
+                if not warned and now - self.started_at > warn_at:
+                    warned = True
+                    left = self.max_duration_s - (now - self.started_at)
+                    self.warn("SESSION_ENDING",
+                              f"the session ends in {left:.0f} s, at its maximum duration of "
+                              f"{self.max_duration_s:.0f} s (SessionConfig.max_duration_s, DITTO_MAX_DURATION_S, or "
+                              "the tenant's remaining session minutes); finish the answer, or open a new session")
                 # after EndOfAudio the client has nothing more to say while the last frames drain, and while its
                 # audio is held back (by our credits, or by its own pacing to the read-ahead) it waits for us: no idle
                 # timeout then
-                if (not self.ended_audio and not self.waiting_for_credit and not self._waiting_for_frames()
+                if (not self.ended_audio and not self.credits.waiting and not self.credits.waiting_for_frames()
                         and now - self.last_client_msg > self.idle_timeout_s):
                     await self.fail(grpc.StatusCode.DEADLINE_EXCEEDED,
                                     f"no message from the client for {self.idle_timeout_s:.0f} s; send audio or "
@@ -668,25 +430,30 @@ class Session:
                     return
                 alive = self.config.idle_policy in (avatar_pb2.IDLE_POLICY_UNSPECIFIED, avatar_pb2.IDLE_POLICY_ALIVE)
                 if (alive and not self.ended_audio and now - self.last_audio_at > s.idle_feed_after_ms / 1000
-                        and self._in_flight_s() < self.look_ahead_s + 0.2):
+                        and self.credits.in_flight_s() < self.look_ahead_s + 0.2):
                     await self.audio(silence, idle=True)
         except asyncio.CancelledError:
             pass
-        except SessionError as err:
+        except ApiError as err:
             await self.fail(err.code, str(err))
         except Exception as err:
             log.exception("session housekeeping failed", session=self.session_id)
             await self.fail(grpc.StatusCode.UNAVAILABLE,
                             redact(f"session store unavailable: {err}; start a new session"))
 
+    def warn(self, code: str, message: str) -> None:
+        """Tell the client something it should act on that does not end the session (yet): a WarningEvent."""
+        log.info("session warned", session=self.session_id, code=code)
+        self.outbox.notice(avatar_pb2.ConverseResponse(event=avatar_pb2.SessionEvent(
+            warning=avatar_pb2.WarningEvent(code=code, message=message))))
+
     # ---- ending ----
     async def finish(self, code: grpc.StatusCode, message: str) -> None:
         if self.final is not None:
             return
         self.final = (code, message)
-        self._out_ready.set()
-        self._out_space.set()
-        self.credit.set()  # a reader waiting for credits sees the end
+        self.outbox.end()
+        self.credits.release()  # a reader waiting for credits sees the end
 
     async def stall(self) -> None:
         """The client stopped taking frames: end the session, free what it holds now (the client may never read
@@ -696,7 +463,7 @@ class Session:
                         f"the client took no video frame for {limit:g} s while frames were waiting (the limit is "
                         "DITTO_CLIENT_STALL_S); read frames as they arrive, or ask for smaller ones (JPEG, no "
                         "paste-back)")
-        self._out.clear()  # the frames it left go now; the FinalStatus is what it reads next, if it ever reads
+        self.outbox.drop_queued()  # the frames it left go now; the FinalStatus is what it reads next, if it ever reads
         self._tasks = [t for t in self._tasks if t is not asyncio.current_task()]
         await self.orch.close_session(self)
         handler = self.handler_task
@@ -742,9 +509,3 @@ class Session:
                                       frames_sent=self.frames_sent, audio_seconds=self.audio_seconds,
                                       epoch=self.epoch, active=not self.closed)
 
-
-def status_code(value: int) -> grpc.StatusCode:
-    for c in grpc.StatusCode:
-        if c.value[0] == value:
-            return c
-    return grpc.StatusCode.UNKNOWN

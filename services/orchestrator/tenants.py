@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ditto.bus import Bus
 from ditto.bus.base import Admission
+from services.orchestrator.errors import ApiError
 
 SESSION_KEY_TTL_S = 15
 
@@ -89,12 +90,6 @@ class TenantsFile(BaseModel):
         return tenants
 
 
-class AuthError(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
@@ -126,12 +121,12 @@ class TenantDirectory:
             elif k == "authorization" and isinstance(v, str) and v.lower().startswith("bearer "):
                 key = v[7:]
         if not key:
-            raise AuthError(grpc.StatusCode.UNAUTHENTICATED, "no API key: send metadata 'x-api-key: <key>'")
+            raise ApiError(grpc.StatusCode.UNAUTHENTICATED, "no API key: send metadata 'x-api-key: <key>'")
         h = hash_key(key)
         for known, tenant in self.by_hash.items():
             if hmac.compare_digest(known, h):
                 return tenant
-        raise AuthError(grpc.StatusCode.UNAUTHENTICATED, "unknown API key")
+        raise ApiError(grpc.StatusCode.UNAUTHENTICATED, "unknown API key")
 
 
 class Quotas:
@@ -152,13 +147,13 @@ class Quotas:
         return await self.bus.live_members(self.sessions_key(tenant))
 
     @staticmethod
-    def refusal(tenant: Tenant, admission: Admission) -> AuthError:
+    def refusal(tenant: Tenant, admission: Admission) -> ApiError:
         if admission.refused == "sessions":
-            return AuthError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                             f"tenant {tenant.id} has {admission.count} of {tenant.max_sessions} sessions open; "
-                             "end one or retry later")
-        return AuthError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                         f"tenant {tenant.id} used its {tenant.session_minutes:g} session minutes")
+            return ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"tenant {tenant.id} has {admission.count} of {tenant.max_sessions} sessions open; "
+                            "end one or retry later")
+        return ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"tenant {tenant.id} used its {tenant.session_minutes:g} session minutes")
 
     async def remaining_s(self, tenant: Tenant) -> float:
         if not tenant.session_minutes:

@@ -10,7 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from services.renderer.encode import EncodeError, H264Encoder, JpegEncoder, Mp4Writer, RawEncoder, make_encoder
+from ditto.media.writers import Mp4Writer
+from services.renderer.encode import EncodeError, H264Encoder, JpegEncoder, RawEncoder, make_encoder
 
 from .pictures import decode_rgb, photo
 

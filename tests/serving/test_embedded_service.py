@@ -296,7 +296,7 @@ async def test_credits_stop_reading_a_client_that_is_ahead():
             nonlocal peak
             while not done:
                 for s in list(orch.sessions.values()):
-                    peak = max(peak, s._in_flight_s())
+                    peak = max(peak, s.credits.in_flight_s())
                 await asyncio.sleep(0.005)
 
         watcher = asyncio.create_task(monitor())

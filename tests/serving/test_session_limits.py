@@ -4,6 +4,7 @@ messages hold an idle session open."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import grpc
 from serving_helpers import config, embedded_service, portrait_png
@@ -53,6 +54,32 @@ async def test_maximum_duration_ends_the_session():
         code, details, _ = await asyncio.wait_for(
             _run(stub, config(avatar_id, max_duration_s=1), 0.2, 5.0), 30)
         assert code == grpc.StatusCode.DEADLINE_EXCEEDED and "maximum duration" in details
+
+
+async def test_a_session_is_warned_before_it_reaches_its_maximum_duration():
+    """A WarningEvent (SESSION_ENDING) comes before the end, in time to finish the answer: half the session's
+    duration before it when the session is shorter than twice the server's warning lead."""
+    async with embedded_service() as (stub, _):
+        avatar_id = await _avatar(stub)
+
+        async def gen():
+            yield avatar_pb2.ConverseRequest(config=config(avatar_id, max_duration_s=2))
+            for _ in range(100):  # until the session ends (the server stops reading at its end)
+                await asyncio.sleep(0.1)
+                yield avatar_pb2.ConverseRequest(keep_alive=avatar_pb2.KeepAlive())
+
+        messages = []
+        call = stub.Converse(gen())
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            async for msg in call:
+                messages.append(msg)
+        assert await call.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        warnings = [(i, m.event.warning) for i, m in enumerate(messages)
+                    if m.WhichOneof("kind") == "event" and m.event.WhichOneof("event") == "warning"]
+        assert len(warnings) == 1, messages
+        at, warning = warnings[0]
+        assert warning.code == "SESSION_ENDING" and "maximum duration of 2 s" in warning.message
+        assert messages[-1].WhichOneof("kind") == "final" and at < len(messages) - 1
 
 
 async def test_no_idle_timeout_while_the_last_frames_drain_after_end_of_audio():
