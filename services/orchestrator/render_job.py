@@ -79,6 +79,7 @@ async def run_render(orch, tenant: Tenant, request: avatar_pb2.RenderRequest, mp
     session = await orch.open_session(tenant, config, offline=True)
     writer: Mp4Writer | None = None
     feeder: asyncio.Task | None = None
+    writing: asyncio.Future | None = None  # the frame being encoded, in its worker thread
     written = 0
     try:
         if request.timed_controls:
@@ -102,7 +103,10 @@ async def run_render(orch, tenant: Tenant, request: avatar_pb2.RenderRequest, mp
                 if writer is None:
                     kind_of = WebmAlphaWriter if frame.shape[2] == 4 else Mp4Writer
                     writer = kind_of(mp4_path, f.width, f.height, fps=FPS, audio_track=decoded.aac_track)
-                await in_thread(orch.heavy, writer.write, frame)  # H.264 encoding: off the event loop
+                # H.264 encoding, off the event loop. Shielded: a cancel (the client left) must not leave the encode
+                # running in its thread while close() runs in another -- two threads in one encoder hang both
+                writing = asyncio.ensure_future(in_thread(orch.heavy, writer.write, frame))
+                await asyncio.shield(writing)
                 session.taken(msg)
                 written += 1
                 if progress:
@@ -117,6 +121,8 @@ async def run_render(orch, tenant: Tenant, request: avatar_pb2.RenderRequest, mp
         await orch.close_session(session)
         if feeder is not None:
             await asyncio.gather(feeder, return_exceptions=True)
+        if writing is not None:
+            await asyncio.gather(writing, return_exceptions=True)  # the last encode finishes before close()
         if writer is not None:
             await asyncio.to_thread(writer.close)
     return written
